@@ -1,1 +1,19 @@
-//! x
+//! cadre: a supervised actor runtime for running jobs on CPU and GPU machines.
+//!
+//! This facade re-exports the public API of cadre's crates so an extension depends on one
+//! crate. Today that is the supervisor ([`supervisor`]): OTP supervision trees, panic capture
+//! and supervised callbacks on actix. The scheduler, leases, workers and the service arrive with
+//! the runtime.
+
+pub mod demo;
+
+pub use cadre_supervisor as supervisor;
+
+/// The names an extension usually needs, for a glob import.
+pub mod prelude {
+    pub use cadre_supervisor::{
+        Callback, CallbackError, CallbackEvent, CallbackRunner, CallbackSpec, ChildSpec,
+        FailureJournal, FailureKind, Pool, Restart, Shutdown, Strategy, SupervisedContext,
+        SupervisorError, SupervisorRef, SupervisorSpec, WorkerSpec,
+    };
+}

@@ -227,7 +227,14 @@ impl<E: CallbackEvent> CallbackRunner<E> {
             Some(p) => format!("{p}/{name}"),
             None => name.to_owned(),
         };
-        let journal = self.sup.journal().unwrap_or_default();
+        // A callback exists only once the runner's supervisor runs (registering waits for it),
+        // so the tree's journal is there; the fallback only keeps the type total.
+        let journal = match self.sup.journal() {
+            Some(journal) => journal,
+            None => crate::failure::FailureJournal::new(
+                crate::failure::FailureJournal::DEFAULT_CAPACITY,
+            ),
+        };
         crate::failure::report(
             &journal,
             crate::failure::Failure {

@@ -246,7 +246,10 @@ impl SupervisorSpec {
         }
         crate::metrics::describe();
         let handle = self.handle();
-        let journal = self.journal.clone().unwrap_or_default();
+        let journal = match self.journal.clone() {
+            Some(journal) => journal,
+            None => FailureJournal::new(FailureJournal::DEFAULT_CAPACITY),
+        };
         let sup = Supervisor::build(self, name.to_owned(), name.to_owned(), journal, None);
         let tx = sup.tx.clone();
         actix_rt::spawn(sup.run());

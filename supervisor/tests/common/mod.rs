@@ -1,7 +1,7 @@
 //! Shared test helpers: a paused-clock actix system, a capturing tracing layer for failure
 //! events, and a global metrics recorder to read counters from.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -18,6 +18,8 @@ where
     F: FnOnce(Captured) -> Fut,
     Fut: Future<Output = ()>,
 {
+    cadre_supervisor::install_panic_hook();
+    snapshotter();
     let captured = Captured::default();
     let subscriber = tracing_subscriber::registry().with(captured.clone());
     let _guard = tracing::subscriber::set_default(subscriber);
@@ -36,8 +38,11 @@ where
 /// One captured event: its level and fields as text.
 #[derive(Clone, Debug)]
 pub struct Captured {
-    pub events: Arc<Mutex<Vec<(Level, Vec<(String, String)>)>>>,
+    pub events: Arc<Mutex<Vec<CapturedEvent>>>,
 }
+
+/// An event's level and its fields as text.
+pub type CapturedEvent = (Level, Vec<(String, String)>);
 
 impl Default for Captured {
     fn default() -> Self {
@@ -145,5 +150,127 @@ pub fn counter(name: &str, labels: &[(&str, &str)]) -> u64 {
 pub async fn settle() {
     for _ in 0..50 {
         tokio::task::yield_now().await;
+    }
+}
+
+use actix::prelude::*;
+use cadre_supervisor::SupervisedContext;
+
+/// A shared, ordered log of lifecycle and message events.
+pub type Log = Arc<Mutex<Vec<String>>>;
+
+pub fn new_log() -> Log {
+    Arc::new(Mutex::new(Vec::new()))
+}
+
+pub fn entries(log: &Log) -> Vec<String> {
+    log.lock().unwrap().clone()
+}
+
+/// A test actor that logs its lifecycle, counts messages, and fails on request.
+pub struct Probe {
+    pub name: &'static str,
+    pub log: Log,
+    pub count: u64,
+    pub veto_stop: bool,
+}
+
+impl Probe {
+    pub fn factory(name: &'static str, log: &Log) -> impl Fn() -> Probe + Send + 'static {
+        let log = log.clone();
+        move || Probe {
+            name,
+            log: log.clone(),
+            count: 0,
+            veto_stop: false,
+        }
+    }
+
+    pub fn stubborn(name: &'static str, log: &Log) -> impl Fn() -> Probe + Send + 'static {
+        let log = log.clone();
+        move || Probe {
+            name,
+            log: log.clone(),
+            count: 0,
+            veto_stop: true,
+        }
+    }
+
+    fn push(&self, what: &str) {
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("{what}:{}", self.name));
+    }
+}
+
+impl Actor for Probe {
+    type Context = SupervisedContext<Self>;
+
+    fn started(&mut self, _: &mut Self::Context) {
+        self.push("start");
+    }
+
+    fn stopping(&mut self, _: &mut Self::Context) -> Running {
+        if self.veto_stop {
+            self.push("veto");
+            Running::Continue
+        } else {
+            Running::Stop
+        }
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.push("stop");
+    }
+}
+
+/// Panics in the handler.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Boom;
+
+impl Handler<Boom> for Probe {
+    type Result = ();
+    fn handle(&mut self, _: Boom, _: &mut Self::Context) {
+        panic!("boom in {}", self.name);
+    }
+}
+
+/// Increments and returns the count (counts since the last restart).
+#[derive(Message)]
+#[rtype(result = "u64")]
+pub struct Inc;
+
+impl Handler<Inc> for Probe {
+    type Result = u64;
+    fn handle(&mut self, _: Inc, _: &mut Self::Context) -> u64 {
+        self.count += 1;
+        self.count
+    }
+}
+
+/// The actor stops itself (a normal exit).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopSelf;
+
+impl Handler<StopSelf> for Probe {
+    type Result = ();
+    fn handle(&mut self, _: StopSelf, ctx: &mut Self::Context) {
+        self.veto_stop = false;
+        ctx.stop();
+    }
+}
+
+/// Blocks the mailbox on a future that never completes.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Hang;
+
+impl Handler<Hang> for Probe {
+    type Result = ();
+    fn handle(&mut self, _: Hang, ctx: &mut Self::Context) {
+        ctx.wait(actix::fut::wrap_future(std::future::pending::<()>()));
     }
 }
