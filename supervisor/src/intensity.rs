@@ -36,6 +36,12 @@ impl RestartWindow {
             }
         }
         self.times.push_back(now);
+        // Only "more than intensity" matters: keep at most intensity + 1 times, so memory stays
+        // bounded even with a huge intensity.
+        let keep = (self.intensity as usize).saturating_add(1);
+        while self.times.len() > keep {
+            self.times.pop_front();
+        }
         self.times.len() <= self.intensity as usize
     }
 

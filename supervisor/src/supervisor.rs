@@ -61,6 +61,8 @@ pub(crate) enum SupMsg {
     Kill { reply: oneshot::Sender<()> },
     /// (From the parent) close all children and end.
     Close,
+    /// A backoff delay for a child's restart has passed.
+    RestartDue { key: u64, token: u64 },
     /// A request from a [`SupervisorRef`].
     Request(Request),
 }
@@ -377,6 +379,8 @@ struct Child {
     limit: Option<RestartWindow>,
     started_at: Instant,
     streak: u32,
+    /// The token of a restart waiting for its backoff delay.
+    pending: Option<u64>,
 }
 
 struct Parent {
@@ -405,6 +409,7 @@ pub(crate) struct Supervisor {
     restart_count: u64,
     running: bool,
     closed: bool,
+    next_token: u64,
     done: watch::Sender<Option<Result<(), SupervisorError>>>,
 }
 
@@ -465,6 +470,7 @@ impl Supervisor {
             restart_count: 0,
             running: false,
             closed: false,
+            next_token: 0,
             done,
         };
         for child in children {
@@ -533,6 +539,7 @@ impl Supervisor {
                 limit,
                 started_at: Instant::now(),
                 streak: 0,
+                pending: None,
             },
         );
         key
@@ -588,6 +595,7 @@ impl Supervisor {
                     self.close_all();
                     self.finish(Ok(()));
                 }
+                SupMsg::RestartDue { key, token } => self.on_restart_due(key, token).await,
                 SupMsg::Request(request) => self.on_request(request).await,
             }
             if self.closed {
@@ -623,6 +631,7 @@ impl Supervisor {
         if child.running {
             return Ok(());
         }
+        child.pending = None;
         child.generation += 1;
         if is_restart {
             child.restarts += 1;
@@ -642,6 +651,7 @@ impl Supervisor {
         let Some(child) = self.children.get_mut(&key) else {
             return;
         };
+        child.pending = None;
         if !child.running {
             return;
         }
@@ -696,6 +706,7 @@ impl Supervisor {
         let keys: Vec<u64> = self.children.keys().rev().copied().collect();
         for key in keys {
             if let Some(child) = self.children.get_mut(&key) {
+                child.pending = None;
                 if child.running {
                     child.running = false;
                     child.runtime.kill(&child.info.path).await;
@@ -795,38 +806,75 @@ impl Supervisor {
             if let Some(backoff) = self.backoff {
                 let delay = self.backoff_delay(backoff, streak);
                 if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
+                    self.delay_restart(key, delay);
+                    return;
                 }
             }
-            let failed = match self.strategy {
-                Strategy::OneForOne => self.start_instance(key, true).await.err().map(|_| key),
-                Strategy::OneForAll => {
-                    let others: Vec<u64> = self
-                        .children
-                        .keys()
-                        .rev()
-                        .copied()
-                        .filter(|k| *k != key)
-                        .collect();
-                    self.stop_keys(others).await;
-                    let all: Vec<u64> = self.children.keys().copied().collect();
-                    self.start_keys(all).await
-                }
-                Strategy::RestForOne => {
-                    let after: Vec<u64> = self
-                        .children
-                        .range(key + 1..)
-                        .rev()
-                        .map(|(k, _)| *k)
-                        .collect();
-                    self.stop_keys(after).await;
-                    let from: Vec<u64> = self.children.range(key..).map(|(k, _)| *k).collect();
-                    self.start_keys(from).await
-                }
-            };
-            match failed {
+            match self.restart_by_strategy(key).await {
                 None => return,
                 Some(failed_key) => key = failed_key,
+            }
+        }
+    }
+
+    /// Schedules the restart of `key` after `delay`, keeping the supervisor responsive meanwhile.
+    fn delay_restart(&mut self, key: u64, delay: Duration) {
+        let token = self.next_token;
+        self.next_token += 1;
+        let Some(child) = self.children.get_mut(&key) else {
+            return;
+        };
+        child.pending = Some(token);
+        tracing::info!(actor_path = %child.info.path, delay_ms = delay.as_millis() as u64, "restart delayed by backoff");
+        let tx = self.tx.clone();
+        let path = child.info.path.clone();
+        actix_rt::spawn(async move {
+            tokio::time::sleep(delay).await;
+            if tx.send(SupMsg::RestartDue { key, token }).is_err() {
+                tracing::debug!(actor_path = %path, "delayed restart dropped: the supervisor ended");
+            }
+        });
+    }
+
+    async fn on_restart_due(&mut self, key: u64, token: u64) {
+        let due = self
+            .children
+            .get(&key)
+            .is_some_and(|c| c.pending == Some(token) && !c.running);
+        if !due {
+            return;
+        }
+        if let Some(failed_key) = self.restart_by_strategy(key).await {
+            Box::pin(self.restart_from(failed_key)).await;
+        }
+    }
+
+    /// Restarts `key` (and siblings, per the strategy); returns a child that failed to start.
+    async fn restart_by_strategy(&mut self, key: u64) -> Option<u64> {
+        match self.strategy {
+            Strategy::OneForOne => self.start_instance(key, true).await.err().map(|_| key),
+            Strategy::OneForAll => {
+                let others: Vec<u64> = self
+                    .children
+                    .keys()
+                    .rev()
+                    .copied()
+                    .filter(|k| *k != key)
+                    .collect();
+                self.stop_keys(others).await;
+                let all: Vec<u64> = self.children.keys().copied().collect();
+                self.start_keys(all).await
+            }
+            Strategy::RestForOne => {
+                let after: Vec<u64> = self
+                    .children
+                    .range(key + 1..)
+                    .rev()
+                    .map(|(k, _)| *k)
+                    .collect();
+                self.stop_keys(after).await;
+                let from: Vec<u64> = self.children.range(key..).map(|(k, _)| *k).collect();
+                self.start_keys(from).await
             }
         }
     }

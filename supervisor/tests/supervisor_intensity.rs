@@ -96,3 +96,49 @@ fn escalation_goes_through_two_levels() {
     let all = entries(&log);
     assert_eq!(all.iter().filter(|e| *e == "stop:sibling").count(), 1);
 }
+
+#[test]
+fn backoff_grows_exponentially_between_consecutive_restarts() {
+    let log = new_log();
+    let l = log.clone();
+    run(|_| async move {
+        let w = WorkerSpec::new("bo", Probe::factory("bo", &l));
+        let addr = w.addr();
+        let root = SupervisorSpec::one_for_one()
+            .intensity(10, Duration::from_secs(60))
+            .backoff(cadre_supervisor::Backoff {
+                initial: Duration::from_secs(1),
+                max: Duration::from_secs(3),
+                jitter: 0.0,
+            })
+            .child(w)
+            .start("bo")
+            .await
+            .unwrap();
+        let mut waits = Vec::new();
+        for _ in 0..4 {
+            let t0 = tokio::time::Instant::now();
+            addr.do_send(Boom);
+            assert_eq!(addr.send(Inc).await.unwrap(), 1);
+            waits.push(t0.elapsed().as_secs());
+        }
+        // 1 s, 2 s, then capped at 3 s
+        assert_eq!(waits, vec![1, 2, 3, 3]);
+        // while a restart waits for its delay the supervisor still answers, and a stop cancels it
+        addr.do_send(Boom);
+        settle().await;
+        let t0 = tokio::time::Instant::now();
+        assert!(!root.which_children().await.unwrap()[0].running);
+        root.stop().await.unwrap();
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "stop did not wait for the backoff"
+        );
+        settle().await;
+        assert_eq!(
+            entries(&l).iter().filter(|e| *e == "start:bo").count(),
+            5,
+            "no restart after the stop"
+        );
+    });
+}

@@ -112,3 +112,29 @@ fn temporary_is_never_restarted_and_is_removed() {
     assert_eq!(cap.failures_of("tp/tmp", "panic"), 1);
     assert_eq!(entries(&log), vec!["start:tmp"]);
 }
+
+#[test]
+fn a_child_that_cannot_start_fails_the_start_and_the_started_ones_stop_in_reverse() {
+    let log = new_log();
+    let l = log.clone();
+    let cap = run(|_| async move {
+        let result = SupervisorSpec::one_for_one()
+            .child(WorkerSpec::new("a", Probe::factory("a", &l)))
+            .child(WorkerSpec::new("b", Probe::factory("b", &l)))
+            .child(WorkerSpec::new("broken", || -> Probe {
+                panic!("no config")
+            }))
+            .child(WorkerSpec::new("d", Probe::factory("d", &l)))
+            .start("sf")
+            .await;
+        assert!(
+            matches!(&result, Err(cadre_supervisor::SupervisorError::StartFailed { path, reason }) if path == "sf" && reason.contains("broken")),
+            "{result:?}"
+        );
+    });
+    assert_eq!(
+        entries(&log),
+        vec!["start:a", "start:b", "stop:b", "stop:a"]
+    );
+    assert_eq!(cap.failures_of("sf/broken", "start_failed"), 1);
+}
