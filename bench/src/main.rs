@@ -1,1 +1,91 @@
-fn main() {}
+//! `cadre-bench`: the benchmark runner. `cadre-bench SUITE [--quick]` runs one suite and writes
+//! its results to stdout, one JSON object per line (progress goes to stderr); see
+//! `bench/README.md` for the suites, the cases and their targets.
+//!
+//! One module per suite (`supervisor.rs`), plus what they share: `report.rs` (JSON lines and
+//! statistics) and `alloc.rs` (the counting global allocator, from the stats_alloc crate).
+
+mod alloc;
+mod report;
+mod supervisor;
+
+use std::process::ExitCode;
+
+/// A suite: its name on the command line, a one-line description, and its entry point (the
+/// argument says whether to run the short `--quick` version).
+struct Suite {
+    name: &'static str,
+    about: &'static str,
+    run: fn(bool) -> Result<(), BenchError>,
+}
+
+/// The suites, in the order the usage lists them.
+const SUITES: &[Suite] = &[Suite {
+    name: "supervisor",
+    about:
+        "supervised actors vs plain actix: throughput, request/reply, panic restart, idle memory",
+    run: supervisor::run,
+}];
+
+/// Why a suite could not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The supervisor refused a request (start, stop, ...).
+    #[error("supervisor: {0}")]
+    Supervisor(#[from] cadre_supervisor::SupervisorError),
+    /// A request to an actor got no reply.
+    #[error("mailbox: {0}")]
+    Mailbox(#[from] actix::MailboxError),
+    /// A task the bench spawned did not finish.
+    #[error("task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// Writing the results failed.
+    #[error("writing results: {0}")]
+    Io(#[from] std::io::Error),
+    /// A sanity check of a case failed (lost messages, no restart, a wait that never ended).
+    #[error("check failed: {0}")]
+    Check(String),
+}
+
+fn usage() -> String {
+    let mut text = String::from("usage: cadre-bench SUITE [--quick]\n\nsuites:\n");
+    for suite in SUITES {
+        text.push_str(&format!("  {:<12}{}\n", suite.name, suite.about));
+    }
+    text.push_str("\n--quick runs a short version (for CI).");
+    text
+}
+
+fn main() -> ExitCode {
+    let mut suite = None;
+    let mut quick = false;
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            "-h" | "--help" => {
+                eprintln!("{}", usage());
+                return ExitCode::SUCCESS;
+            }
+            name if suite.is_none() && !name.starts_with('-') => suite = Some(arg),
+            other => {
+                eprintln!("cadre-bench: unexpected argument {other:?}\n\n{}", usage());
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let Some(name) = suite else {
+        eprintln!("{}", usage());
+        return ExitCode::from(2);
+    };
+    let Some(found) = SUITES.iter().find(|s| s.name == name) else {
+        eprintln!("cadre-bench: unknown suite {name:?}\n\n{}", usage());
+        return ExitCode::from(2);
+    };
+    match (found.run)(quick) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cadre-bench: {name}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

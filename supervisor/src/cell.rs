@@ -30,7 +30,7 @@ use futures_util::task::AtomicWaker;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Sleep;
 
-use crate::context::{Item, StopRequest, SupervisedContext};
+use crate::context::{Item, Pending, StopRequest, SupervisedContext};
 use crate::failure::FailureKind;
 use crate::panic::{panic_message, InCell};
 use crate::supervisor::{Exit, SupMsg};
@@ -89,7 +89,6 @@ impl CellShared {
 pub(crate) struct CellEnv {
     pub key: u64,
     pub events: mpsc::UnboundedSender<SupMsg>,
-    pub liveness: Option<Duration>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -121,12 +120,11 @@ pub(crate) struct Cell<A: Actor<Context = SupervisedContext<A>>> {
     shared: Arc<CellShared>,
     env: CellEnv,
     generation: u64,
-    restart_count: u64,
     phase: Phase,
     items: Vec<(actix::SpawnHandle, Item<A>)>,
     waits: Vec<Item<A>>,
     stop_reply: Option<oneshot::Sender<()>>,
-    liveness: Option<Liveness>,
+    liveness: Option<Box<Liveness>>,
 }
 
 impl<A: Actor<Context = SupervisedContext<A>>> Cell<A> {
@@ -136,12 +134,15 @@ impl<A: Actor<Context = SupervisedContext<A>>> Cell<A> {
         factory: Box<dyn Fn() -> A + Send>,
         shared: Arc<CellShared>,
         env: CellEnv,
+        liveness: Option<Duration>,
     ) -> Self {
-        let liveness = env.liveness.map(|deadline| Liveness {
-            deadline,
-            sleep: Box::pin(tokio::time::sleep(deadline)),
-            armed: false,
-            progress_at_arm: 0,
+        let liveness = liveness.map(|deadline| {
+            Box::new(Liveness {
+                deadline,
+                sleep: Box::pin(tokio::time::sleep(deadline)),
+                armed: false,
+                progress_at_arm: 0,
+            })
         });
         Cell {
             act: None,
@@ -151,7 +152,6 @@ impl<A: Actor<Context = SupervisedContext<A>>> Cell<A> {
             shared,
             env,
             generation: 0,
-            restart_count: 0,
             phase: Phase::Idle,
             items: Vec::new(),
             waits: Vec::new(),
@@ -220,7 +220,6 @@ impl<A: Actor<Context = SupervisedContext<A>>> Cell<A> {
             return Ok(());
         }
         self.generation = generation;
-        self.restart_count = restart_count;
         self.ctx.reset();
         self.ctx.restart_count = restart_count;
         let factory = &self.factory;
@@ -242,7 +241,7 @@ impl<A: Actor<Context = SupervisedContext<A>>> Cell<A> {
                 "started hook panicked: {}",
                 panic_message(&*payload)
             )),
-            Ok(()) => self.ctx.fatal.take().map(|(_, reason)| reason),
+            Ok(()) => self.ctx.fatal.take().map(|fatal| fatal.1),
         };
         if let Some(message) = failure {
             let extra = self.teardown();
@@ -256,18 +255,22 @@ impl<A: Actor<Context = SupervisedContext<A>>> Cell<A> {
     /// Moves futures spawned through the context into the cell; returns whether any moved.
     fn merge(&mut self) -> bool {
         let ctx = &mut self.ctx;
+        if ctx.pending.is_empty() {
+            ctx.blocked = !self.waits.is_empty();
+            return false;
+        }
         let mut moved = false;
-        if !ctx.spawned.is_empty() {
-            self.items.append(&mut ctx.spawned);
-            moved = true;
-        }
-        if !ctx.waits.is_empty() {
-            self.waits.append(&mut ctx.waits);
-            moved = true;
-        }
-        if !ctx.cancelled.is_empty() {
-            for handle in ctx.cancelled.drain(..) {
-                self.items.retain(|(h, _)| *h != handle);
+        for pending in ctx.pending.drain(..) {
+            match pending {
+                Pending::Spawn(handle, item) => {
+                    self.items.push((handle, item));
+                    moved = true;
+                }
+                Pending::Wait(item) => {
+                    self.waits.push(item);
+                    moved = true;
+                }
+                Pending::Cancel(handle) => self.items.retain(|(h, _)| *h != handle),
             }
         }
         ctx.blocked = !self.waits.is_empty();
@@ -451,7 +454,8 @@ impl<A: Actor<Context = SupervisedContext<A>>> Cell<A> {
 
     /// Acts on what the last call into the actor asked for: a fatal error or a stop.
     fn check(&mut self, _task: &mut TaskContext<'_>) -> Option<Drive> {
-        if let Some((kind, reason)) = self.ctx.fatal.take() {
+        if let Some(fatal) = self.ctx.fatal.take() {
+            let (kind, reason) = *fatal;
             return Some(Drive::Failed(kind, reason));
         }
         match self.ctx.stop.take() {

@@ -12,9 +12,13 @@
 //! progress for a liveness deadline) and [`SupervisedContext::annotate`] (ids that go into the
 //! failure record if the current message fails).
 //!
-//! Replies: every request (`Addr::send`) is answered through a private reply slot, so a reply
-//! that never comes (the `ResponseFuture` task of a handler panicked) is seen and treated as a
-//! failure of the actor, and the caller gets `MailboxError::Closed` instead of waiting forever.
+//! Replies: a request (`Addr::send`) whose handler answers with `ResponseFuture` or `Response`
+//! (which actix runs as a detached task) is answered through a private reply slot, so a reply
+//! that never comes (the task panicked) is seen and treated as a failure of the actor; the caller
+//! gets `MailboxError::Closed` instead of waiting forever. Every other response type answers
+//! inside the cell (synchronously, or from a future the cell polls under `catch_unwind`), so it
+//! gets the caller's slot directly and costs nothing extra. The choice is made per handler type
+//! at compile time (a `TypeId` comparison).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -24,7 +28,9 @@ use std::task::{Context as TaskContext, Poll};
 use actix::dev::MessageResponse;
 use actix::dev::{Envelope, EnvelopeProxy, OneshotSender, ToEnvelope};
 use actix::fut::ActorFuture;
-use actix::{Actor, ActorContext, ActorState, Addr, AsyncContext, Handler, Message, SpawnHandle};
+use actix::{
+    Actor, ActorContext, ActorState, Addr, AsyncContext, Handler, Message, SpawnHandle, WeakAddr,
+};
 use tokio::sync::oneshot;
 
 use crate::failure::FailureKind;
@@ -32,13 +38,23 @@ use crate::failure::FailureKind;
 /// A future spawned into an actor's context.
 pub(crate) type Item<A> = Pin<Box<dyn ActorFuture<A, Output = ()>>>;
 
+/// What the actor asked of its context since the cell last looked, in order.
+pub(crate) enum Pending<A> {
+    /// `ctx.spawn`: a future that runs beside the mailbox.
+    Spawn(SpawnHandle, Item<A>),
+    /// `ctx.wait`: a future that blocks the mailbox until it completes.
+    Wait(Item<A>),
+    /// `ctx.cancel_future`.
+    Cancel(SpawnHandle),
+}
+
 /// Identity of a child in its tree, shared by its cell and context.
 #[derive(Debug)]
 pub(crate) struct ChildInfo {
     /// Full path, e.g. `root/scheduler/lease_manager`.
     pub path: String,
     /// The `actor` metric label (the child id, or its pool's id).
-    pub label: String,
+    pub label: Arc<str>,
     /// The tree's failure journal.
     pub journal: crate::failure::FailureJournal,
 }
@@ -54,30 +70,29 @@ pub(crate) enum StopRequest {
 
 /// The context of an actor supervised by cadre (use as `type Context = SupervisedContext<Self>`).
 pub struct SupervisedContext<A: Actor<Context = SupervisedContext<A>>> {
-    addr: Addr<A>,
+    /// Weak, so that an idle actor costs no sender of its own; it always upgrades while the cell
+    /// (which owns the mailbox) lives, and the context lives only inside the cell.
+    addr: WeakAddr<A>,
     pub(crate) stop: Option<StopRequest>,
     pub(crate) stopping: bool,
-    pub(crate) spawned: Vec<(SpawnHandle, Item<A>)>,
-    pub(crate) waits: Vec<Item<A>>,
-    pub(crate) cancelled: Vec<SpawnHandle>,
+    /// One list for spawns, waits and cancellations (one Vec keeps an idle actor small).
+    pub(crate) pending: Vec<Pending<A>>,
     pub(crate) blocked: bool,
     next_handle: SpawnHandle,
-    pub(crate) fatal: Option<(FailureKind, String)>,
+    pub(crate) fatal: Option<Box<(FailureKind, String)>>,
     pub(crate) progress: u64,
     pub(crate) restart_count: u64,
     pub(crate) info: Arc<ChildInfo>,
-    pub(crate) note: Option<String>,
+    pub(crate) note: Option<Box<str>>,
 }
 
 impl<A: Actor<Context = SupervisedContext<A>>> SupervisedContext<A> {
-    pub(crate) fn new(addr: Addr<A>, info: Arc<ChildInfo>) -> Self {
+    pub(crate) fn new(addr: WeakAddr<A>, info: Arc<ChildInfo>) -> Self {
         SupervisedContext {
             addr,
             stop: None,
             stopping: false,
-            spawned: Vec::new(),
-            waits: Vec::new(),
-            cancelled: Vec::new(),
+            pending: Vec::new(),
             blocked: false,
             next_handle: SpawnHandle::default(),
             fatal: None,
@@ -92,9 +107,7 @@ impl<A: Actor<Context = SupervisedContext<A>>> SupervisedContext<A> {
     pub(crate) fn reset(&mut self) {
         self.stop = None;
         self.stopping = false;
-        self.spawned.clear();
-        self.waits.clear();
-        self.cancelled.clear();
+        self.pending.clear();
         self.blocked = false;
         self.fatal = None;
         self.note = None;
@@ -104,13 +117,13 @@ impl<A: Actor<Context = SupervisedContext<A>>> SupervisedContext<A> {
     /// (kind `fatal`), logged, and restarted with fresh state as its child spec says.
     pub fn fail(&mut self, reason: impl Into<String>) {
         if self.fatal.is_none() {
-            self.fatal = Some((FailureKind::Fatal, reason.into()));
+            self.fatal = Some(Box::new((FailureKind::Fatal, reason.into())));
         }
     }
 
     pub(crate) fn fail_with(&mut self, kind: FailureKind, reason: String) {
         if self.fatal.is_none() {
-            self.fatal = Some((kind, reason));
+            self.fatal = Some(Box::new((kind, reason)));
         }
     }
 
@@ -123,7 +136,7 @@ impl<A: Actor<Context = SupervisedContext<A>>> SupervisedContext<A> {
     /// Attaches ids of what is being handled (e.g. `event_id=42`); if the current message fails,
     /// they go into the failure record. Cleared after each message.
     pub fn annotate(&mut self, note: impl Into<String>) {
-        self.note = Some(note.into());
+        self.note = Some(note.into().into_boxed_str());
     }
 
     /// This actor's path in the supervision tree, e.g. `root/scheduler`.
@@ -175,7 +188,15 @@ impl<A: Actor<Context = SupervisedContext<A>>> ActorContext for SupervisedContex
 
 impl<A: Actor<Context = SupervisedContext<A>>> AsyncContext<A> for SupervisedContext<A> {
     fn address(&self) -> Addr<A> {
-        self.addr.clone()
+        match self.addr.upgrade() {
+            Some(addr) => addr,
+            None => {
+                // Unreachable while the cell lives; if it ever happens, hand out the address of a
+                // closed mailbox, so sends fail with `Closed` instead of vanishing.
+                tracing::error!(actor_path = %self.info.path, "mailbox gone while the actor runs");
+                Addr::new(actix::dev::channel::channel::<A>(1).0)
+            }
+        }
     }
 
     fn spawn<F>(&mut self, fut: F) -> SpawnHandle
@@ -183,7 +204,8 @@ impl<A: Actor<Context = SupervisedContext<A>>> AsyncContext<A> for SupervisedCon
         F: ActorFuture<A, Output = ()> + 'static,
     {
         self.next_handle = self.next_handle.next();
-        self.spawned.push((self.next_handle, Box::pin(fut)));
+        self.pending
+            .push(Pending::Spawn(self.next_handle, Box::pin(fut)));
         self.next_handle
     }
 
@@ -191,15 +213,17 @@ impl<A: Actor<Context = SupervisedContext<A>>> AsyncContext<A> for SupervisedCon
     where
         F: ActorFuture<A, Output = ()> + 'static,
     {
-        self.waits.push(Box::pin(fut));
+        self.pending.push(Pending::Wait(Box::pin(fut)));
     }
 
     fn waiting(&self) -> bool {
-        self.blocked || !self.waits.is_empty() || self.stop.is_some()
+        self.blocked
+            || self.stop.is_some()
+            || self.pending.iter().any(|p| matches!(p, Pending::Wait(_)))
     }
 
     fn cancel_future(&mut self, handle: SpawnHandle) -> bool {
-        self.cancelled.push(handle);
+        self.pending.push(Pending::Cancel(handle));
         true
     }
 }
@@ -207,6 +231,7 @@ impl<A: Actor<Context = SupervisedContext<A>>> AsyncContext<A> for SupervisedCon
 impl<A, M> ToEnvelope<A, M> for SupervisedContext<A>
 where
     A: Actor<Context = SupervisedContext<A>> + Handler<M>,
+    <A as Handler<M>>::Result: 'static,
     M: Message + Send + 'static,
     M::Result: Send,
 {
@@ -221,9 +246,18 @@ struct SupervisedEnvelope<M: Message> {
     tx: Option<OneshotSender<M::Result>>,
 }
 
+/// Whether a handler's response type runs as a task of its own (actix spawns `ResponseFuture`
+/// and `Response` futures detached), so its reply must be watched.
+fn replies_from_detached_task<R: 'static, T: 'static>() -> bool {
+    use std::any::TypeId;
+    let r = TypeId::of::<R>();
+    r == TypeId::of::<actix::ResponseFuture<T>>() || r == TypeId::of::<actix::Response<T>>()
+}
+
 impl<A, M> EnvelopeProxy<A> for SupervisedEnvelope<M>
 where
     A: Actor<Context = SupervisedContext<A>> + Handler<M>,
+    <A as Handler<M>>::Result: 'static,
     M: Message + Send + 'static,
     M::Result: Send,
 {
@@ -237,6 +271,10 @@ where
                 if tx.is_closed() {
                     // The caller stopped waiting before the message was handled (as in actix,
                     // the message is not handled).
+                    return;
+                }
+                if !replies_from_detached_task::<<A as Handler<M>>::Result, M::Result>() {
+                    <A as Handler<M>>::handle(act, msg, ctx).handle(ctx, Some(tx));
                     return;
                 }
                 let (reply_tx, mut reply_rx) = oneshot::channel();

@@ -45,6 +45,16 @@ impl RestartWindow {
         self.times.len() <= self.intensity as usize
     }
 
+    /// The configured intensity.
+    pub(crate) fn intensity(&self) -> u32 {
+        self.intensity
+    }
+
+    /// The configured period.
+    pub(crate) fn period(&self) -> Duration {
+        self.period
+    }
+
     /// Forgets every recorded restart (a restarted supervisor starts with a fresh window).
     pub(crate) fn clear(&mut self) {
         self.times.clear();

@@ -103,7 +103,7 @@ where
             .restart(self.restart)
             .shutdown(self.shutdown)
             .mailbox_capacity(self.mailbox)
-            .metric_label(self.id.to_string());
+            .metric_label(Arc::clone(&self.id));
         if let Some(limit) = self.limit {
             spec = spec.limit(limit.intensity, limit.period);
         }

@@ -103,7 +103,7 @@ pub(crate) struct ChildOptions {
     pub shutdown: Shutdown,
     pub liveness: Option<Duration>,
     pub limit: Option<ChildLimit>,
-    pub label: Option<String>,
+    pub label: Option<Arc<str>>,
 }
 
 /// A child of a supervisor, ready to be started: a worker ([`WorkerSpec`]) or a supervisor
@@ -164,7 +164,7 @@ impl ChildSpec {
 
     /// Sets the `actor` metric label (default: the id). Pools set it to the pool's id so that
     /// per-instance ids never become label values.
-    pub fn metric_label(mut self, label: impl Into<String>) -> Self {
+    pub fn metric_label(mut self, label: impl Into<Arc<str>>) -> Self {
         self.options.label = Some(label.into());
         self
     }
@@ -215,6 +215,7 @@ pub(crate) trait WorkerParts: Send {
         self: Box<Self>,
         info: Arc<crate::context::ChildInfo>,
         env: crate::cell::CellEnv,
+        liveness: Option<Duration>,
     ) -> Arc<crate::cell::CellShared>;
 }
 
@@ -229,10 +230,20 @@ impl<A: Actor<Context = SupervisedContext<A>>> WorkerParts for Worker<A> {
         self: Box<Self>,
         info: Arc<crate::context::ChildInfo>,
         env: crate::cell::CellEnv,
+        liveness: Option<Duration>,
     ) -> Arc<crate::cell::CellShared> {
         let shared = Arc::new(crate::cell::CellShared::default());
-        let ctx = SupervisedContext::new(self.addr, info);
-        let cell = crate::cell::Cell::new(ctx, self.rx, self.factory, Arc::clone(&shared), env);
+        // The cell keeps only a weak address: the spec's strong one is dropped here, so an idle
+        // actor holds no sender of its own.
+        let ctx = SupervisedContext::new(self.addr.downgrade(), info);
+        let cell = crate::cell::Cell::new(
+            ctx,
+            self.rx,
+            self.factory,
+            Arc::clone(&shared),
+            env,
+            liveness,
+        );
         actix_rt::spawn(cell);
         shared
     }
@@ -311,7 +322,7 @@ impl<A: Actor<Context = SupervisedContext<A>>> WorkerSpec<A> {
     }
 
     /// Sets the `actor` metric label (default: the id).
-    pub fn metric_label(mut self, label: impl Into<String>) -> Self {
+    pub fn metric_label(mut self, label: impl Into<Arc<str>>) -> Self {
         self.options.label = Some(label.into());
         self
     }

@@ -27,8 +27,7 @@ use crate::failure::{report, Failure, FailureJournal, FailureKind};
 use crate::intensity::RestartWindow;
 use crate::metrics::ACTOR_RESTARTS_TOTAL;
 use crate::spec::{
-    Backoff, ChildKind, ChildOptions, ChildSpec, Restart, Shutdown, StartSpec, Strategy,
-    SupervisorSpec,
+    Backoff, ChildKind, ChildSpec, Restart, Shutdown, StartSpec, Strategy, SupervisorSpec,
 };
 
 /// How a child instance ended on its own.
@@ -371,16 +370,17 @@ struct Child {
     id: Arc<str>,
     info: Arc<ChildInfo>,
     kind: ChildKind,
-    options: ChildOptions,
+    restart: Restart,
+    shutdown: Shutdown,
     runtime: Runtime,
     running: bool,
     generation: u64,
     restarts: u64,
-    limit: Option<RestartWindow>,
+    limit: Option<Box<RestartWindow>>,
     started_at: Instant,
     streak: u32,
-    /// The token of a restart waiting for its backoff delay.
-    pending: Option<u64>,
+    /// The token of a restart waiting for its backoff delay (0: none; tokens start at 1).
+    pending: u64,
 }
 
 struct Parent {
@@ -470,7 +470,7 @@ impl Supervisor {
             restart_count: 0,
             running: false,
             closed: false,
-            next_token: 0,
+            next_token: 1,
             done,
         };
         for child in children {
@@ -483,16 +483,17 @@ impl Supervisor {
         let key = self.next_key;
         self.next_key += 1;
         let id: Arc<str> = Arc::from(spec.id.as_str());
-        let label = spec
-            .options
-            .label
-            .clone()
-            .unwrap_or_else(|| spec.id.clone());
+        // The label is the id itself (one allocation) unless the spec shares another one (a
+        // pool's id, shared by all its children).
+        let label = match &spec.options.label {
+            Some(label) => Arc::clone(label),
+            None => Arc::clone(&id),
+        };
         let path = format!("{}/{}", self.path, spec.id);
         let kind = spec.kind();
         let info = Arc::new(ChildInfo {
-            path: path.clone(),
-            label: label.clone(),
+            path,
+            label,
             journal: self.journal.clone(),
         });
         let runtime = match spec.start {
@@ -501,15 +502,15 @@ impl Supervisor {
                 CellEnv {
                     key,
                     events: self.tx.clone(),
-                    liveness: spec.options.liveness,
                 },
+                spec.options.liveness,
             )),
             StartSpec::Supervisor(sub) => {
                 let tx = sub.tx.clone();
                 let nested = Supervisor::build(
                     *sub,
-                    path,
-                    label,
+                    info.path.clone(),
+                    info.label.to_string(),
                     self.journal.clone(),
                     Some(Parent {
                         events: self.tx.clone(),
@@ -523,7 +524,7 @@ impl Supervisor {
         let limit = spec
             .options
             .limit
-            .map(|l| RestartWindow::new(l.intensity, l.period));
+            .map(|l| Box::new(RestartWindow::new(l.intensity, l.period)));
         self.ids.insert(Arc::clone(&id), key);
         self.children.insert(
             key,
@@ -531,7 +532,8 @@ impl Supervisor {
                 id,
                 info,
                 kind,
-                options: spec.options,
+                restart: spec.options.restart,
+                shutdown: spec.options.shutdown,
                 runtime,
                 running: false,
                 generation: 0,
@@ -539,7 +541,7 @@ impl Supervisor {
                 limit,
                 started_at: Instant::now(),
                 streak: 0,
-                pending: None,
+                pending: 0,
             },
         );
         key
@@ -631,11 +633,11 @@ impl Supervisor {
         if child.running {
             return Ok(());
         }
-        child.pending = None;
+        child.pending = 0;
         child.generation += 1;
         if is_restart {
             child.restarts += 1;
-            metrics::counter!(ACTOR_RESTARTS_TOTAL, "actor" => child.info.label.clone())
+            metrics::counter!(ACTOR_RESTARTS_TOTAL, "actor" => child.info.label.to_string())
                 .increment(1);
             tracing::info!(actor_path = %child.info.path, restart_count = child.restarts, "restarting child");
         }
@@ -651,13 +653,13 @@ impl Supervisor {
         let Some(child) = self.children.get_mut(&key) else {
             return;
         };
-        child.pending = None;
+        child.pending = 0;
         if !child.running {
             return;
         }
         child.running = false;
         let path = child.info.path.as_str();
-        match child.options.shutdown {
+        match child.shutdown {
             Shutdown::Brutal => child.runtime.kill(path).await,
             Shutdown::Infinity => child.runtime.stop(path).await,
             Shutdown::Timeout(limit) => {
@@ -689,7 +691,7 @@ impl Supervisor {
             if self
                 .children
                 .get(&key)
-                .is_some_and(|c| c.options.restart == Restart::Temporary)
+                .is_some_and(|c| c.restart == Restart::Temporary)
             {
                 self.remove(key);
             }
@@ -706,7 +708,7 @@ impl Supervisor {
         let keys: Vec<u64> = self.children.keys().rev().copied().collect();
         for key in keys {
             if let Some(child) = self.children.get_mut(&key) {
-                child.pending = None;
+                child.pending = 0;
                 if child.running {
                     child.running = false;
                     child.runtime.kill(&child.info.path).await;
@@ -751,13 +753,13 @@ impl Supervisor {
                 tracing::info!(actor_path = %child.info.path, "child exited normally");
             }
         }
-        let restart = match child.options.restart {
+        let restart = match child.restart {
             Restart::Permanent => true,
             Restart::Transient => abnormal,
             Restart::Temporary => false,
         };
         if !restart {
-            if child.options.restart == Restart::Temporary {
+            if child.restart == Restart::Temporary {
                 self.remove(key);
             }
             return;
@@ -776,8 +778,8 @@ impl Supervisor {
                 if !limit.record(now) {
                     let message = format!(
                         "more than {} restarts in {:?}; disabled",
-                        child.options.limit.map_or(0, |l| l.intensity),
-                        child.options.limit.map_or(Duration::ZERO, |l| l.period)
+                        limit.intensity(),
+                        limit.period()
                     );
                     report(
                         &self.journal,
@@ -824,7 +826,7 @@ impl Supervisor {
         let Some(child) = self.children.get_mut(&key) else {
             return;
         };
-        child.pending = Some(token);
+        child.pending = token;
         tracing::info!(actor_path = %child.info.path, delay_ms = delay.as_millis() as u64, "restart delayed by backoff");
         let tx = self.tx.clone();
         let path = child.info.path.clone();
@@ -840,7 +842,7 @@ impl Supervisor {
         let due = self
             .children
             .get(&key)
-            .is_some_and(|c| c.pending == Some(token) && !c.running);
+            .is_some_and(|c| c.pending == token && !c.running);
         if !due {
             return;
         }
@@ -1008,7 +1010,7 @@ impl Supervisor {
                     .map(|c| ChildStatus {
                         id: c.id.to_string(),
                         kind: c.kind,
-                        restart: c.options.restart,
+                        restart: c.restart,
                         running: c.running,
                         restarts: c.restarts,
                     })

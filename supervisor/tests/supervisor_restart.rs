@@ -54,6 +54,26 @@ impl Handler<SlowAdd> for Acc {
 
 #[derive(Message)]
 #[rtype(result = "u64")]
+struct RespAdd(u64);
+
+impl Handler<RespAdd> for Acc {
+    type Result = Response<u64>;
+    fn handle(&mut self, msg: RespAdd, _: &mut Self::Context) -> Self::Result {
+        if msg.0 == 1 {
+            return Response::reply(1);
+        }
+        Response::fut(async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if msg.0 == 0 {
+                panic!("response zero");
+            }
+            msg.0
+        })
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "u64")]
 struct ActAdd(u64);
 
 impl Handler<ActAdd> for Acc {
@@ -186,6 +206,15 @@ fn async_handler_panics_are_failures_of_the_actor() {
             1,
             "restarted after ResponseFuture panic"
         );
+        assert_eq!(addr.send(RespAdd(1)).await.unwrap(), 1);
+        assert_eq!(addr.send(RespAdd(5)).await.unwrap(), 5);
+        assert!(addr.send(RespAdd(0)).await.is_err());
+        settle().await;
+        assert_eq!(
+            addr.send(Add(2)).await.unwrap(),
+            2,
+            "restarted after Response::fut panic"
+        );
         assert!(addr.send(ActAdd(0)).await.is_err());
         assert_eq!(
             addr.send(ActAdd(2)).await.unwrap(),
@@ -207,6 +236,6 @@ fn async_handler_panics_are_failures_of_the_actor() {
         );
         root.stop().await.unwrap();
     });
-    assert_eq!(cap.failures_of("t3/acc_async", "panic"), 3);
+    assert_eq!(cap.failures_of("t3/acc_async", "panic"), 4);
     assert_eq!(cap.failures_of("t3/acc_async", "fatal"), 1);
 }
