@@ -38,7 +38,8 @@ use crate::supervisor::{Exit, SupMsg};
 /// Messages handled in one poll before the cell yields to other tasks on its arbiter.
 const BUDGET: u32 = 512;
 
-/// A command from the supervisor to a cell.
+/// A command from a supervisor to a child: to a cell, or (as `SupMsg::Control`) to a nested
+/// supervisor, which applies it to all its children.
 pub(crate) enum Cmd {
     /// Start a fresh instance; answers once `started` ran (or failed).
     Start {

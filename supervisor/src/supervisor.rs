@@ -48,18 +48,10 @@ pub(crate) enum SupMsg {
         generation: u64,
         exit: Exit,
     },
-    /// (From the parent, or the root's start) start all children in order.
-    Start {
-        generation: u64,
-        restart_count: u64,
-        reply: oneshot::Sender<Result<(), String>>,
-    },
-    /// (From the parent) stop all children in reverse order and wait to be started again.
-    Stop { reply: oneshot::Sender<()> },
-    /// (From the parent) kill all children at once and wait to be started again.
-    Kill { reply: oneshot::Sender<()> },
-    /// (From the parent) close all children and end.
-    Close,
+    /// (From the parent, or the root's start) the same commands a cell takes, for all children:
+    /// start them in order, stop them in reverse order (then wait to be started again), kill
+    /// them at once, or close them and end.
+    Control(Cmd),
     /// A backoff delay for a child's restart has passed.
     RestartDue { key: u64, token: u64 },
     /// A request from a [`SupervisorRef`].
@@ -258,11 +250,11 @@ impl SupervisorSpec {
         let not_running = || SupervisorError::NotRunning {
             supervisor: name.to_owned(),
         };
-        tx.send(SupMsg::Start {
+        tx.send(SupMsg::Control(Cmd::Start {
             generation: 1,
             restart_count: 0,
             reply,
-        })
+        }))
         .map_err(|_| not_running())?;
         match rx.await {
             Ok(Ok(())) => Ok(handle),
@@ -282,86 +274,69 @@ enum Runtime {
 }
 
 impl Runtime {
+    /// Hands `cmd` to the child; false when its task is gone.
+    fn send(&self, cmd: Cmd) -> bool {
+        match self {
+            Runtime::Worker(cell) => {
+                cell.push(cmd);
+                true
+            }
+            Runtime::Supervisor(tx) => tx.send(SupMsg::Control(cmd)).is_ok(),
+        }
+    }
+
     async fn start(&self, generation: u64, restart_count: u64) -> Result<(), String> {
         let (reply, rx) = oneshot::channel();
-        match self {
-            Runtime::Worker(cell) => cell.push(Cmd::Start {
-                generation,
-                restart_count,
-                reply,
-            }),
-            Runtime::Supervisor(tx) => {
-                if tx
-                    .send(SupMsg::Start {
-                        generation,
-                        restart_count,
-                        reply,
-                    })
-                    .is_err()
-                {
-                    return Err("supervisor task is gone".to_owned());
-                }
-            }
+        if !self.send(Cmd::Start {
+            generation,
+            restart_count,
+            reply,
+        }) {
+            return Err("child task is gone".to_owned());
         }
         rx.await
             .unwrap_or_else(|_| Err("child task ended without answering".to_owned()))
     }
 
-    async fn stop(&self, path: &str) {
+    /// Sends a stop or kill and waits for the child to answer.
+    async fn ask(
+        &self,
+        path: &str,
+        what: &'static str,
+        make: impl FnOnce(oneshot::Sender<()>) -> Cmd,
+    ) {
         let (reply, rx) = oneshot::channel();
-        match self {
-            Runtime::Worker(cell) => cell.push(Cmd::Stop { reply }),
-            Runtime::Supervisor(tx) => {
-                if tx.send(SupMsg::Stop { reply }).is_err() {
-                    tracing::warn!(
-                        actor_path = path,
-                        "stop not delivered: the supervisor task is gone"
-                    );
-                    return;
-                }
-            }
+        if !self.send(make(reply)) {
+            tracing::warn!(
+                actor_path = path,
+                command = what,
+                "command not delivered: the child task is gone"
+            );
+            return;
         }
         if rx.await.is_err() {
             tracing::warn!(
                 actor_path = path,
-                "child task ended without answering a stop"
+                command = what,
+                "child task ended without answering"
             );
         }
+    }
+
+    async fn stop(&self, path: &str) {
+        self.ask(path, "stop", |reply| Cmd::Stop { reply }).await;
     }
 
     async fn kill(&self, path: &str) {
-        let (reply, rx) = oneshot::channel();
-        match self {
-            Runtime::Worker(cell) => cell.push(Cmd::Kill { reply }),
-            Runtime::Supervisor(tx) => {
-                if tx.send(SupMsg::Kill { reply }).is_err() {
-                    tracing::warn!(
-                        actor_path = path,
-                        "kill not delivered: the supervisor task is gone"
-                    );
-                    return;
-                }
-            }
-        }
-        if rx.await.is_err() {
-            tracing::warn!(
-                actor_path = path,
-                "child task ended without answering a kill"
-            );
-        }
+        self.ask(path, "kill", |reply| Cmd::Kill { reply }).await;
     }
 
     fn close(&self, path: &str) {
-        match self {
-            Runtime::Worker(cell) => cell.push(Cmd::Close),
-            Runtime::Supervisor(tx) => {
-                if tx.send(SupMsg::Close).is_err() {
-                    tracing::debug!(
-                        actor_path = path,
-                        "close not delivered: the supervisor task already ended"
-                    );
-                }
-            }
+        if !self.send(Cmd::Close) {
+            tracing::debug!(
+                actor_path = path,
+                "close not delivered: the child task already ended"
+            );
         }
     }
 }
@@ -567,11 +542,11 @@ impl Supervisor {
                     generation,
                     exit,
                 } => self.on_exit(key, generation, exit).await,
-                SupMsg::Start {
+                SupMsg::Control(Cmd::Start {
                     generation,
                     restart_count,
                     reply,
-                } => {
+                }) => {
                     let result = self.start_all(generation, restart_count).await;
                     let failed = result.as_ref().err().cloned();
                     if reply.send(result).is_err() {
@@ -585,15 +560,15 @@ impl Supervisor {
                         }));
                     }
                 }
-                SupMsg::Stop { reply } => {
+                SupMsg::Control(Cmd::Stop { reply }) => {
                     self.stop_all().await;
                     answer(reply, &self.path);
                 }
-                SupMsg::Kill { reply } => {
+                SupMsg::Control(Cmd::Kill { reply }) => {
                     self.kill_all().await;
                     answer(reply, &self.path);
                 }
-                SupMsg::Close => {
+                SupMsg::Control(Cmd::Close) => {
                     self.close_all();
                     self.finish(Ok(()));
                 }
