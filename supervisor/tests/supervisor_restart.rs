@@ -239,3 +239,65 @@ fn async_handler_panics_are_failures_of_the_actor() {
     assert_eq!(cap.failures_of("t3/acc_async", "panic"), 4);
     assert_eq!(cap.failures_of("t3/acc_async", "fatal"), 1);
 }
+
+struct Fragile {
+    starts: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    handled: u64,
+}
+
+impl Actor for Fragile {
+    type Context = SupervisedContext<Self>;
+
+    fn started(&mut self, _: &mut Self::Context) {
+        let n = self
+            .starts
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        if n == 2 {
+            panic!("start-up failed on instance {n}");
+        }
+    }
+}
+
+impl Handler<Add> for Fragile {
+    type Result = u64;
+    fn handle(&mut self, msg: Add, _: &mut Self::Context) -> u64 {
+        if msg.0 == 0 {
+            panic!("zero");
+        }
+        self.handled += 1;
+        self.handled
+    }
+}
+
+#[test]
+fn messages_queued_while_a_restart_fails_in_start_up_are_kept() {
+    let starts = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let s = starts.clone();
+    let cap = run(|_| async move {
+        let spec = WorkerSpec::new("fragile", move || Fragile {
+            starts: s.clone(),
+            handled: 0,
+        })
+        .mailbox_capacity(64);
+        let addr = spec.addr();
+        let root = SupervisorSpec::one_for_one()
+            .child(spec)
+            .start("t4")
+            .await
+            .unwrap();
+        let failing = addr.send(Add(0));
+        let queued: Vec<_> = (0..5).map(|_| addr.send(Add(1))).collect();
+        assert!(failing.await.is_err());
+        let mut seen = Vec::new();
+        for r in queued {
+            seen.push(r.await.unwrap());
+        }
+        // instance 2 failed in `started`; instance 3 handled every queued message, once
+        assert_eq!(seen, vec![1, 2, 3, 4, 5]);
+        root.stop().await.unwrap();
+    });
+    assert_eq!(starts.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert_eq!(cap.failures_of("t4/fragile", "panic"), 1);
+    assert_eq!(cap.failures_of("t4/fragile", "start_failed"), 1);
+}
