@@ -172,6 +172,7 @@ impl<A: Actor<Context = SupervisedContext<A>>> Cell<A> {
                 let result = self.start(generation, restart_count);
                 if reply.send(result).is_err() {
                     tracing::warn!(actor_path = %self.ctx.info.path, "start reply not delivered: the supervisor stopped waiting");
+                    crate::metrics::internal_error("start_reply_lost");
                 }
                 true
             }
@@ -354,6 +355,7 @@ impl<A: Actor<Context = SupervisedContext<A>>> Cell<A> {
         };
         if self.env.events.send(msg).is_err() {
             tracing::error!(actor_path = %self.ctx.info.path, "exit notice not delivered: the supervisor is gone");
+            crate::metrics::internal_error("exit_notice_lost");
         }
     }
 

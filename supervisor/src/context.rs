@@ -194,6 +194,7 @@ impl<A: Actor<Context = SupervisedContext<A>>> AsyncContext<A> for SupervisedCon
                 // Unreachable while the cell lives; if it ever happens, hand out the address of a
                 // closed mailbox, so sends fail with `Closed` instead of vanishing.
                 tracing::error!(actor_path = %self.info.path, "mailbox gone while the actor runs");
+                crate::metrics::internal_error("mailbox_gone");
                 Addr::new(actix::dev::channel::channel::<A>(1).0)
             }
         }

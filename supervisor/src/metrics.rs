@@ -12,6 +12,15 @@ pub const CALLBACK_EVENTS_DROPPED_TOTAL: &str = "cadre_callback_events_dropped_t
 /// Counter: callback events delivered to a callback's queue, label `callback`.
 pub const CALLBACK_EVENTS_TOTAL: &str = "cadre_callback_events_total";
 
+/// Counter: internal messages of the supervision machinery that could not be delivered or were
+/// never answered (a task gone earlier than it should), label `what`. Each is also one log event.
+pub const SUPERVISOR_INTERNAL_ERRORS_TOTAL: &str = "cadre_supervisor_internal_errors_total";
+
+/// Counts one internal error of kind `what` (the caller logs it).
+pub(crate) fn internal_error(what: &'static str) {
+    metrics::counter!(SUPERVISOR_INTERNAL_ERRORS_TOTAL, "what" => what).increment(1);
+}
+
 /// Registers the descriptions of this crate's metrics with the installed recorder.
 pub fn describe() {
     metrics::describe_counter!(
@@ -24,4 +33,8 @@ pub fn describe() {
         "callback events not delivered because the callback's queue was full or the callback is disabled"
     );
     metrics::describe_counter!(CALLBACK_EVENTS_TOTAL, "callback events queued for delivery");
+    metrics::describe_counter!(
+        SUPERVISOR_INTERNAL_ERRORS_TOTAL,
+        "supervision messages that could not be delivered or were never answered"
+    );
 }

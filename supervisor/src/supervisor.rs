@@ -285,17 +285,26 @@ impl Runtime {
         }
     }
 
-    async fn start(&self, generation: u64, restart_count: u64) -> Result<(), String> {
+    /// Starts a fresh instance. A start failure is reported by the child that saw it; a child
+    /// whose task is gone cannot, so that case is logged and counted here.
+    async fn start(&self, path: &str, generation: u64, restart_count: u64) -> Result<(), String> {
         let (reply, rx) = oneshot::channel();
-        if !self.send(Cmd::Start {
+        let sent = self.send(Cmd::Start {
             generation,
             restart_count,
             reply,
-        }) {
-            return Err("child task is gone".to_owned());
-        }
-        rx.await
-            .unwrap_or_else(|_| Err("child task ended without answering".to_owned()))
+        });
+        let lost = if !sent {
+            "child task is gone"
+        } else {
+            match rx.await {
+                Ok(result) => return result,
+                Err(_) => "child task ended without answering a start",
+            }
+        };
+        tracing::error!(actor_path = path, reason = lost, "child cannot start");
+        crate::metrics::internal_error("start_lost");
+        Err(lost.to_owned())
     }
 
     /// Sends a stop or kill and waits for the child to answer.
@@ -312,6 +321,7 @@ impl Runtime {
                 command = what,
                 "command not delivered: the child task is gone"
             );
+            crate::metrics::internal_error("command_lost");
             return;
         }
         if rx.await.is_err() {
@@ -320,6 +330,7 @@ impl Runtime {
                 command = what,
                 "child task ended without answering"
             );
+            crate::metrics::internal_error("no_answer");
         }
     }
 
@@ -424,6 +435,7 @@ impl Supervisor {
             .is_err()
         {
             tracing::warn!(actor_path = %path, "supervisor handle already described another run");
+            crate::metrics::internal_error("handle_reused");
         }
         let mut sup = Supervisor {
             rng: SmallRng::seed_from_u64(seed ^ path_seed(&path)),
@@ -551,6 +563,7 @@ impl Supervisor {
                     let failed = result.as_ref().err().cloned();
                     if reply.send(result).is_err() {
                         tracing::warn!(actor_path = %self.path, "start reply not delivered: the parent stopped waiting");
+                        crate::metrics::internal_error("start_reply_lost");
                     }
                     if let (Some(reason), None) = (failed, &self.parent) {
                         self.close_all();
@@ -616,7 +629,10 @@ impl Supervisor {
                 .increment(1);
             tracing::info!(actor_path = %child.info.path, restart_count = child.restarts, "restarting child");
         }
-        let result = child.runtime.start(child.generation, child.restarts).await;
+        let result = child
+            .runtime
+            .start(&child.info.path, child.generation, child.restarts)
+            .await;
         if result.is_ok() {
             child.running = true;
             child.started_at = Instant::now();
@@ -905,6 +921,7 @@ impl Supervisor {
                 };
                 if parent.events.send(notice).is_err() {
                     tracing::error!(actor_path = %self.path, "escalation not delivered: the parent supervisor is gone");
+                    crate::metrics::internal_error("escalation_lost");
                 }
             }
             None => {
