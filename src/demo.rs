@@ -69,7 +69,7 @@ impl Handler<Tick> for Ticker {
 
     fn handle(&mut self, msg: Tick, ctx: &mut Self::Context) {
         self.local += 1;
-        if self.local % self.crash_every == 0 {
+        if self.local.is_multiple_of(self.crash_every) {
             ctx.fail(format!("demo bug at local tick {}", self.local));
             return;
         }

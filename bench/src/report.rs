@@ -95,7 +95,7 @@ pub fn p50(samples: &mut [u64]) -> f64 {
 /// Whether the baseline runs first in round `round`: rounds alternate the order, so neither
 /// implementation always runs on a warmer (or more fragmented) process.
 pub fn baseline_first(round: usize) -> bool {
-    round % 2 == 0
+    round.is_multiple_of(2)
 }
 
 /// Nanoseconds in `d`, saturating.

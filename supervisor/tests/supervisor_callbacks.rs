@@ -41,7 +41,7 @@ struct Refuser;
 
 impl Callback<JobDone> for Refuser {
     fn on_event(&mut self, event: &JobDone) -> Result<(), CallbackError> {
-        if event.0 % 2 == 0 {
+        if event.0.is_multiple_of(2) {
             Err(format!("webhook answered 503 for job {}", event.0).into())
         } else {
             Ok(())
