@@ -1,0 +1,22 @@
+//! `cadre-cpu`: the CPU-side systems layer of cadre.
+//!
+//! - [`engine`]: the I/O engine, io_uring with a std fallback, on owned buffers.
+//! - [`journal`]: the durable write-ahead log of the job store: CRC32C-framed records in
+//!   segment files, group commit, snapshot compaction, and recovery that truncates a torn tail
+//!   but never skips corruption before it.
+//! - [`launcher`]: command jobs: spawn from argv in a process group, capture output to log
+//!   files, kill the group on cancel or timeout, reap everything.
+//! - [`inventory`]: logical cores, NUMA nodes and memory, read from `/sys` and `/proc`.
+//!
+//! `unsafe` lives only where FFI needs it (io_uring submissions, eventfd, setrlimit,
+//! sched_setaffinity, killpg), each block with a `// Safety:` comment.
+
+pub mod engine;
+pub mod error;
+pub mod inventory;
+pub mod journal;
+pub mod launcher;
+pub mod metrics;
+
+pub use engine::{Backend, BackendSetting, IoBuf, IoEngine, IoFile, OpenMode};
+pub use error::{CpuError, Result};

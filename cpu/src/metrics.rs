@@ -1,0 +1,18 @@
+//! Metric names of `cadre-cpu`, in one place so dashboards and tests agree.
+
+/// Gauge, 1 for the backend the I/O engine runs on and 0 for the other: `{backend}`.
+pub const IO_BACKEND_INFO: &str = "cadre_io_backend_info";
+/// Counter of failed I/O requests and ring faults: `{op}`.
+pub const IO_ERRORS: &str = "cadre_io_errors_total";
+/// Counter of records made durable by the journal.
+pub const JOURNAL_APPENDS: &str = "cadre_journal_appends_total";
+/// Counter of group commits (one write and one fdatasync each).
+pub const JOURNAL_COMMITS: &str = "cadre_journal_commits_total";
+/// Counter of journal failures: `{kind}` (`io`, `torn_tail`, `corrupt`, ...).
+pub const JOURNAL_ERRORS: &str = "cadre_journal_errors_total";
+/// Counter of launcher failures: `{kind}` (`spawn`, `signal`, `capture`, `wait`).
+pub const LAUNCHER_ERRORS: &str = "cadre_launcher_errors_total";
+/// Counter of processes the launcher has spawned.
+pub const LAUNCHER_SPAWNS: &str = "cadre_launcher_spawns_total";
+/// Counter of inventory failures: `{kind}` (`io`, `inventory`, `no_numa`).
+pub const INVENTORY_ERRORS: &str = "cadre_inventory_errors_total";

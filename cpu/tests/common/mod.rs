@@ -1,0 +1,50 @@
+//! Helpers shared by the cpu crate's tests: scratch directories and the list of backends.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use cadre_cpu::{BackendSetting, IoEngine};
+
+/// A directory removed when dropped.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("cadre-test-{name}-{}-{n}", std::process::id()));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            eprintln!("leaving {}: {e}", self.0.display());
+        }
+    }
+}
+
+/// Both backends. io_uring missing prints SKIP, or fails where CADRE_REQUIRE_URING=1 (CI).
+pub fn engines() -> Vec<IoEngine> {
+    let mut out = vec![IoEngine::new(BackendSetting::Std).unwrap()];
+    match IoEngine::new(BackendSetting::Uring) {
+        Ok(e) => out.push(e),
+        Err(e) => {
+            if std::env::var("CADRE_REQUIRE_URING").as_deref() == Ok("1") {
+                panic!("io_uring required (CADRE_REQUIRE_URING=1) but unavailable: {e}");
+            }
+            println!("SKIP io_uring backend: {e}");
+        }
+    }
+    out
+}
