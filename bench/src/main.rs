@@ -2,10 +2,11 @@
 //! its results to stdout, one JSON object per line (progress goes to stderr); see
 //! `bench/README.md` for the suites, the cases and their targets.
 //!
-//! One module per suite (`supervisor.rs`), plus what they share: `report.rs` (JSON lines and
+//! One module per suite (`supervisor.rs`, `io.rs`), plus what they share: `report.rs` (JSON lines and
 //! statistics) and `alloc.rs` (the counting global allocator, from the stats_alloc crate).
 
 mod alloc;
+mod io;
 mod report;
 mod supervisor;
 
@@ -20,12 +21,19 @@ struct Suite {
 }
 
 /// The suites, in the order the usage lists them.
-const SUITES: &[Suite] = &[Suite {
-    name: "supervisor",
-    about:
-        "supervised actors vs plain actix: throughput, request/reply, panic restart, idle memory",
-    run: supervisor::run,
-}];
+const SUITES: &[Suite] = &[
+    Suite {
+        name: "supervisor",
+        about:
+            "supervised actors vs plain actix: throughput, request/reply, panic restart, idle memory",
+        run: supervisor::run,
+    },
+    Suite {
+        name: "io",
+        about: "journal appends on io_uring vs std, fdatasync rate, log capture, spawn and reap",
+        run: io::run,
+    },
+];
 
 /// Why a suite could not finish.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +47,9 @@ pub enum BenchError {
     /// A task the bench spawned did not finish.
     #[error("task: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// The cpu crate failed (I/O engine, journal, launcher).
+    #[error("cpu: {0}")]
+    Cpu(#[from] cadre_cpu::CpuError),
     /// Writing the results failed.
     #[error("writing results: {0}")]
     Io(#[from] std::io::Error),
