@@ -221,6 +221,18 @@ async fn the_std_backend_outside_a_runtime_is_a_typed_error() {
     assert!(matches!(res, Err(CpuError::NoRuntime)), "{res:?}");
 }
 
+#[test]
+fn outside_a_runtime_uring_is_refused_and_auto_takes_std() {
+    match IoEngine::new(BackendSetting::Uring) {
+        Err(CpuError::NoRuntime) => {}
+        other => panic!("io_uring reaps on a tokio runtime; without one: {other:?}"),
+    }
+    assert_eq!(
+        IoEngine::new(BackendSetting::Auto).unwrap().backend(),
+        Backend::Std
+    );
+}
+
 const SECCOMP_ENV: &str = "CADRE_TEST_DENY_IO_URING";
 
 /// Runs only in the child the next test starts: denies io_uring_setup with EPERM through a

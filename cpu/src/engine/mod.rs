@@ -49,7 +49,7 @@ impl FromStr for BackendSetting {
 /// The backend an engine runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
-    /// io_uring, one ring and one submission thread per engine.
+    /// io_uring: one ring per engine, driven from the tokio runtime it was created on.
     Uring,
     /// pread/pwrite/fdatasync on tokio's blocking pool.
     Std,
@@ -320,6 +320,10 @@ fn other_errno(e: &CpuError) -> i32 {
 impl IoEngine {
     /// Starts an engine on the backend `setting` selects. `uring` where io_uring cannot work is
     /// [`CpuError::UringUnavailable`]; `auto` falls back to std and logs why once.
+    ///
+    /// The io_uring backend reaps completions on the tokio runtime current at this call, so it
+    /// needs one (`uring` outside a runtime is [`CpuError::NoRuntime`], `auto` falls back to
+    /// std) and the engine should not outlive that runtime.
     pub fn new(setting: BackendSetting) -> Result<IoEngine> {
         let inner = match setting {
             BackendSetting::Std => Inner::Std,

@@ -1,22 +1,29 @@
-//! The io_uring backend: one ring owned by one submission thread per engine.
+//! The io_uring backend: one ring per engine, driven from the caller's tokio runtime.
 //!
-//! Requests arrive on a channel and a wake-up eventfd; the thread keeps a read of that eventfd
-//! posted in the ring, so one `submit_and_wait` sleeps on new requests and on completions alike.
-//! Every buffer and file of a request sits in the thread's in-flight table from the moment its
-//! SQE is pushed until its CQE is reaped, and the thread reaps every submission (also the
-//! eventfd read) before it returns and the ring is freed. That is the whole soundness argument
-//! for the `unsafe` pushes below.
+//! A request is submitted by the task that makes it (lock the ring, push its SQEs,
+//! `io_uring_enter` without waiting), so a buffered write runs inline on that thread. Completions
+//! are announced on an eventfd registered with the ring; a reaper task waits on it through
+//! tokio's reactor and answers each request's oneshot. Submitters also reap what is already
+//! complete when they leave the lock, so inline completions need no wake-up at all.
+//!
+//! Soundness: every buffer and file a request hands the kernel sits in the ring's in-flight
+//! table from before its SQE is pushed until its CQE is reaped. The table lives in the same
+//! struct as the ring, whose `Drop` reaps every outstanding submission before the ring is
+//! freed (or, if the kernel stops answering, leaks the buffers rather than free them under it).
+//! That is the whole argument for the `unsafe` push below.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use io_uring::{opcode, squeue, types, IoUring, Probe};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 use super::{EngineIoError, IoBuf, IoFile};
 use crate::error::{CpuError, Result};
@@ -25,8 +32,6 @@ use crate::metrics as m;
 const RING_ENTRIES: u32 = 256;
 /// The largest single transfer; longer buffers go in several rounds.
 const MAX_TRANSFER: usize = 1 << 30;
-/// user_data of the eventfd read (requests use ids from 1 up, times two).
-const WAKE_TOKEN: u64 = u64::MAX;
 
 /// Sets up a ring and checks the opcodes the engine uses.
 pub(super) fn probe() -> Result<()> {
@@ -66,24 +71,46 @@ enum Op {
     Sync { all: bool },
 }
 
-type Reply = oneshot::Sender<(std::result::Result<usize, EngineIoError>, IoBuf)>;
+type Done = (std::result::Result<usize, EngineIoError>, IoBuf);
+type Reply = oneshot::Sender<Done>;
 
-struct Request {
-    file: Arc<File>,
-    op: Op,
+/// A request whose SQEs are in the ring: it owns what the kernel may touch.
+struct InFlight {
+    _file: Arc<File>,
+    buf: IoBuf,
     reply: Reply,
+    /// CQEs still to come (2 for a linked write + sync).
+    waiting: u8,
+    /// The transfer's byte count, or the first error.
+    result: std::result::Result<usize, i32>,
 }
 
-/// Handle to the ring thread.
+/// The ring and what it has been lent. Dropping it reaps everything first.
+struct RingState {
+    ring: IoUring,
+    in_flight: HashMap<u64, InFlight>,
+    next_id: u64,
+    /// Set when `io_uring_enter` failed in a way retrying cannot fix: new requests are refused.
+    broken: Option<String>,
+}
+
+struct Shared {
+    state: Mutex<RingState>,
+    /// Registered with the ring: the kernel bumps it for every completion.
+    eventfd: AsyncFd<OwnedFd>,
+    closing: AtomicBool,
+}
+
+/// Handle to a ring and its reaper task.
 pub(super) struct Uring {
-    tx: Mutex<Option<mpsc::Sender<Request>>>,
-    wake: Arc<OwnedFd>,
-    closing: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    shared: Arc<Shared>,
+    reaper: JoinHandle<()>,
 }
 
 impl Uring {
+    /// Sets up a ring and its reaper on the current tokio runtime.
     pub(super) fn start() -> Result<Uring> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| CpuError::NoRuntime)?;
         let ring = IoUring::new(RING_ENTRIES).map_err(|source| CpuError::UringUnavailable {
             step: "io_uring_setup",
             source,
@@ -91,7 +118,7 @@ impl Uring {
         check_opcodes(&ring)?;
         // Safety: eventfd takes no pointers; a non-negative result is a new descriptor we own.
         #[allow(unsafe_code)]
-        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if raw < 0 {
             return Err(CpuError::UringUnavailable {
                 step: "eventfd",
@@ -100,80 +127,58 @@ impl Uring {
         }
         // Safety: `raw` is a fresh descriptor owned by nobody else.
         #[allow(unsafe_code)]
-        let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
-        let (tx, rx) = mpsc::channel();
-        let closing = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let wake = Arc::clone(&wake);
-            let closing = Arc::clone(&closing);
-            std::thread::Builder::new()
-                .name("cadre-io-uring".into())
-                .spawn(move || RingThread::new(ring, rx, wake, closing).run())
-                .map_err(|source| CpuError::UringUnavailable {
-                    step: "spawn ring thread",
-                    source,
-                })?
-        };
-        Ok(Uring {
-            tx: Mutex::new(Some(tx)),
-            wake,
-            closing,
-            thread: Some(thread),
-        })
+        let efd = unsafe { OwnedFd::from_raw_fd(raw) };
+        ring.submitter()
+            .register_eventfd(efd.as_raw_fd())
+            .map_err(|source| CpuError::UringUnavailable {
+                step: "register_eventfd",
+                source,
+            })?;
+        let _enter = handle.enter();
+        // Safety: an OwnedFd is open until dropped and always answers the same descriptor.
+        #[allow(unsafe_code)]
+        let registered = unsafe { AsyncFd::register_with_interest(efd, Interest::READABLE) };
+        let eventfd = registered.map_err(|e| CpuError::UringUnavailable {
+            step: "register eventfd with the reactor",
+            source: e.into(),
+        })?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(RingState {
+                ring,
+                in_flight: HashMap::new(),
+                next_id: 1,
+                broken: None,
+            }),
+            eventfd,
+            closing: AtomicBool::new(false),
+        });
+        let reaper = handle.spawn(reap_loop(Arc::clone(&shared)));
+        Ok(Uring { shared, reaper })
     }
 
-    fn wake(&self) {
-        wake(&self.wake);
-    }
-
-    async fn submit(
-        &self,
-        file: &IoFile,
-        op: Op,
-    ) -> (std::result::Result<usize, EngineIoError>, IoBuf) {
+    async fn submit(&self, file: &IoFile, op: Op) -> Done {
         let (reply, rx) = oneshot::channel();
-        let req = Request {
-            file: Arc::clone(&file.file),
-            op,
-            reply,
-        };
-        let sent = match self.tx.lock() {
-            Ok(guard) => match guard.as_ref() {
-                Some(tx) => tx.send(req).map_err(|mpsc::SendError(req)| req),
-                None => Err(req),
-            },
-            Err(poisoned) => match poisoned.get_ref().as_ref() {
-                Some(tx) => tx.send(req).map_err(|mpsc::SendError(req)| req),
-                None => Err(req),
-            },
-        };
-        if let Err(req) = sent {
-            return (Err(EngineIoError::Stopped), req.op.into_buf());
+        {
+            let mut st = self.shared.lock();
+            if st.broken.is_some() || self.shared.closing.load(Ordering::Acquire) {
+                return (Err(EngineIoError::Stopped), op.into_buf());
+            }
+            st.start(Arc::clone(&file.file), op, reply);
+            st.enter();
+            st.reap();
         }
-        self.wake();
         match rx.await {
             Ok(done) => done,
-            // The thread replies to every request it takes, so this means it died.
+            // Every taken request is answered, unless the ring was dropped under it.
             Err(_) => (Err(EngineIoError::Stopped), IoBuf::default()),
         }
     }
 
-    pub(super) async fn write(
-        &self,
-        file: &IoFile,
-        buf: IoBuf,
-        offset: u64,
-        sync: bool,
-    ) -> (std::result::Result<usize, EngineIoError>, IoBuf) {
+    pub(super) async fn write(&self, file: &IoFile, buf: IoBuf, offset: u64, sync: bool) -> Done {
         self.submit(file, Op::Write { buf, offset, sync }).await
     }
 
-    pub(super) async fn read(
-        &self,
-        file: &IoFile,
-        buf: IoBuf,
-        offset: u64,
-    ) -> (std::result::Result<usize, EngineIoError>, IoBuf) {
+    pub(super) async fn read(&self, file: &IoFile, buf: IoBuf, offset: u64) -> Done {
         self.submit(file, Op::Read { buf, offset }).await
     }
 
@@ -188,31 +193,52 @@ impl Uring {
 
 impl Drop for Uring {
     fn drop(&mut self) {
-        // Close the channel, tell the thread, and wait until it has reaped every submission.
-        match self.tx.lock() {
-            Ok(mut g) => drop(g.take()),
-            Err(poisoned) => drop(poisoned.into_inner().take()),
-        }
-        self.closing.store(true, Ordering::SeqCst);
-        self.wake();
-        if let Some(t) = self.thread.take() {
-            if t.join().is_err() {
-                tracing::error!("the io_uring thread panicked; its ring was leaked, not freed");
-                metrics::counter!(m::IO_ERRORS, "op" => "ring_thread").increment(1);
-            }
-        }
+        // The reaper holds the other reference; once it is gone, `RingState::drop` reaps what
+        // is still in flight before the ring is freed.
+        self.shared.closing.store(true, Ordering::Release);
+        self.reaper.abort();
     }
 }
 
-fn wake(fd: &OwnedFd) {
-    let one: u64 = 1;
-    // Safety: writes 8 bytes from a live local to a descriptor we own.
-    #[allow(unsafe_code)]
-    let n = unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
-    if n != 8 {
-        // EAGAIN cannot happen below 2^64-1 pending wakes; anything else is worth a line.
-        tracing::error!(error = %io::Error::last_os_error(), "waking the io_uring thread failed");
-        metrics::counter!(m::IO_ERRORS, "op" => "wake").increment(1);
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, RingState> {
+        // Nothing panics while holding the lock; a poisoned one still holds a consistent table.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Waits for completion notices and answers the requests they complete.
+async fn reap_loop(shared: Arc<Shared>) {
+    loop {
+        let mut ready = match shared.eventfd.readable().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "io_uring: waiting on the completion eventfd failed; the ring is reaped only by submitters now");
+                metrics::counter!(m::IO_ERRORS, "op" => "eventfd").increment(1);
+                return;
+            }
+        };
+        // Reset the counter before reaping: a completion after the reap bumps it again.
+        let mut count = [0u8; 8];
+        // Safety: reads at most 8 bytes into a live local buffer from a descriptor we own.
+        #[allow(unsafe_code)]
+        let n = unsafe {
+            libc::read(
+                ready.get_inner().as_raw_fd(),
+                count.as_mut_ptr().cast(),
+                count.len(),
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::WouldBlock {
+                ready.clear_ready();
+            } else {
+                tracing::error!(error = %e, "io_uring: reading the completion eventfd failed");
+                metrics::counter!(m::IO_ERRORS, "op" => "eventfd").increment(1);
+            }
+        }
+        shared.lock().reap();
     }
 }
 
@@ -225,148 +251,152 @@ impl Op {
     }
 }
 
-/// A request whose SQEs are in the ring: it owns what the kernel may touch.
-struct InFlight {
-    _file: Arc<File>,
-    buf: IoBuf,
-    reply: Reply,
-    /// CQEs still to come (2 for a linked write + sync).
-    waiting: u8,
-    /// The transfer's byte count, or the first error.
-    result: std::result::Result<usize, i32>,
+enum Kind {
+    Write { offset: u64, sync: bool },
+    Read { offset: u64 },
+    Sync { all: bool },
 }
 
-struct RingThread {
-    ring: IoUring,
-    rx: mpsc::Receiver<Request>,
-    wake: Arc<OwnedFd>,
-    closing: Arc<AtomicBool>,
-    /// The eventfd read's target: boxed so its address is stable while the read is posted.
-    wake_buf: Box<[u8; 8]>,
-    wake_posted: bool,
-    wake_fired: bool,
-    in_flight: HashMap<u64, InFlight>,
-    next_id: u64,
-}
-
-impl RingThread {
-    fn new(
-        ring: IoUring,
-        rx: mpsc::Receiver<Request>,
-        wake: Arc<OwnedFd>,
-        closing: Arc<AtomicBool>,
-    ) -> Self {
-        RingThread {
-            ring,
-            rx,
-            wake,
-            closing,
-            wake_buf: Box::new([0u8; 8]),
-            wake_posted: false,
-            wake_fired: false,
-            in_flight: HashMap::new(),
-            next_id: 1,
-        }
-    }
-
-    fn run(mut self) {
-        self.post_wake_read();
-        loop {
-            if self.closing.load(Ordering::SeqCst) && !self.wake_posted {
-                // Requests still queued (sent before the channel closed) get an answer too.
-                self.take_requests();
-                if self.in_flight.is_empty() {
-                    return;
+impl RingState {
+    /// Takes a request into the in-flight table and pushes its SQEs (not yet entered).
+    fn start(&mut self, file: Arc<File>, op: Op, reply: Reply) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let fd = types::Fd(file.as_raw_fd());
+        let (buf, kind) = match op {
+            Op::Write { buf, offset, sync } => (buf, Kind::Write { offset, sync }),
+            Op::Read { buf, offset } => (buf, Kind::Read { offset }),
+            Op::Sync { all } => (IoBuf::default(), Kind::Sync { all }),
+        };
+        let waiting = if matches!(kind, Kind::Write { sync: true, .. }) {
+            2
+        } else {
+            1
+        };
+        let mut entry = InFlight {
+            _file: file,
+            buf,
+            reply,
+            waiting,
+            result: Ok(0),
+        };
+        let len = entry.buf.len().min(MAX_TRANSFER) as u32;
+        let datasync = |all: bool| {
+            if all {
+                types::FsyncFlags::empty()
+            } else {
+                types::FsyncFlags::DATASYNC
+            }
+        };
+        // The SQEs point into the buffer's heap memory, which does not move when `entry`
+        // moves into the table below.
+        let sqes: Vec<squeue::Entry> = match kind {
+            Kind::Write { offset, sync } => {
+                let w = opcode::Write::new(fd, entry.buf.as_slice().as_ptr(), len)
+                    .offset(offset)
+                    .build()
+                    .user_data(id << 1);
+                if sync {
+                    let s = opcode::Fsync::new(fd)
+                        .flags(datasync(false))
+                        .build()
+                        .user_data((id << 1) | 1);
+                    vec![w.flags(squeue::Flags::IO_LINK), s]
+                } else {
+                    vec![w]
                 }
             }
-            if let Err(e) = self.ring.submit_and_wait(1) {
-                match e.raw_os_error() {
-                    Some(libc::EINTR) | Some(libc::EAGAIN) | Some(libc::EBUSY) => {}
-                    _ => {
-                        tracing::error!(error = %e, in_flight = self.in_flight.len(),
-                            "io_uring_enter failed; retrying after reaping");
-                        metrics::counter!(m::IO_ERRORS, "op" => "io_uring_enter").increment(1);
-                        std::thread::sleep(std::time::Duration::from_millis(1));
-                    }
-                }
+            Kind::Read { offset } => {
+                vec![
+                    opcode::Read::new(fd, entry.buf.as_mut_slice().as_mut_ptr(), len)
+                        .offset(offset)
+                        .build()
+                        .user_data(id << 1),
+                ]
             }
-            self.reap();
-            if self.wake_fired {
-                self.wake_fired = false;
-                // Post the next read before draining: a request sent after the drain finds it.
-                self.post_wake_read();
-                self.take_requests();
-            }
-        }
-    }
-
-    fn post_wake_read(&mut self) {
-        if self.closing.load(Ordering::SeqCst) || self.wake_posted {
-            return;
-        }
-        let sqe = opcode::Read::new(
-            types::Fd(self.wake.as_raw_fd()),
-            self.wake_buf.as_mut_ptr(),
-            8,
-        )
-        .build()
-        .user_data(WAKE_TOKEN);
-        self.push_all(&[sqe]);
-        self.wake_posted = true;
+            Kind::Sync { all } => vec![opcode::Fsync::new(fd)
+                .flags(datasync(all))
+                .build()
+                .user_data((id << 1) | 1)],
+        };
+        self.in_flight.insert(id, entry);
+        self.push_all(&sqes);
     }
 
     /// Pushes SQEs as one group (a linked pair is never split across two submissions),
-    /// flushing the queue to the kernel first when there is no room for all of them.
+    /// entering the kernel first when there is no room for all of them.
     fn push_all(&mut self, sqes: &[squeue::Entry]) {
         loop {
             let room = {
                 let sq = self.ring.submission();
                 sq.capacity() - sq.len()
             };
-            if room >= sqes.len() {
+            if room >= sqes.len() || self.broken.is_some() {
                 break;
             }
-            if let Err(e) = self.ring.submit() {
-                tracing::error!(error = %e, "flushing a full submission queue failed");
-                metrics::counter!(m::IO_ERRORS, "op" => "io_uring_enter").increment(1);
-            }
+            self.enter();
             self.reap();
         }
-        // Safety: every pointer in these SQEs points into memory owned by `self` (the boxed
-        // wake buffer, or an `InFlight` entry's buffer inserted before this call) that stays
-        // alive and unmoved until the matching CQE is reaped in `reap`; the file descriptors
-        // are kept open by the `InFlight` entry's `Arc<File>` (or `self.wake`) just as long.
+        // Safety: every pointer in these SQEs points into memory owned by an `InFlight` entry
+        // of `self.in_flight` (its buffer's heap allocation), inserted before this call, which
+        // stays alive and unmoved until the matching CQE is reaped in `reap` or, failing that,
+        // is leaked by `Drop`; the entry's `Arc<File>` keeps the descriptor open as long.
         #[allow(unsafe_code)]
         let pushed = unsafe { self.ring.submission().push_multiple(sqes) };
         if pushed.is_err() {
-            // Unreachable after the room check above; failing loudly beats a lost request.
-            tracing::error!(
-                count = sqes.len(),
-                "submission queue full after making room"
-            );
+            // Only when the ring is broken (no room could be made): answer now.
+            let err = "submission queue full and the ring cannot be entered";
+            tracing::error!(count = sqes.len(), "io_uring: {err}");
             metrics::counter!(m::IO_ERRORS, "op" => "sq_full").increment(1);
+            if let Some(id) = sqes.first().map(|s| s.get_user_data() >> 1) {
+                if let Some(entry) = self.in_flight.remove(&id) {
+                    let done = (Err(EngineIoError::Stopped), entry.buf);
+                    if entry.reply.send(done).is_err() {
+                        tracing::debug!(id, "refused request's caller has gone");
+                    }
+                }
+            }
         }
     }
 
-    /// Reaps all completions; a fired wake is remembered in `wake_fired`.
-    fn reap(&mut self) {
+    /// Hands queued SQEs to the kernel without waiting.
+    fn enter(&mut self) {
+        loop {
+            match self.ring.submit() {
+                Ok(_) => return,
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EINTR) => continue,
+                    // The completion queue is full: reap, then try again.
+                    Some(libc::EBUSY) | Some(libc::EAGAIN) => {
+                        if self.reap() == 0 {
+                            std::thread::yield_now();
+                        }
+                    }
+                    _ => {
+                        let reason = format!("io_uring_enter: {e}");
+                        tracing::error!(error = %e, in_flight = self.in_flight.len(),
+                            "io_uring_enter failed; the engine refuses new requests");
+                        metrics::counter!(m::IO_ERRORS, "op" => "io_uring_enter").increment(1);
+                        self.broken = Some(reason);
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Answers every completed request; returns how many CQEs were reaped.
+    fn reap(&mut self) -> usize {
         let done: Vec<(u64, i32)> = self
             .ring
             .completion()
             .map(|cqe| (cqe.user_data(), cqe.result()))
             .collect();
+        let n = done.len();
         for (token, res) in done {
-            if token == WAKE_TOKEN {
-                self.wake_posted = false;
-                self.wake_fired = true;
-                if res < 0 {
-                    tracing::error!(errno = -res, "reading the io_uring wake eventfd failed");
-                    metrics::counter!(m::IO_ERRORS, "op" => "wake").increment(1);
-                }
-            } else {
-                self.complete(token, res);
-            }
+            self.complete(token, res);
         }
+        n
     }
 
     fn complete(&mut self, token: u64, res: i32) {
@@ -402,81 +432,24 @@ impl RingThread {
             }
         }
     }
-
-    fn take_requests(&mut self) {
-        while let Ok(req) = self.rx.try_recv() {
-            self.start(req);
-        }
-    }
-
-    fn start(&mut self, req: Request) {
-        let id = self.next_id;
-        self.next_id += 1;
-        let fd = types::Fd(req.file.as_raw_fd());
-        let (buf, sqes_kind) = match req.op {
-            Op::Write { buf, offset, sync } => (buf, Kind::Write { offset, sync }),
-            Op::Read { buf, offset } => (buf, Kind::Read { offset }),
-            Op::Sync { all } => (IoBuf::default(), Kind::Sync { all }),
-        };
-        let sync_linked = matches!(sqes_kind, Kind::Write { sync: true, .. });
-        let waiting = if sync_linked { 2 } else { 1 };
-        // Insert first, then build SQEs from the buffer's final address in the table.
-        self.in_flight.insert(
-            id,
-            InFlight {
-                _file: req.file,
-                buf,
-                reply: req.reply,
-                waiting,
-                result: Ok(0),
-            },
-        );
-        let Some(entry) = self.in_flight.get_mut(&id) else {
-            return;
-        };
-        let len = entry.buf.len().min(MAX_TRANSFER) as u32;
-        let sqes: Vec<squeue::Entry> = match sqes_kind {
-            Kind::Write { offset, sync } => {
-                let w = opcode::Write::new(fd, entry.buf.as_slice().as_ptr(), len)
-                    .offset(offset)
-                    .build()
-                    .user_data(id << 1);
-                if sync {
-                    let s = opcode::Fsync::new(fd)
-                        .flags(types::FsyncFlags::DATASYNC)
-                        .build()
-                        .user_data((id << 1) | 1);
-                    vec![w.flags(squeue::Flags::IO_LINK), s]
-                } else {
-                    vec![w]
-                }
-            }
-            Kind::Read { offset } => {
-                vec![
-                    opcode::Read::new(fd, entry.buf.as_mut_slice().as_mut_ptr(), len)
-                        .offset(offset)
-                        .build()
-                        .user_data(id << 1),
-                ]
-            }
-            Kind::Sync { all } => {
-                let flags = if all {
-                    types::FsyncFlags::empty()
-                } else {
-                    types::FsyncFlags::DATASYNC
-                };
-                vec![opcode::Fsync::new(fd)
-                    .flags(flags)
-                    .build()
-                    .user_data((id << 1) | 1)]
-            }
-        };
-        self.push_all(&sqes);
-    }
 }
 
-enum Kind {
-    Write { offset: u64, sync: bool },
-    Read { offset: u64 },
-    Sync { all: bool },
+impl Drop for RingState {
+    fn drop(&mut self) {
+        while !self.in_flight.is_empty() {
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) => {
+                    // The kernel may still write into these buffers: leak them, never free.
+                    tracing::error!(error = %e, in_flight = self.in_flight.len(),
+                        "io_uring: cannot reap on drop; leaking the in-flight buffers");
+                    metrics::counter!(m::IO_ERRORS, "op" => "drop_reap").increment(1);
+                    std::mem::forget(std::mem::take(&mut self.in_flight));
+                    return;
+                }
+            }
+            self.reap();
+        }
+    }
 }
