@@ -62,11 +62,29 @@ fn plan(quick: bool) -> Plan {
 /// Entry point of `cadre-bench io`.
 pub fn run(quick: bool) -> Result<(), BenchError> {
     let plan = plan(quick);
+    let report = Reporter::new("io");
+    // The journal is shared by many appenders: a multi-thread runtime, as a server runs it.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(run_all(&plan))
+    rt.block_on(durable(&plan, &report))?;
+    drop(rt);
+    // The launcher runs inside an actix arbiter in cadre, which is a current-thread runtime.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let engine = match IoEngine::new(BackendSetting::Uring) {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("io: SKIP io_uring for capture and spawn ({e}); they run on std");
+                IoEngine::new(BackendSetting::Std)?
+            }
+        };
+        capture(&plan, &report, &engine).await?;
+        spawn_reap(&plan, &report, &engine).await
+    })
 }
 
 /// A scratch directory under the target dir's neighbour (`$TMPDIR`), removed afterwards.
@@ -91,8 +109,8 @@ impl Drop for Scratch {
     }
 }
 
-async fn run_all(plan: &Plan) -> Result<(), BenchError> {
-    let report = Reporter::new("io");
+/// The `durable_appends` and `fdatasync` cases.
+async fn durable(plan: &Plan, report: &Reporter) -> Result<(), BenchError> {
     let std_engine = IoEngine::new(BackendSetting::Std)?;
     let uring = match IoEngine::new(BackendSetting::Uring) {
         Ok(e) => Some(e),
@@ -196,11 +214,6 @@ async fn run_all(plan: &Plan) -> Result<(), BenchError> {
         median(&s_rates) / syncs,
         "ratio",
     )?;
-    drop(scratch);
-
-    let engine = uring.as_ref().unwrap_or(&std_engine);
-    capture(plan, &report, engine).await?;
-    spawn_reap(plan, &report, engine).await?;
     Ok(())
 }
 
