@@ -895,7 +895,7 @@ impl LogReader {
                 .engine
                 .read_at(&file, want, offset)
                 .await
-                .map_err(count_log_read)?;
+                .map_err(|e| log_read_failed(e, path))?;
             if chunk.is_empty() {
                 break; // truncated under us: what was there is what we return
             }
@@ -954,7 +954,7 @@ impl LogFollower {
                 .engine
                 .read_at(&self.file, CAPTURE_CHUNK, self.offset)
                 .await
-                .map_err(count_log_read)?;
+                .map_err(|e| log_read_failed(e, self.file.path()))?;
             if !chunk.is_empty() {
                 self.offset += chunk.len() as u64;
                 return Ok(Some(chunk.into_vec()));
@@ -983,12 +983,6 @@ fn open_log(path: &Path) -> Result<IoFile> {
 
 fn log_read_failed(err: CpuError, path: &Path) -> CpuError {
     tracing::warn!(path = %path.display(), error = %err, "reading a command job's log failed");
-    metrics::counter!(m::LAUNCHER_ERRORS, "kind" => "log_read").increment(1);
-    err
-}
-
-/// Engine errors are logged by the engine (with the path); they are only counted here.
-fn count_log_read(err: CpuError) -> CpuError {
     metrics::counter!(m::LAUNCHER_ERRORS, "kind" => "log_read").increment(1);
     err
 }

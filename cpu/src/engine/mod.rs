@@ -454,7 +454,9 @@ impl IoEngine {
             EngineIoError::Stopped => CpuError::EngineStopped { op },
             EngineIoError::NoRuntime => CpuError::NoRuntime,
         };
-        tracing::error!(op, path = %file.path.display(), backend = self.backend().as_str(),
+        // Counted here, where it is detected; the one log event is the caller's, which knows
+        // the job, segment or stream it was for (the journal, the launcher, the log reader).
+        tracing::debug!(op, path = %file.path.display(), backend = self.backend().as_str(),
             error = %err, "I/O request failed");
         metrics::counter!(m::IO_ERRORS, "op" => op).increment(1);
         err
