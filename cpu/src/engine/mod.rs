@@ -195,7 +195,7 @@ impl IoFile {
     /// Opens `path` as `mode` says.
     pub fn open(path: impl AsRef<Path>, mode: OpenMode) -> Result<IoFile> {
         let path = path.as_ref();
-        let open = |direct: bool| {
+        Self::open_with(path, mode, |direct: bool| {
             let mut o = OpenOptions::new();
             o.read(true)
                 .write(mode.write)
@@ -205,7 +205,16 @@ impl IoFile {
                 o.custom_flags(libc::O_DIRECT);
             }
             o.open(path)
-        };
+        })
+    }
+
+    /// [`IoFile::open`] with the `open(2)` call given (`direct` says whether to ask for
+    /// `O_DIRECT`): the fallback logic, testable with a filesystem that refuses it.
+    fn open_with(
+        path: &Path,
+        mode: OpenMode,
+        open: impl Fn(bool) -> std::io::Result<File>,
+    ) -> Result<IoFile> {
         let (file, direct) = match open(mode.direct) {
             Ok(file) => (file, mode.direct),
             Err(e) if mode.direct && e.raw_os_error() == Some(libc::EINVAL) => {
@@ -469,4 +478,44 @@ pub(crate) enum EngineIoError {
     Os(std::io::Error),
     Stopped,
     NoRuntime,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn a_filesystem_refusing_o_direct_gets_a_buffered_file() {
+        let path = std::env::temp_dir().join(format!("cadre-odirect-{}", std::process::id()));
+        let mode = OpenMode {
+            direct: true,
+            ..OpenMode::create_truncate()
+        };
+        let asked = std::cell::RefCell::new(Vec::new());
+        let file = IoFile::open_with(&path, mode, |direct| {
+            asked.borrow_mut().push(direct);
+            if direct {
+                return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+            }
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+        })
+        .unwrap();
+        assert_eq!(*asked.borrow(), vec![true, false]);
+        assert!(!file.is_direct(), "buffered after EINVAL");
+        // Misaligned buffers are fine on the buffered file.
+        file.check_direct(&IoBuf::from(vec![1, 2, 3]), 7).unwrap();
+        // Any other error is the caller's, not a fallback.
+        let err = IoFile::open_with(&path, mode, |_| {
+            Err(std::io::Error::from_raw_os_error(libc::EACCES))
+        })
+        .unwrap_err();
+        assert!(matches!(err, CpuError::Io { op: "open", .. }), "{err}");
+        std::fs::remove_file(&path).unwrap();
+    }
 }
