@@ -373,79 +373,119 @@ async fn capture(plan: &Plan, report: &Reporter, engine: &IoEngine) -> Result<()
     Ok(())
 }
 
-/// `/bin/true` through the launcher vs `std::process::Command`, interleaved.
+/// How a spawn-and-reap round starts `/bin/true`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Spawner {
+    /// The launcher: process group, null stdin, two pipes captured to two log files.
+    Launcher,
+    /// `std::process::Command::status()`: inherited stdio, blocking wait.
+    Std,
+    /// `std::process::Command` doing the same job the simplest way: process group, null stdin,
+    /// stdout and stderr opened on the two log files, blocking wait.
+    StdLogs,
+}
+
+impl Spawner {
+    fn name(self) -> &'static str {
+        match self {
+            Spawner::Launcher => "launcher",
+            Spawner::Std => "std_command",
+            Spawner::StdLogs => "std_command_logs",
+        }
+    }
+}
+
+/// One `/bin/true`, started and reaped by `how`.
+async fn spawn_once(
+    how: Spawner,
+    launcher: &Launcher,
+    dir: &Path,
+    i: usize,
+) -> Result<(), BenchError> {
+    use std::os::unix::process::CommandExt;
+    let name = format!("t{}", i % 8);
+    let ok = match how {
+        Spawner::Launcher => {
+            let mut p = launcher.spawn(&spec(&["/bin/true"], dir, &name), "bench-spawn")?;
+            p.wait().await?.outcome.success()
+        }
+        // Plain std, blocking this thread as a program without a runtime would.
+        Spawner::Std => std::process::Command::new("/bin/true").status()?.success(),
+        Spawner::StdLogs => {
+            let out = std::fs::File::create(dir.join(format!("{name}.out")))?;
+            let err = std::fs::File::create(dir.join(format!("{name}.err")))?;
+            std::process::Command::new("/bin/true")
+                .process_group(0)
+                .stdin(std::process::Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .status()?
+                .success()
+        }
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(BenchError::Check(format!(
+            "/bin/true via {} failed",
+            how.name()
+        )))
+    }
+}
+
+/// `/bin/true` through the launcher vs `std::process::Command`, interleaved (the order rotates
+/// each round).
 async fn spawn_reap(plan: &Plan, report: &Reporter, engine: &IoEngine) -> Result<(), BenchError> {
     let scratch = Scratch::new("spawn")?;
     let launcher = Launcher::new(engine.clone());
-    let (mut l_rates, mut s_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let all = [Spawner::Std, Spawner::Launcher, Spawner::StdLogs];
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); all.len()];
+    let (mut vs_std, mut vs_logs) = (Vec::new(), Vec::new());
     for round in 0..=plan.spawn_rounds {
-        let order = if baseline_first(round) {
-            [false, true]
-        } else {
-            [true, false]
-        };
-        let mut pair = [0.0f64; 2];
-        for via_launcher in order {
+        let mut this = [0.0f64; 3];
+        for k in 0..all.len() {
+            let idx = (k + round) % all.len();
+            let how = all[idx];
             let start = Instant::now();
             for i in 0..plan.spawns_per_round {
-                if via_launcher {
-                    let mut p = launcher.spawn(
-                        &spec(&["/bin/true"], &scratch.0, &format!("t{}", i % 8)),
-                        "bench-spawn",
-                    )?;
-                    let exit = p.wait().await?;
-                    if !exit.outcome.success() {
-                        return Err(BenchError::Check(format!(
-                            "/bin/true via the launcher: {exit:?}"
-                        )));
-                    }
-                } else {
-                    // Plain std, blocking this worker as a program without a runtime would.
-                    let status = std::process::Command::new("/bin/true").status()?;
-                    if !status.success() {
-                        return Err(BenchError::Check(format!("/bin/true via std: {status}")));
-                    }
-                }
+                spawn_once(how, &launcher, &scratch.0, i).await?;
             }
-            let rate = plan.spawns_per_round as f64 / start.elapsed().as_secs_f64();
-            if round == 0 {
-                continue;
-            }
-            eprintln!(
-                "io: spawn_reap round {round} {}: {rate:.0}/s",
-                if via_launcher { "launcher" } else { "std" }
-            );
-            if via_launcher {
-                l_rates.push(rate);
-                pair[0] = rate;
-            } else {
-                s_rates.push(rate);
-                pair[1] = rate;
+            this[idx] = plan.spawns_per_round as f64 / start.elapsed().as_secs_f64();
+            if round > 0 {
+                eprintln!(
+                    "io: spawn_reap round {round} {}: {:.0}/s",
+                    how.name(),
+                    this[idx]
+                );
+                rates[idx].push(this[idx]);
             }
         }
         if round > 0 {
-            ratios.push(pair[0] / pair[1]);
+            vs_std.push(this[1] / this[0]);
+            vs_logs.push(this[1] / this[2]);
         }
     }
-    report.emit(
-        "spawn_reap",
-        "launcher",
-        "spawns_per_sec",
-        median(&l_rates),
-        "spawn/s",
-    )?;
-    report.emit(
-        "spawn_reap",
-        "std_command",
-        "spawns_per_sec",
-        median(&s_rates),
-        "spawn/s",
-    )?;
+    for (idx, how) in all.iter().enumerate() {
+        report.emit(
+            "spawn_reap",
+            how.name(),
+            "spawns_per_sec",
+            median(&rates[idx]),
+            "spawn/s",
+        )?;
+    }
     report.emit(
         "spawn_reap",
         "launcher_vs_std",
         "spawns_ratio",
-        median(&ratios),
+        median(&vs_std),
+        "ratio",
+    )?;
+    report.emit(
+        "spawn_reap",
+        "launcher_vs_std_logs",
+        "spawns_ratio",
+        median(&vs_logs),
         "ratio",
     )?;
     Ok(())

@@ -39,6 +39,8 @@ use crate::metrics as m;
 /// Largest chunk read from a pipe and written to a log in one request, and the size of the one
 /// buffer each captured stream holds.
 pub const CAPTURE_CHUNK: usize = 64 * 1024;
+/// The first read of each stream; a read that fills it grows reads to [`CAPTURE_CHUNK`].
+pub const CAPTURE_FIRST_CHUNK: usize = 4096;
 
 /// How long [`RunningProcess::wait`] lets capture drain once the whole process group is gone.
 /// Only a process that left the group (`setsid`) yet kept the pipe open can make it elapse; the
@@ -817,12 +819,15 @@ async fn capture<R: AsyncRead + Unpin>(c: Capture<R>) -> Captured {
         done,
         bytes,
     } = c;
-    let mut buf = Vec::with_capacity(CAPTURE_CHUNK);
+    // Small until the stream proves busy: most jobs' stderr (and many stdouts) never fill
+    // 4 KiB, and a short job should not pay for zeroing 64 KiB twice.
+    let mut chunk = CAPTURE_FIRST_CHUNK;
+    let mut buf = Vec::new();
     let mut read_total = 0u64;
     let mut written = 0u64;
     let mut writing = true;
     loop {
-        buf.resize(CAPTURE_CHUNK, 0);
+        buf.resize(chunk, 0);
         let n = match pipe.read(&mut buf).await {
             Ok(0) => break,
             Ok(n) => n,
@@ -835,6 +840,9 @@ async fn capture<R: AsyncRead + Unpin>(c: Capture<R>) -> Captured {
                 break;
             }
         };
+        if n == chunk {
+            chunk = CAPTURE_CHUNK;
+        }
         read_total += n as u64;
         bytes.store(read_total, Ordering::Release);
         buf.truncate(n);
