@@ -30,6 +30,7 @@ use crate::error::{CpuError, Result};
 use crate::metrics as m;
 
 const RING_ENTRIES: u32 = 256;
+const CQ_ENTRIES: u32 = 4096;
 /// The largest single transfer; longer buffers go in several rounds.
 const MAX_TRANSFER: usize = 1 << 30;
 
@@ -111,10 +112,25 @@ impl Uring {
     /// Sets up a ring and its reaper on the current tokio runtime.
     pub(super) fn start() -> Result<Uring> {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| CpuError::NoRuntime)?;
-        let ring = IoUring::new(RING_ENTRIES).map_err(|source| CpuError::UringUnavailable {
-            step: "io_uring_setup",
-            source,
-        })?;
+        // A completion queue well above the submission queue: fsyncs finish in bursts on the
+        // io-wq threads, and the reaper should find them in the queue, not the overflow list.
+        let ring = match IoUring::builder()
+            .setup_cqsize(CQ_ENTRIES)
+            .build(RING_ENTRIES)
+        {
+            Ok(ring) => ring,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => IoUring::new(RING_ENTRIES)
+                .map_err(|source| CpuError::UringUnavailable {
+                    step: "io_uring_setup",
+                    source,
+                })?,
+            Err(source) => {
+                return Err(CpuError::UringUnavailable {
+                    step: "io_uring_setup",
+                    source,
+                })
+            }
+        };
         check_opcodes(&ring)?;
         // Safety: eventfd takes no pointers; a non-negative result is a new descriptor we own.
         #[allow(unsafe_code)]
@@ -386,17 +402,34 @@ impl RingState {
     }
 
     /// Answers every completed request; returns how many CQEs were reaped.
+    ///
+    /// Completions that found the completion queue full wait in the kernel's overflow list,
+    /// which only an `io_uring_enter` moves into the queue (and no eventfd signal announces
+    /// them again): while the ring says it overflowed, enter and reap once more.
     fn reap(&mut self) -> usize {
-        let done: Vec<(u64, i32)> = self
-            .ring
-            .completion()
-            .map(|cqe| (cqe.user_data(), cqe.result()))
-            .collect();
-        let n = done.len();
-        for (token, res) in done {
-            self.complete(token, res);
+        let mut n = 0;
+        loop {
+            let done: Vec<(u64, i32)> = self
+                .ring
+                .completion()
+                .map(|cqe| (cqe.user_data(), cqe.result()))
+                .collect();
+            n += done.len();
+            for (token, res) in done {
+                self.complete(token, res);
+            }
+            if !self.ring.submission().cq_overflow() || self.broken.is_some() {
+                return n;
+            }
+            // `submit` asks for events when the overflow flag is up, which flushes the list.
+            if let Err(e) = self.ring.submit() {
+                if e.raw_os_error() != Some(libc::EINTR) && e.raw_os_error() != Some(libc::EBUSY) {
+                    tracing::error!(error = %e, "io_uring: flushing overflowed completions failed");
+                    metrics::counter!(m::IO_ERRORS, "op" => "cq_overflow").increment(1);
+                    return n;
+                }
+            }
         }
-        n
     }
 
     fn complete(&mut self, token: u64, res: i32) {
