@@ -656,44 +656,27 @@ impl Journal {
             journal_error(&self.dir, "invalid", &err);
             return Err(err);
         }
+        self.request(|reply| Cmd::Append { payload, reply }).await
+    }
+
+    /// Sends a command to the writer and waits for its answer; a writer that has exited is
+    /// [`CpuError::JournalStopped`], logged and counted here.
+    async fn request<T>(&self, cmd: impl FnOnce(oneshot::Sender<Result<T>>) -> Cmd) -> Result<T> {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Cmd::Append { payload, reply }).await.is_err() {
-            let err = self.stopped();
-            journal_error(&self.dir, "stopped", &err);
-            return Err(err);
-        }
-        match rx.await {
-            Ok(res) => res,
-            Err(_) => {
-                let err = self.stopped();
-                journal_error(&self.dir, "stopped", &err);
-                Err(err)
+        if self.tx.send(cmd(reply)).await.is_ok() {
+            if let Ok(res) = rx.await {
+                return res;
             }
         }
+        let err = self.stopped();
+        journal_error(&self.dir, "stopped", &err);
+        Err(err)
     }
 
     /// Replaces everything appended before this call by `snapshot` (which must reflect all of
     /// it), then deletes the segments it covers.
     pub async fn compact(&self, snapshot: Vec<u8>) -> Result<()> {
-        let (reply, rx) = oneshot::channel();
-        if self
-            .tx
-            .send(Cmd::Compact { snapshot, reply })
-            .await
-            .is_err()
-        {
-            let err = self.stopped();
-            journal_error(&self.dir, "stopped", &err);
-            return Err(err);
-        }
-        match rx.await {
-            Ok(res) => res,
-            Err(_) => {
-                let err = self.stopped();
-                journal_error(&self.dir, "stopped", &err);
-                Err(err)
-            }
-        }
+        self.request(|reply| Cmd::Compact { snapshot, reply }).await
     }
 
     /// Finishes what was queued, closes the files and releases the directory lock.

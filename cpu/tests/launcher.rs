@@ -3,50 +3,32 @@
 //! group, rlimits and CPU pinning, validation, no zombie or leaked descriptor, and the log reader.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use cadre_cpu::launcher::{CommandSpec, ExitOutcome, Launcher, ResourceLimits};
 use cadre_cpu::{BackendSetting, CpuError, IoEngine};
+use common::{engines, Scratch};
 use tokio::sync::RwLock;
 
 /// The descriptor-count test needs the process to itself: it takes this for writing, every other
 /// test for reading.
 static GATE: RwLock<()> = RwLock::const_new(());
 
-/// A directory removed when dropped.
-struct Scratch(PathBuf);
+/// The launcher tests' command: output to `out.log` and `err.log` in the scratch directory.
+trait SpecIn {
+    fn spec(&self, argv: &[&str]) -> CommandSpec;
+}
 
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let dir =
-            std::env::temp_dir().join(format!("cadre-launcher-{name}-{}-{n}", std::process::id()));
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).unwrap();
-        }
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir.canonicalize().unwrap())
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
+impl SpecIn for Scratch {
     fn spec(&self, argv: &[&str]) -> CommandSpec {
         CommandSpec::new(
             argv.iter().copied(),
-            self.0.join("out.log"),
-            self.0.join("err.log"),
+            self.path().join("out.log"),
+            self.path().join("err.log"),
         )
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.0) {
-            eprintln!("leaving {}: {e}", self.0.display());
-        }
     }
 }
 
@@ -56,12 +38,10 @@ fn std_launcher() -> Launcher {
 
 /// Both backends; io_uring prints SKIP where this kernel or sandbox refuses it.
 fn launchers() -> Vec<(&'static str, Launcher)> {
-    let mut out = vec![("std", std_launcher())];
-    match IoEngine::new(BackendSetting::Uring) {
-        Ok(engine) => out.push(("uring", Launcher::new(engine))),
-        Err(e) => println!("SKIP io_uring backend: {e}"),
-    }
-    out
+    engines()
+        .into_iter()
+        .map(|e| (e.backend().as_str(), Launcher::new(e)))
+        .collect()
 }
 
 /// The state letter of `/proc/<pid>/stat` and the parent pid, or `None` when the pid is gone.

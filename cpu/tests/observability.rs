@@ -76,6 +76,14 @@ fn counter(snap: &Snapshotter, name: &str, label: (&str, &str)) -> u64 {
         .sum()
 }
 
+fn first_segment(dir: &std::path::Path) -> std::path::PathBuf {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "seg"))
+        .unwrap()
+}
+
 /// Warn-or-error events only: the ones an operator sees.
 fn loud_events(events: &[(Level, Fields)]) -> Vec<&(Level, Fields)> {
     events.iter().filter(|(l, _)| *l <= Level::WARN).collect()
@@ -114,11 +122,7 @@ fn every_failure_is_one_event_and_one_counter_increment() {
             .unwrap();
         j.append(b"one".to_vec()).await.unwrap();
         j.close().await;
-        let seg = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.extension().is_some_and(|e| e == "seg"))
-            .unwrap();
+        let seg = first_segment(dir.path());
         let good = fs::metadata(&seg).unwrap().len();
         let mut bytes = fs::read(&seg).unwrap();
         bytes.extend_from_slice(&[9, 0, 0, 0, 1]);
@@ -152,11 +156,7 @@ fn every_failure_is_one_event_and_one_counter_increment() {
             j.append(vec![i; 20]).await.unwrap();
         }
         j.close().await;
-        let seg = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.extension().is_some_and(|e| e == "seg"))
-            .unwrap();
+        let seg = first_segment(dir.path());
         let mut bytes = fs::read(&seg).unwrap();
         bytes[32 + 8 + 3] ^= 0xff; // first record's payload, two records follow it
         fs::write(&seg, &bytes).unwrap();

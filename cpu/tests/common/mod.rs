@@ -19,7 +19,7 @@ impl Scratch {
             std::fs::remove_dir_all(&dir).unwrap();
         }
         std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
+        Scratch(dir.canonicalize().unwrap())
     }
     pub fn path(&self) -> &Path {
         &self.0
