@@ -53,7 +53,7 @@
 //!     let root = SupervisorSpec::one_for_one().child(counter).start("root").await?;
 //!     assert_eq!(addr.send(Add(2)).await.ok(), Some(2));
 //!     root.stop().await
-//! }).ok();
+//! }).expect("the example tree starts and stops");
 //! # }
 //! ```
 //!
