@@ -504,8 +504,11 @@ impl Journal {
             let (frames, damage) = parse_frames(&data, options.max_record_bytes);
             // The first frame is the segment's header: its index and the sequence number of its
             // first record. It is what catches a segment that lost whole records at its end.
-            match frames.first() {
-                Some(&(s, e)) => match SegmentHeader::decode(&data[s..e]) {
+            // No frame: an empty segment (its header goes with its first batch) holds no
+            // records, wherever it is; had it lost some, the next segment's header would not
+            // continue the count. A damaged first frame is handled with the damage below.
+            if let Some(&(s, e)) = frames.first() {
+                match SegmentHeader::decode(&data[s..e]) {
                     Some(h) if h.index == seg && h.first_seq == seq => {}
                     Some(h) => {
                         return Err(CpuError::Corrupt {
@@ -524,17 +527,7 @@ impl Journal {
                             reason: "the first frame is not a segment header".into(),
                         })
                     }
-                },
-                // Only the last segment may lack its header (it is written with the first batch).
-                None if last => {}
-                None if damage.is_none() => {
-                    return Err(CpuError::Corrupt {
-                        segment: path,
-                        offset: 0,
-                        reason: "empty segment before the last one".into(),
-                    })
                 }
-                None => {}
             }
             let records = frames.iter().skip(1).map(|&(s, e)| data[s..e].to_vec());
             let before = recovered.records.len();
@@ -884,7 +877,11 @@ impl Writer {
     }
 
     async fn compact_inner(&mut self, snapshot: Vec<u8>) -> Result<()> {
-        self.roll().await?;
+        // The snapshot covers every segment below `base`; an empty current segment can be the
+        // base itself.
+        if self.offset > 0 {
+            self.roll().await?;
+        }
         let base = self.segment;
         let tmp = self.dir.join(SNAPSHOT_TMP);
         let file = IoFile::open(&tmp, OpenMode::create_truncate())?;
