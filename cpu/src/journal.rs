@@ -249,52 +249,58 @@ fn parse_frames(data: &[u8], max_record: u32) -> Parsed {
     let mut out = Vec::new();
     let mut pos = 0usize;
     while pos < data.len() {
-        let rest = &data[pos..];
-        let Some(header) = rest.get(..FRAME_HEADER) else {
-            let reason = format!("{} bytes left, a header needs {FRAME_HEADER}", rest.len());
-            return (out, Some((pos, Damage::Partial(reason))));
-        };
-        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
-        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        if len > max_record {
-            let reason = format!("length {len} exceeds the {max_record}-byte limit");
-            return (
-                out,
-                Some((
-                    pos,
-                    Damage::Bad {
+        match parse_frame(&data[pos..], max_record) {
+            Ok(end) => {
+                out.push((pos + FRAME_HEADER, pos + end));
+                pos += end;
+            }
+            Err(damage) => {
+                let damage = match damage {
+                    Damage::Bad { reason, frame_end } => Damage::Bad {
                         reason,
-                        frame_end: None,
+                        frame_end: frame_end.map(|end| pos + end),
                     },
-                )),
-            );
+                    partial => partial,
+                };
+                return (out, Some((pos, damage)));
+            }
         }
-        let end = FRAME_HEADER + len as usize;
-        let Some(payload) = rest.get(FRAME_HEADER..end) else {
-            let reason = format!(
-                "record of {len} bytes, only {} present",
-                rest.len() - FRAME_HEADER
-            );
-            return (out, Some((pos, Damage::Partial(reason))));
-        };
-        let want = crc32c::crc32c_append(crc32c::crc32c(&header[..4]), payload);
-        if want != crc {
-            let reason = format!("CRC32C {crc:#010x} does not match {want:#010x}");
-            return (
-                out,
-                Some((
-                    pos,
-                    Damage::Bad {
-                        reason,
-                        frame_end: Some(pos + end),
-                    },
-                )),
-            );
-        }
-        out.push((pos + FRAME_HEADER, pos + end));
-        pos += end;
     }
     (out, None)
+}
+
+/// Checks the frame at the start of `rest`; returns where it ends, or how it is broken (a
+/// `frame_end` relative to `rest`).
+fn parse_frame(rest: &[u8], max_record: u32) -> std::result::Result<usize, Damage> {
+    let Some(header) = rest.get(..FRAME_HEADER) else {
+        let reason = format!("{} bytes left, a header needs {FRAME_HEADER}", rest.len());
+        return Err(Damage::Partial(reason));
+    };
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    if len > max_record {
+        let reason = format!("length {len} exceeds the {max_record}-byte limit");
+        return Err(Damage::Bad {
+            reason,
+            frame_end: None,
+        });
+    }
+    let end = FRAME_HEADER + len as usize;
+    let Some(payload) = rest.get(FRAME_HEADER..end) else {
+        let present = rest.len() - FRAME_HEADER;
+        return Err(Damage::Partial(format!(
+            "record of {len} bytes, only {present} present"
+        )));
+    };
+    let want = crc32c::crc32c_append(crc32c::crc32c(&header[..4]), payload);
+    if want != crc {
+        let reason = format!("CRC32C {crc:#010x} does not match {want:#010x}");
+        return Err(Damage::Bad {
+            reason,
+            frame_end: Some(end),
+        });
+    }
+    Ok(end)
 }
 
 /// The files of a journal directory.
