@@ -129,7 +129,14 @@ fn acknowledged_records_survive_sigkill() {
             let mut acks = Vec::new();
             let mut ready = false;
             for line in BufReader::new(stdout).lines() {
-                let line = line.unwrap_or_default();
+                let line = match line {
+                    Ok(line) => line,
+                    // Killed mid-line: what came before is all there is.
+                    Err(e) => {
+                        eprintln!("child stdout ended with {e}");
+                        break;
+                    }
+                };
                 if line.ends_with("ready") {
                     ready = true;
                     ready_tx.send(()).unwrap();
