@@ -147,6 +147,67 @@ pub struct Journal {
     stats: Arc<Stats>,
 }
 
+/// Room held in a journal's queue for one record or one compaction (see [`Journal::slot`]).
+#[derive(Debug)]
+pub struct JournalSlot {
+    permit: mpsc::OwnedPermit<Cmd>,
+    dir: Arc<Path>,
+    max_record_bytes: u32,
+}
+
+/// A record queued through a [`JournalSlot`]: resolves once it is durable.
+pub type PendingAppend = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Lsn>> + Send>>;
+
+/// A compaction queued through a [`JournalSlot`]: resolves once it is done.
+pub type PendingCompact = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>;
+
+impl JournalSlot {
+    /// Queues `payload` now, behind everything queued before; the returned future completes
+    /// once the record is durable. An oversized record is refused here, before it is queued.
+    pub fn append(self, payload: Vec<u8>) -> Result<PendingAppend> {
+        if payload.len() > self.max_record_bytes as usize {
+            let err = CpuError::Invalid {
+                field: "record",
+                reason: format!(
+                    "{} bytes exceed the journal's {}-byte record limit",
+                    payload.len(),
+                    self.max_record_bytes
+                ),
+            };
+            journal_error(&self.dir, "invalid", &err);
+            return Err(err);
+        }
+        let (reply, rx) = oneshot::channel();
+        self.permit.send(Cmd::Append { payload, reply });
+        let dir = self.dir;
+        Ok(Box::pin(async move { writer_answer(&dir, rx).await }))
+    }
+
+    /// Queues a compaction to `snapshot` now: it replaces every record queued before it.
+    pub fn compact(self, snapshot: Vec<u8>) -> PendingCompact {
+        let (reply, rx) = oneshot::channel();
+        self.permit.send(Cmd::Compact { snapshot, reply });
+        let dir = self.dir;
+        Box::pin(async move { writer_answer(&dir, rx).await })
+    }
+}
+
+/// The writer's answer to a queued command; a writer gone before answering is
+/// [`CpuError::JournalStopped`], logged and counted.
+async fn writer_answer<T>(dir: &Path, rx: oneshot::Receiver<Result<T>>) -> Result<T> {
+    match rx.await {
+        Ok(res) => res,
+        Err(_) => {
+            let err = CpuError::JournalStopped {
+                dir: dir.to_path_buf(),
+                reason: "its writer has exited".into(),
+            };
+            journal_error(dir, "stopped", &err);
+            Err(err)
+        }
+    }
+}
+
 /// Counts of what the writer has made durable since the journal was opened.
 #[derive(Debug, Default)]
 struct Stats {
@@ -662,14 +723,32 @@ impl Journal {
     /// [`CpuError::JournalStopped`], logged and counted here.
     async fn request<T>(&self, cmd: impl FnOnce(oneshot::Sender<Result<T>>) -> Cmd) -> Result<T> {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(cmd(reply)).await.is_ok() {
-            if let Ok(res) = rx.await {
-                return res;
+        if self.tx.send(cmd(reply)).await.is_err() {
+            let err = self.stopped();
+            journal_error(&self.dir, "stopped", &err);
+            return Err(err);
+        }
+        writer_answer(&self.dir, rx).await
+    }
+
+    /// Waits for room in the writer's queue and holds it. The slot then queues one record or
+    /// one compaction synchronously ([`JournalSlot::append`], [`JournalSlot::compact`]), so a
+    /// caller that changes its own state and queues the matching record in one step (no await
+    /// between) keeps the journal in exactly its order, while the durability of many records is
+    /// awaited concurrently and group-committed.
+    pub async fn slot(&self) -> Result<JournalSlot> {
+        match self.tx.clone().reserve_owned().await {
+            Ok(permit) => Ok(JournalSlot {
+                permit,
+                dir: Arc::clone(&self.dir),
+                max_record_bytes: self.max_record_bytes,
+            }),
+            Err(_) => {
+                let err = self.stopped();
+                journal_error(&self.dir, "stopped", &err);
+                Err(err)
             }
         }
-        let err = self.stopped();
-        journal_error(&self.dir, "stopped", &err);
-        Err(err)
     }
 
     /// Replaces everything appended before this call by `snapshot` (which must reflect all of
