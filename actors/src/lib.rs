@@ -6,9 +6,16 @@
 //! lease manager, workers, health monitor, progress and store actors join it with the
 //! single-node runtime.
 
+pub mod error;
+pub mod ids;
 pub mod job;
+pub mod lease;
 pub mod metrics;
+pub mod sched;
+pub mod store;
 
+pub use error::Error;
+pub use ids::{FencingToken, WorkerId};
 pub use job::{
     CommandJob, FieldError, IllegalTransition, InvalidSpec, JobId, JobKind, JobSpec, JobState,
     JobStatus, Limits, Registry, Resources, WorkloadJob,

@@ -1,0 +1,284 @@
+//! Placement: which queued job runs next, and where. The pure core of the `Scheduler` actor: no
+//! messages, no I/O, time passed in, so every decision can be replayed and tested on its own.
+//!
+//! A decision walks the queue in order (priority with aging, see [`queue`]) and reserves the
+//! first job that fits (see [`capacity`]). Jobs behind one that does not fit may go first
+//! (backfill), up to `backfill_depth` jobs per decision, so a large job at the head does not
+//! idle the node. So that backfill cannot starve that large job, once the head has waited
+//! `reserve_head_after` nothing passes it any more and capacity drains toward it (the head
+//! reservation of Slurm's backfill, without runtime estimates). A job that no registered worker
+//! could ever hold is parked with its reason (shown by `cadre status`) rather than blocking the
+//! queue, and rejoins it, keeping its age, when capacity arrives.
+
+pub mod capacity;
+pub mod queue;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+pub use capacity::{CapacitySummary, CapacityTable, Grant, WorkerCapacity};
+pub use queue::{JobQueue, QueuedJob};
+
+use crate::error::Error;
+use crate::ids::WorkerId;
+use crate::job::{JobId, Resources};
+use crate::metrics as m;
+
+/// How the scheduler orders and places jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlacerConfig {
+    /// Waiting this long raises a job's effective priority by one point (`None`: strict
+    /// priority). Default 1 s: a priority -1000 job overtakes a newly submitted priority 1000 job
+    /// after about 33 minutes.
+    pub aging: Option<Duration>,
+    /// How many queued jobs one decision examines at most. Default 64.
+    pub backfill_depth: usize,
+    /// After the head of the queue has waited this long without fitting, no job behind it is
+    /// placed before it (`None`: always backfill). Default 60 s.
+    pub reserve_head_after: Option<Duration>,
+}
+
+impl Default for PlacerConfig {
+    fn default() -> PlacerConfig {
+        PlacerConfig {
+            aging: Some(Duration::from_secs(1)),
+            backfill_depth: 64,
+            reserve_head_after: Some(Duration::from_secs(60)),
+        }
+    }
+}
+
+/// A decision: the job and its reservation, one grant per task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    /// The job placed.
+    pub job: JobId,
+    /// Where each task runs and what it holds.
+    pub grants: Vec<Grant>,
+}
+
+/// Why a job has not started yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Waiting {
+    /// In the queue, `position` jobs ahead of it.
+    Queued {
+        /// Jobs ahead of it.
+        position: usize,
+    },
+    /// No registered worker could ever hold it; it waits for capacity to be added.
+    Unplaceable {
+        /// What it needs against what there is.
+        reason: String,
+    },
+}
+
+/// The queue, the capacity table and the decision rule over them.
+#[derive(Debug)]
+pub struct Placer {
+    config: PlacerConfig,
+    queue: JobQueue,
+    capacity: CapacityTable,
+    parked: HashMap<JobId, (QueuedJob, String)>,
+}
+
+/// Whether `a` needs at least as much as `b` in every dimension (then `a` cannot fit where `b`
+/// did not).
+fn dominates(a: &Resources, b: &Resources) -> bool {
+    a.cpu_millis >= b.cpu_millis && a.memory_bytes >= b.memory_bytes && a.gpus >= b.gpus
+}
+
+impl Placer {
+    /// An empty placer; `epoch` anchors the queue's aging (see [`JobQueue::new`]).
+    pub fn new(config: PlacerConfig, epoch: Instant) -> Placer {
+        Placer {
+            config,
+            queue: JobQueue::new(config.aging, epoch),
+            capacity: CapacityTable::new(),
+            parked: HashMap::new(),
+        }
+    }
+
+    /// The capacity table, read-only.
+    pub fn capacity(&self) -> &CapacityTable {
+        &self.capacity
+    }
+
+    /// The queue, read-only.
+    pub fn queue(&self) -> &JobQueue {
+        &self.queue
+    }
+
+    /// Registers a worker; parked jobs it could hold rejoin the queue.
+    pub fn add_worker(&mut self, worker: WorkerId, capacity: &WorkerCapacity) -> Result<(), Error> {
+        self.capacity.add_worker(worker, capacity)?;
+        self.unpark();
+        Ok(())
+    }
+
+    /// Removes a worker; returns the jobs that held resources on it (now released), for the
+    /// caller to mark lost.
+    pub fn remove_worker(&mut self, worker: WorkerId) -> Result<Vec<JobId>, Error> {
+        self.capacity.remove_worker(worker)
+    }
+
+    /// Drains a worker (no new work) or opens it again.
+    pub fn set_accepting(&mut self, worker: WorkerId, accepting: bool) -> Result<(), Error> {
+        self.capacity.set_accepting(worker, accepting)?;
+        if accepting {
+            self.unpark();
+        }
+        Ok(())
+    }
+
+    /// Marks a GPU healthy or not; returns the job holding it, if any.
+    pub fn set_gpu_health(
+        &mut self,
+        worker: WorkerId,
+        index: u32,
+        healthy: bool,
+    ) -> Result<Option<JobId>, Error> {
+        let holder = self.capacity.set_gpu_health(worker, index, healthy)?;
+        if healthy {
+            self.unpark();
+        }
+        Ok(holder)
+    }
+
+    fn unpark(&mut self) {
+        if self.parked.is_empty() {
+            return;
+        }
+        let ready: Vec<JobId> = self
+            .parked
+            .iter()
+            .filter(|(_, (q, _))| self.capacity.never_fits(&q.resources, q.gang).is_none())
+            .map(|(job, _)| *job)
+            .collect();
+        for job in ready {
+            if let Some((q, _)) = self.parked.remove(&job) {
+                tracing::info!(job = %job, "capacity arrived: parked job rejoins the queue");
+                self.queue.push(q);
+            }
+        }
+        self.update_depth();
+    }
+
+    /// Adds a job to the queue. `false` if it is already queued or parked.
+    pub fn enqueue(&mut self, job: QueuedJob) -> bool {
+        if self.parked.contains_key(&job.job) {
+            return false;
+        }
+        let added = self.queue.push(job);
+        self.update_depth();
+        added
+    }
+
+    /// Takes a job out of the queue (cancelled before it was placed). `false` if it was
+    /// neither queued nor parked.
+    pub fn cancel(&mut self, job: JobId) -> bool {
+        let removed = self.queue.remove(job).is_some() || self.parked.remove(&job).is_some();
+        self.update_depth();
+        removed
+    }
+
+    /// Gives back what a job holds (it ended, one way or another). `None` if it holds nothing.
+    pub fn release(&mut self, job: JobId) -> Option<Vec<Grant>> {
+        self.capacity.release(job)
+    }
+
+    /// Why a job waits, if it does.
+    pub fn waiting(&self, job: JobId) -> Option<Waiting> {
+        if let Some((_, reason)) = self.parked.get(&job) {
+            return Some(Waiting::Unplaceable {
+                reason: reason.clone(),
+            });
+        }
+        self.queue
+            .position(job)
+            .map(|position| Waiting::Queued { position })
+    }
+
+    /// Jobs waiting, parked ones included.
+    pub fn waiting_len(&self) -> usize {
+        self.queue.len() + self.parked.len()
+    }
+
+    fn update_depth(&self) {
+        metrics::gauge!(m::QUEUE_DEPTH).set((self.queue.len() + self.parked.len()) as f64);
+    }
+
+    /// One scheduling decision (see the module comment): the job to start next with its
+    /// reservation, already booked and out of the queue, or `None` when nothing that may go now
+    /// fits. Records the decision's duration in `cadre_scheduler_decision_seconds`.
+    pub fn decide(&mut self, now: Instant) -> Option<Placement> {
+        let started = Instant::now();
+        let placement = self.decide_inner(now);
+        metrics::histogram!(m::DECISION_SECONDS).record(started.elapsed().as_secs_f64());
+        placement
+    }
+
+    fn decide_inner(&mut self, now: Instant) -> Option<Placement> {
+        let mut failed: Vec<Resources> = Vec::new();
+        let mut to_park: Vec<(JobId, String)> = Vec::new();
+        let mut examined = 0usize;
+        let mut head_seen = false;
+        let mut chosen: Option<Placement> = None;
+        for q in self.queue.iter() {
+            if examined >= self.config.backfill_depth {
+                break;
+            }
+            examined += 1;
+            let is_head = !head_seen;
+            if q.gang <= 1 && failed.iter().any(|f| dominates(&q.resources, f)) {
+                head_seen = true;
+                continue;
+            }
+            match self.capacity.reserve(q.job, &q.resources, q.gang) {
+                Ok(Some(grants)) => {
+                    chosen = Some(Placement { job: q.job, grants });
+                    break;
+                }
+                Ok(None) => {
+                    if let Some(reason) = self.capacity.never_fits(&q.resources, q.gang) {
+                        to_park.push((q.job, reason));
+                        examined -= 1;
+                        continue;
+                    }
+                    head_seen = true;
+                    if is_head {
+                        if let Some(limit) = self.config.reserve_head_after {
+                            if now.saturating_duration_since(q.enqueued_at) >= limit {
+                                break;
+                            }
+                        }
+                    }
+                    if q.gang <= 1 {
+                        failed.push(q.resources);
+                    }
+                }
+                Err(err) => {
+                    // Already logged and counted by the capacity table: a queued job that
+                    // holds a reservation is a bookkeeping bug; it is skipped, never booked
+                    // twice.
+                    tracing::error!(job = %q.job, error = %err, "queued job skipped");
+                    head_seen = true;
+                }
+            }
+        }
+        for (job, reason) in to_park {
+            if let Some(q) = self.queue.remove(job) {
+                tracing::warn!(job = %job, reason = %reason, "job parked: no worker can hold it");
+                self.parked.insert(job, (q, reason));
+            }
+        }
+        if let Some(p) = &chosen {
+            self.queue.remove(p.job);
+        }
+        self.update_depth();
+        chosen
+    }
+}
