@@ -19,7 +19,7 @@ use cadre_cpu::journal::{Journal, JournalOptions};
 use cadre_cpu::launcher::{CommandSpec, Launcher};
 use cadre_cpu::{BackendSetting, IoEngine};
 
-use crate::report::{baseline_first, median, Reporter};
+use crate::report::{baseline_first, median, rss_bytes, Reporter};
 use crate::BenchError;
 
 struct Plan {
@@ -290,17 +290,6 @@ fn rss_sampler(running: Arc<AtomicBool>) -> std::thread::JoinHandle<Result<u64, 
         }
         Ok(peak.max(rss_bytes()?))
     })
-}
-
-/// VmRSS of this process in bytes.
-fn rss_bytes() -> Result<u64, BenchError> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .ok_or_else(|| BenchError::Check("no VmRSS line in /proc/self/status".into()))
 }
 
 fn spec(argv: &[&str], dir: &Path, name: &str) -> CommandSpec {

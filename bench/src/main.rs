@@ -8,6 +8,7 @@
 mod alloc;
 mod io;
 mod report;
+mod scheduler;
 mod supervisor;
 
 use std::process::ExitCode;
@@ -32,6 +33,11 @@ const SUITES: &[Suite] = &[
         name: "io",
         about: "journal appends on io_uring vs std, fdatasync rate, log capture, spawn and reap",
         run: io::run,
+    },
+    Suite {
+        name: "scheduler",
+        about: "scheduling decisions at 10k workers/100k queued, memory of 1M queued jobs, durable submits",
+        run: scheduler::run,
     },
 ];
 

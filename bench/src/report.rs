@@ -102,3 +102,14 @@ pub fn baseline_first(round: usize) -> bool {
 pub fn nanos(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
+
+/// VmRSS of this process in bytes.
+pub fn rss_bytes() -> Result<u64, BenchError> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .ok_or_else(|| BenchError::Check("no VmRSS line in /proc/self/status".into()))
+}
