@@ -152,12 +152,14 @@ impl Placer {
         if self.parked.is_empty() {
             return;
         }
-        let ready: Vec<JobId> = self
+        let mut ready: Vec<JobId> = self
             .parked
             .iter()
             .filter(|(_, (q, _))| self.capacity.never_fits(&q.resources, q.gang).is_none())
             .map(|(job, _)| *job)
             .collect();
+        // Id order, so jobs that rejoin together keep a deterministic order among equals.
+        ready.sort_unstable();
         for job in ready {
             if let Some((q, _)) = self.parked.remove(&job) {
                 tracing::info!(job = %job, "capacity arrived: parked job rejoins the queue");
@@ -167,9 +169,17 @@ impl Placer {
         self.update_depth();
     }
 
-    /// Adds a job to the queue. `false` if it is already queued or parked.
+    /// Adds a job to the queue. `false` if it is already queued or parked, or still holds a
+    /// reservation (a job is queued again only after its last attempt released everything; the
+    /// refusal is an error event, since it means a caller skipped a release).
     pub fn enqueue(&mut self, job: QueuedJob) -> bool {
         if self.parked.contains_key(&job.job) {
+            return false;
+        }
+        if self.capacity.reservation(job.job).is_some() {
+            tracing::error!(job = %job.job, "job queued while it still holds a reservation: refused");
+            metrics::counter!(m::CAPACITY_REFUSALS, "reason" => "queued_while_reserved")
+                .increment(1);
             return false;
         }
         let added = self.queue.push(job);

@@ -31,10 +31,13 @@ pub struct QueuedJob {
     pub enqueued_at: Instant,
 }
 
-/// Where a job sits in the queue: larger rank first, then lower sequence (earlier push).
+/// Where a job sits in the queue: larger rank first, then earlier `enqueued_at` (so a job that
+/// leaves and rejoins, as a parked one does, keeps its place among equals even without aging),
+/// then lower sequence (earlier push).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Slot {
     rank: Reverse<i64>,
+    enqueued_at: Instant,
     seq: u64,
 }
 
@@ -95,6 +98,7 @@ impl JobQueue {
         }
         let slot = Slot {
             rank: Reverse(self.rank(job.priority, job.enqueued_at)),
+            enqueued_at: job.enqueued_at,
             seq: self.next_seq,
         };
         self.next_seq += 1;
