@@ -165,18 +165,7 @@ impl JournalSlot {
     /// Queues `payload` now, behind everything queued before; the returned future completes
     /// once the record is durable. An oversized record is refused here, before it is queued.
     pub fn append(self, payload: Vec<u8>) -> Result<PendingAppend> {
-        if payload.len() > self.max_record_bytes as usize {
-            let err = CpuError::Invalid {
-                field: "record",
-                reason: format!(
-                    "{} bytes exceed the journal's {}-byte record limit",
-                    payload.len(),
-                    self.max_record_bytes
-                ),
-            };
-            journal_error(&self.dir, "invalid", &err);
-            return Err(err);
-        }
+        check_record_size(&self.dir, self.max_record_bytes, payload.len())?;
         let (reply, rx) = oneshot::channel();
         self.permit.send(Cmd::Append { payload, reply });
         let dir = self.dir;
@@ -190,6 +179,21 @@ impl JournalSlot {
         let dir = self.dir;
         Box::pin(async move { writer_answer(&dir, rx).await })
     }
+}
+
+/// Refuses (logged and counted) a record longer than the journal accepts, before it is queued.
+fn check_record_size(dir: &Path, max_record_bytes: u32, len: usize) -> Result<()> {
+    if len > max_record_bytes as usize {
+        let err = CpuError::Invalid {
+            field: "record",
+            reason: format!(
+                "{len} bytes exceed the journal's {max_record_bytes}-byte record limit"
+            ),
+        };
+        journal_error(dir, "invalid", &err);
+        return Err(err);
+    }
+    Ok(())
 }
 
 /// The writer's answer to a queued command; a writer gone before answering is
@@ -704,18 +708,7 @@ impl Journal {
 
     /// Appends a record; completes once it is durable (written and fdatasynced).
     pub async fn append(&self, payload: Vec<u8>) -> Result<Lsn> {
-        if payload.len() > self.max_record_bytes as usize {
-            let err = CpuError::Invalid {
-                field: "record",
-                reason: format!(
-                    "{} bytes exceed the journal's {}-byte record limit",
-                    payload.len(),
-                    self.max_record_bytes
-                ),
-            };
-            journal_error(&self.dir, "invalid", &err);
-            return Err(err);
-        }
+        check_record_size(&self.dir, self.max_record_bytes, payload.len())?;
         self.request(|reply| Cmd::Append { payload, reply }).await
     }
 
