@@ -85,6 +85,12 @@ pub enum Error {
         /// The first failure.
         reason: String,
     },
+    /// The fencing token counter is at its maximum: no new lease can get a fresh token.
+    #[error("job {job}: no fencing token left (the counter is at u64::MAX)")]
+    TokensExhausted {
+        /// The job the lease was for.
+        job: JobId,
+    },
     /// The job store could not write or read its journal.
     #[error("job store: {op}: {source}")]
     Store {

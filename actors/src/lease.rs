@@ -26,7 +26,7 @@
 //!   [`LeaseTable::expire_due`] to reap.
 //! - A lease's deadline never moves backwards.
 //! - Arithmetic on instants and tokens never panics: instants saturate at the furthest
-//!   representable one, and the token counter saturates at `u64::MAX` (with an error event).
+//!   representable one, and an exhausted token counter refuses grants rather than reuse a token.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -141,9 +141,8 @@ impl LeaseTable {
     /// `now + ttl`, with a fresh token strictly greater than any before. Counts
     /// `LEASE_GRANTS` and sets the `LEASES_ACTIVE` gauge.
     ///
-    /// Should the token counter ever reach `u64::MAX` (it cannot in practice), it saturates and
-    /// an error event is logged; the lease then holding that token is replaced so the indexes
-    /// stay consistent.
+    /// A token is never reused: should the counter ever reach `u64::MAX` (half a million years
+    /// at a million grants a second), the grant is refused with [`Error::TokensExhausted`].
     pub fn grant(
         &mut self,
         job: JobId,
@@ -151,19 +150,14 @@ impl LeaseTable {
         task: u32,
         worker: WorkerId,
         now: Instant,
-    ) -> Lease {
-        let token = match self.high_water.0.checked_add(1) {
-            Some(next) => FencingToken(next),
-            None => {
-                tracing::error!(job = %job, worker = %worker, token = %self.high_water,
-                    "fencing tokens exhausted: reusing the highest token");
-                if let Some(old) = self.remove(self.high_water) {
-                    tracing::error!(job = %old.job, worker = %old.worker, token = %old.token,
-                        "lease replaced by a grant reusing its token");
-                }
-                self.high_water
-            }
+    ) -> Result<Lease, Error> {
+        let Some(next) = self.high_water.0.checked_add(1) else {
+            tracing::error!(job = %job, worker = %worker, token = %self.high_water,
+                "fencing tokens exhausted: lease refused");
+            metrics::counter!(m::LEASE_GRANT_REFUSALS).increment(1);
+            return Err(Error::TokensExhausted { job });
         };
+        let token = FencingToken(next);
         self.high_water = token;
         let lease = Lease {
             job,
@@ -178,7 +172,7 @@ impl LeaseTable {
             "lease granted");
         metrics::counter!(m::LEASE_GRANTS).increment(1);
         self.set_gauge();
-        lease
+        Ok(lease)
     }
 
     /// Renews a batch of leases from one worker. Each `(job, token)` is renewed until
@@ -203,8 +197,7 @@ impl LeaseTable {
             let renewable = self
                 .by_token
                 .get(&token)
-                .map(|l| l.job == job && l.worker == worker && l.expires_at > now)
-                .unwrap_or(false);
+                .is_some_and(|l| l.job == job && l.worker == worker && l.expires_at > now);
             if renewable {
                 let expires_at = self.set_deadline(token, deadline);
                 metrics::counter!(m::LEASE_RENEWALS).increment(1);

@@ -5,6 +5,8 @@ pub const ILLEGAL_TRANSITIONS: &str = "cadre_job_illegal_transitions_total";
 
 /// Counter of leases granted.
 pub const LEASE_GRANTS: &str = "cadre_lease_grants_total";
+/// Counter of grants refused because the fencing token counter is exhausted.
+pub const LEASE_GRANT_REFUSALS: &str = "cadre_lease_grant_refusals_total";
 /// Counter of leases renewed (one per lease in a batch).
 pub const LEASE_RENEWALS: &str = "cadre_lease_renewals_total";
 /// Counter of leases that ran past their deadline unrenewed.

@@ -121,7 +121,9 @@ fn tokens_strictly_increase_and_continue_above_the_persisted_floor() {
     assert_eq!(table.ttl(), TTL);
     let mut last = table.high_water();
     for i in 0..20 {
-        let lease = table.grant(JobId(i % 3), 1, 0, WorkerId(i % 2), now);
+        let lease = table
+            .grant(JobId(i % 3), 1, 0, WorkerId(i % 2), now)
+            .unwrap();
         assert!(lease.token > last, "{} after {}", lease.token, last);
         assert_eq!(table.high_water(), lease.token);
         last = lease.token;
@@ -136,14 +138,14 @@ fn tokens_strictly_increase_and_continue_above_the_persisted_floor() {
     assert!(table.is_empty());
     assert_eq!(table.high_water(), FencingToken(20));
     assert_eq!(
-        table.grant(JobId(9), 1, 0, WorkerId(0), now).token,
+        table.grant(JobId(9), 1, 0, WorkerId(0), now).unwrap().token,
         FencingToken(21)
     );
 
     // A restart: the store persisted 41, so the first token after it is 42.
     let mut restarted = LeaseTable::new(TTL, FencingToken(41));
     assert_eq!(restarted.high_water(), FencingToken(41));
-    let first = restarted.grant(JobId(1), 2, 0, WorkerId(5), now);
+    let first = restarted.grant(JobId(1), 2, 0, WorkerId(5), now).unwrap();
     assert_eq!(first.token, FencingToken(42));
     assert_eq!(first.expires_at, now + TTL);
     assert_eq!(restarted.get(first.token), Some(&first));
@@ -154,9 +156,9 @@ fn grants_are_counted_and_the_active_gauge_follows_the_table() {
     let now = Instant::now();
     let (_, snap) = observed(|_| {
         let mut table = LeaseTable::new(TTL, FencingToken(0));
-        table.grant(JobId(1), 1, 0, WorkerId(1), now);
-        table.grant(JobId(2), 1, 0, WorkerId(1), now);
-        let l3 = table.grant(JobId(3), 1, 0, WorkerId(2), now);
+        table.grant(JobId(1), 1, 0, WorkerId(1), now).unwrap();
+        table.grant(JobId(2), 1, 0, WorkerId(1), now).unwrap();
+        let l3 = table.grant(JobId(3), 1, 0, WorkerId(2), now).unwrap();
         table
             .release(JobId(3), WorkerId(2), l3.token, "finished")
             .unwrap();
@@ -170,9 +172,9 @@ fn the_holder_extends_its_lease_and_anyone_else_is_refused_and_counted() {
     let t0 = Instant::now();
     let ((), snap) = observed(|warnings| {
         let mut table = LeaseTable::new(TTL, FencingToken(0));
-        let a = table.grant(JobId(1), 1, 0, WorkerId(1), t0);
-        let b = table.grant(JobId(2), 1, 0, WorkerId(1), t0);
-        let other = table.grant(JobId(3), 1, 0, WorkerId(2), t0);
+        let a = table.grant(JobId(1), 1, 0, WorkerId(1), t0).unwrap();
+        let b = table.grant(JobId(2), 1, 0, WorkerId(1), t0).unwrap();
+        let other = table.grant(JobId(3), 1, 0, WorkerId(2), t0).unwrap();
 
         let t1 = t0 + secs(4);
         let out = table.renew(
@@ -265,7 +267,7 @@ fn a_zombie_of_an_expired_attempt_is_fenced_off_and_each_lease_is_released_once(
     let t0 = Instant::now();
     let ((), snap) = observed(|warnings| {
         let mut table = LeaseTable::new(TTL, FencingToken(0));
-        let first = table.grant(JobId(7), 1, 0, WorkerId(1), t0);
+        let first = table.grant(JobId(7), 1, 0, WorkerId(1), t0).unwrap();
         // Worker 1 goes quiet: its lease expires.
         let expired = table.expire_due(t0 + TTL);
         assert_eq!(expired, vec![first.clone()]);
@@ -281,7 +283,9 @@ fn a_zombie_of_an_expired_attempt_is_fenced_off_and_each_lease_is_released_once(
             .unwrap_err();
         assert_eq!(stale(&err).3, None);
 
-        let second = table.grant(JobId(7), 2, 0, WorkerId(2), t0 + TTL + secs(1));
+        let second = table
+            .grant(JobId(7), 2, 0, WorkerId(2), t0 + TTL + secs(1))
+            .unwrap();
         assert!(second.token > first.token);
 
         // The zombie wakes up and reports: refused, pointing at the current token.
@@ -344,11 +348,21 @@ fn expire_due_reaps_only_due_leases_in_deadline_order() {
     let (leases, snap) = observed(|warnings| {
         let mut table = LeaseTable::new(TTL, FencingToken(0));
         // Granted at t0+3, t0+1, t0+2, t0+1 (a tie), t0+8: deadlines 13, 11, 12, 11, 18.
-        let c = table.grant(JobId(1), 1, 0, WorkerId(1), t0 + secs(3));
-        let a = table.grant(JobId(2), 1, 0, WorkerId(1), t0 + secs(1));
-        let b = table.grant(JobId(3), 1, 0, WorkerId(2), t0 + secs(2));
-        let a2 = table.grant(JobId(4), 1, 0, WorkerId(3), t0 + secs(1));
-        let late = table.grant(JobId(5), 1, 0, WorkerId(3), t0 + secs(8));
+        let c = table
+            .grant(JobId(1), 1, 0, WorkerId(1), t0 + secs(3))
+            .unwrap();
+        let a = table
+            .grant(JobId(2), 1, 0, WorkerId(1), t0 + secs(1))
+            .unwrap();
+        let b = table
+            .grant(JobId(3), 1, 0, WorkerId(2), t0 + secs(2))
+            .unwrap();
+        let a2 = table
+            .grant(JobId(4), 1, 0, WorkerId(3), t0 + secs(1))
+            .unwrap();
+        let late = table
+            .grant(JobId(5), 1, 0, WorkerId(3), t0 + secs(8))
+            .unwrap();
         assert_eq!(table.next_expiry(), Some(t0 + secs(11)));
 
         assert!(
@@ -398,7 +412,7 @@ fn a_renewal_arriving_after_the_deadline_does_not_resurrect_the_lease() {
     let _subscriber = subscribed();
     let t0 = Instant::now();
     let mut table = LeaseTable::new(TTL, FencingToken(0));
-    let lease = table.grant(JobId(1), 1, 0, WorkerId(1), t0);
+    let lease = table.grant(JobId(1), 1, 0, WorkerId(1), t0).unwrap();
     // Just before the deadline: renewed.
     assert!(table.renew(WorkerId(1), &[(JobId(1), lease.token)], t0 + secs(9))[0].is_renewed());
     // Past the new deadline, before the timer reaped it: refused, and left for expire_due.
@@ -415,7 +429,9 @@ fn a_renewal_arriving_after_the_deadline_does_not_resurrect_the_lease() {
     assert_eq!(table.expire_due(t0 + secs(19)).len(), 1);
 
     // A renewal with an earlier `now` than the last never shortens a lease.
-    let l2 = table.grant(JobId(2), 1, 0, WorkerId(1), t0 + secs(30));
+    let l2 = table
+        .grant(JobId(2), 1, 0, WorkerId(1), t0 + secs(30))
+        .unwrap();
     let out = table.renew(WorkerId(1), &[(JobId(2), l2.token)], t0 + secs(25));
     assert!(out[0].is_renewed());
     assert_eq!(table.get(l2.token).unwrap().expires_at, t0 + secs(40));
@@ -427,12 +443,12 @@ fn revoking_a_dead_worker_removes_all_its_leases_and_only_its() {
     let (revoked, snap) = observed(|warnings| {
         let mut table = LeaseTable::new(TTL, FencingToken(0));
         // Worker 1: one job just leased, one running (it has renewed), one gang task.
-        let leased = table.grant(JobId(1), 1, 0, WorkerId(1), t0);
-        let running = table.grant(JobId(2), 3, 0, WorkerId(1), t0);
+        let leased = table.grant(JobId(1), 1, 0, WorkerId(1), t0).unwrap();
+        let running = table.grant(JobId(2), 3, 0, WorkerId(1), t0).unwrap();
         table.renew(WorkerId(1), &[(JobId(2), running.token)], t0 + secs(5));
-        let gang0 = table.grant(JobId(3), 1, 0, WorkerId(2), t0);
-        let gang1 = table.grant(JobId(3), 1, 1, WorkerId(1), t0);
-        let kept = table.grant(JobId(4), 1, 0, WorkerId(2), t0);
+        let gang0 = table.grant(JobId(3), 1, 0, WorkerId(2), t0).unwrap();
+        let gang1 = table.grant(JobId(3), 1, 1, WorkerId(1), t0).unwrap();
+        let kept = table.grant(JobId(4), 1, 0, WorkerId(2), t0).unwrap();
 
         let revoked = table.revoke_worker(WorkerId(1));
         let tokens: Vec<FencingToken> = revoked.iter().map(|l| l.token).collect();
@@ -471,9 +487,13 @@ fn a_gang_holds_one_lease_per_task_and_release_job_ends_them_all() {
     let t0 = Instant::now();
     let ((), snap) = observed(|_| {
         let mut table = LeaseTable::new(TTL, FencingToken(100));
-        let other = table.grant(JobId(8), 1, 0, WorkerId(1), t0);
+        let other = table.grant(JobId(8), 1, 0, WorkerId(1), t0).unwrap();
         let gang: Vec<Lease> = (0..3)
-            .map(|task| table.grant(JobId(5), 2, task, WorkerId(u64::from(task) + 1), t0))
+            .map(|task| {
+                table
+                    .grant(JobId(5), 2, task, WorkerId(u64::from(task) + 1), t0)
+                    .unwrap()
+            })
             .collect();
         let tokens: Vec<FencingToken> = gang.iter().map(|l| l.token).collect();
         assert_eq!(
@@ -532,36 +552,41 @@ fn self_fence_deadline_subtracts_the_margin_and_saturates_at_the_send() {
     // The worker fences itself before the manager can expire a lease renewed at or after the
     // send.
     let mut table = LeaseTable::new(TTL, FencingToken(0));
-    let lease = table.grant(
-        JobId(1),
-        1,
-        0,
-        WorkerId(1),
-        sent + Duration::from_millis(30),
-    );
+    let lease = table
+        .grant(
+            JobId(1),
+            1,
+            0,
+            WorkerId(1),
+            sent + Duration::from_millis(30),
+        )
+        .unwrap();
     assert!(self_fence_deadline(sent, TTL, secs(1)) < lease.expires_at);
     // An absurd ttl saturates instead of panicking.
     let far = self_fence_deadline(sent, Duration::MAX, Duration::ZERO);
     assert!(far > sent + secs(1_000_000));
-    let lease =
-        LeaseTable::new(Duration::MAX, FencingToken(0)).grant(JobId(1), 1, 0, WorkerId(1), sent);
+    let lease = LeaseTable::new(Duration::MAX, FencingToken(0))
+        .grant(JobId(1), 1, 0, WorkerId(1), sent)
+        .unwrap();
     assert!(lease.expires_at > sent + secs(1_000_000));
 }
 
 #[test]
-fn an_exhausted_token_counter_saturates_without_panicking_or_corrupting_the_indexes() {
+fn an_exhausted_token_counter_refuses_grants_and_never_reuses_a_token() {
     let _subscriber = subscribed();
     let now = Instant::now();
     let mut table = LeaseTable::new(TTL, FencingToken(u64::MAX - 1));
-    let last = table.grant(JobId(1), 1, 0, WorkerId(1), now);
+    let last = table.grant(JobId(1), 1, 0, WorkerId(1), now).unwrap();
     assert_eq!(last.token, FencingToken(u64::MAX));
-    let again = table.grant(JobId(2), 1, 0, WorkerId(2), now);
-    assert_eq!(again.token, FencingToken(u64::MAX));
+    let refused = table.grant(JobId(2), 1, 0, WorkerId(2), now);
+    assert!(
+        matches!(refused, Err(Error::TokensExhausted { job: JobId(2) })),
+        "{refused:?}"
+    );
     assert_eq!(table.high_water(), FencingToken(u64::MAX));
     assert_eq!(table.len(), 1);
-    assert!(table.leases_of_job(JobId(1)).is_empty());
-    assert!(table.leases_of_worker(WorkerId(1)).is_empty());
-    assert_eq!(table.leases_of_job(JobId(2)), vec![&again]);
+    assert_eq!(table.leases_of_job(JobId(1)), vec![&last]);
+    assert!(table.leases_of_job(JobId(2)).is_empty());
 }
 
 /// The model: the live leases, in no particular order.
@@ -670,7 +695,7 @@ fn run_random_ops(seed: u64) {
                 let job = JobId(rng.random_range(0..JOBS));
                 let worker = WorkerId(rng.random_range(0..WORKERS));
                 let (attempt, task) = (rng.random_range(1..4), rng.random_range(0..3));
-                let lease = table.grant(job, attempt, task, worker, now);
+                let lease = table.grant(job, attempt, task, worker, now).unwrap();
                 assert!(lease.token > last_token, "{ctx}: tokens increase");
                 assert!(seen_tokens.insert(lease.token), "{ctx}: tokens unique");
                 assert_eq!(
