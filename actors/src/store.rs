@@ -111,13 +111,21 @@ pub enum Record {
 }
 
 impl Record {
-    fn job_ids(&self) -> Vec<JobId> {
+    /// The jobs it is about, for log lines: a submission's ids are consecutive, so first and
+    /// last name them all without collecting them on the hot path.
+    fn jobs(&self) -> JobSpan {
         match self {
-            Record::Submitted { jobs } => jobs.iter().map(|s| s.job).collect(),
+            Record::Submitted { jobs } => JobSpan {
+                first: jobs.first().map(|s| s.job),
+                last: jobs.last().map(|s| s.job),
+            },
             Record::Leased { job, .. }
             | Record::Started { job, .. }
             | Record::Ended { job, .. }
-            | Record::Lost { job, .. } => vec![*job],
+            | Record::Lost { job, .. } => JobSpan {
+                first: Some(*job),
+                last: Some(*job),
+            },
         }
     }
 
@@ -128,6 +136,23 @@ impl Record {
             Record::Started { .. } => "started",
             Record::Ended { .. } => "ended",
             Record::Lost { .. } => "lost",
+        }
+    }
+}
+
+/// The consecutive job ids a record is about (`7`, `7..=1006`, or `none`).
+#[derive(Debug, Clone, Copy)]
+struct JobSpan {
+    first: Option<JobId>,
+    last: Option<JobId>,
+}
+
+impl std::fmt::Display for JobSpan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.first, self.last) {
+            (Some(a), Some(b)) if a == b => write!(f, "{a}"),
+            (Some(a), Some(b)) => write!(f, "{a}..={b}"),
+            _ => f.write_str("none"),
         }
     }
 }
@@ -539,8 +564,12 @@ impl Store {
         })?;
         let payload = encode(&record, op).inspect_err(|e| store_error("encode", e))?;
         if let Err(e) = self.table.apply(&record) {
-            tracing::error!(op, jobs = ?record.job_ids(), error = %e, "job store refused a record");
-            metrics::counter!(m::STORE_ERRORS, "op" => "refused").increment(1);
+            // An illegal transition was already logged and counted by `JobStatus::transition`;
+            // every other refusal is reported here, once.
+            if !matches!(e, Error::IllegalTransition(_)) {
+                tracing::error!(op, job = %record.jobs(), error = %e, "job store refused a record");
+                metrics::counter!(m::STORE_ERRORS, "op" => "refused").increment(1);
+            }
             return Err(e);
         }
         let bytes = payload.len() as u64;
@@ -559,7 +588,7 @@ impl Store {
         self.since_snapshot += 1;
         metrics::counter!(m::STORE_APPEND_BYTES).increment(bytes);
         let started = Instant::now();
-        let jobs = record.job_ids();
+        let jobs = record.jobs();
         Ok(Box::pin(async move {
             match pending.await {
                 Ok(_) => {
@@ -572,7 +601,7 @@ impl Store {
                         op: "append",
                         source,
                     };
-                    tracing::error!(op, jobs = ?jobs, error = %err,
+                    tracing::error!(op, job = %jobs, error = %err,
                         "job store record not durable; its change must not be acknowledged");
                     metrics::counter!(m::STORE_ERRORS, "op" => "append").increment(1);
                     Err(err)
@@ -581,8 +610,10 @@ impl Store {
         }))
     }
 
+    /// The journal refused or lost a change: the store stops accepting any. The journal has
+    /// logged the cause (one event, where it was detected); the store counts it.
     fn fail(&mut self, err: &Error) {
-        store_error("journal", err);
+        metrics::counter!(m::STORE_ERRORS, "op" => "journal").increment(1);
         if self.failed.is_none() {
             self.failed = Some(err.to_string());
         }
