@@ -271,10 +271,10 @@ impl Placer {
                     }
                 }
                 Err(err) => {
-                    // Already logged and counted by the capacity table: a queued job that
-                    // holds a reservation is a bookkeeping bug; it is skipped, never booked
-                    // twice.
-                    tracing::error!(job = %q.job, error = %err, "queued job skipped");
+                    // Reported (error event, counter) once, by the capacity table: a queued job
+                    // holding a reservation (which `enqueue` refuses, so a bookkeeping bug) is
+                    // skipped, never booked twice.
+                    tracing::debug!(job = %q.job, error = %err, "queued job skipped");
                     head_seen = true;
                 }
             }
