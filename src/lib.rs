@@ -1,12 +1,15 @@
 //! cadre: a supervised actor runtime for running jobs on CPU and GPU machines.
 //!
 //! This facade re-exports the public API of cadre's crates so an extension depends on one
-//! crate. Today that is the supervisor ([`supervisor`]): OTP supervision trees, panic capture
-//! and supervised callbacks on actix. The scheduler, leases, workers and the service arrive with
-//! the runtime.
+//! crate: the supervisor ([`supervisor`]: OTP supervision trees, panic capture and supervised
+//! callbacks on actix), the actors and their data ([`actors`]) and the node ([`runtime`]). The
+//! binary's command-line client lives in [`cli`].
 
+pub mod cli;
 pub mod demo;
 
+pub use cadre_actors as actors;
+pub use cadre_runtime as runtime;
 pub use cadre_supervisor as supervisor;
 
 /// The names an extension usually needs, for a glob import.

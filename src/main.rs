@@ -1,54 +1,155 @@
-//! The `cadre` binary. Today it runs the supervision demo (`cadre demo`); the service
-//! (`cadre serve`), its CLI and HTTP API arrive with the single-node runtime.
+//! The `cadre` binary: `cadre serve` runs a node; the other subcommands are the client of its
+//! HTTP API; `cadre demo` shows a supervision tree at work.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-const USAGE: &str = "usage: cadre demo [--seconds N]\n\
-  demo    run a live supervision tree: a worker that panics every few ticks is restarted in\n\
-          place, a broken callback is disabled after its limit; prints the failure journal\n\
-  --seconds N   stop after N seconds (default: run until Ctrl-C)";
+use cadre::cli::{CliError, Client, Output, SubmitArgs};
+use cadre_runtime::{Config, Flags, LogFormat, Node};
+use clap::{Parser, Subcommand, ValueEnum};
 
-fn parse(args: &[String]) -> Result<Option<Duration>, String> {
-    match args {
-        [cmd] if cmd == "demo" => Ok(None),
-        [cmd, flag, n] if cmd == "demo" && flag == "--seconds" => n
-            .parse::<u64>()
-            .ok()
-            .filter(|n| *n > 0)
-            .map(|n| Some(Duration::from_secs(n)))
-            .ok_or_else(|| {
-                format!("--seconds: expected a whole number of seconds above 0, got {n:?}")
-            }),
-        _ => Err("unknown command or arguments".to_owned()),
-    }
+#[derive(Debug, Parser)]
+#[command(
+    name = "cadre",
+    version,
+    about = "a supervised actor runtime for running jobs on CPU and GPU machines"
+)]
+struct Cli {
+    /// The node's API, for client commands.
+    #[arg(
+        long,
+        global = true,
+        env = "CADRE_API",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    api: String,
+    /// Output format of client commands.
+    #[arg(
+        short = 'o',
+        long = "output",
+        global = true,
+        value_enum,
+        default_value = "text"
+    )]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
 }
 
-fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if matches!(
-        args.first().map(String::as_str),
-        Some("-h" | "--help" | "help")
-    ) {
-        println!("{USAGE}");
-        return ExitCode::SUCCESS;
-    }
-    let duration = match parse(&args) {
-        Ok(d) => d,
-        Err(reason) => {
-            eprintln!("error: {reason}\n{USAGE}");
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node: scheduler, worker, API and metrics.
+    Serve {
+        /// A TOML config file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Data directory (journal and job logs).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// API address.
+        #[arg(long)]
+        api_addr: Option<SocketAddr>,
+        /// Prometheus endpoint address.
+        #[arg(long)]
+        metrics_addr: Option<SocketAddr>,
+        /// Log format.
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormatArg>,
+    },
+    /// Submit a job; prints its id.
+    Submit(SubmitArgs),
+    /// Show one job.
+    Status {
+        /// The job's id.
+        id: u64,
+    },
+    /// List jobs.
+    List {
+        /// Only jobs in this state.
+        #[arg(long)]
+        state: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Only jobs after this id.
+        #[arg(long)]
+        after: Option<u64>,
+    },
+    /// Cancel a job.
+    Cancel {
+        /// The job's id.
+        id: u64,
+    },
+    /// Print a job's output.
+    Logs {
+        /// Follow until the job ends.
+        #[arg(short, long)]
+        follow: bool,
+        /// stderr instead of stdout.
+        #[arg(long)]
+        stderr: bool,
+        /// The job's id.
+        id: u64,
+    },
+    /// Stream job state changes.
+    Watch {
+        /// Only this job.
+        id: Option<u64>,
+    },
+    /// The supervision tree's failure journal.
+    Failures,
+    /// Workers and capacity.
+    Nodes,
+    /// A live supervision tree demo.
+    Demo {
+        /// Stop after this many seconds.
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
+}
+
+fn serve(flags: Flags) -> ExitCode {
+    let config = match Config::load(&flags, &|k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(error) => {
+            eprintln!("error: {error}");
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CADRE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let result = actix::System::new().block_on(cadre::demo::run(duration));
+    cadre_runtime::init_tracing(config.log_format);
+    let exporter = match cadre_runtime::metrics::install() {
+        Ok(e) => Some(e),
+        Err(error) => {
+            tracing::error!(%error, "metrics exporter not installed; /metrics answers 503");
+            None
+        }
+    };
+    let result = actix::System::new().block_on(async move {
+        let node = Node::start(config, exporter).await?;
+        node.run().await
+    });
     match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "cadre node failed");
+            eprintln!("error: {error}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn demo(seconds: Option<u64>) -> ExitCode {
+    cadre_runtime::init_tracing(LogFormat::Text);
+    let duration = seconds.filter(|s| *s > 0).map(Duration::from_secs);
+    match actix::System::new().block_on(cadre::demo::run(duration)) {
         Ok(records) => {
             println!("failure journal ({} entries):", records.len());
             for r in records {
@@ -68,6 +169,60 @@ fn main() -> ExitCode {
         Err(error) => {
             tracing::error!(%error, "demo failed");
             ExitCode::from(1)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            if let Err(print) = e.print() {
+                eprintln!("error: {print}");
+            }
+            return ExitCode::from(code);
+        }
+    };
+    let client = Client::new(&cli.api, cli.output);
+    let result: Result<(), CliError> = match cli.command {
+        Command::Serve {
+            config,
+            data_dir,
+            api_addr,
+            metrics_addr,
+            log_format,
+        } => {
+            return serve(Flags {
+                config,
+                data_dir,
+                api_addr,
+                metrics_addr,
+                log_format: log_format.map(|f| match f {
+                    LogFormatArg::Text => LogFormat::Text,
+                    LogFormatArg::Json => LogFormat::Json,
+                }),
+            })
+        }
+        Command::Demo { seconds } => return demo(seconds),
+        Command::Submit(args) => client.submit(args),
+        Command::Status { id } => client.status(id),
+        Command::List {
+            state,
+            limit,
+            after,
+        } => client.list(state.as_deref(), limit, after),
+        Command::Cancel { id } => client.cancel(id),
+        Command::Logs { follow, stderr, id } => client.logs(id, follow, stderr),
+        Command::Watch { id } => client.watch(id),
+        Command::Failures => client.failures(),
+        Command::Nodes => client.nodes(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", e.message);
+            ExitCode::from(e.code)
         }
     }
 }

@@ -108,4 +108,26 @@ pub enum Error {
         /// The codec's message.
         reason: String,
     },
+    /// The node cannot take this request now (starting, draining, journal queue full); retry.
+    #[error("unavailable: {reason}")]
+    Unavailable {
+        /// Why.
+        reason: String,
+    },
+    /// The request does not fit the job's state (cancelling a job that has ended).
+    #[error("job {job}: {reason}")]
+    Conflict {
+        /// The job.
+        job: JobId,
+        /// Why.
+        reason: String,
+    },
+    /// A message to another actor could not be delivered or was not answered.
+    #[error("{actor}: {reason}")]
+    Mailbox {
+        /// The actor addressed.
+        actor: &'static str,
+        /// What went wrong (mailbox closed, full, timed out).
+        reason: String,
+    },
 }

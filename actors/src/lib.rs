@@ -7,12 +7,16 @@
 //! single-node runtime.
 
 pub mod error;
+pub mod health;
 pub mod ids;
 pub mod job;
 pub mod lease;
 pub mod metrics;
+pub mod protocol;
 pub mod sched;
+pub mod scheduler;
 pub mod store;
+pub mod worker;
 
 pub use error::Error;
 pub use ids::{FencingToken, WorkerId};

@@ -34,3 +34,29 @@ pub const STORE_ERRORS: &str = "cadre_store_errors_total";
 /// Counter of jobs requeued or failed at start-up because they were leased or running when the
 /// node stopped: `{outcome}`.
 pub const STORE_RECOVERED_INTERRUPTED: &str = "cadre_store_interrupted_jobs_total";
+
+/// Counter of jobs accepted (durable).
+pub const JOBS_SUBMITTED: &str = "cadre_jobs_submitted_total";
+/// Counter of jobs that ended for good: `{state}` (succeeded, failed, cancelled, timed_out).
+pub const JOBS_FINISHED: &str = "cadre_jobs_finished_total";
+/// Counter of attempts lost (worker died, lease expired, killed from outside, node restart):
+/// `{reason}`.
+pub const JOBS_LOST: &str = "cadre_jobs_lost_total";
+/// Gauge of jobs leased or running.
+pub const JOBS_RUNNING: &str = "cadre_jobs_running";
+/// Counter of requests the scheduler refused: `{op, reason}`.
+pub const SCHEDULER_REFUSALS: &str = "cadre_scheduler_refusals_total";
+/// Counter of messages to a worker that could not be delivered: `{msg}`.
+pub const WORKER_SEND_FAILURES: &str = "cadre_worker_send_failures_total";
+/// Gauge of registered workers.
+pub const WORKERS: &str = "cadre_workers";
+/// Counter of workers declared dead.
+pub const WORKER_DEATHS: &str = "cadre_worker_deaths_total";
+/// Counter of heartbeats received by the health monitor.
+pub const HEARTBEATS: &str = "cadre_heartbeats_total";
+/// Counter of tasks a worker killed itself because it could not renew its lease in time.
+pub const SELF_FENCES: &str = "cadre_worker_self_fences_total";
+/// Counter of task failures inside a worker (spawn errors, wait errors): `{kind}`.
+pub const WORKER_ERRORS: &str = "cadre_worker_errors_total";
+/// Counter of renewal rounds a worker could not complete.
+pub const RENEW_FAILURES: &str = "cadre_worker_renew_failures_total";

@@ -25,7 +25,7 @@ use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 
-use cadre_cpu::journal::{Journal, JournalOptions, TornTail};
+use cadre_cpu::journal::{Journal, JournalOptions, JournalSlot, TornTail};
 use cadre_cpu::IoEngine;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -553,7 +553,6 @@ impl Store {
                 reason: reason.clone(),
             });
         }
-        let op = record.op();
         let slot = self.journal.slot().await.map_err(|source| {
             let err = Error::Store {
                 op: "commit",
@@ -562,6 +561,38 @@ impl Store {
             self.fail(&err);
             err
         })?;
+        self.commit_in(slot, record)
+    }
+
+    /// [`Store::commit`] without waiting for room in the journal's queue: `Err(record)` gives
+    /// the record back untouched when the queue is full right now, so the caller can wait
+    /// ([`Store::commit`]) or push back on its client.
+    #[allow(
+        clippy::result_large_err,
+        reason = "the refused record is handed back by value so nothing is lost or copied"
+    )]
+    pub fn try_commit(&mut self, record: Record) -> Result<Result<Durable, Error>, Record> {
+        if let Some(reason) = &self.failed {
+            return Ok(Err(Error::StoreFailed {
+                reason: reason.clone(),
+            }));
+        }
+        match self.journal.try_slot() {
+            Ok(Some(slot)) => Ok(self.commit_in(slot, record)),
+            Ok(None) => Err(record),
+            Err(source) => {
+                let err = Error::Store {
+                    op: "commit",
+                    source,
+                };
+                self.fail(&err);
+                Ok(Err(err))
+            }
+        }
+    }
+
+    fn commit_in(&mut self, slot: JournalSlot, record: Record) -> Result<Durable, Error> {
+        let op = record.op();
         let payload = encode(&record, op).inspect_err(|e| store_error("encode", e))?;
         if let Err(e) = self.table.apply(&record) {
             // An illegal transition was already logged and counted by `JobStatus::transition`;
@@ -617,6 +648,11 @@ impl Store {
         if self.failed.is_none() {
             self.failed = Some(err.to_string());
         }
+    }
+
+    /// Whether the store has failed and refuses every change until it is reopened.
+    pub fn has_failed(&self) -> bool {
+        self.failed.is_some()
     }
 
     /// Whether enough records have accumulated since the last snapshot to write a new one.

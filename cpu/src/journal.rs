@@ -744,6 +744,24 @@ impl Journal {
         }
     }
 
+    /// [`Journal::slot`] without waiting: `Ok(None)` when the writer's queue is full right now
+    /// (the caller decides whether to wait or to push back), `Err` when the journal stopped.
+    pub fn try_slot(&self) -> Result<Option<JournalSlot>> {
+        match self.tx.clone().try_reserve_owned() {
+            Ok(permit) => Ok(Some(JournalSlot {
+                permit,
+                dir: Arc::clone(&self.dir),
+                max_record_bytes: self.max_record_bytes,
+            })),
+            Err(mpsc::error::TrySendError::Full(_)) => Ok(None),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                let err = self.stopped();
+                journal_error(&self.dir, "stopped", &err);
+                Err(err)
+            }
+        }
+    }
+
     /// Replaces everything appended before this call by `snapshot` (which must reflect all of
     /// it), then deletes the segments it covers.
     pub async fn compact(&self, snapshot: Vec<u8>) -> Result<()> {

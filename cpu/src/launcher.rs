@@ -60,6 +60,10 @@ pub struct ResourceLimits {
     pub open_files: Option<u64>,
     /// `RLIMIT_CPU`: CPU time in seconds; the kernel sends `SIGXCPU` and then `SIGKILL`.
     pub cpu_seconds: Option<u64>,
+    /// `PR_SET_PDEATHSIG`: the signal the child gets when the launcher's process dies (a node
+    /// killed with `SIGKILL` then leaves no job running behind it). Only the direct child gets
+    /// it: a grandchild that left the group survives. Forces fork+exec instead of posix_spawn.
+    pub parent_death_signal: Option<i32>,
 }
 
 /// What to run and where its output goes.
@@ -113,6 +117,14 @@ impl CommandSpec {
         }
         if self.argv[0].is_empty() {
             return invalid("argv", "the program name (element 0) is empty".into());
+        }
+        if let Some(signal) = self.limits.parent_death_signal {
+            if !(1..=64).contains(&signal) {
+                return invalid(
+                    "limits.parent_death_signal",
+                    format!("{signal} is not a signal number (1..=64)"),
+                );
+            }
         }
         for (key, value) in &self.env {
             if key.is_empty() {
@@ -691,6 +703,8 @@ struct ChildSetup {
     open_files: Option<libc::rlimit>,
     cpu_seconds: Option<libc::rlimit>,
     affinity: Option<libc::cpu_set_t>,
+    /// The signal for `PR_SET_PDEATHSIG` and the pid of the process that must stay its parent.
+    death_signal: Option<(libc::c_int, libc::pid_t)>,
 }
 
 impl ChildSetup {
@@ -707,6 +721,9 @@ impl ChildSetup {
             open_files: rlimit(limits.open_files),
             cpu_seconds: rlimit(limits.cpu_seconds),
             affinity: cpus.map(cpu_set),
+            death_signal: limits
+                .parent_death_signal
+                .map(|signal| (signal, std::process::id() as libc::pid_t)),
         }
     }
 
@@ -715,6 +732,7 @@ impl ChildSetup {
             && self.open_files.is_none()
             && self.cpu_seconds.is_none()
             && self.affinity.is_none()
+            && self.death_signal.is_none()
     }
 }
 
@@ -751,6 +769,18 @@ fn install_child_setup(cmd: &mut Command, setup: ChildSetup) {
                 if unsafe { libc::setrlimit(resource, &limit) } != 0 {
                     return Err(io::Error::last_os_error());
                 }
+            }
+        }
+        if let Some((signal, parent)) = setup.death_signal {
+            // Safety: prctl with PR_SET_PDEATHSIG takes the signal number by value; getppid has
+            // no arguments. Both are async-signal-safe.
+            if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) } != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may have died between fork and prctl: then no signal will ever come.
+            if unsafe { libc::getppid() } != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
             }
         }
         if let Some(set) = &setup.affinity {

@@ -458,6 +458,7 @@ async fn rlimits_are_applied() {
         open_files: Some(64),
         cpu_seconds: Some(30),
         address_space_bytes: Some(1 << 30),
+        ..ResourceLimits::default()
     };
     let mut proc = std_launcher().spawn(&spec, "job-rlimit").unwrap();
     let report = proc.wait().await.unwrap();

@@ -1,0 +1,150 @@
+//! The health monitor: worker heartbeats into a phi-accrual failure detector (Hayashibara et
+//! al., as in Akka and Cassandra), and the verdict "dead" sent to the scheduler, which revokes
+//! every lease of that worker at once.
+//!
+//! Phi is `-log10(P(a heartbeat comes later than now))` under a normal distribution fitted to
+//! the worker's recent inter-arrival times (mean plus an acceptable pause, standard deviation
+//! at least a floor). Phi 8 means the detector is wrong about one time in 10^8 under that model.
+//! A worker that has sent fewer than two heartbeats is judged against the expected interval.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use actix::prelude::*;
+use cadre_supervisor::SupervisedContext;
+use tokio::time::Instant;
+
+use crate::ids::WorkerId;
+use crate::metrics as m;
+use crate::protocol::{Heartbeat, WorkerDead};
+
+type Ctx = SupervisedContext<HealthMonitor>;
+
+/// The detector's settings.
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    /// Where verdicts go.
+    pub dead: Recipient<WorkerDead>,
+    /// The interval workers send heartbeats at (the prior before samples exist).
+    pub expected_interval: Duration,
+    /// How often phi is evaluated.
+    pub check_every: Duration,
+    /// Phi above which a worker is dead.
+    pub threshold: f64,
+    /// Inter-arrival samples kept per worker.
+    pub window: usize,
+    /// Lower bound of the standard deviation.
+    pub min_std: Duration,
+    /// A pause added to the mean (GC, a busy arbiter).
+    pub acceptable_pause: Duration,
+}
+
+/// Phi for a heartbeat `elapsed` after the last one, given the inter-arrival `mean` and `std`
+/// (all in milliseconds).
+pub fn phi(elapsed: f64, mean: f64, std: f64) -> f64 {
+    let y = (elapsed - mean) / std;
+    let e = (-y * (1.5976 + 0.070566 * y * y)).exp();
+    let p_later = if elapsed > mean {
+        e / (1.0 + e)
+    } else {
+        1.0 - 1.0 / (1.0 + e)
+    };
+    -p_later.max(f64::MIN_POSITIVE).log10()
+}
+
+struct History {
+    last: Instant,
+    intervals: VecDeque<f64>,
+}
+
+impl History {
+    fn stats(&self, config: &HealthConfig) -> (f64, f64) {
+        let pause = config.acceptable_pause.as_secs_f64() * 1000.0;
+        let floor = config.min_std.as_secs_f64() * 1000.0;
+        if self.intervals.len() < 2 {
+            let expected = config.expected_interval.as_secs_f64() * 1000.0;
+            return (expected + pause, floor.max(expected / 4.0));
+        }
+        let n = self.intervals.len() as f64;
+        let mean = self.intervals.iter().sum::<f64>() / n;
+        let var = self
+            .intervals
+            .iter()
+            .map(|x| (x - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        (mean + pause, var.sqrt().max(floor))
+    }
+}
+
+/// The health monitor actor.
+pub struct HealthMonitor {
+    config: HealthConfig,
+    workers: HashMap<WorkerId, History>,
+}
+
+impl HealthMonitor {
+    /// A monitor with no workers yet; a worker is watched from its first heartbeat.
+    pub fn new(config: HealthConfig) -> HealthMonitor {
+        HealthMonitor {
+            config,
+            workers: HashMap::new(),
+        }
+    }
+
+    fn check(&mut self, ctx: &mut Ctx) {
+        let now = Instant::now();
+        let mut dead = Vec::new();
+        for (worker, history) in &self.workers {
+            let (mean, std) = history.stats(&self.config);
+            let elapsed = now.saturating_duration_since(history.last).as_secs_f64() * 1000.0;
+            let value = phi(elapsed, mean, std);
+            if value > self.config.threshold {
+                dead.push((*worker, value, elapsed));
+            }
+        }
+        for (worker, value, elapsed) in dead {
+            self.workers.remove(&worker);
+            let reason = format!(
+                "no heartbeat for {elapsed:.0} ms (phi {value:.1} above {})",
+                self.config.threshold
+            );
+            tracing::error!(worker = %worker, phi = value, silent_ms = elapsed as u64,
+                path = ctx.path(), "worker declared dead by the failure detector");
+            if let Err(error) = self.config.dead.try_send(WorkerDead { worker, reason }) {
+                tracing::error!(worker = %worker, %error, "worker death not delivered to the scheduler");
+                metrics::counter!(m::WORKER_SEND_FAILURES, "msg" => "worker_dead").increment(1);
+            }
+        }
+    }
+}
+
+impl Actor for HealthMonitor {
+    type Context = Ctx;
+
+    fn started(&mut self, ctx: &mut Ctx) {
+        ctx.run_interval(self.config.check_every, |act, ctx| act.check(ctx));
+    }
+}
+
+impl Handler<Heartbeat> for HealthMonitor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Heartbeat, _: &mut Ctx) {
+        metrics::counter!(m::HEARTBEATS).increment(1);
+        let now = Instant::now();
+        let window = self.config.window.max(2);
+        let history = self.workers.entry(msg.worker).or_insert_with(|| History {
+            last: now,
+            intervals: VecDeque::with_capacity(window),
+        });
+        let interval = now.saturating_duration_since(history.last).as_secs_f64() * 1000.0;
+        if interval > 0.0 {
+            if history.intervals.len() == window {
+                history.intervals.pop_front();
+            }
+            history.intervals.push_back(interval);
+        }
+        history.last = now;
+    }
+}

@@ -1,0 +1,209 @@
+//! The messages the scheduler, workers and health monitor exchange.
+//!
+//! Every message is plain serde data (workers will live on other machines and these cross the
+//! network as MessagePack); only [`WorkerLink`], the way back to an in-process worker, is not:
+//! a remote worker will be reached through a transport actor that implements the same
+//! recipients. Every message from a worker about a job carries the lease's fencing token, and
+//! the scheduler refuses one whose token is not the live lease's.
+
+use std::time::Duration;
+
+use actix::{Message, Recipient};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::ids::{FencingToken, WorkerId};
+use crate::job::{JobId, JobSpec, JobState};
+use crate::sched::{Grant, WorkerCapacity};
+
+/// Scheduler to worker: run task `task` of attempt `attempt` of `job` under the lease `token`.
+#[derive(Debug, Clone, Serialize, Deserialize, Message)]
+#[rtype(result = "()")]
+pub struct Assign {
+    /// The job.
+    pub job: JobId,
+    /// Its attempt (1 for the first run).
+    pub attempt: u32,
+    /// The task's index within the job (0 unless the job is a gang).
+    pub task: u32,
+    /// The lease's fencing token.
+    pub token: FencingToken,
+    /// What to run.
+    pub spec: JobSpec,
+    /// What the task holds on the worker.
+    pub grant: Grant,
+    /// The lease's time to live: the worker must renew within it or kill the task itself.
+    pub lease_ttl: Duration,
+}
+
+/// Why the scheduler asks a worker to stop a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KillReason {
+    /// A user cancelled the job.
+    Cancelled,
+    /// The attempt's lease is gone (expired, revoked, or another task of its gang failed).
+    LeaseLost,
+    /// The node is shutting down and the grace period is over.
+    Shutdown,
+}
+
+impl KillReason {
+    /// The reason as logs and metrics spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KillReason::Cancelled => "cancelled",
+            KillReason::LeaseLost => "lease_lost",
+            KillReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Scheduler to worker: stop the task holding `token`.
+#[derive(Debug, Clone, Serialize, Deserialize, Message)]
+#[rtype(result = "()")]
+pub struct Kill {
+    /// The job.
+    pub job: JobId,
+    /// The lease of the task to stop.
+    pub token: FencingToken,
+    /// Why.
+    pub reason: KillReason,
+}
+
+/// How the scheduler reaches a worker. In-process recipients today; a network transport later.
+#[derive(Debug, Clone)]
+pub struct WorkerLink {
+    /// Where assignments go.
+    pub assign: Recipient<Assign>,
+    /// Where kills go.
+    pub kill: Recipient<Kill>,
+}
+
+/// Worker to scheduler: a worker joins with its capacity; the answer is its id.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<WorkerId, Error>")]
+pub struct Register {
+    /// The worker's name (its actor path).
+    pub name: String,
+    /// What it offers.
+    pub capacity: WorkerCapacity,
+    /// How to reach it.
+    pub link: WorkerLink,
+}
+
+/// Worker to scheduler: renew the leases of every task it runs, in one batch.
+#[derive(Debug, Clone, Serialize, Deserialize, Message)]
+#[rtype(result = "Result<RenewReply, Error>")]
+pub struct Renew {
+    /// The worker.
+    pub worker: WorkerId,
+    /// Each task's job and lease token.
+    pub leases: Vec<(JobId, FencingToken)>,
+}
+
+/// The scheduler's answer to [`Renew`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RenewReply {
+    /// Leases renewed for another time to live.
+    pub renewed: Vec<FencingToken>,
+    /// Leases refused (stale, expired, revoked): the worker kills these tasks at once.
+    pub refused: Vec<(JobId, FencingToken)>,
+}
+
+/// Worker to scheduler: the task holding `token` started.
+#[derive(Debug, Clone, Serialize, Deserialize, Message)]
+#[rtype(result = "Result<(), Error>")]
+pub struct Started {
+    /// The worker.
+    pub worker: WorkerId,
+    /// The job.
+    pub job: JobId,
+    /// The task's lease.
+    pub token: FencingToken,
+}
+
+/// How a task ended, as its worker saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum TaskEnd {
+    /// The process exited with this code.
+    Exited {
+        /// The exit code.
+        code: i32,
+    },
+    /// A signal that cadre did not send ended the process (the OOM killer, an operator).
+    Signalled {
+        /// The signal.
+        signal: i32,
+    },
+    /// The job's timeout ran out and the worker stopped it.
+    TimedOut,
+    /// The worker stopped it because the scheduler asked or its lease was lost.
+    Killed {
+        /// Why.
+        reason: KillReason,
+    },
+    /// The task could not start (program vanished, fork failed, log file not writable).
+    StartFailed {
+        /// The error.
+        error: String,
+    },
+    /// The worker lost track of the process (waiting for it failed).
+    Error {
+        /// The error.
+        error: String,
+    },
+}
+
+impl TaskEnd {
+    /// Whether the task succeeded.
+    pub fn success(&self) -> bool {
+        matches!(self, TaskEnd::Exited { code: 0 })
+    }
+}
+
+/// Worker to scheduler: the task holding `token` ended.
+#[derive(Debug, Clone, Serialize, Deserialize, Message)]
+#[rtype(result = "Result<(), Error>")]
+pub struct Finished {
+    /// The worker.
+    pub worker: WorkerId,
+    /// The job.
+    pub job: JobId,
+    /// The task's lease.
+    pub token: FencingToken,
+    /// How it ended.
+    pub end: TaskEnd,
+}
+
+/// Health monitor to scheduler: the worker is dead; revoke every lease it holds.
+#[derive(Debug, Clone, Serialize, Deserialize, Message)]
+#[rtype(result = "()")]
+pub struct WorkerDead {
+    /// The worker.
+    pub worker: WorkerId,
+    /// Why the monitor decided so.
+    pub reason: String,
+}
+
+/// Worker to health monitor: still alive.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, Message)]
+#[rtype(result = "()")]
+pub struct Heartbeat {
+    /// The worker.
+    pub worker: WorkerId,
+}
+
+/// A job's change as the API streams it (state changes; later progress too).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobEvent {
+    /// The job.
+    pub job: JobId,
+    /// Its state after the change.
+    pub state: JobState,
+    /// Its attempt.
+    pub attempt: u32,
+    /// Wall-clock milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}

@@ -1,0 +1,45 @@
+//! The runtime's error type.
+
+/// Everything starting or running a node can fail at.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configuration value is wrong.
+    #[error("config: {field}: {reason}")]
+    Config {
+        /// The field (file key, environment variable or flag).
+        field: String,
+        /// Why.
+        reason: String,
+    },
+    /// The data directory cannot be used.
+    #[error("data directory {path}: {reason}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// An actor refused or failed.
+    #[error(transparent)]
+    Actors(#[from] cadre_actors::Error),
+    /// The supervision tree failed.
+    #[error(transparent)]
+    Supervisor(#[from] cadre_supervisor::SupervisorError),
+    /// The I/O layer failed.
+    #[error(transparent)]
+    Cpu(#[from] cadre_cpu::CpuError),
+    /// A listener could not be bound or served.
+    #[error("{what} on {addr}: {source}")]
+    Listen {
+        /// Which server.
+        what: &'static str,
+        /// The address.
+        addr: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The metrics exporter could not be installed.
+    #[error("metrics exporter: {0}")]
+    Metrics(String),
+}

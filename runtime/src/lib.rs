@@ -1,0 +1,28 @@
+//! `cadre-runtime`: the cadre node. Its configuration ([`config`]), its supervision tree and
+//! shutdown ([`node`]), the HTTP/JSON API under `/v1` ([`api`]) and the Prometheus endpoint
+//! ([`metrics`]).
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod node;
+pub mod registry;
+
+pub use config::{Config, Flags, LogFormat};
+pub use error::Error;
+pub use node::Node;
+
+/// Installs the log subscriber: readable lines, or JSON objects; `CADRE_LOG` filters
+/// (default `info`). Logs go to stderr.
+pub fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CADRE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

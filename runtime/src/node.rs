@@ -1,0 +1,230 @@
+//! A cadre node: the supervision tree, declared here and only here, plus the HTTP API and the
+//! metrics endpoint, and the ordered shutdown.
+//!
+//! ```text
+//! cadre                      one_for_one, 10 restarts in 60 s, then the node stops
+//! ├── scheduler              job store + placer + leases (restarts reopen the journal)
+//! ├── health                 phi-accrual failure detector over worker heartbeats
+//! └── workers                one_for_one
+//!     └── cpu-0              CPU worker: launcher, renewals, self-fencing
+//! ```
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::prelude::*;
+use cadre_actors::health::{HealthConfig, HealthMonitor};
+use cadre_actors::sched::{PlacerConfig, WorkerCapacity};
+use cadre_actors::scheduler::{CloseStore, Drain, Scheduler, SchedulerConfig};
+use cadre_actors::store::{Store, StoreOptions};
+use cadre_actors::worker::{Worker, WorkerConfig};
+use cadre_cpu::inventory::CpuInventory;
+use cadre_cpu::launcher::Launcher;
+use cadre_cpu::{BackendSetting, IoEngine};
+use cadre_supervisor::{SupervisorRef, SupervisorSpec, WorkerSpec};
+use tokio::sync::broadcast;
+
+use crate::api::{self, ApiState};
+use crate::config::Config;
+use crate::error::Error;
+use crate::registry::NodeRegistry;
+
+/// A running node.
+pub struct Node {
+    root: SupervisorRef,
+    scheduler: Addr<Scheduler>,
+    api: actix_web::dev::ServerHandle,
+    metrics: actix_web::dev::ServerHandle,
+    servers: Vec<actix_rt::task::JoinHandle<std::io::Result<()>>>,
+    grace: Duration,
+}
+
+impl Node {
+    /// Opens the data directory, starts the tree and both HTTP servers. Must run inside an
+    /// actix `System`.
+    pub async fn start(
+        config: Config,
+        prometheus: Option<crate::metrics::Exporter>,
+    ) -> Result<Node, Error> {
+        cadre_supervisor::install_panic_hook();
+        crate::metrics::describe();
+        let data_dir = config.data_dir.clone();
+        std::fs::create_dir_all(&data_dir).map_err(|e| Error::DataDir {
+            path: data_dir.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let log_dir = data_dir.join("logs");
+        std::fs::create_dir_all(&log_dir).map_err(|e| Error::DataDir {
+            path: log_dir.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let engine = IoEngine::new(BackendSetting::Auto)?;
+        let store_options = StoreOptions {
+            snapshot_every: config.snapshot_every,
+            ..StoreOptions::default()
+        };
+        let journal_dir = data_dir.join("journal");
+        // Opened here so an unusable or locked directory stops the node at once, with why.
+        let opened = Store::open(&journal_dir, engine.clone(), store_options.clone()).await?;
+        tracing::info!(dir = %journal_dir.display(), jobs = opened.1.jobs,
+            requeued = opened.1.requeued.len(), failed = opened.1.failed.len(), "journal recovered");
+        let (events, _) = broadcast::channel(4096);
+        let scheduler_config = Arc::new(SchedulerConfig {
+            journal_dir,
+            engine: engine.clone(),
+            store: store_options,
+            placer: PlacerConfig::default(),
+            lease_ttl: config.lease_ttl(),
+            events: events.clone(),
+            handoff: Mutex::new(Some(opened)),
+        });
+        let scheduler_spec = WorkerSpec::new("scheduler", move || {
+            Scheduler::new(Arc::clone(&scheduler_config))
+        })
+        .mailbox_capacity(65_536);
+        let scheduler = scheduler_spec.addr();
+
+        let renew_every = Duration::from_millis(config.renew_every_ms);
+        let health_config = HealthConfig {
+            dead: scheduler.clone().recipient(),
+            expected_interval: renew_every,
+            check_every: renew_every / 2,
+            threshold: config.phi_threshold,
+            window: 100,
+            min_std: renew_every / 4,
+            acceptable_pause: renew_every,
+        };
+        let health_spec =
+            WorkerSpec::new("health", move || HealthMonitor::new(health_config.clone()));
+        let health = health_spec.addr();
+
+        let inventory = CpuInventory::read()?;
+        let capacity = WorkerCapacity {
+            cpu_millis: config
+                .worker_cpu_millis
+                .unwrap_or(inventory.online.len().max(1) as u64 * 1000),
+            memory_bytes: config
+                .worker_memory_bytes
+                .unwrap_or(inventory.memory_total_bytes),
+            gpus: Vec::new(),
+        };
+        tracing::info!(cpu_millis = capacity.cpu_millis, memory_bytes = capacity.memory_bytes,
+            "no GPU support in this build: the worker offers 0 GPUs and GPU jobs wait with a reason");
+        let worker_config = Arc::new(WorkerConfig {
+            name: "cpu-0".to_owned(),
+            capacity,
+            launcher: Launcher::new(engine.clone()),
+            log_dir: log_dir.clone(),
+            scheduler: scheduler.clone(),
+            health: Some(health.recipient()),
+            renew_every,
+            fence_margin: Duration::from_millis(config.fence_margin_ms),
+            term_grace: Duration::from_millis(config.kill_grace_ms),
+        });
+        let wc = Arc::clone(&worker_config);
+        let worker_spec = WorkerSpec::new("cpu-0", move || Worker::new(Arc::clone(&wc)));
+        let workers = SupervisorSpec::one_for_one()
+            .intensity(10, Duration::from_secs(60))
+            .child(worker_spec)
+            .into_child("workers");
+        let root = SupervisorSpec::one_for_one()
+            .intensity(10, Duration::from_secs(60))
+            .child(scheduler_spec)
+            .child(health_spec)
+            .child(workers)
+            .start("cadre")
+            .await?;
+        let journal = root.journal().ok_or_else(|| Error::Config {
+            field: "tree".to_owned(),
+            reason: "the root supervisor has no failure journal".to_owned(),
+        })?;
+
+        let state = ApiState {
+            scheduler: scheduler.clone(),
+            registry: Arc::new(NodeRegistry::from_env()),
+            limits: cadre_actors::Limits::default(),
+            failures: journal,
+            events,
+            worker: worker_config,
+            max_batch_jobs: config.max_batch_jobs,
+            log_reader: Launcher::new(engine).log_reader(),
+        };
+        let (api_server, api_handle) = api::server(
+            state,
+            config.api_addr,
+            config.max_body_bytes,
+            config.api_threads,
+        )?;
+        let (metrics_server, metrics_handle) =
+            crate::metrics::server(prometheus, config.metrics_addr)?;
+        let servers = vec![actix_rt::spawn(api_server), actix_rt::spawn(metrics_server)];
+        tracing::info!(api = %config.api_addr, metrics = %config.metrics_addr,
+            data_dir = %data_dir.display(), "cadre node serving");
+        Ok(Node {
+            root,
+            scheduler,
+            api: api_handle,
+            metrics: metrics_handle,
+            servers,
+            grace: Duration::from_secs(config.shutdown_grace_secs),
+        })
+    }
+
+    /// Serves until SIGTERM or SIGINT (or until the tree stops on its own), then shuts down.
+    pub async fn run(self) -> Result<(), Error> {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| Error::Listen {
+                what: "signal handler",
+                addr: "SIGTERM".to_owned(),
+                source: e,
+            })?;
+        let ended = tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); None }
+            signal = tokio::signal::ctrl_c() => {
+                if let Err(error) = signal {
+                    tracing::error!(%error, "cannot listen for SIGINT; shutting down");
+                }
+                tracing::info!("SIGINT: shutting down");
+                None
+            }
+            result = self.root.wait() => Some(result),
+        };
+        if let Some(result) = ended {
+            tracing::error!(
+                ?result,
+                "the supervision tree stopped on its own; the node stops"
+            );
+            self.api.stop(true).await;
+            self.metrics.stop(true).await;
+            return result.map_err(Error::from);
+        }
+        self.shutdown().await
+    }
+
+    /// Stop accepting, let running jobs finish within the grace period, flush the journal,
+    /// stop the tree in reverse order, stop the servers.
+    pub async fn shutdown(self) -> Result<(), Error> {
+        match tokio::time::timeout(self.grace, self.scheduler.send(Drain)).await {
+            Ok(Ok(Ok(()))) => tracing::info!("drained: no job is running"),
+            Ok(Ok(Err(error))) => tracing::error!(%error, "drain refused"),
+            Ok(Err(error)) => tracing::error!(%error, "scheduler unreachable while draining"),
+            Err(_) => tracing::warn!(grace_secs = self.grace.as_secs(),
+                "grace period over with jobs still running: they are stopped and requeued at next start"),
+        }
+        if let Err(error) = self.scheduler.send(CloseStore).await {
+            tracing::error!(%error, "scheduler unreachable to flush the journal");
+        }
+        self.api.stop(true).await;
+        let result = self.root.stop().await;
+        self.metrics.stop(true).await;
+        for server in self.servers {
+            match server.await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::error!(%error, "HTTP server ended with an error"),
+                Err(error) => tracing::error!(%error, "HTTP server task failed"),
+            }
+        }
+        tracing::info!("cadre node stopped");
+        result.map_err(Error::from)
+    }
+}
