@@ -60,3 +60,91 @@ pub const SELF_FENCES: &str = "cadre_worker_self_fences_total";
 pub const WORKER_ERRORS: &str = "cadre_worker_errors_total";
 /// Counter of renewal rounds a worker could not complete.
 pub const RENEW_FAILURES: &str = "cadre_worker_renew_failures_total";
+
+/// Describes every metric of this crate (help text and unit) to the installed recorder, so
+/// an exporter prints `# HELP` for each. Call once at start-up.
+pub fn describe() {
+    metrics::describe_counter!(
+        ILLEGAL_TRANSITIONS,
+        "Counter of refused job state transitions: `{from, to}`."
+    );
+    metrics::describe_counter!(LEASE_GRANTS, "Counter of leases granted.");
+    metrics::describe_counter!(
+        LEASE_GRANT_REFUSALS,
+        "Counter of grants refused because the fencing token counter is exhausted."
+    );
+    metrics::describe_counter!(
+        LEASE_RENEWALS,
+        "Counter of leases renewed (one per lease in a batch)."
+    );
+    metrics::describe_counter!(
+        LEASE_EXPIRATIONS,
+        "Counter of leases that ran past their deadline unrenewed."
+    );
+    metrics::describe_counter!(
+        LEASE_STALE_TOKENS,
+        "Counter of messages refused for a stale or unknown fencing token: `{op}`."
+    );
+    metrics::describe_counter!(
+        LEASE_REVOCATIONS,
+        "Counter of leases revoked because their worker was declared dead."
+    );
+    metrics::describe_gauge!(LEASES_ACTIVE, "Gauge of leases held.");
+    metrics::describe_gauge!(
+        QUEUE_DEPTH,
+        "Gauge of jobs waiting in the scheduler's queue."
+    );
+    metrics::describe_histogram!(
+        DECISION_SECONDS,
+        metrics::Unit::Seconds,
+        "Histogram of one scheduling decision's duration in seconds."
+    );
+    metrics::describe_counter!(
+        CAPACITY_REFUSALS,
+        "Counter of placements refused by the capacity table (a bug if it ever moves): `{reason}`."
+    );
+    metrics::describe_histogram!(
+        STORE_APPEND_SECONDS,
+        metrics::Unit::Seconds,
+        "Histogram of the job store's journal append latency in seconds."
+    );
+    metrics::describe_counter!(
+        STORE_APPEND_BYTES,
+        "Counter of bytes the job store appended to its journal."
+    );
+    metrics::describe_counter!(STORE_ERRORS, "Counter of job store failures: `{op}`.");
+    metrics::describe_counter!(STORE_RECOVERED_INTERRUPTED, "Counter of jobs requeued or failed at start-up because they were leased or running when the node stopped: `{outcome}`.");
+    metrics::describe_counter!(JOBS_SUBMITTED, "Counter of jobs accepted (durable).");
+    metrics::describe_counter!(
+        JOBS_FINISHED,
+        "Counter of jobs that ended for good: `{state}` (succeeded, failed, cancelled, timed_out)."
+    );
+    metrics::describe_counter!(JOBS_LOST, "Counter of attempts lost (worker died, lease expired, killed from outside, node restart): `{reason}`.");
+    metrics::describe_gauge!(JOBS_RUNNING, "Gauge of jobs leased or running.");
+    metrics::describe_counter!(
+        SCHEDULER_REFUSALS,
+        "Counter of requests the scheduler refused: `{op, reason}`."
+    );
+    metrics::describe_counter!(
+        WORKER_SEND_FAILURES,
+        "Counter of messages to a worker that could not be delivered: `{msg}`."
+    );
+    metrics::describe_gauge!(WORKERS, "Gauge of registered workers.");
+    metrics::describe_counter!(WORKER_DEATHS, "Counter of workers declared dead.");
+    metrics::describe_counter!(
+        HEARTBEATS,
+        "Counter of heartbeats received by the health monitor."
+    );
+    metrics::describe_counter!(
+        SELF_FENCES,
+        "Counter of tasks a worker killed itself because it could not renew its lease in time."
+    );
+    metrics::describe_counter!(
+        WORKER_ERRORS,
+        "Counter of task failures inside a worker (spawn errors, wait errors): `{kind}`."
+    );
+    metrics::describe_counter!(
+        RENEW_FAILURES,
+        "Counter of renewal rounds a worker could not complete."
+    );
+}

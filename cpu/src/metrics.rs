@@ -16,3 +16,40 @@ pub const LAUNCHER_ERRORS: &str = "cadre_launcher_errors_total";
 pub const LAUNCHER_SPAWNS: &str = "cadre_launcher_spawns_total";
 /// Counter of inventory failures: `{kind}` (`io`, `inventory`, `no_numa`).
 pub const INVENTORY_ERRORS: &str = "cadre_inventory_errors_total";
+
+/// Describes every metric of this crate (help text and unit) to the installed recorder, so
+/// an exporter prints `# HELP` for each. Call once at start-up.
+pub fn describe() {
+    metrics::describe_gauge!(
+        IO_BACKEND_INFO,
+        "Gauge, 1 for the backend the I/O engine runs on and 0 for the other: `{backend}`."
+    );
+    metrics::describe_counter!(
+        IO_ERRORS,
+        "Counter of failed I/O requests and ring faults: `{op}`."
+    );
+    metrics::describe_counter!(
+        JOURNAL_APPENDS,
+        "Counter of records made durable by the journal."
+    );
+    metrics::describe_counter!(
+        JOURNAL_COMMITS,
+        "Counter of group commits (one write and one fdatasync each)."
+    );
+    metrics::describe_counter!(
+        JOURNAL_ERRORS,
+        "Counter of journal failures: `{kind}` (`io`, `torn_tail`, `corrupt`, ...)."
+    );
+    metrics::describe_counter!(
+        LAUNCHER_ERRORS,
+        "Counter of launcher failures: `{kind}` (`spawn`, `signal`, `capture`, `wait`)."
+    );
+    metrics::describe_counter!(
+        LAUNCHER_SPAWNS,
+        "Counter of processes the launcher has spawned."
+    );
+    metrics::describe_counter!(
+        INVENTORY_ERRORS,
+        "Counter of inventory failures: `{kind}` (`io`, `inventory`, `no_numa`)."
+    );
+}

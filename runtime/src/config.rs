@@ -158,6 +158,12 @@ impl Config {
         if let Some(v) = parse_env(env, "CADRE_RENEW_EVERY_MS")? {
             config.renew_every_ms = v;
         }
+        if let Some(v) = parse_env(env, "CADRE_FENCE_MARGIN_MS")? {
+            config.fence_margin_ms = v;
+        }
+        if let Some(v) = parse_env(env, "CADRE_KILL_GRACE_MS")? {
+            config.kill_grace_ms = v;
+        }
         if let Some(v) = parse_env(env, "CADRE_SHUTDOWN_GRACE_SECS")? {
             config.shutdown_grace_secs = v;
         }

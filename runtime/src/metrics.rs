@@ -29,36 +29,38 @@ pub fn install() -> Result<Exporter, Error> {
 
 /// Describes the node's own metrics and sets the build info.
 pub fn describe() {
+    cadre_actors::metrics::describe();
+    cadre_cpu::metrics::describe();
     metrics::gauge!("cadre_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     metrics::describe_gauge!("cadre_build_info", "cadre's version; always 1");
-    metrics::describe_counter!(cadre_actors::metrics::JOBS_SUBMITTED, "jobs accepted");
-    metrics::describe_counter!(
-        cadre_actors::metrics::JOBS_FINISHED,
-        "jobs that ended, by state"
-    );
-    metrics::describe_gauge!(
-        cadre_actors::metrics::QUEUE_DEPTH,
-        "jobs waiting to be placed"
-    );
-    metrics::describe_gauge!(
-        cadre_actors::metrics::JOBS_RUNNING,
-        "jobs leased or running"
-    );
-    metrics::describe_histogram!(
-        cadre_actors::metrics::DECISION_SECONDS,
-        metrics::Unit::Seconds,
-        "duration of one scheduling decision"
-    );
-    metrics::describe_histogram!(
-        cadre_actors::metrics::STORE_APPEND_SECONDS,
-        metrics::Unit::Seconds,
-        "job journal append latency, queue to durable"
-    );
-    metrics::describe_counter!(
-        "cadre_api_requests_total",
-        "API requests, by route and status"
-    );
-    metrics::describe_counter!("cadre_api_errors_total", "API errors, by route and reason");
+    // Counters and gauges exist from the start (at zero), so a dashboard or an alert on a
+    // rate sees them before the first event.
+    use cadre_actors::metrics as m;
+    for counter in [
+        m::JOBS_SUBMITTED,
+        m::JOBS_LOST,
+        m::LEASE_GRANTS,
+        m::LEASE_RENEWALS,
+        m::LEASE_EXPIRATIONS,
+        m::LEASE_REVOCATIONS,
+        m::LEASE_GRANT_REFUSALS,
+        m::HEARTBEATS,
+        m::WORKER_DEATHS,
+        m::SELF_FENCES,
+        m::RENEW_FAILURES,
+        m::STORE_APPEND_BYTES,
+    ] {
+        metrics::counter!(counter).increment(0);
+    }
+    for state in ["succeeded", "failed", "cancelled", "timed_out"] {
+        metrics::counter!(m::JOBS_FINISHED, "state" => state).increment(0);
+    }
+    for op in ["renew", "started", "finished"] {
+        metrics::counter!(m::LEASE_STALE_TOKENS, "op" => op).increment(0);
+    }
+    metrics::gauge!(m::QUEUE_DEPTH).set(0.0);
+    metrics::gauge!(m::JOBS_RUNNING).set(0.0);
+    metrics::describe_counter!("cadre_api_errors_total", "API errors, by route and status");
 }
 
 async fn render(exporter: web::Data<Option<Exporter>>) -> HttpResponse {

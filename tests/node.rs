@@ -1,0 +1,481 @@
+//! End-to-end tests of `cadre serve`: the real binary on free ports in a temporary directory,
+//! driven through its CLI and HTTP API.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{alive, signal, wait_for, Scratch, Server};
+use serde_json::{json, Value};
+
+const LONG: Duration = Duration::from_secs(30);
+
+#[test]
+fn a_command_job_succeeds_and_its_output_is_kept() {
+    let dir = Scratch::new("succeed");
+    let node = Server::start(dir.path(), &[]);
+    let id = node.submit(
+        &["--name", "hello"],
+        &["/bin/sh", "-c", "echo out-$CADRE_JOB_ID; echo err >&2"],
+    );
+    let job = node.wait_state(id, "succeeded", LONG);
+    assert_eq!(job["outcome"]["exit_code"], 0);
+    assert_eq!(job["name"], "hello");
+    let out = node.cli(&["logs", &id.to_string()]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("out-{id}\n"));
+    let err = node.cli(&["logs", "--stderr", &id.to_string()]);
+    assert_eq!(String::from_utf8_lossy(&err.stdout), "err\n");
+    // -o json prints the API's JSON: at least id and state.
+    let out = node.cli(&["-o", "json", "status", &id.to_string()]);
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["id"], id);
+    assert_eq!(v["state"], "succeeded");
+}
+
+#[test]
+fn a_failing_command_fails_with_its_exit_code() {
+    let dir = Scratch::new("fail");
+    let node = Server::start(dir.path(), &[]);
+    let id = node.submit(&[], &["/bin/sh", "-c", "exit 7"]);
+    let job = node.wait_state(id, "failed", LONG);
+    assert_eq!(job["outcome"]["exit_code"], 7);
+    let text = node.cli(&["status", &id.to_string()]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("exit code 7"));
+}
+
+#[test]
+fn a_job_past_its_timeout_is_timed_out() {
+    let dir = Scratch::new("timeout");
+    let node = Server::start(dir.path(), &[]);
+    let id = node.submit(&["--timeout", "1"], &["/bin/sleep", "60"]);
+    let job = node.wait_state(id, "timed_out", LONG);
+    assert_eq!(job["attempt"], 1);
+}
+
+#[test]
+fn cancel_works_while_queued_and_while_running() {
+    let dir = Scratch::new("cancel");
+    let node = Server::start(dir.path(), &[("CADRE_WORKER_CPU_MILLIS", "1000")]);
+    let running = node.submit(&[], &["/bin/sleep", "60"]);
+    node.wait_state(running, "running", LONG);
+    // The only core is taken: this one waits in the queue.
+    let queued = node.submit(&[], &["/bin/sleep", "60"]);
+    assert_eq!(node.state(queued), "queued");
+    let out = node.cli(&["cancel", &queued.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(node.state(queued), "cancelled");
+    let out = node.cli(&["cancel", &running.to_string()]);
+    assert!(out.status.success());
+    node.wait_state(running, "cancelled", LONG);
+    // Cancelling an ended job is a conflict (exit 1), not a success.
+    let out = node.cli(&["cancel", &running.to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    let (status, body) = node.post(&format!("/v1/jobs/{running}/cancel"), &Value::Null);
+    assert_eq!(status, 409, "{body}");
+    // The core is free again: a new job runs.
+    let next = node.submit(&[], &["/bin/true"]);
+    node.wait_state(next, "succeeded", LONG);
+}
+
+#[test]
+fn a_job_killed_from_outside_is_retried() {
+    let dir = Scratch::new("retry");
+    let node = Server::start(dir.path(), &[]);
+    let pidfile = dir.path().join("pid");
+    let script = format!(
+        "if [ \"$CADRE_ATTEMPT\" = 1 ]; then echo $$ > {}; exec sleep 60; fi; exit 0",
+        pidfile.display()
+    );
+    let id = node.submit(&["--retries", "1"], &["/bin/sh", "-c", &script]);
+    node.wait_state(id, "running", LONG);
+    wait_for("pid file", LONG, || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|s| s.ends_with('\n'))
+    });
+    let pid: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    signal(pid, "KILL");
+    let job = node.wait_state(id, "succeeded", LONG);
+    assert_eq!(job["attempt"], 2);
+    assert!(
+        job["last_loss"].as_str().unwrap().contains("signal 9"),
+        "{job}"
+    );
+    // Without retries left, the same loss fails the job.
+    let pidfile = dir.path().join("pid2");
+    let script = format!("echo $$ > {}; exec sleep 60", pidfile.display());
+    let id = node.submit(&[], &["/bin/sh", "-c", &script]);
+    node.wait_state(id, "running", LONG);
+    wait_for("pid file", LONG, || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|s| s.ends_with('\n'))
+    });
+    let pid: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    signal(pid, "KILL");
+    let job = node.wait_state(id, "failed", LONG);
+    assert!(
+        job["outcome"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no retries left"),
+        "{job}"
+    );
+}
+
+#[test]
+fn a_gang_starts_all_its_tasks_together() {
+    let dir = Scratch::new("gang");
+    let node = Server::start(dir.path(), &[("CADRE_WORKER_CPU_MILLIS", "3000")]);
+    let marks = dir.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let script = format!(
+        "touch {0}/$CADRE_TASK; while [ $(ls {0} | wc -l) -lt $CADRE_GANG_SIZE ]; do sleep 0.05; done",
+        marks.display()
+    );
+    let id = node.submit(&["--gang", "3"], &["/bin/sh", "-c", &script]);
+    let job = node.wait_state(id, "succeeded", LONG);
+    assert_eq!(job["attempt"], 1);
+    let mut tasks: Vec<String> = std::fs::read_dir(&marks)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    tasks.sort();
+    assert_eq!(tasks, ["0", "1", "2"]);
+    // A gang larger than the node can ever hold waits with a reason instead of running partly.
+    let id = node.submit(&["--gang", "4"], &["/bin/true"]);
+    let job = node.job(id);
+    assert_eq!(job["state"], "queued");
+    assert_eq!(job["waiting"]["kind"], "unplaceable", "{job}");
+}
+
+#[test]
+fn higher_priority_runs_first() {
+    let dir = Scratch::new("priority");
+    let node = Server::start(dir.path(), &[("CADRE_WORKER_CPU_MILLIS", "1000")]);
+    let order = dir.path().join("order");
+    let gate = dir.path().join("gate");
+    let blocker = node.submit(
+        &[],
+        &[
+            "/bin/sh",
+            "-c",
+            &format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display()),
+        ],
+    );
+    node.wait_state(blocker, "running", LONG);
+    let append = |name: &str| format!("echo {name} >> {}", order.display());
+    let low = node.submit(&["--priority", "-5"], &["/bin/sh", "-c", &append("low")]);
+    let mid = node.submit(&[], &["/bin/sh", "-c", &append("mid")]);
+    let high = node.submit(&["--priority", "500"], &["/bin/sh", "-c", &append("high")]);
+    std::fs::write(&gate, "").unwrap();
+    for id in [low, mid, high] {
+        node.wait_state(id, "succeeded", LONG);
+    }
+    assert_eq!(std::fs::read_to_string(&order).unwrap(), "high\nmid\nlow\n");
+}
+
+#[test]
+fn concurrent_submissions_never_double_book() {
+    let dir = Scratch::new("concurrent");
+    let node = Server::start(dir.path(), &[("CADRE_WORKER_CPU_MILLIS", "2000")]);
+    let slots = dir.path().join("slots");
+    std::fs::create_dir_all(&slots).unwrap();
+    // Each job holds one of two cores; `mkdir` fails if a third runs at the same time.
+    let script = format!(
+        "for s in a b; do if mkdir {0}/$s 2>/dev/null; then sleep 0.01; rmdir {0}/$s; exit 0; fi; done; exit 42",
+        slots.display()
+    );
+    let api = node.api.clone();
+    let threads: Vec<_> = (0..100)
+        .map(|_| {
+            let api = api.clone();
+            let script = script.clone();
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .build()
+                    .into();
+                (0..10)
+                    .map(|_| {
+                        let spec = json!({"name": "slot", "kind": {"command": {"program": "/bin/sh", "args": ["-c", script]}},
+                            "resources": {"cpu_millis": 1000}});
+                        let mut r = agent.post(format!("{api}/v1/jobs")).send_json(&spec).unwrap();
+                        assert_eq!(r.status().as_u16(), 201);
+                        let v: Value = r.body_mut().read_json().unwrap();
+                        v["id"].as_u64().unwrap()
+                    })
+                    .collect::<Vec<u64>>()
+            })
+        })
+        .collect();
+    let mut ids: Vec<u64> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 1000, "every submission got its own id");
+    let mut max_running = 0;
+    wait_for("1000 jobs done", Duration::from_secs(240), || {
+        let (_, nodes) = node.get("/v1/nodes");
+        let running = nodes["running"].as_u64().unwrap();
+        max_running = max_running.max(running);
+        assert!(running <= 2, "more jobs running than cores: {nodes}");
+        let (_, page) = node.get("/v1/jobs?state=succeeded&limit=1000");
+        page["jobs"].as_array().unwrap().len() == 1000
+    });
+    let (_, failed) = node.get("/v1/jobs?state=failed&limit=10");
+    assert_eq!(failed["jobs"].as_array().unwrap().len(), 0, "{failed}");
+    assert!(max_running >= 1);
+}
+
+#[test]
+fn kill_9_loses_nothing_accepted_and_requeues_running_jobs() {
+    let dir = Scratch::new("kill9");
+    let mut node = Server::start(dir.path(), &[("CADRE_WORKER_CPU_MILLIS", "1000")]);
+    let pidfile = dir.path().join("pid");
+    let running = node.submit(
+        &["--retries", "1"],
+        &[
+            "/bin/sh",
+            "-c",
+            &format!("echo $$ > {}; exec sleep 60", pidfile.display()),
+        ],
+    );
+    node.wait_state(running, "running", LONG);
+    wait_for("pid file", LONG, || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|s| s.ends_with('\n'))
+    });
+    let old_pid: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let queued: Vec<u64> = (0..20).map(|_| node.submit(&[], &["/bin/true"])).collect();
+    node.kill9();
+    // The job's process died with the node (parent-death signal), so nothing runs unaccounted.
+    wait_for("old attempt gone", Duration::from_secs(5), || {
+        !alive(old_pid)
+    });
+    node.spawn();
+    let job = node.job(running);
+    assert!(
+        matches!(job["state"].as_str(), Some("queued" | "leased" | "running")),
+        "{job}"
+    );
+    assert_eq!(job["attempt"], 2, "{job}");
+    assert!(
+        job["last_loss"].as_str().unwrap().contains("node stopped"),
+        "{job}"
+    );
+    node.post(&format!("/v1/jobs/{running}/cancel"), &Value::Null);
+    node.wait_state(running, "cancelled", LONG);
+    for id in queued {
+        node.wait_state(id, "succeeded", LONG);
+    }
+    // New ids continue above the old ones.
+    let next = node.submit(&[], &["/bin/true"]);
+    assert!(next > running + 20);
+}
+
+#[test]
+fn invalid_specs_get_field_errors_exit_2_and_nothing_is_stored() {
+    let dir = Scratch::new("invalid");
+    let node = Server::start(dir.path(), &[]);
+    let out = node.cli(&["submit", "--priority", "5000", "--", "/no/such/program"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("command.program"), "{err}");
+    assert!(err.contains("priority"), "{err}");
+    // A flag the CLI itself refuses is exit 2 as well.
+    let out = node.cli(&["submit", "--cpus", "many", "--", "/bin/true"]);
+    assert_eq!(out.status.code(), Some(2));
+    // The API: 400 with the field and every violation.
+    let (status, body) = node.post(
+        "/v1/jobs",
+        &json!({"name": "bad name!", "kind": {"command": {"program": "/bin/true", "workdir": "relative"}}, "gang": 0}),
+    );
+    assert_eq!(status, 400, "{body}");
+    let fields: Vec<&str> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert!(
+        fields.contains(&"name") && fields.contains(&"gang") && fields.contains(&"command.workdir"),
+        "{body}"
+    );
+    assert!(
+        body["reason"].is_string() && body["field"].is_string(),
+        "{body}"
+    );
+    let (status, body) = node.post(
+        "/v1/jobs",
+        &json!({"kind": {"command": {"program": "/bin/true"}}}),
+    );
+    assert_eq!(status, 400);
+    assert_eq!(body["field"], "name", "{body}");
+    // One bad job refuses the whole batch.
+    let (status, body) = node.post(
+        "/v1/jobs",
+        &json!({"jobs": [{"name": "ok", "kind": {"command": {"program": "/bin/true"}}}, {"name": "x", "kind": {"command": {"program": ""}}}]}),
+    );
+    assert_eq!(status, 400);
+    assert!(
+        body["field"].as_str().unwrap().starts_with("jobs[1]."),
+        "{body}"
+    );
+    let (status, body) = node.get("/v1/jobs/abc");
+    assert_eq!(status, 400);
+    assert_eq!(body["field"], "id");
+    let (status, _) = node.get("/v1/jobs/99");
+    assert_eq!(status, 404);
+    let (_, list) = node.get("/v1/jobs");
+    assert_eq!(
+        list["jobs"].as_array().unwrap().len(),
+        0,
+        "nothing invalid was stored: {list}"
+    );
+    // And the node keeps serving.
+    let id = node.submit(&[], &["/bin/true"]);
+    node.wait_state(id, "succeeded", LONG);
+}
+
+#[test]
+fn sigterm_drains_running_jobs_then_exits() {
+    let dir = Scratch::new("sigterm");
+    let mut node = Server::start(dir.path(), &[]);
+    let id = node.submit(&[], &["/bin/sleep", "1.5"]);
+    node.wait_state(id, "running", LONG);
+    let pid = node.pid();
+    let api = node.api.clone();
+    signal(pid, "TERM");
+    // While draining, new work is refused with 503 (or the listener is already closed).
+    std::thread::sleep(Duration::from_millis(200));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    if let Ok(mut r) = agent
+        .post(format!("{api}/v1/jobs"))
+        .send_json(json!({"name": "late", "kind": {"command": {"program": "/bin/true"}}}))
+    {
+        assert_eq!(
+            r.status().as_u16(),
+            503,
+            "{}",
+            r.body_mut().read_to_string().unwrap()
+        );
+    }
+    let status = node.child.take().unwrap().wait().unwrap();
+    assert!(status.success(), "exit {status:?}\n{}", node.log_text());
+    assert!(node.log_text().contains("drained"), "{}", node.log_text());
+    node.spawn();
+    let job = node.job(id);
+    assert_eq!(
+        job["state"], "succeeded",
+        "the job finished during the drain: {job}"
+    );
+    assert_eq!(job["attempt"], 1);
+}
+
+#[test]
+fn metrics_are_prometheus_text_with_the_promised_names() {
+    let dir = Scratch::new("metrics");
+    let node = Server::start(dir.path(), &[]);
+    let id = node.submit(&[], &["/bin/true"]);
+    node.wait_state(id, "succeeded", LONG);
+    let text = node.metrics_text();
+    for name in [
+        "cadre_jobs_submitted_total",
+        "cadre_jobs_finished_total{state=\"succeeded\"}",
+        "cadre_scheduler_queue_depth",
+        "cadre_jobs_running",
+        "cadre_scheduler_decision_seconds_bucket",
+        "cadre_lease_grants_total",
+        "cadre_lease_renewals_total",
+        "cadre_heartbeats_total",
+        "cadre_store_append_seconds_bucket",
+        "cadre_store_append_bytes_total",
+        "cadre_build_info",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
+    }
+    let promtool = std::process::Command::new("promtool")
+        .arg("--version")
+        .output();
+    match promtool {
+        Ok(out) if out.status.success() => {
+            let path = dir.path().join("metrics.txt");
+            std::fs::write(&path, &text).unwrap();
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("promtool check metrics < {}", path.display()))
+                .output()
+                .unwrap();
+            let report = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                out.status.success() && report.trim().is_empty(),
+                "promtool: {report}"
+            );
+        }
+        _ => {
+            assert!(
+                std::env::var("CADRE_REQUIRE_PROMTOOL").is_err(),
+                "promtool is missing and CADRE_REQUIRE_PROMTOOL is set"
+            );
+            eprintln!("SKIP promtool check: promtool is not installed");
+        }
+    }
+}
+
+#[test]
+fn nodes_failures_health_and_unknown_routes_answer() {
+    let dir = Scratch::new("misc");
+    let node = Server::start(dir.path(), &[]);
+    let (status, nodes) = node.get("/v1/nodes");
+    assert_eq!(status, 200);
+    assert_eq!(nodes["workers"].as_array().unwrap().len(), 1, "{nodes}");
+    let (status, failures) = node.get("/v1/failures");
+    assert_eq!(status, 200);
+    assert!(failures["failures"].is_array());
+    assert_eq!(node.get("/healthz").0, 200);
+    let (status, body) = node.get("/v1/nope");
+    assert_eq!(status, 404);
+    assert!(body["error"].is_string());
+    // A body over the limit is refused, and the node keeps serving.
+    let big = "x".repeat(17 << 20);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let result = agent
+        .post(format!("{}/v1/jobs", node.api))
+        .send(big.as_bytes());
+    if let Ok(r) = result {
+        assert_eq!(r.status().as_u16(), 413);
+    }
+    assert_eq!(node.get("/healthz").0, 200);
+    let out = node.cli(&["nodes"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cpu-0"));
+}
