@@ -68,6 +68,9 @@ pub struct SubmitArgs {
     /// Wall-clock limit of one attempt, in seconds.
     #[arg(long)]
     pub timeout: Option<u64>,
+    /// Longest a task may go without progress before it is stopped and retried, in seconds.
+    #[arg(long)]
+    pub progress_deadline: Option<u64>,
     /// Tasks that start together (a gang).
     #[arg(long, default_value_t = 1)]
     pub gang: u32,
@@ -442,6 +445,7 @@ fn spec_from_args(args: &SubmitArgs) -> Result<JobSpec, CliError> {
         priority: args.priority,
         max_retries: args.retries,
         timeout_secs: args.timeout,
+        progress_deadline_secs: args.progress_deadline,
         gang: args.gang,
         labels: BTreeMap::new(),
     })

@@ -5,6 +5,7 @@
 //! callbacks on actix), the actors and their data ([`actors`]) and the node ([`runtime`]). The
 //! binary's command-line client lives in [`cli`].
 
+pub mod app;
 pub mod cli;
 pub mod demo;
 

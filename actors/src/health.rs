@@ -6,6 +6,13 @@
 //! the worker's recent inter-arrival times (mean plus an acceptable pause, standard deviation
 //! at least a floor). Phi 8 means the detector is wrong about one time in 10^8 under that model.
 //! A worker that has sent fewer than two heartbeats is judged against the expected interval.
+//!
+//! Job-level suspicion: the scheduler asks the monitor to watch each started task whose job has
+//! a progress deadline. A task with no progress within its deadline is suspected (a warning and
+//! `cadre_jobs_suspected_total`); still none after a further half deadline, it is reported
+//! stalled and the scheduler stops it and loses the attempt (requeued per its retries). Progress
+//! clears a suspicion; a worker's death clears the suspicions of all its tasks (their leases are
+//! revoked with the worker).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -14,9 +21,10 @@ use actix::prelude::*;
 use cadre_supervisor::SupervisedContext;
 use tokio::time::Instant;
 
-use crate::ids::WorkerId;
+use crate::ids::{FencingToken, WorkerId};
+use crate::job::JobId;
 use crate::metrics as m;
-use crate::protocol::{Heartbeat, WorkerDead};
+use crate::protocol::{Heartbeat, JobStalled, JobsProgressed, UnwatchJob, WatchJob, WorkerDead};
 
 type Ctx = SupervisedContext<HealthMonitor>;
 
@@ -25,6 +33,8 @@ type Ctx = SupervisedContext<HealthMonitor>;
 pub struct HealthConfig {
     /// Where verdicts go.
     pub dead: Recipient<WorkerDead>,
+    /// Where stalled tasks are reported.
+    pub stalled: Recipient<JobStalled>,
     /// The interval workers send heartbeats at (the prior before samples exist).
     pub expected_interval: Duration,
     /// How often phi is evaluated.
@@ -81,6 +91,15 @@ impl History {
 pub struct HealthMonitor {
     config: HealthConfig,
     workers: HashMap<WorkerId, History>,
+    tasks: HashMap<FencingToken, Watched>,
+}
+
+struct Watched {
+    job: JobId,
+    worker: WorkerId,
+    deadline: Duration,
+    last: Instant,
+    suspected: bool,
 }
 
 impl HealthMonitor {
@@ -89,6 +108,40 @@ impl HealthMonitor {
         HealthMonitor {
             config,
             workers: HashMap::new(),
+            tasks: HashMap::new(),
+        }
+    }
+
+    fn check_tasks(&mut self, ctx: &mut Ctx) {
+        let now = Instant::now();
+        let mut stalled = Vec::new();
+        for (token, w) in &mut self.tasks {
+            let silent = now.saturating_duration_since(w.last);
+            if !w.suspected && silent >= w.deadline {
+                w.suspected = true;
+                tracing::warn!(job = %w.job, worker = %w.worker, lease = %token,
+                    silent_ms = silent.as_millis() as u64, deadline_ms = w.deadline.as_millis() as u64,
+                    path = ctx.path(), "job suspected: no progress within its deadline");
+                metrics::counter!(m::JOBS_SUSPECTED).increment(1);
+            }
+            if w.suspected && silent >= w.deadline + w.deadline / 2 {
+                stalled.push((*token, w.job, silent));
+            }
+        }
+        for (token, job, silent) in stalled {
+            self.tasks.remove(&token);
+            let reason = format!(
+                "no progress for {} ms (deadline and grace passed)",
+                silent.as_millis()
+            );
+            if let Err(error) = self
+                .config
+                .stalled
+                .try_send(JobStalled { job, token, reason })
+            {
+                tracing::error!(job = %job, lease = %token, %error, "stall not delivered to the scheduler");
+                metrics::counter!(m::WORKER_SEND_FAILURES, "msg" => "job_stalled").increment(1);
+            }
         }
     }
 
@@ -105,6 +158,8 @@ impl HealthMonitor {
         }
         for (worker, value, elapsed) in dead {
             self.workers.remove(&worker);
+            // The worker's leases go with it: its tasks' suspicions are moot.
+            self.tasks.retain(|_, w| w.worker != worker);
             let reason = format!(
                 "no heartbeat for {elapsed:.0} ms (phi {value:.1} above {})",
                 self.config.threshold
@@ -123,7 +178,10 @@ impl Actor for HealthMonitor {
     type Context = Ctx;
 
     fn started(&mut self, ctx: &mut Ctx) {
-        ctx.run_interval(self.config.check_every, |act, ctx| act.check(ctx));
+        ctx.run_interval(self.config.check_every, |act, ctx| {
+            act.check(ctx);
+            act.check_tasks(ctx);
+        });
     }
 }
 
@@ -146,5 +204,47 @@ impl Handler<Heartbeat> for HealthMonitor {
             history.intervals.push_back(interval);
         }
         history.last = now;
+    }
+}
+
+impl Handler<WatchJob> for HealthMonitor {
+    type Result = ();
+
+    fn handle(&mut self, msg: WatchJob, _: &mut Ctx) {
+        self.tasks.insert(
+            msg.token,
+            Watched {
+                job: msg.job,
+                worker: msg.worker,
+                deadline: msg.deadline,
+                last: Instant::now(),
+                suspected: false,
+            },
+        );
+    }
+}
+
+impl Handler<UnwatchJob> for HealthMonitor {
+    type Result = ();
+
+    fn handle(&mut self, msg: UnwatchJob, _: &mut Ctx) {
+        self.tasks.remove(&msg.token);
+    }
+}
+
+impl Handler<JobsProgressed> for HealthMonitor {
+    type Result = ();
+
+    fn handle(&mut self, msg: JobsProgressed, _: &mut Ctx) {
+        let now = Instant::now();
+        for token in msg.tokens {
+            if let Some(w) = self.tasks.get_mut(&token) {
+                if w.suspected {
+                    tracing::info!(job = %w.job, lease = %token, "suspected job made progress again");
+                }
+                w.last = now;
+                w.suspected = false;
+            }
+        }
     }
 }

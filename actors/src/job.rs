@@ -92,6 +92,10 @@ pub struct JobSpec {
     /// Wall-clock limit of one attempt in seconds; none when absent.
     #[serde(default)]
     pub timeout_secs: Option<u64>,
+    /// Longest a running task may go without reporting progress before it is suspected, then
+    /// stopped and the attempt lost (requeued per `max_retries`); none when absent.
+    #[serde(default)]
+    pub progress_deadline_secs: Option<u64>,
     /// Tasks that start together or not at all (1 for an ordinary job).
     #[serde(default = "one")]
     pub gang: u32,
@@ -302,6 +306,15 @@ impl JobSpec {
         if self.max_retries > c.limits.max_retries {
             let max = c.limits.max_retries;
             c.fail("max_retries", format!("{} exceeds {max}", self.max_retries));
+        }
+        if let Some(t) = self.progress_deadline_secs {
+            if t == 0 || t > c.limits.timeout_secs {
+                let max = c.limits.timeout_secs;
+                c.fail(
+                    "progress_deadline_secs",
+                    format!("{t} is outside 1..={max}"),
+                );
+            }
         }
         if let Some(t) = self.timeout_secs {
             if t == 0 || t > c.limits.timeout_secs {

@@ -17,6 +17,7 @@ pub mod sched;
 pub mod scheduler;
 pub mod store;
 pub mod worker;
+pub mod workload;
 
 pub use error::Error;
 pub use ids::{FencingToken, WorkerId};

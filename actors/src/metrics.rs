@@ -61,6 +61,23 @@ pub const WORKER_ERRORS: &str = "cadre_worker_errors_total";
 /// Counter of renewal rounds a worker could not complete.
 pub const RENEW_FAILURES: &str = "cadre_worker_renew_failures_total";
 
+/// Gauge of the progress back-pressure level the scheduler last answered (0 none, 1 throttle,
+/// 2 batch, 3 reject).
+pub const PROGRESS_BACKPRESSURE: &str = "cadre_progress_backpressure_level";
+/// Counter of progress flushes the scheduler received.
+pub const PROGRESS_FLUSHES: &str = "cadre_progress_flushes_total";
+/// Counter of progress updates refused under back-pressure.
+pub const PROGRESS_REJECTED: &str = "cadre_progress_rejected_updates_total";
+/// Counter of progress flushes a worker could not deliver or got no valid answer to:
+/// `{reason}`.
+pub const PROGRESS_FLUSH_FAILURES: &str = "cadre_progress_flush_failures_total";
+/// Counter of times a worker's progress circuit opened after repeated flush failures.
+pub const PROGRESS_CIRCUIT_OPENS: &str = "cadre_progress_circuit_opens_total";
+/// Counter of tasks suspected of making no progress within their deadline.
+pub const JOBS_SUSPECTED: &str = "cadre_jobs_suspected_total";
+/// Counter of attempts stopped and lost because they stalled.
+pub const JOBS_STALLED: &str = "cadre_jobs_stalled_total";
+
 /// Describes every metric of this crate (help text and unit) to the installed recorder, so
 /// an exporter prints `# HELP` for each. Call once at start-up.
 pub fn describe() {
@@ -146,5 +163,27 @@ pub fn describe() {
     metrics::describe_counter!(
         RENEW_FAILURES,
         "Counter of renewal rounds a worker could not complete."
+    );
+    metrics::describe_gauge!(PROGRESS_BACKPRESSURE, "Gauge of the progress back-pressure level the scheduler last answered (0 none, 1 throttle, 2 batch, 3 reject).");
+    metrics::describe_counter!(
+        PROGRESS_FLUSHES,
+        "Counter of progress flushes the scheduler received."
+    );
+    metrics::describe_counter!(
+        PROGRESS_REJECTED,
+        "Counter of progress updates refused under back-pressure."
+    );
+    metrics::describe_counter!(PROGRESS_FLUSH_FAILURES, "Counter of progress flushes a worker could not deliver or got no valid answer to: `{reason}`.");
+    metrics::describe_counter!(
+        PROGRESS_CIRCUIT_OPENS,
+        "Counter of times a worker's progress circuit opened after repeated flush failures."
+    );
+    metrics::describe_counter!(
+        JOBS_SUSPECTED,
+        "Counter of tasks suspected of making no progress within their deadline."
+    );
+    metrics::describe_counter!(
+        JOBS_STALLED,
+        "Counter of attempts stopped and lost because they stalled."
     );
 }

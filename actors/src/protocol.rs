@@ -15,6 +15,7 @@ use crate::error::Error;
 use crate::ids::{FencingToken, WorkerId};
 use crate::job::{JobId, JobSpec, JobState};
 use crate::sched::{Grant, WorkerCapacity};
+use crate::workload::Progress;
 
 /// Scheduler to worker: run task `task` of attempt `attempt` of `job` under the lease `token`.
 #[derive(Debug, Clone, Serialize, Deserialize, Message)]
@@ -78,6 +79,24 @@ pub struct WorkerLink {
     pub assign: Recipient<Assign>,
     /// Where kills go.
     pub kill: Recipient<Kill>,
+}
+
+/// How a worker reaches the scheduler: one recipient per message, so the scheduler can be
+/// in-process or behind a transport, and tests can stand in for it.
+#[derive(Debug, Clone)]
+pub struct SchedulerLink {
+    /// What the link points at, for log lines (`cadre/scheduler`).
+    pub target: String,
+    /// Registrations.
+    pub register: Recipient<Register>,
+    /// Lease renewals.
+    pub renew: Recipient<Renew>,
+    /// Task starts.
+    pub started: Recipient<Started>,
+    /// Task ends.
+    pub finished: Recipient<Finished>,
+    /// Progress flushes.
+    pub progress: Recipient<ProgressFlush>,
 }
 
 /// Worker to scheduler: a worker joins with its capacity; the answer is its id.
@@ -154,12 +173,25 @@ pub enum TaskEnd {
         /// The error.
         error: String,
     },
+    /// A workload finished with this result.
+    Completed {
+        /// The workload's JSON result.
+        result: serde_json::Value,
+    },
+    /// A workload returned an error, or its actor failed while running the task.
+    WorkloadFailed {
+        /// The error.
+        error: String,
+    },
 }
 
 impl TaskEnd {
     /// Whether the task succeeded.
     pub fn success(&self) -> bool {
-        matches!(self, TaskEnd::Exited { code: 0 })
+        matches!(
+            self,
+            TaskEnd::Exited { code: 0 } | TaskEnd::Completed { .. }
+        )
     }
 }
 
@@ -195,7 +227,7 @@ pub struct Heartbeat {
     pub worker: WorkerId,
 }
 
-/// A job's change as the API streams it (state changes; later progress too).
+/// A job's change as the API streams it: a state change, or progress of a running task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobEvent {
     /// The job.
@@ -206,4 +238,183 @@ pub struct JobEvent {
     pub attempt: u32,
     /// Wall-clock milliseconds since the Unix epoch.
     pub at_ms: u64,
+    /// The task's progress, for a progress event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<TaskProgress>,
+}
+
+/// One task's progress in an event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskProgress {
+    /// The task's index within its gang.
+    pub task: u32,
+    /// How far it is.
+    #[serde(flatten)]
+    pub progress: Progress,
+}
+
+/// How hard the receiver of progress flushes is pressed, from its answer to each flush. The
+/// worker obeys: `None` flushes at the base interval, `Throttle` at 4x, `Batch` at 20x (latest
+/// values only, as always), `Reject` sends nothing but a probe every 100x.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backpressure {
+    /// Flush at the base interval.
+    None,
+    /// Flush less often.
+    Throttle,
+    /// Flush rarely.
+    Batch,
+    /// Send no progress; the flush was not applied.
+    Reject,
+}
+
+impl Backpressure {
+    /// The level as logs and metrics spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backpressure::None => "none",
+            Backpressure::Throttle => "throttle",
+            Backpressure::Batch => "batch",
+            Backpressure::Reject => "reject",
+        }
+    }
+
+    /// The level's number for the `cadre_progress_backpressure_level` gauge (0 ..= 3).
+    pub fn level(self) -> u8 {
+        self as u8
+    }
+
+    /// How many base intervals the worker waits between flushes at this level.
+    pub fn interval_factor(self) -> u32 {
+        match self {
+            Backpressure::None => 1,
+            Backpressure::Throttle => 4,
+            Backpressure::Batch => 20,
+            Backpressure::Reject => 100,
+        }
+    }
+}
+
+/// One task's latest progress in a flush.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProgressUpdate {
+    /// The job.
+    pub job: JobId,
+    /// The task's lease.
+    pub token: FencingToken,
+    /// The task's index.
+    pub task: u32,
+    /// Its latest progress.
+    pub progress: Progress,
+}
+
+/// Worker to scheduler: the latest progress of its tasks since the last flush.
+#[derive(Debug, Clone, Serialize, Deserialize, Message)]
+#[rtype(result = "Result<ProgressAck, Error>")]
+pub struct ProgressFlush {
+    /// The worker.
+    pub worker: WorkerId,
+    /// The flush's number; the acknowledgement echoes it.
+    pub seq: u64,
+    /// The updates.
+    pub updates: Vec<ProgressUpdate>,
+}
+
+/// The scheduler's answer to a [`ProgressFlush`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProgressAck {
+    /// The flush acknowledged (a mismatch is a malformed acknowledgement).
+    pub seq: u64,
+    /// The level the worker must obey from now on.
+    pub level: Backpressure,
+    /// Updates whose token is not the live lease (ignored).
+    pub refused: Vec<FencingToken>,
+}
+
+/// Scheduler to health monitor: watch a running task for progress.
+#[derive(Debug, Clone, Serialize, Deserialize, Message)]
+#[rtype(result = "()")]
+pub struct WatchJob {
+    /// The job.
+    pub job: JobId,
+    /// The worker running it.
+    pub worker: WorkerId,
+    /// The task's lease.
+    pub token: FencingToken,
+    /// How long it may go without progress.
+    pub deadline: Duration,
+}
+
+/// Scheduler to health monitor: the task holding `token` ended; stop watching it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, Message)]
+#[rtype(result = "()")]
+pub struct UnwatchJob {
+    /// The task's lease.
+    pub token: FencingToken,
+}
+
+/// Scheduler to health monitor: these tasks made progress.
+#[derive(Debug, Clone, Serialize, Deserialize, Message)]
+#[rtype(result = "()")]
+pub struct JobsProgressed {
+    /// The tasks' leases.
+    pub tokens: Vec<FencingToken>,
+}
+
+/// Health monitor to scheduler: the task holding `token` made no progress within its deadline
+/// (and a grace after it was suspected): stop it and requeue the job.
+#[derive(Debug, Clone, Serialize, Deserialize, Message)]
+#[rtype(result = "()")]
+pub struct JobStalled {
+    /// The job.
+    pub job: JobId,
+    /// The task's lease.
+    pub token: FencingToken,
+    /// Why.
+    pub reason: String,
+}
+
+/// What extension callbacks receive.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "event")]
+pub enum NodeEvent {
+    /// A job changed state (durably).
+    JobState {
+        /// The change.
+        change: JobEvent,
+    },
+    /// A lease expired unrenewed.
+    LeaseExpired {
+        /// The job.
+        job: JobId,
+        /// The worker that held it.
+        worker: WorkerId,
+        /// The lease.
+        token: FencingToken,
+    },
+    /// A worker was declared dead.
+    WorkerDied {
+        /// The worker.
+        worker: WorkerId,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl cadre_supervisor::CallbackEvent for NodeEvent {
+    fn event_id(&self) -> String {
+        match self {
+            NodeEvent::JobState { change } => {
+                format!(
+                    "job={} state={} attempt={}",
+                    change.job, change.state, change.attempt
+                )
+            }
+            NodeEvent::LeaseExpired { job, worker, token } => {
+                format!("lease_expired job={job} worker={worker} lease={token}")
+            }
+            NodeEvent::WorkerDied { worker, .. } => format!("worker_died worker={worker}"),
+        }
+    }
 }

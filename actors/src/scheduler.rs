@@ -25,12 +25,12 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 use cadre_cpu::IoEngine;
-use cadre_supervisor::SupervisedContext;
+use cadre_supervisor::{CallbackRunner, SupervisedContext};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, oneshot};
 use tokio::time::Instant;
@@ -41,8 +41,9 @@ use crate::job::{JobId, JobSpec, JobState};
 use crate::lease::{LeaseTable, RenewOutcome};
 use crate::metrics as m;
 use crate::protocol::{
-    Assign, Finished, JobEvent, Kill, KillReason, Register, Renew, RenewReply, Started, TaskEnd,
-    WorkerDead, WorkerLink,
+    Assign, Backpressure, Finished, JobEvent, JobStalled, JobsProgressed, Kill, KillReason,
+    NodeEvent, ProgressAck, ProgressFlush, Register, Renew, RenewReply, Started, TaskEnd,
+    TaskProgress, UnwatchJob, WatchJob, WorkerDead, WorkerLink,
 };
 use crate::sched::{
     CapacitySummary, Grant, Placer, PlacerConfig, QueuedJob, Waiting, WorkerCapacity,
@@ -58,7 +59,6 @@ const REOPEN_TRIES: u32 = 50;
 const REOPEN_PAUSE: Duration = Duration::from_millis(100);
 
 /// What the scheduler needs; shared by every instance the supervisor creates.
-#[derive(Debug)]
 pub struct SchedulerConfig {
     /// The journal's directory.
     pub journal_dir: PathBuf,
@@ -75,6 +75,21 @@ pub struct SchedulerConfig {
     /// A store opened before the tree started (so a node whose data directory is unusable
     /// fails at once, with the reason); the first instance takes it, a restarted one reopens.
     pub handoff: Mutex<Option<(Store, Recovery)>>,
+    /// Extension callbacks: job state changes, lease expiries, worker deaths.
+    pub callbacks: Option<CallbackRunner<NodeEvent>>,
+    /// The health monitor, set once the tree is declared (the two refer to each other).
+    pub health: OnceLock<HealthLink>,
+}
+
+/// How the scheduler reaches the health monitor for job-level suspicion.
+#[derive(Debug, Clone)]
+pub struct HealthLink {
+    /// Start watching a task.
+    pub watch: Recipient<WatchJob>,
+    /// Stop watching a task.
+    pub unwatch: Recipient<UnwatchJob>,
+    /// Tasks that made progress.
+    pub progressed: Recipient<JobsProgressed>,
 }
 
 /// The scheduler actor (see the module comment).
@@ -95,6 +110,51 @@ struct Core {
     expiry: Option<(Instant, SpawnHandle)>,
     draining: bool,
     drained: Vec<oneshot::Sender<()>>,
+    pressure: Pressure,
+}
+
+/// Back-pressure on progress flushes, with hysteresis: the level rises at once with the load
+/// and falls one step only after the load has stayed under the current level's bound for
+/// [`Pressure::CALM`].
+struct Pressure {
+    level: Backpressure,
+    calm_since: Option<Instant>,
+}
+
+impl Pressure {
+    const CALM: Duration = Duration::from_secs(1);
+
+    /// The level a load (0.0 ..= 1.0 and beyond) calls for.
+    fn target(load: f64) -> Backpressure {
+        if load >= 0.75 {
+            Backpressure::Reject
+        } else if load >= 0.5 {
+            Backpressure::Batch
+        } else if load >= 0.25 {
+            Backpressure::Throttle
+        } else {
+            Backpressure::None
+        }
+    }
+
+    fn update(&mut self, load: f64, now: Instant) -> Backpressure {
+        let target = Self::target(load);
+        if target >= self.level {
+            self.level = target;
+            self.calm_since = None;
+        } else {
+            let since = *self.calm_since.get_or_insert(now);
+            if now.saturating_duration_since(since) >= Self::CALM {
+                self.level = match self.level {
+                    Backpressure::Reject => Backpressure::Batch,
+                    Backpressure::Batch => Backpressure::Throttle,
+                    _ => Backpressure::None,
+                };
+                self.calm_since = None;
+            }
+        }
+        self.level
+    }
 }
 
 struct WorkerEntry {
@@ -113,6 +173,7 @@ struct Active {
     end: Option<(JobState, Outcome)>,
     cancel: bool,
     lost: Option<String>,
+    result: Option<serde_json::Value>,
 }
 
 fn now_ms() -> u64 {
@@ -180,6 +241,10 @@ impl Scheduler {
             expiry: None,
             draining: false,
             drained: Vec::new(),
+            pressure: Pressure {
+                level: Backpressure::None,
+                calm_since: None,
+            },
         });
         metrics::gauge!(m::JOBS_RUNNING).set(0.0);
         metrics::gauge!(m::WORKERS).set(0.0);
@@ -317,20 +382,37 @@ impl Scheduler {
     }
 
     fn emit(&self, job: JobId, state: JobState, attempt: u32) {
+        let event = JobEvent {
+            job,
+            state,
+            attempt,
+            at_ms: now_ms(),
+            progress: None,
+        };
+        if let Some(callbacks) = &self.config.callbacks {
+            callbacks.emit(NodeEvent::JobState {
+                change: event.clone(),
+            });
+        }
+        self.publish(event);
+    }
+
+    fn publish(&self, event: JobEvent) {
         // No subscriber is the normal case when nobody watches the stream.
-        if self.config.events.receiver_count() > 0
-            && self
-                .config
-                .events
-                .send(JobEvent {
-                    job,
-                    state,
-                    attempt,
-                    at_ms: now_ms(),
-                })
-                .is_err()
-        {
-            tracing::debug!(job = %job, "job event had no subscriber left");
+        if self.config.events.receiver_count() > 0 && self.config.events.send(event).is_err() {
+            tracing::debug!("job event had no subscriber left");
+        }
+    }
+
+    fn unwatch(&self, tokens: impl IntoIterator<Item = FencingToken>) {
+        let Some(health) = self.config.health.get() else {
+            return;
+        };
+        for token in tokens {
+            if let Err(error) = health.unwatch.try_send(UnwatchJob { token }) {
+                tracing::warn!(lease = %token, %error, "health monitor did not take an unwatch");
+                metrics::counter!(m::WORKER_SEND_FAILURES, "msg" => "unwatch").increment(1);
+            }
         }
     }
 
@@ -402,6 +484,7 @@ impl Scheduler {
                     end: None,
                     cancel: false,
                     lost: None,
+                    result: None,
                 },
             );
             metrics::gauge!(m::JOBS_RUNNING).set(core.active.len() as f64);
@@ -581,6 +664,13 @@ impl Scheduler {
         for lease in &expired {
             tracing::warn!(job = %lease.job, worker = %lease.worker, lease = %lease.token,
                 attempt = lease.attempt, "lease expired unrenewed: the attempt is lost");
+            if let Some(callbacks) = &self.config.callbacks {
+                callbacks.emit(NodeEvent::LeaseExpired {
+                    job: lease.job,
+                    worker: lease.worker,
+                    token: lease.token,
+                });
+            }
         }
         for job in jobs {
             self.lose(ctx, job, "its lease expired unrenewed".to_owned());
@@ -603,6 +693,7 @@ impl Scheduler {
         core.placer.release(job);
         let attempt = active.attempt;
         let cancel = active.cancel;
+        self.unwatch(active.tasks.iter().map(|(_, t)| *t));
         metrics::counter!(m::JOBS_LOST).increment(1);
         tracing::warn!(job = %job, attempt, %reason, "attempt lost");
         self.commit(
@@ -724,6 +815,12 @@ impl Scheduler {
         jobs.dedup();
         tracing::error!(worker = %worker, %reason, leases = revoked.len(), jobs = jobs.len(),
             "worker dead: its leases are revoked and its jobs lost");
+        if let Some(callbacks) = &self.config.callbacks {
+            callbacks.emit(NodeEvent::WorkerDied {
+                worker,
+                reason: reason.clone(),
+            });
+        }
         for job in jobs {
             self.lose(ctx, job, format!("worker {worker} died: {reason}"));
         }
@@ -1125,6 +1222,24 @@ impl Handler<Started> for Scheduler {
         let core = self.core()?;
         core.leases
             .check(msg.job, msg.worker, msg.token, "started")?;
+        let deadline = core
+            .store
+            .as_ref()
+            .and_then(|s| s.table().get(msg.job))
+            .and_then(|e| e.spec.progress_deadline_secs);
+        if let (Some(secs), Some(health)) = (deadline, self.config.health.get()) {
+            if let Err(error) = health.watch.try_send(WatchJob {
+                job: msg.job,
+                worker: msg.worker,
+                token: msg.token,
+                deadline: Duration::from_secs(secs),
+            }) {
+                tracing::warn!(job = %msg.job, lease = %msg.token, %error,
+                    "health monitor did not take a watch: this task is not checked for progress");
+                metrics::counter!(m::WORKER_SEND_FAILURES, "msg" => "watch").increment(1);
+            }
+        }
+        let core = self.core()?;
         let Some(active) = core.active.get_mut(&msg.job) else {
             return Err(Error::StaleToken {
                 job: msg.job,
@@ -1161,10 +1276,17 @@ impl Handler<Finished> for Scheduler {
         let core = self.core()?;
         core.leases
             .release(msg.job, msg.worker, msg.token, "finished")?;
+        self.unwatch([msg.token]);
+        let core = self.core()?;
         let Some(active) = core.active.get_mut(&msg.job) else {
             return Ok(());
         };
         active.left = active.left.saturating_sub(1);
+        if let TaskEnd::Completed { result } = &msg.end {
+            if active.result.is_none() {
+                active.result = Some(result.clone());
+            }
+        }
         let job = msg.job;
         let failed_first = if !msg.end.success() && active.end.is_none() && active.lost.is_none() {
             match task_result(&msg.end, active.cancel) {
@@ -1226,7 +1348,10 @@ fn task_result(end: &TaskEnd, cancelled: bool) -> TaskResult {
         TaskEnd::Killed { reason } => {
             TaskResult::Lost(format!("its task was stopped ({})", reason.as_str()))
         }
-        TaskEnd::StartFailed { error } | TaskEnd::Error { error } => TaskResult::End(
+        TaskEnd::Completed { .. } => TaskResult::End(JobState::Succeeded, Outcome::default()),
+        TaskEnd::StartFailed { error }
+        | TaskEnd::Error { error }
+        | TaskEnd::WorkloadFailed { error } => TaskResult::End(
             JobState::Failed,
             Outcome {
                 error: Some(error.clone()),
@@ -1265,7 +1390,8 @@ impl Scheduler {
             None => (
                 JobState::Succeeded,
                 Outcome {
-                    exit_code: Some(0),
+                    exit_code: active.result.is_none().then_some(0),
+                    result: active.result.clone(),
                     ..Outcome::default()
                 },
             ),
@@ -1425,5 +1551,126 @@ impl Handler<CloseStore> for Scheduler {
                 store.close().await;
             }
         })
+    }
+}
+
+impl Scheduler {
+    /// How loaded the receiving side of progress is, 0.0 ..= 1.0 and beyond: the event stream's
+    /// backlog for its slowest subscriber, or full when the journal makes the scheduler wait.
+    fn progress_load(&self) -> f64 {
+        let journal_busy = self
+            .core
+            .as_ref()
+            .is_some_and(|c| c.store.is_none() || !c.deferred.is_empty());
+        if journal_busy {
+            return 1.0;
+        }
+        self.config.events.len() as f64 / EVENT_CAPACITY as f64
+    }
+}
+
+/// The event stream's capacity (the node creates it with this many slots).
+pub const EVENT_CAPACITY: usize = 4096;
+
+impl Handler<ProgressFlush> for Scheduler {
+    type Result = Result<ProgressAck, Error>;
+
+    fn handle(&mut self, msg: ProgressFlush, _: &mut Ctx) -> Self::Result {
+        let load = self.progress_load();
+        let core = self.core()?;
+        if !core.workers.contains_key(&msg.worker) {
+            refuse("progress", "unknown_worker");
+            return Err(Error::UnknownWorker { worker: msg.worker });
+        }
+        let level = core.pressure.update(load, Instant::now());
+        metrics::gauge!(m::PROGRESS_BACKPRESSURE).set(f64::from(level.level()));
+        metrics::counter!(m::PROGRESS_FLUSHES).increment(1);
+        let mut refused = Vec::new();
+        if level == Backpressure::Reject {
+            metrics::counter!(m::PROGRESS_REJECTED).increment(msg.updates.len() as u64);
+            return Ok(ProgressAck {
+                seq: msg.seq,
+                level,
+                refused,
+            });
+        }
+        let mut progressed = Vec::with_capacity(msg.updates.len());
+        let mut events = Vec::with_capacity(msg.updates.len());
+        for update in msg.updates {
+            match core
+                .leases
+                .check(update.job, msg.worker, update.token, "progress")
+            {
+                Ok(lease) => {
+                    progressed.push(update.token);
+                    events.push(JobEvent {
+                        job: update.job,
+                        state: JobState::Running,
+                        attempt: lease.attempt,
+                        at_ms: now_ms(),
+                        progress: Some(TaskProgress {
+                            task: update.task,
+                            progress: update.progress,
+                        }),
+                    });
+                }
+                Err(_) => refused.push(update.token),
+            }
+        }
+        for event in events {
+            self.publish(event);
+        }
+        if let Some(health) = self.config.health.get() {
+            if !progressed.is_empty() {
+                if let Err(error) = health
+                    .progressed
+                    .try_send(JobsProgressed { tokens: progressed })
+                {
+                    tracing::warn!(worker = %msg.worker, %error, "health monitor did not take progress");
+                    metrics::counter!(m::WORKER_SEND_FAILURES, "msg" => "progressed").increment(1);
+                }
+            }
+        }
+        Ok(ProgressAck {
+            seq: msg.seq,
+            level,
+            refused,
+        })
+    }
+}
+
+impl Handler<JobStalled> for Scheduler {
+    type Result = ();
+
+    fn handle(&mut self, msg: JobStalled, ctx: &mut Ctx) {
+        let Some(core) = self.core.as_mut() else {
+            return;
+        };
+        let live = core.leases.get(msg.token).is_some_and(|l| l.job == msg.job);
+        if !live {
+            tracing::debug!(job = %msg.job, lease = %msg.token, "stall report for a lease that is gone");
+            return;
+        }
+        tracing::error!(job = %msg.job, lease = %msg.token, reason = %msg.reason,
+            "job stalled: its tasks are stopped and the attempt is lost");
+        metrics::counter!(m::JOBS_STALLED).increment(1);
+        self.lose(ctx, msg.job, msg.reason);
+    }
+}
+
+impl Scheduler {
+    /// A worker's link to the scheduler at `addr` (in-process).
+    pub fn link(
+        addr: &Addr<Scheduler>,
+        target: impl Into<String>,
+    ) -> crate::protocol::SchedulerLink {
+        crate::protocol::SchedulerLink {
+            target: target.into(),
+            register: addr.clone().recipient(),
+            renew: addr.clone().recipient(),
+            started: addr.clone().recipient(),
+            finished: addr.clone().recipient(),
+            progress: addr.clone().recipient(),
+        }
     }
 }

@@ -1,6 +1,7 @@
-//! The CPU worker actor: registers with the scheduler, runs the tasks it is assigned through
-//! the launcher, reports their start and end under their lease tokens, renews its leases in one
-//! batch per round, and fences itself.
+//! The worker actor: registers with the scheduler, runs the tasks it is assigned (command jobs
+//! through the launcher, workload jobs on the extension's supervised workload actors), reports
+//! their start and end under their lease tokens, renews its leases in one batch per round,
+//! flushes progress, and fences itself.
 //!
 //! Self-fencing: each task has a kill-by instant, the send time of its last acknowledged
 //! renewal plus the lease's time to live minus a margin ([`self_fence_deadline`]). A worker that
@@ -8,11 +9,19 @@
 //! itself, so by the time the scheduler sees the lease expire and places the job again, the old
 //! attempt is gone. A renewal the scheduler refuses stops the task at once.
 //!
+//! Progress: a task's latest progress is kept (reporting replaces it) and flushed every
+//! `progress_every` (50 ms by default) in one [`ProgressFlush`]. Each acknowledgement carries a
+//! [`Backpressure`] level that sets the next interval (the scheduler eases it with hysteresis).
+//! A flush that fails (not delivered, unanswered in time, refused, or acknowledged with the
+//! wrong sequence number: a malformed acknowledgement) is one error event with the jobs and the
+//! target; three in a row open a circuit for [`CIRCUIT_OPEN`], during which nothing is flushed,
+//! and the worker re-resolves the scheduler (asks its resolver for a fresh link).
+//!
 //! A task runs as a future spawned in the actor's context. If the actor fails and restarts, its
 //! futures are dropped and the launcher kills each process group on drop; the scheduler then
 //! sees the leases lapse (the new instance registers under a new id) and requeues the jobs.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,19 +34,27 @@ use tokio::time::Instant;
 
 use crate::error::Error;
 use crate::ids::{FencingToken, WorkerId};
-use crate::job::{JobId, JobKind};
+use crate::job::{CommandJob, JobId, JobKind, WorkloadJob};
 use crate::lease::self_fence_deadline;
 use crate::metrics as m;
 use crate::protocol::{
-    Assign, Finished, Heartbeat, Kill, KillReason, Register, Renew, Started, TaskEnd, WorkerLink,
+    Assign, Backpressure, Finished, Heartbeat, Kill, KillReason, ProgressFlush, ProgressUpdate,
+    Register, Renew, SchedulerLink, Started, TaskEnd, WorkerLink,
 };
 use crate::sched::WorkerCapacity;
-use crate::scheduler::Scheduler;
+use crate::workload::{CancelSignal, ProgressReporter, Run};
 
 type Ctx = SupervisedContext<Worker>;
 
+/// How long the progress circuit stays open after repeated flush failures.
+pub const CIRCUIT_OPEN: Duration = Duration::from_secs(5);
+/// Consecutive flush failures that open the circuit.
+pub const CIRCUIT_FAILURES: u32 = 3;
+
+/// Finds the scheduler: called at start and again whenever the progress circuit opens.
+pub type Resolver = Arc<dyn Fn() -> SchedulerLink + Send + Sync>;
+
 /// What a worker needs; shared by every instance the supervisor creates.
-#[derive(Debug)]
 pub struct WorkerConfig {
     /// The worker's name in logs and `cadre nodes`.
     pub name: String,
@@ -47,15 +64,20 @@ pub struct WorkerConfig {
     pub launcher: Launcher,
     /// Where job output goes: `<job>.<task>.out` and `.err`.
     pub log_dir: PathBuf,
-    /// The scheduler.
-    pub scheduler: Addr<Scheduler>,
+    /// Finds the scheduler.
+    pub resolve: Resolver,
     /// The health monitor, if heartbeats go to one.
     pub health: Option<Recipient<Heartbeat>>,
+    /// The workload kinds extensions registered, by name.
+    pub workloads: BTreeMap<String, Recipient<Run>>,
     /// How often leases are renewed and heartbeats sent.
     pub renew_every: Duration,
+    /// The base interval of progress flushes.
+    pub progress_every: Duration,
     /// How long before its lease would lapse a task is killed when renewals fail.
     pub fence_margin: Duration,
-    /// Grace between `SIGTERM` and `SIGKILL` when a task is stopped.
+    /// Grace between `SIGTERM` and `SIGKILL` when a task is stopped (and for a workload to
+    /// notice its cancel signal).
     pub term_grace: Duration,
 }
 
@@ -72,28 +94,51 @@ impl WorkerConfig {
 /// The worker actor (see the module comment).
 pub struct Worker {
     config: Arc<WorkerConfig>,
+    link: SchedulerLink,
     id: Option<WorkerId>,
     registering: bool,
     renewing: bool,
     tasks: HashMap<FencingToken, Task>,
+    flush: FlushState,
 }
 
 struct Task {
     job: JobId,
+    task: u32,
     ttl: Duration,
     fence_at: Instant,
     kill: Option<oneshot::Sender<KillReason>>,
+    progress: Option<(ProgressReporter, u64)>,
+}
+
+struct FlushState {
+    seq: u64,
+    level: Backpressure,
+    next_at: Instant,
+    in_flight: bool,
+    failures: u32,
+    open_until: Option<Instant>,
 }
 
 impl Worker {
-    /// A worker that registers when it starts.
+    /// A worker that resolves the scheduler and registers when it starts.
     pub fn new(config: Arc<WorkerConfig>) -> Worker {
+        let link = (config.resolve)();
         Worker {
             config,
+            link,
             id: None,
             registering: false,
             renewing: false,
             tasks: HashMap::new(),
+            flush: FlushState {
+                seq: 0,
+                level: Backpressure::None,
+                next_at: Instant::now(),
+                in_flight: false,
+                failures: 0,
+                open_until: None,
+            },
         }
     }
 
@@ -110,23 +155,24 @@ impl Worker {
                 kill: ctx.address().recipient(),
             },
         };
-        let scheduler = self.config.scheduler.clone();
+        let register = self.link.register.clone();
+        let target = self.link.target.clone();
         ctx.spawn(
-            async move { scheduler.send(msg).await }
+            async move { register.send(msg).await }
                 .into_actor(self)
-                .map(|result, act, ctx| {
+                .map(move |result, act, ctx| {
                     act.registering = false;
                     match result {
                         Ok(Ok(id)) => {
-                            tracing::info!(worker = %id, path = ctx.path(), "worker registered with the scheduler");
+                            tracing::info!(worker = %id, path = ctx.path(), %target, "worker registered with the scheduler");
                             act.id = Some(id);
                         }
                         Ok(Err(error)) => {
-                            tracing::error!(path = ctx.path(), %error, "scheduler refused the worker's registration; retrying");
+                            tracing::error!(path = ctx.path(), %target, %error, "scheduler refused the worker's registration; retrying");
                             metrics::counter!(m::WORKER_ERRORS, "kind" => "register").increment(1);
                         }
                         Err(error) => {
-                            tracing::error!(path = ctx.path(), %error, "scheduler unreachable for registration; retrying");
+                            tracing::error!(path = ctx.path(), %target, %error, "scheduler unreachable for registration; retrying");
                             metrics::counter!(m::WORKER_ERRORS, "kind" => "register").increment(1);
                         }
                     }
@@ -178,54 +224,149 @@ impl Worker {
             .iter()
             .map(|(token, t)| (t.job, *token))
             .collect();
-        let scheduler = self.config.scheduler.clone();
+        let renew = self.link.renew.clone();
         let sent_at = Instant::now();
         let margin = self.config.fence_margin;
         ctx.spawn(
+            async move { tokio::time::timeout(margin, renew.send(Renew { worker, leases })).await }
+                .into_actor(self)
+                .map(move |result, act, ctx| {
+                    act.renewing = false;
+                    match result {
+                        Ok(Ok(Ok(reply))) => {
+                            for token in reply.renewed {
+                                if let Some(task) = act.tasks.get_mut(&token) {
+                                    task.fence_at = self_fence_deadline(sent_at, task.ttl, margin);
+                                }
+                            }
+                            for (job, token) in reply.refused {
+                                tracing::warn!(worker = %worker, job = %job, lease = %token,
+                                    "lease renewal refused: the task stops");
+                                act.kill(token, KillReason::LeaseLost);
+                            }
+                        }
+                        Ok(Ok(Err(Error::UnknownWorker { .. }))) => act.forgotten(ctx, worker),
+                        Ok(Ok(Err(error))) => {
+                            tracing::error!(worker = %worker, %error, "lease renewal refused as a whole");
+                            metrics::counter!(m::RENEW_FAILURES).increment(1);
+                        }
+                        Ok(Err(error)) => {
+                            tracing::error!(worker = %worker, %error, "lease renewal not delivered");
+                            metrics::counter!(m::RENEW_FAILURES).increment(1);
+                        }
+                        Err(_) => {
+                            tracing::error!(worker = %worker, timeout_ms = margin.as_millis() as u64,
+                                "lease renewal unanswered in time");
+                            metrics::counter!(m::RENEW_FAILURES).increment(1);
+                        }
+                    }
+                }),
+        );
+    }
+
+    /// The scheduler restarted (or declared this worker dead) and lost every lease with it:
+    /// the tasks stop and the worker joins again under a new id.
+    fn forgotten(&mut self, ctx: &mut Ctx, worker: WorkerId) {
+        if self.id != Some(worker) {
+            return;
+        }
+        tracing::warn!(worker = %worker, path = ctx.path(),
+            "scheduler no longer knows this worker: its tasks stop and it registers again");
+        let tokens: Vec<FencingToken> = self.tasks.keys().copied().collect();
+        for token in tokens {
+            self.kill(token, KillReason::LeaseLost);
+        }
+        self.id = None;
+        self.register(ctx);
+    }
+
+    fn flush_progress(&mut self, ctx: &mut Ctx) {
+        let Some(worker) = self.id else {
+            return;
+        };
+        let now = Instant::now();
+        if self.flush.in_flight || now < self.flush.next_at {
+            return;
+        }
+        if let Some(until) = self.flush.open_until {
+            if now < until {
+                return;
+            }
+            self.flush.open_until = None;
+            tracing::info!(worker = %worker, target = %self.link.target, "progress circuit half-open: trying a flush");
+        }
+        let mut updates = Vec::new();
+        let mut seqs = Vec::new();
+        for (token, task) in &self.tasks {
+            if let Some((reporter, seen)) = &task.progress {
+                if let Some((seq, progress)) = reporter.newer_than(*seen) {
+                    updates.push(ProgressUpdate {
+                        job: task.job,
+                        token: *token,
+                        task: task.task,
+                        progress,
+                    });
+                    seqs.push((*token, seq));
+                }
+            }
+        }
+        // Under `Reject` an empty flush is the probe that learns when the pressure is gone.
+        if updates.is_empty() && self.flush.level != Backpressure::Reject {
+            return;
+        }
+        self.flush.seq += 1;
+        self.flush.in_flight = true;
+        let seq = self.flush.seq;
+        let jobs: Vec<JobId> = updates.iter().map(|u| u.job).collect();
+        let target = self.link.target.clone();
+        let progress = self.link.progress.clone();
+        let timeout = self.config.progress_every.max(Duration::from_millis(50)) * 20;
+        ctx.spawn(
             async move {
-                tokio::time::timeout(margin, scheduler.send(Renew { worker, leases })).await
+                tokio::time::timeout(timeout, progress.send(ProgressFlush { worker, seq, updates })).await
             }
             .into_actor(self)
             .map(move |result, act, ctx| {
-                act.renewing = false;
-                match result {
-                    Ok(Ok(Ok(reply))) => {
-                        for token in reply.renewed {
-                            if let Some(task) = act.tasks.get_mut(&token) {
-                                task.fence_at = self_fence_deadline(sent_at, task.ttl, margin);
+                act.flush.in_flight = false;
+                let failure = match result {
+                    Ok(Ok(Ok(ack))) if ack.seq == seq => {
+                        act.flush.failures = 0;
+                        if ack.level != act.flush.level {
+                            tracing::info!(worker = %worker, from = act.flush.level.as_str(),
+                                to = ack.level.as_str(), "progress back-pressure level changed");
+                            act.flush.level = ack.level;
+                        }
+                        if ack.level != Backpressure::Reject {
+                            for (token, s) in seqs {
+                                if let Some((_, seen)) = act.tasks.get_mut(&token).and_then(|t| t.progress.as_mut()) {
+                                    *seen = s;
+                                }
                             }
                         }
-                        for (job, token) in reply.refused {
-                            tracing::warn!(worker = %worker, job = %job, lease = %token,
-                                "lease renewal refused: the task stops");
-                            act.kill(token, KillReason::LeaseLost);
-                        }
+                        act.flush.next_at = Instant::now() + act.config.progress_every * ack.level.interval_factor();
+                        return;
                     }
+                    Ok(Ok(Ok(ack))) => ("malformed_ack", format!("acknowledgement for flush {} answered flush {seq}", ack.seq)),
                     Ok(Ok(Err(Error::UnknownWorker { .. }))) => {
-                        // The scheduler restarted and lost every lease with its memory; the
-                        // tasks stop and the worker joins again.
-                        tracing::warn!(worker = %worker, path = ctx.path(),
-                            "scheduler no longer knows this worker: its tasks stop and it registers again");
-                        let tokens: Vec<FencingToken> = act.tasks.keys().copied().collect();
-                        for token in tokens {
-                            act.kill(token, KillReason::LeaseLost);
-                        }
-                        act.id = None;
-                        act.register(ctx);
+                        act.forgotten(ctx, worker);
+                        return;
                     }
-                    Ok(Ok(Err(error))) => {
-                        tracing::error!(worker = %worker, %error, "lease renewal refused as a whole");
-                        metrics::counter!(m::RENEW_FAILURES).increment(1);
-                    }
-                    Ok(Err(error)) => {
-                        tracing::error!(worker = %worker, %error, "lease renewal not delivered");
-                        metrics::counter!(m::RENEW_FAILURES).increment(1);
-                    }
-                    Err(_) => {
-                        tracing::error!(worker = %worker, timeout_ms = margin.as_millis() as u64,
-                            "lease renewal unanswered in time");
-                        metrics::counter!(m::RENEW_FAILURES).increment(1);
-                    }
+                    Ok(Ok(Err(error))) => ("refused", error.to_string()),
+                    Ok(Err(error)) => ("undelivered", error.to_string()),
+                    Err(_) => ("timeout", format!("no answer within {} ms", timeout.as_millis())),
+                };
+                let (reason, error) = failure;
+                act.flush.failures += 1;
+                tracing::error!(worker = %worker, jobs = ?jobs, %target, seq, reason, %error,
+                    failures = act.flush.failures, "progress flush failed");
+                metrics::counter!(m::PROGRESS_FLUSH_FAILURES, "reason" => reason).increment(1);
+                if act.flush.failures >= CIRCUIT_FAILURES {
+                    act.flush.failures = 0;
+                    act.flush.open_until = Some(Instant::now() + CIRCUIT_OPEN);
+                    act.link = (act.config.resolve)();
+                    tracing::error!(worker = %worker, %target, open_ms = CIRCUIT_OPEN.as_millis() as u64,
+                        "progress circuit open after repeated failures; scheduler re-resolved");
+                    metrics::counter!(m::PROGRESS_CIRCUIT_OPENS).increment(1);
                 }
             }),
         );
@@ -238,6 +379,9 @@ impl Actor for Worker {
     fn started(&mut self, ctx: &mut Ctx) {
         self.register(ctx);
         ctx.run_interval(self.config.renew_every, |act, ctx| act.tick(ctx));
+        ctx.run_interval(self.config.progress_every, |act, ctx| {
+            act.flush_progress(ctx)
+        });
     }
 }
 
@@ -255,8 +399,8 @@ impl Handler<Kill> for Worker {
 }
 
 /// How a task's wait ended.
-enum Waited {
-    Exit(Result<ExitReport, cadre_cpu::CpuError>),
+enum Waited<T> {
+    Done(T),
     Kill(KillReason),
 }
 
@@ -270,6 +414,180 @@ fn report_end(report: ExitReport) -> TaskEnd {
     }
 }
 
+/// What a task needs to run, taken from its assignment.
+struct TaskRun {
+    config: Arc<WorkerConfig>,
+    started: Recipient<Started>,
+    worker: WorkerId,
+    job: JobId,
+    token: FencingToken,
+    task: u32,
+    attempt: u32,
+    gang: u32,
+    timeout: Option<Duration>,
+}
+
+impl TaskRun {
+    /// Tells the scheduler the task started; `false` when it refused (the lease is not live).
+    async fn report_start(&self) -> bool {
+        let (worker, job, token) = (self.worker, self.job, self.token);
+        match self.started.send(Started { worker, job, token }).await {
+            Ok(Ok(())) => true,
+            Ok(Err(error)) => {
+                tracing::warn!(worker = %worker, job = %job, lease = %token, %error,
+                    "scheduler refused the start: the task stops");
+                false
+            }
+            Err(error) => {
+                tracing::error!(worker = %worker, job = %job, lease = %token, %error,
+                    "start not delivered to the scheduler; renewals decide the task's fate");
+                metrics::counter!(m::WORKER_SEND_FAILURES, "msg" => "started").increment(1);
+                true
+            }
+        }
+    }
+
+    async fn command(
+        self,
+        command: CommandJob,
+        mut kill_rx: oneshot::Receiver<KillReason>,
+    ) -> TaskEnd {
+        let config = Arc::clone(&self.config);
+        let (out, err) = config.log_paths(self.job, self.task);
+        let mut spec = CommandSpec::new(
+            std::iter::once(command.program).chain(command.args),
+            out,
+            err,
+        );
+        spec.env = command.env.into_iter().collect();
+        spec.env.extend([
+            ("CADRE_JOB_ID".to_owned(), self.job.to_string()),
+            ("CADRE_ATTEMPT".to_owned(), self.attempt.to_string()),
+            ("CADRE_TASK".to_owned(), self.task.to_string()),
+            ("CADRE_GANG_SIZE".to_owned(), self.gang.to_string()),
+        ]);
+        spec.cwd = command.workdir.map(PathBuf::from);
+        // A node killed outright takes its jobs with it instead of leaving them running
+        // unaccounted while the restarted node runs their next attempt.
+        spec.limits.parent_death_signal = Some(libc::SIGKILL);
+        let mut process = match config.launcher.spawn(&spec, &self.job.to_string()) {
+            Ok(p) => p,
+            // The launcher logged and counted it.
+            Err(error) => {
+                return TaskEnd::StartFailed {
+                    error: error.to_string(),
+                }
+            }
+        };
+        if !self.report_start().await {
+            return match process.terminate(config.term_grace).await {
+                Ok(_) => TaskEnd::Killed {
+                    reason: KillReason::LeaseLost,
+                },
+                Err(error) => TaskEnd::Error {
+                    error: error.to_string(),
+                },
+            };
+        }
+        let waited = {
+            let wait = async {
+                match self.timeout {
+                    Some(t) => process.wait_timeout(t, config.term_grace).await,
+                    None => process.wait().await,
+                }
+            };
+            tokio::pin!(wait);
+            tokio::select! {
+                report = &mut wait => Waited::Done(report),
+                reason = &mut kill_rx => Waited::Kill(reason.unwrap_or(KillReason::LeaseLost)),
+            }
+        };
+        match waited {
+            Waited::Done(Ok(report)) => report_end(report),
+            Waited::Done(Err(error)) => TaskEnd::Error {
+                error: error.to_string(),
+            },
+            Waited::Kill(reason) => match process.terminate(config.term_grace).await {
+                Ok(report) if report.terminated => TaskEnd::Killed { reason },
+                // It ended on its own just before the kill: report how.
+                Ok(report) => report_end(report),
+                Err(error) => TaskEnd::Error {
+                    error: error.to_string(),
+                },
+            },
+        }
+    }
+
+    async fn workload(
+        self,
+        workload: WorkloadJob,
+        actor: Recipient<Run>,
+        progress: ProgressReporter,
+        mut kill_rx: oneshot::Receiver<KillReason>,
+    ) -> TaskEnd {
+        if !self.report_start().await {
+            return TaskEnd::Killed {
+                reason: KillReason::LeaseLost,
+            };
+        }
+        let (cancel_tx, cancel) = CancelSignal::new();
+        let run = actor.send(Run {
+            job: self.job,
+            attempt: self.attempt,
+            task: self.task,
+            gang: self.gang,
+            params: workload.params,
+            progress,
+            cancel,
+        });
+        tokio::pin!(run);
+        let deadline = async {
+            match self.timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        let waited = tokio::select! {
+            result = &mut run => Waited::Done(Some(result)),
+            reason = &mut kill_rx => Waited::Kill(reason.unwrap_or(KillReason::LeaseLost)),
+            () = deadline => Waited::Done(None),
+        };
+        let end_of = |result: Result<
+            Result<serde_json::Value, crate::workload::WorkloadError>,
+            MailboxError,
+        >| {
+            match result {
+            Ok(Ok(result)) => TaskEnd::Completed { result },
+            Ok(Err(error)) => TaskEnd::WorkloadFailed { error: error.0 },
+            Err(error) => TaskEnd::WorkloadFailed {
+                error: format!(
+                    "workload {:?} failed while running the task (it panicked or stopped; see the failure journal): {error}",
+                    workload.name
+                ),
+            },
+        }
+        };
+        match waited {
+            Waited::Done(Some(result)) => end_of(result),
+            Waited::Done(None) | Waited::Kill(_) => {
+                // Ask the workload to stop and give it the grace to do so.
+                if cancel_tx.send(true).is_err() {
+                    tracing::debug!(job = %self.job, "workload dropped its cancel signal");
+                }
+                let grace = tokio::time::timeout(self.config.term_grace, &mut run).await;
+                if grace.is_err() {
+                    tracing::warn!(job = %self.job, lease = %self.token, workload = %workload.name,
+                        "workload did not stop within the grace after its cancel signal; its result is ignored");
+                }
+                match waited {
+                    Waited::Kill(reason) => TaskEnd::Killed { reason },
+                    Waited::Done(_) => TaskEnd::TimedOut,
+                }
+            }
+        }
+    }
+}
+
 impl Handler<Assign> for Worker {
     type Result = ();
 
@@ -278,107 +596,50 @@ impl Handler<Assign> for Worker {
             tracing::warn!(job = %msg.job, lease = %msg.token, "assignment before registration: ignored, its lease lapses");
             return;
         };
-        let (kill_tx, mut kill_rx) = oneshot::channel();
+        let (kill_tx, kill_rx) = oneshot::channel();
         let ttl = msg.lease_ttl;
+        let (job, token, task) = (msg.job, msg.token, msg.task);
+        let run = TaskRun {
+            config: Arc::clone(&self.config),
+            started: self.link.started.clone(),
+            worker,
+            job,
+            token,
+            task,
+            attempt: msg.attempt,
+            gang: msg.spec.gang.max(1),
+            timeout: msg.spec.timeout_secs.map(Duration::from_secs),
+        };
+        let mut progress = None;
+        let fut: std::pin::Pin<Box<dyn std::future::Future<Output = TaskEnd>>> = match msg.spec.kind
+        {
+            JobKind::Command(command) => Box::pin(run.command(command, kill_rx)),
+            JobKind::Workload(workload) => match self.config.workloads.get(&workload.name) {
+                Some(actor) => {
+                    let reporter = ProgressReporter::new();
+                    progress = Some((reporter.clone(), 0));
+                    Box::pin(run.workload(workload, actor.clone(), reporter, kill_rx))
+                }
+                None => {
+                    let error = format!(
+                        "workload {:?} is not registered on this worker",
+                        workload.name
+                    );
+                    Box::pin(async move { TaskEnd::StartFailed { error } })
+                }
+            },
+        };
         self.tasks.insert(
-            msg.token,
+            token,
             Task {
-                job: msg.job,
+                job,
+                task,
                 ttl,
                 fence_at: self_fence_deadline(Instant::now(), ttl, self.config.fence_margin),
                 kill: Some(kill_tx),
+                progress,
             },
         );
-        let config = Arc::clone(&self.config);
-        let (job, token, task, attempt) = (msg.job, msg.token, msg.task, msg.attempt);
-        let timeout = msg.spec.timeout_secs.map(Duration::from_secs);
-        let gang = msg.spec.gang.max(1);
-        let command = match msg.spec.kind {
-            JobKind::Command(c) => Ok(c),
-            JobKind::Workload(w) => Err(format!(
-                "workload {:?} is not registered on this worker",
-                w.name
-            )),
-        };
-        let fut = async move {
-            let command = match command {
-                Ok(c) => c,
-                Err(error) => return TaskEnd::StartFailed { error },
-            };
-            let (out, err) = config.log_paths(job, task);
-            let mut spec = CommandSpec::new(
-                std::iter::once(command.program).chain(command.args),
-                out,
-                err,
-            );
-            spec.env = command.env.into_iter().collect();
-            spec.env.extend([
-                ("CADRE_JOB_ID".to_owned(), job.to_string()),
-                ("CADRE_ATTEMPT".to_owned(), attempt.to_string()),
-                ("CADRE_TASK".to_owned(), task.to_string()),
-                ("CADRE_GANG_SIZE".to_owned(), gang.to_string()),
-            ]);
-            spec.cwd = command.workdir.map(PathBuf::from);
-            // A node killed outright takes its jobs with it instead of leaving them running
-            // unaccounted while the restarted node runs their next attempt.
-            spec.limits.parent_death_signal = Some(libc::SIGKILL);
-            let mut process = match config.launcher.spawn(&spec, &job.to_string()) {
-                Ok(p) => p,
-                Err(error) => {
-                    // The launcher logged and counted it.
-                    return TaskEnd::StartFailed {
-                        error: error.to_string(),
-                    };
-                }
-            };
-            match config.scheduler.send(Started { worker, job, token }).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => {
-                    tracing::warn!(worker = %worker, job = %job, lease = %token, %error,
-                        "scheduler refused the start: the task stops");
-                    return match process.terminate(config.term_grace).await {
-                        Ok(_) => TaskEnd::Killed {
-                            reason: KillReason::LeaseLost,
-                        },
-                        Err(error) => TaskEnd::Error {
-                            error: error.to_string(),
-                        },
-                    };
-                }
-                Err(error) => {
-                    tracing::error!(worker = %worker, job = %job, lease = %token, %error,
-                        "start not delivered to the scheduler; renewals decide the task's fate");
-                    metrics::counter!(m::WORKER_SEND_FAILURES, "msg" => "started").increment(1);
-                }
-            }
-            let waited = {
-                let wait = async {
-                    match timeout {
-                        Some(t) => process.wait_timeout(t, config.term_grace).await,
-                        None => process.wait().await,
-                    }
-                };
-                tokio::pin!(wait);
-                tokio::select! {
-                    report = &mut wait => Waited::Exit(report),
-                    reason = &mut kill_rx => Waited::Kill(reason.unwrap_or(KillReason::LeaseLost)),
-                }
-            };
-            match waited {
-                Waited::Exit(Ok(report)) => report_end(report),
-                Waited::Exit(Err(error)) => TaskEnd::Error {
-                    error: error.to_string(),
-                },
-                Waited::Kill(reason) => match process.terminate(config.term_grace).await {
-                    Ok(report) if report.terminated => TaskEnd::Killed { reason },
-                    // It ended on its own just before the kill: report how.
-                    Ok(report) => report_end(report),
-                    Err(error) => TaskEnd::Error {
-                        error: error.to_string(),
-                    },
-                },
-            }
-        };
         ctx.spawn(fut.into_actor(self).map(move |end, act, ctx| {
             act.tasks.remove(&token);
             if let TaskEnd::Error { error } = &end {
@@ -386,9 +647,9 @@ impl Handler<Assign> for Worker {
                     "lost track of a task's process");
                 metrics::counter!(m::WORKER_ERRORS, "kind" => "wait").increment(1);
             }
-            let scheduler = act.config.scheduler.clone();
+            let finished = act.link.finished.clone();
             ctx.spawn(
-                async move { scheduler.send(Finished { worker, job, token, end }).await }
+                async move { finished.send(Finished { worker, job, token, end }).await }
                     .into_actor(act)
                     .map(move |result, _, _| match result {
                         Ok(Ok(())) => {}

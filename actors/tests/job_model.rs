@@ -43,6 +43,7 @@ fn command(program: &str) -> JobSpec {
         priority: 10,
         max_retries: 3,
         timeout_secs: Some(3600),
+        progress_deadline_secs: None,
         gang: 1,
         labels: BTreeMap::from([("team".into(), "infra".into())]),
     }
@@ -82,6 +83,7 @@ fn every_violated_field_is_named_with_its_reason() {
         priority: 2000,
         max_retries: 1000,
         timeout_secs: Some(0),
+        progress_deadline_secs: None,
         gang: 0,
         labels: BTreeMap::from([("Bad Key".into(), "v".into())]),
     };

@@ -54,6 +54,7 @@ fn spec(name: &str, retries: u32) -> JobSpec {
         priority: 3,
         max_retries: retries,
         timeout_secs: Some(10),
+        progress_deadline_secs: None,
         gang: 1,
         labels: [("team".to_string(), "infra".to_string())].into(),
     }

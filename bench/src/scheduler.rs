@@ -203,6 +203,7 @@ fn noop_spec(i: u64) -> JobSpec {
         priority: 0,
         max_retries: 0,
         timeout_secs: None,
+        progress_deadline_secs: None,
         gang: 1,
         labels: Default::default(),
     }

@@ -37,6 +37,8 @@ pub struct Config {
     pub lease_ttl_ms: u64,
     /// How often workers renew leases and send heartbeats, in milliseconds.
     pub renew_every_ms: u64,
+    /// The base interval of a worker's progress flushes, in milliseconds.
+    pub progress_every_ms: u64,
     /// How long before a lease would lapse a worker kills a task it could not renew, in ms.
     pub fence_margin_ms: u64,
     /// Grace between `SIGTERM` and `SIGKILL` for a stopped task, in milliseconds.
@@ -68,6 +70,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             lease_ttl_ms: 10_000,
             renew_every_ms: 1_000,
+            progress_every_ms: 50,
             fence_margin_ms: 2_000,
             kill_grace_ms: 5_000,
             shutdown_grace_secs: 30,
@@ -217,6 +220,9 @@ impl Config {
                 "fence_margin_ms",
                 "must be below lease_ttl_ms and at least half of renew_every_ms",
             ));
+        }
+        if self.progress_every_ms == 0 {
+            return Err(invalid("progress_every_ms", "must be at least 1"));
         }
         if !(self.phi_threshold.is_finite() && self.phi_threshold > 0.0) {
             return Err(invalid("phi_threshold", "must be a positive number"));

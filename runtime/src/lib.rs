@@ -5,12 +5,14 @@
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod extensions;
 pub mod metrics;
 pub mod node;
 pub mod registry;
 
 pub use config::{Config, Flags, LogFormat};
 pub use error::Error;
+pub use extensions::Extensions;
 pub use node::Node;
 
 /// Installs the log subscriber: readable lines, or JSON objects; `CADRE_LOG` filters

@@ -3,30 +3,38 @@
 //!
 //! ```text
 //! cadre                      one_for_one, 10 restarts in 60 s, then the node stops
+//! ├── callbacks              callback runner: one child per extension callback
 //! ├── scheduler              job store + placer + leases (restarts reopen the journal)
-//! ├── health                 phi-accrual failure detector over worker heartbeats
+//! ├── health                 phi-accrual detector over heartbeats; job progress deadlines
+//! ├── workloads              one child per extension workload kind (each disabled alone
+//! │                          after its restart limit; never escalates)
 //! └── workers                one_for_one
-//!     └── cpu-0              CPU worker: launcher, renewals, self-fencing
+//!     └── cpu-0              worker: launcher, workloads, renewals, progress, self-fencing
 //! ```
 
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use actix::prelude::*;
 use cadre_actors::health::{HealthConfig, HealthMonitor};
+use cadre_actors::protocol::NodeEvent;
 use cadre_actors::sched::{PlacerConfig, WorkerCapacity};
-use cadre_actors::scheduler::{CloseStore, Drain, Scheduler, SchedulerConfig};
+use cadre_actors::scheduler::{
+    CloseStore, Drain, HealthLink, Scheduler, SchedulerConfig, EVENT_CAPACITY,
+};
 use cadre_actors::store::{Store, StoreOptions};
 use cadre_actors::worker::{Worker, WorkerConfig};
 use cadre_cpu::inventory::CpuInventory;
 use cadre_cpu::launcher::Launcher;
 use cadre_cpu::{BackendSetting, IoEngine};
-use cadre_supervisor::{SupervisorRef, SupervisorSpec, WorkerSpec};
+use cadre_supervisor::{CallbackRunner, SupervisorRef, SupervisorSpec, WorkerSpec};
 use tokio::sync::broadcast;
 
 use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::error::Error;
+use crate::extensions::Extensions;
 use crate::registry::NodeRegistry;
 
 /// A running node.
@@ -39,25 +47,28 @@ pub struct Node {
     grace: Duration,
 }
 
+fn data_dir_error(path: &std::path::Path, e: std::io::Error) -> Error {
+    Error::DataDir {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
 impl Node {
-    /// Opens the data directory, starts the tree and both HTTP servers. Must run inside an
-    /// actix `System`.
+    /// Opens the data directory, starts the tree (with `extensions` registered) and both HTTP
+    /// servers. Must run inside an actix `System`.
     pub async fn start(
         config: Config,
         prometheus: Option<crate::metrics::Exporter>,
+        extensions: Extensions,
     ) -> Result<Node, Error> {
+        let workload_names = extensions.workload_names()?;
         cadre_supervisor::install_panic_hook();
         crate::metrics::describe();
         let data_dir = config.data_dir.clone();
-        std::fs::create_dir_all(&data_dir).map_err(|e| Error::DataDir {
-            path: data_dir.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        std::fs::create_dir_all(&data_dir).map_err(|e| data_dir_error(&data_dir, e))?;
         let log_dir = data_dir.join("logs");
-        std::fs::create_dir_all(&log_dir).map_err(|e| Error::DataDir {
-            path: log_dir.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        std::fs::create_dir_all(&log_dir).map_err(|e| data_dir_error(&log_dir, e))?;
         let engine = IoEngine::new(BackendSetting::Auto)?;
         let store_options = StoreOptions {
             snapshot_every: config.snapshot_every,
@@ -68,7 +79,8 @@ impl Node {
         let opened = Store::open(&journal_dir, engine.clone(), store_options.clone()).await?;
         tracing::info!(dir = %journal_dir.display(), jobs = opened.1.jobs,
             requeued = opened.1.requeued.len(), failed = opened.1.failed.len(), "journal recovered");
-        let (events, _) = broadcast::channel(4096);
+        let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let (callbacks, callbacks_spec) = CallbackRunner::<NodeEvent>::new();
         let scheduler_config = Arc::new(SchedulerConfig {
             journal_dir,
             engine: engine.clone(),
@@ -77,16 +89,18 @@ impl Node {
             lease_ttl: config.lease_ttl(),
             events: events.clone(),
             handoff: Mutex::new(Some(opened)),
+            callbacks: Some(callbacks.clone()),
+            health: OnceLock::new(),
         });
-        let scheduler_spec = WorkerSpec::new("scheduler", move || {
-            Scheduler::new(Arc::clone(&scheduler_config))
-        })
-        .mailbox_capacity(65_536);
+        let sc = Arc::clone(&scheduler_config);
+        let scheduler_spec = WorkerSpec::new("scheduler", move || Scheduler::new(Arc::clone(&sc)))
+            .mailbox_capacity(65_536);
         let scheduler = scheduler_spec.addr();
 
         let renew_every = Duration::from_millis(config.renew_every_ms);
         let health_config = HealthConfig {
             dead: scheduler.clone().recipient(),
+            stalled: scheduler.clone().recipient(),
             expected_interval: renew_every,
             check_every: renew_every / 2,
             threshold: config.phi_threshold,
@@ -97,6 +111,17 @@ impl Node {
         let health_spec =
             WorkerSpec::new("health", move || HealthMonitor::new(health_config.clone()));
         let health = health_spec.addr();
+        let link = HealthLink {
+            watch: health.clone().recipient(),
+            unwatch: health.clone().recipient(),
+            progressed: health.clone().recipient(),
+        };
+        if scheduler_config.health.set(link).is_err() {
+            return Err(Error::Config {
+                field: "tree".to_owned(),
+                reason: "the scheduler's health link was set twice".to_owned(),
+            });
+        }
 
         let inventory = CpuInventory::read()?;
         let capacity = WorkerCapacity {
@@ -110,14 +135,29 @@ impl Node {
         };
         tracing::info!(cpu_millis = capacity.cpu_millis, memory_bytes = capacity.memory_bytes,
             "no GPU support in this build: the worker offers 0 GPUs and GPU jobs wait with a reason");
+        let Extensions {
+            workloads: workload_specs,
+            callbacks: callback_specs,
+        } = extensions;
+        let mut workloads = BTreeMap::new();
+        // Each workload has its own restart limit; the group never escalates to the node.
+        let mut workloads_sup =
+            SupervisorSpec::one_for_one().intensity(u32::MAX, Duration::from_secs(1));
+        for (name, spec, recipient) in workload_specs {
+            workloads.insert(name, recipient);
+            workloads_sup = workloads_sup.child(spec);
+        }
+        let link_addr = scheduler.clone();
         let worker_config = Arc::new(WorkerConfig {
             name: "cpu-0".to_owned(),
             capacity,
             launcher: Launcher::new(engine.clone()),
             log_dir: log_dir.clone(),
-            scheduler: scheduler.clone(),
+            resolve: Arc::new(move || Scheduler::link(&link_addr, "cadre/scheduler")),
             health: Some(health.recipient()),
+            workloads,
             renew_every,
+            progress_every: Duration::from_millis(config.progress_every_ms),
             fence_margin: Duration::from_millis(config.fence_margin_ms),
             term_grace: Duration::from_millis(config.kill_grace_ms),
         });
@@ -129,11 +169,16 @@ impl Node {
             .into_child("workers");
         let root = SupervisorSpec::one_for_one()
             .intensity(10, Duration::from_secs(60))
+            .child(callbacks_spec.into_child("callbacks"))
             .child(scheduler_spec)
             .child(health_spec)
+            .child(workloads_sup.into_child("workloads"))
             .child(workers)
             .start("cadre")
             .await?;
+        for spec in callback_specs {
+            callbacks.register(spec).await?;
+        }
         let journal = root.journal().ok_or_else(|| Error::Config {
             field: "tree".to_owned(),
             reason: "the root supervisor has no failure journal".to_owned(),
@@ -141,7 +186,7 @@ impl Node {
 
         let state = ApiState {
             scheduler: scheduler.clone(),
-            registry: Arc::new(NodeRegistry::from_env()),
+            registry: Arc::new(NodeRegistry::from_env().with_workloads(workload_names)),
             limits: cadre_actors::Limits::default(),
             failures: journal,
             events,

@@ -34,9 +34,9 @@ impl NodeRegistry {
         }
     }
 
-    /// Adds a workload name.
-    pub fn with_workload(mut self, name: impl Into<String>) -> NodeRegistry {
-        self.workloads.insert(name.into());
+    /// Adds workload names.
+    pub fn with_workloads(mut self, names: impl IntoIterator<Item = String>) -> NodeRegistry {
+        self.workloads.extend(names);
         self
     }
 }

@@ -1,0 +1,234 @@
+//! The `cadre` command line: `cadre serve` runs a node; the other subcommands are the client of
+//! its HTTP API; `cadre demo` shows a supervision tree at work. [`main`] is the whole program, so
+//! a node with extensions is a `main` that calls `cadre::app::main(extensions)`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use cadre_runtime::{Config, Extensions, Flags, LogFormat, Node};
+
+use crate::cli::{CliError, Client, Output, SubmitArgs};
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cadre",
+    version,
+    about = "a supervised actor runtime for running jobs on CPU and GPU machines"
+)]
+struct Cli {
+    /// The node's API, for client commands.
+    #[arg(
+        long,
+        global = true,
+        env = "CADRE_API",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    api: String,
+    /// Output format of client commands.
+    #[arg(
+        short = 'o',
+        long = "output",
+        global = true,
+        value_enum,
+        default_value = "text"
+    )]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node: scheduler, worker, API and metrics.
+    Serve {
+        /// A TOML config file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Data directory (journal and job logs).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// API address.
+        #[arg(long)]
+        api_addr: Option<SocketAddr>,
+        /// Prometheus endpoint address.
+        #[arg(long)]
+        metrics_addr: Option<SocketAddr>,
+        /// Log format.
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormatArg>,
+    },
+    /// Submit a job; prints its id.
+    Submit(SubmitArgs),
+    /// Show one job.
+    Status {
+        /// The job's id.
+        id: u64,
+    },
+    /// List jobs.
+    List {
+        /// Only jobs in this state.
+        #[arg(long)]
+        state: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Only jobs after this id.
+        #[arg(long)]
+        after: Option<u64>,
+    },
+    /// Cancel a job.
+    Cancel {
+        /// The job's id.
+        id: u64,
+    },
+    /// Print a job's output.
+    Logs {
+        /// Follow until the job ends.
+        #[arg(short, long)]
+        follow: bool,
+        /// stderr instead of stdout.
+        #[arg(long)]
+        stderr: bool,
+        /// The job's id.
+        id: u64,
+    },
+    /// Stream job state changes.
+    Watch {
+        /// Only this job.
+        id: Option<u64>,
+    },
+    /// The supervision tree's failure journal.
+    Failures,
+    /// Workers and capacity.
+    Nodes,
+    /// A live supervision tree demo.
+    Demo {
+        /// Stop after this many seconds.
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
+}
+
+fn serve(flags: Flags, extensions: Extensions) -> ExitCode {
+    let config = match Config::load(&flags, &|k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    cadre_runtime::init_tracing(config.log_format);
+    let exporter = match cadre_runtime::metrics::install() {
+        Ok(e) => Some(e),
+        Err(error) => {
+            tracing::error!(%error, "metrics exporter not installed; /metrics answers 503");
+            None
+        }
+    };
+    let result = actix::System::new().block_on(async move {
+        let node = Node::start(config, exporter, extensions).await?;
+        node.run().await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "cadre node failed");
+            eprintln!("error: {error}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn demo(seconds: Option<u64>) -> ExitCode {
+    cadre_runtime::init_tracing(LogFormat::Text);
+    let duration = seconds.filter(|s| *s > 0).map(Duration::from_secs);
+    match actix::System::new().block_on(crate::demo::run(duration)) {
+        Ok(records) => {
+            println!("failure journal ({} entries):", records.len());
+            for r in records {
+                println!(
+                    "  #{} {} kind={} restart_count={} reason={:?}{}",
+                    r.seq,
+                    r.path,
+                    r.kind,
+                    r.restart_count,
+                    r.message,
+                    r.context
+                        .map_or_else(String::new, |c| format!(" context={c}"))
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            tracing::error!(%error, "demo failed");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Parses the command line and runs it; `extensions` are registered when it serves.
+pub fn main(extensions: Extensions) -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            if let Err(print) = e.print() {
+                eprintln!("error: {print}");
+            }
+            return ExitCode::from(code);
+        }
+    };
+    let client = Client::new(&cli.api, cli.output);
+    let result: Result<(), CliError> = match cli.command {
+        Command::Serve {
+            config,
+            data_dir,
+            api_addr,
+            metrics_addr,
+            log_format,
+        } => {
+            return serve(
+                Flags {
+                    config,
+                    data_dir,
+                    api_addr,
+                    metrics_addr,
+                    log_format: log_format.map(|f| match f {
+                        LogFormatArg::Text => LogFormat::Text,
+                        LogFormatArg::Json => LogFormat::Json,
+                    }),
+                },
+                extensions,
+            )
+        }
+        Command::Demo { seconds } => return demo(seconds),
+        Command::Submit(args) => client.submit(args),
+        Command::Status { id } => client.status(id),
+        Command::List {
+            state,
+            limit,
+            after,
+        } => client.list(state.as_deref(), limit, after),
+        Command::Cancel { id } => client.cancel(id),
+        Command::Logs { follow, stderr, id } => client.logs(id, follow, stderr),
+        Command::Watch { id } => client.watch(id),
+        Command::Failures => client.failures(),
+        Command::Nodes => client.nodes(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", e.message);
+            ExitCode::from(e.code)
+        }
+    }
+}
