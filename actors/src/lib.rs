@@ -6,6 +6,7 @@
 //! lease manager, workers, health monitor, progress and store actors join it with the
 //! single-node runtime.
 
+pub mod backpressure;
 pub mod error;
 pub mod health;
 pub mod ids;

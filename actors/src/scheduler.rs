@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, oneshot};
 use tokio::time::Instant;
 
+use crate::backpressure::Hysteresis;
 use crate::error::Error;
 use crate::ids::{FencingToken, WorkerId};
 use crate::job::{JobId, JobSpec, JobState};
@@ -110,51 +111,7 @@ struct Core {
     expiry: Option<(Instant, SpawnHandle)>,
     draining: bool,
     drained: Vec<oneshot::Sender<()>>,
-    pressure: Pressure,
-}
-
-/// Back-pressure on progress flushes, with hysteresis: the level rises at once with the load
-/// and falls one step only after the load has stayed under the current level's bound for
-/// [`Pressure::CALM`].
-struct Pressure {
-    level: Backpressure,
-    calm_since: Option<Instant>,
-}
-
-impl Pressure {
-    const CALM: Duration = Duration::from_secs(1);
-
-    /// The level a load (0.0 ..= 1.0 and beyond) calls for.
-    fn target(load: f64) -> Backpressure {
-        if load >= 0.75 {
-            Backpressure::Reject
-        } else if load >= 0.5 {
-            Backpressure::Batch
-        } else if load >= 0.25 {
-            Backpressure::Throttle
-        } else {
-            Backpressure::None
-        }
-    }
-
-    fn update(&mut self, load: f64, now: Instant) -> Backpressure {
-        let target = Self::target(load);
-        if target >= self.level {
-            self.level = target;
-            self.calm_since = None;
-        } else {
-            let since = *self.calm_since.get_or_insert(now);
-            if now.saturating_duration_since(since) >= Self::CALM {
-                self.level = match self.level {
-                    Backpressure::Reject => Backpressure::Batch,
-                    Backpressure::Batch => Backpressure::Throttle,
-                    _ => Backpressure::None,
-                };
-                self.calm_since = None;
-            }
-        }
-        self.level
-    }
+    pressure: Hysteresis,
 }
 
 struct WorkerEntry {
@@ -241,10 +198,7 @@ impl Scheduler {
             expiry: None,
             draining: false,
             drained: Vec::new(),
-            pressure: Pressure {
-                level: Backpressure::None,
-                calm_since: None,
-            },
+            pressure: Hysteresis::new(),
         });
         metrics::gauge!(m::JOBS_RUNNING).set(0.0);
         metrics::gauge!(m::WORKERS).set(0.0);

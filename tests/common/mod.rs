@@ -41,9 +41,21 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// An example node binary (built by `cargo test`, which builds examples).
+pub fn example(name: &str) -> PathBuf {
+    let path = Path::new(BIN).parent().unwrap().join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run the tests with `cargo test --all-targets`",
+        path.display()
+    );
+    path
+}
+
 /// A running `cadre serve`.
 pub struct Server {
     pub child: Option<Child>,
+    bin: PathBuf,
     pub api: String,
     pub metrics: String,
     pub data_dir: PathBuf,
@@ -56,8 +68,14 @@ pub struct Server {
 impl Server {
     /// Starts a node in `dir/data` with extra environment `env` and waits until it is ready.
     pub fn start(dir: &Path, env: &[(&str, &str)]) -> Server {
+        Server::start_bin(Path::new(BIN), dir, env)
+    }
+
+    /// Starts `bin serve` (a node binary with extensions).
+    pub fn start_bin(bin: &Path, dir: &Path, env: &[(&str, &str)]) -> Server {
         let mut server = Server {
             child: None,
+            bin: bin.to_path_buf(),
             api: String::new(),
             metrics: String::new(),
             data_dir: dir.join("data"),
@@ -82,7 +100,7 @@ impl Server {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(&self.bin);
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(&self.data_dir)
