@@ -2,6 +2,8 @@
 //! workload (checksum through the I/O engine, with progress) and callbacks (a line per finished
 //! job; one that panics).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::time::Duration;
