@@ -265,11 +265,19 @@ fn kill_9_loses_nothing_accepted_and_requeues_running_jobs() {
         .unwrap();
     let queued: Vec<u64> = (0..20).map(|_| node.submit(&[], &["/bin/true"])).collect();
     node.kill9();
-    // The job's process died with the node (parent-death signal), so nothing runs unaccounted.
+    // The job's process outlives a node killed outright (it has its own process group) ...
+    assert!(
+        alive(old_pid),
+        "the old attempt runs until the node comes back"
+    );
+    node.spawn();
+    // ... and the restarted node kills it (its process ledger) before running anything.
     wait_for("old attempt gone", Duration::from_secs(5), || {
         !alive(old_pid)
     });
-    node.spawn();
+    assert!(node
+        .log_text()
+        .contains("left running by the previous node"));
     let job = node.job(running);
     assert!(
         matches!(job["state"].as_str(), Some("queued" | "leased" | "running")),

@@ -540,14 +540,18 @@ impl Scheduler {
                 lease_ttl: ttl,
             };
             match core.workers.get(&grant.worker) {
-                Some(w) => {
-                    if let Err(error) = w.link.assign.try_send(msg) {
-                        tracing::error!(job = %job, worker = %grant.worker, lease = %token, %error,
-                            "assignment not delivered; the worker is treated as dead");
+                Some(w) => match w.link.assign.try_send(msg) {
+                    Ok(()) => {}
+                    // A full mailbox is a busy worker, not a dead one: the assignment is queued
+                    // past the bound (it is already durable and must reach the worker).
+                    Err(SendError::Full(msg)) => w.link.assign.do_send(msg),
+                    Err(SendError::Closed(_)) => {
+                        tracing::error!(job = %job, worker = %grant.worker, lease = %token,
+                            "assignment not delivered: the worker's mailbox is closed; it is treated as dead");
                         metrics::counter!(m::WORKER_SEND_FAILURES, "msg" => "assign").increment(1);
                         unreachable.push(grant.worker);
                     }
-                }
+                },
                 None => unreachable.push(grant.worker),
             }
         }
@@ -568,14 +572,19 @@ impl Scheduler {
                 continue;
             }
             if let Some(w) = core.workers.get(&grant.worker) {
-                if let Err(error) = w.link.kill.try_send(Kill {
+                let kill = Kill {
                     job,
                     token: *token,
                     reason,
-                }) {
-                    tracing::error!(job = %job, worker = %grant.worker, lease = %token, %error,
-                        "kill not delivered; the lease runs out instead");
-                    metrics::counter!(m::WORKER_SEND_FAILURES, "msg" => "kill").increment(1);
+                };
+                match w.link.kill.try_send(kill) {
+                    Ok(()) => {}
+                    Err(SendError::Full(kill)) => w.link.kill.do_send(kill),
+                    Err(SendError::Closed(_)) => {
+                        tracing::error!(job = %job, worker = %grant.worker, lease = %token,
+                            "kill not delivered: the worker's mailbox is closed; the lease runs out instead");
+                        metrics::counter!(m::WORKER_SEND_FAILURES, "msg" => "kill").increment(1);
+                    }
                 }
             }
         }

@@ -23,11 +23,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use actix::prelude::*;
-use cadre_cpu::launcher::{CommandSpec, ExitOutcome, ExitReport, Launcher};
+use cadre_cpu::launcher::{CommandSpec, ExitOutcome, ExitReport, Launcher, RunningProcess};
+use cadre_cpu::ledger::ProcessLedger;
 use cadre_supervisor::SupervisedContext;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -79,9 +80,29 @@ pub struct WorkerConfig {
     /// Grace between `SIGTERM` and `SIGKILL` when a task is stopped (and for a workload to
     /// notice its cancel signal).
     pub term_grace: Duration,
+    /// The record of running process groups, swept when the node starts (see
+    /// [`cadre_cpu::ledger`]); `None` runs without one.
+    pub ledger: Option<Mutex<ProcessLedger>>,
 }
 
 impl WorkerConfig {
+    fn ledger(&self, job: JobId, pgid: i32, record: bool) {
+        let Some(ledger) = &self.ledger else {
+            return;
+        };
+        let mut ledger = ledger.lock().unwrap_or_else(PoisonError::into_inner);
+        let result = if record {
+            ledger.record(pgid)
+        } else {
+            ledger.forget(pgid)
+        };
+        if let Err(error) = result {
+            tracing::error!(job = %job, pgid, %error,
+                "process ledger not updated: a node crash may leave this group running");
+            metrics::counter!(m::WORKER_ERRORS, "kind" => "ledger").increment(1);
+        }
+    }
+
     /// The stdout and stderr log paths of a task.
     pub fn log_paths(&self, job: JobId, task: u32) -> (PathBuf, PathBuf) {
         (
@@ -447,11 +468,7 @@ impl TaskRun {
         }
     }
 
-    async fn command(
-        self,
-        command: CommandJob,
-        mut kill_rx: oneshot::Receiver<KillReason>,
-    ) -> TaskEnd {
+    async fn command(self, command: CommandJob, kill_rx: oneshot::Receiver<KillReason>) -> TaskEnd {
         let config = Arc::clone(&self.config);
         let (out, err) = config.log_paths(self.job, self.task);
         let mut spec = CommandSpec::new(
@@ -467,9 +484,6 @@ impl TaskRun {
             ("CADRE_GANG_SIZE".to_owned(), self.gang.to_string()),
         ]);
         spec.cwd = command.workdir.map(PathBuf::from);
-        // A node killed outright takes its jobs with it instead of leaving them running
-        // unaccounted while the restarted node runs their next attempt.
-        spec.limits.parent_death_signal = Some(libc::SIGKILL);
         let mut process = match config.launcher.spawn(&spec, &self.job.to_string()) {
             Ok(p) => p,
             // The launcher logged and counted it.
@@ -479,6 +493,21 @@ impl TaskRun {
                 }
             }
         };
+        // Recorded so that a node killed outright has this group killed when it starts again,
+        // instead of leaving it running unaccounted beside the job's next attempt.
+        let pgid = process.pgid();
+        config.ledger(self.job, pgid, true);
+        let end = self.supervise(&mut process, kill_rx).await;
+        config.ledger(self.job, pgid, false);
+        end
+    }
+
+    async fn supervise(
+        &self,
+        process: &mut RunningProcess,
+        mut kill_rx: oneshot::Receiver<KillReason>,
+    ) -> TaskEnd {
+        let config = Arc::clone(&self.config);
         if !self.report_start().await {
             return match process.terminate(config.term_grace).await {
                 Ok(_) => TaskEnd::Killed {

@@ -6,6 +6,7 @@
 //! statistics) and `alloc.rs` (the counting global allocator, from the stats_alloc crate).
 
 mod alloc;
+mod e2e;
 mod io;
 mod report;
 mod scheduler;

@@ -14,9 +14,7 @@
 //!   no-op workload specs, up to 64 batches in flight (one record and one journal frame per
 //!   batch, group-committed).
 //!
-//! The end-to-end cases of issue 4 (no-op jobs over the API, `/bin/true` through a worker) need
-//! the service, which does not exist yet: the suite says so on stderr and reports nothing for
-//! them.
+//! - `e2e_noop`, `e2e_true`: a real node over its API (see `e2e.rs`).
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -63,10 +61,6 @@ pub fn run(quick: bool) -> Result<(), BenchError> {
     let report = Reporter::new("scheduler");
     // First, on a fresh heap, so freed memory of other cases does not hide RSS growth.
     queued_memory(&plan, &report)?;
-    eprintln!(
-        "scheduler: end-to-end cases (no-op jobs over the API, /bin/true jobs through a worker) \
-         not run: the service (`cadre serve`) is not built yet"
-    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -84,7 +78,7 @@ pub fn run(quick: bool) -> Result<(), BenchError> {
         store_submit(&plan, &report).await
     })?;
     drop(rt);
-    Ok(())
+    crate::e2e::run(quick, &report)
 }
 
 fn job_shape(rng: &mut SmallRng) -> (Resources, u32) {

@@ -650,6 +650,12 @@ fn fail_capture(job_id: &str, pid: i32, path: &Path, err: CpuError) -> CpuError 
 }
 
 /// Sends `signal` to process group `pgid`. `Ok(false)` when the group no longer exists.
+/// Sends `SIGKILL` to process group `pgid`: `Ok(false)` when no such group exists. Refuses
+/// groups 0 and 1.
+pub(crate) fn kill_group(pgid: i32) -> io::Result<bool> {
+    killpg(pgid, libc::SIGKILL)
+}
+
 #[allow(unsafe_code)]
 fn killpg(pgid: i32, signal: i32) -> io::Result<bool> {
     if pgid <= 1 {

@@ -16,6 +16,7 @@ pub mod error;
 pub mod inventory;
 pub mod journal;
 pub mod launcher;
+pub mod ledger;
 pub mod metrics;
 
 pub use engine::{Backend, BackendSetting, IoBuf, IoEngine, IoFile, OpenMode};

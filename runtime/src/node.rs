@@ -27,6 +27,7 @@ use cadre_actors::store::{Store, StoreOptions};
 use cadre_actors::worker::{Worker, WorkerConfig};
 use cadre_cpu::inventory::CpuInventory;
 use cadre_cpu::launcher::Launcher;
+use cadre_cpu::ledger::ProcessLedger;
 use cadre_cpu::{BackendSetting, IoEngine};
 use cadre_supervisor::{CallbackRunner, SupervisorRef, SupervisorSpec, WorkerSpec};
 use tokio::sync::broadcast;
@@ -109,7 +110,8 @@ impl Node {
             acceptable_pause: renew_every,
         };
         let health_spec =
-            WorkerSpec::new("health", move || HealthMonitor::new(health_config.clone()));
+            WorkerSpec::new("health", move || HealthMonitor::new(health_config.clone()))
+                .mailbox_capacity(65_536);
         let health = health_spec.addr();
         let link = HealthLink {
             watch: health.clone().recipient(),
@@ -147,6 +149,21 @@ impl Node {
             workloads.insert(name, recipient);
             workloads_sup = workloads_sup.child(spec);
         }
+        let ledger_path = data_dir.join("cpu-0.processes");
+        let ledger = match ProcessLedger::open(&ledger_path) {
+            Ok((ledger, sweep)) => {
+                if !sweep.killed.is_empty() {
+                    tracing::warn!(killed = sweep.killed.len(), groups = ?sweep.killed,
+                        "killed job processes left running by the previous node");
+                }
+                Some(Mutex::new(ledger))
+            }
+            Err(error) => {
+                tracing::error!(path = %ledger_path.display(), %error,
+                    "process ledger unavailable: processes of a crashed node are not swept");
+                None
+            }
+        };
         let link_addr = scheduler.clone();
         let worker_config = Arc::new(WorkerConfig {
             name: "cpu-0".to_owned(),
@@ -160,9 +177,11 @@ impl Node {
             progress_every: Duration::from_millis(config.progress_every_ms),
             fence_margin: Duration::from_millis(config.fence_margin_ms),
             term_grace: Duration::from_millis(config.kill_grace_ms),
+            ledger,
         });
         let wc = Arc::clone(&worker_config);
-        let worker_spec = WorkerSpec::new("cpu-0", move || Worker::new(Arc::clone(&wc)));
+        let worker_spec =
+            WorkerSpec::new("cpu-0", move || Worker::new(Arc::clone(&wc))).mailbox_capacity(65_536);
         let workers = SupervisorSpec::one_for_one()
             .intensity(10, Duration::from_secs(60))
             .child(worker_spec)

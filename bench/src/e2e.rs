@@ -1,0 +1,306 @@
+//! The end-to-end cases of the `scheduler` suite: a real node (the runtime's `Node`, with a
+//! `noop` workload registered) in this process on free ports, driven over its HTTP API.
+//!
+//! - `e2e_noop`: no-op workload jobs, batch-submitted (1,000 per request) by 4 client threads,
+//!   each accepted durably, placed, leased, run on the worker and ended durably; the rate is jobs
+//!   ended per second from the first request until the node reports nothing queued or running
+//!   (target >= 100,000 jobs/s).
+//! - `e2e_true`: `/bin/true` command jobs (0.1 CPU each, so about ten per core run at once)
+//!   through the same path, against the launcher spawning and reaping `/bin/true` directly with
+//!   the same concurrency, log files and filesystem, in alternating rounds of the same run;
+//!   medians (targets >= 1,000 jobs/s and a ratio >= 0.8).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use cadre_actors::workload::{Run, WorkloadError};
+use cadre_cpu::launcher::{CommandSpec, Launcher};
+use cadre_cpu::{BackendSetting, IoEngine};
+use cadre_runtime::{Config, Extensions, Node};
+use cadre_supervisor::SupervisedContext;
+use serde_json::{json, Value};
+
+use crate::report::Reporter;
+use crate::BenchError;
+
+/// A workload that does nothing.
+struct Noop;
+
+impl Actor for Noop {
+    type Context = SupervisedContext<Self>;
+}
+
+impl Handler<Run> for Noop {
+    type Result = Result<Value, WorkloadError>;
+
+    fn handle(&mut self, _: Run, _: &mut Self::Context) -> Self::Result {
+        Ok(Value::Null)
+    }
+}
+
+fn check(what: impl Into<String>) -> BenchError {
+    BenchError::Check(what.into())
+}
+
+fn free_port() -> Result<u16, BenchError> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A node running on its own thread; stopped (drained, journal flushed) on `stop`.
+struct RunningNode {
+    api: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+}
+
+impl RunningNode {
+    fn start(dir: &Path, cpu_millis: u64) -> Result<RunningNode, BenchError> {
+        let api_port = free_port()?;
+        let metrics_port = free_port()?;
+        let config = Config {
+            data_dir: dir.to_path_buf(),
+            api_addr: ([127, 0, 0, 1], api_port).into(),
+            metrics_addr: ([127, 0, 0, 1], metrics_port).into(),
+            worker_cpu_millis: Some(cpu_millis),
+            shutdown_grace_secs: 5,
+            api_threads: 2,
+            ..Config::default()
+        };
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        let thread = std::thread::spawn(move || {
+            let system = actix::System::new();
+            system.block_on(async move {
+                let extensions = Extensions::new().workload("noop", || Noop);
+                let node = match Node::start(config, None, extensions).await {
+                    Ok(node) => node,
+                    Err(e) => {
+                        let message = e.to_string();
+                        if ready_tx.send(Err(message.clone())).is_err() {
+                            eprintln!("scheduler: node failed to start: {message}");
+                        }
+                        return Err(message);
+                    }
+                };
+                if ready_tx.send(Ok(())).is_err() {
+                    eprintln!("scheduler: bench left before the node started");
+                }
+                if stop_rx.await.is_err() {
+                    eprintln!("scheduler: bench dropped the node's stop signal");
+                }
+                node.shutdown().await.map_err(|e| e.to_string())
+            })
+        });
+        match ready_rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(check(format!("node start: {e}"))),
+            Err(e) => return Err(check(format!("node start: {e}"))),
+        }
+        Ok(RunningNode {
+            api: format!("http://127.0.0.1:{api_port}"),
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    fn stop(mut self) -> Result<(), BenchError> {
+        if let Some(stop) = self.stop.take() {
+            if stop.send(()).is_err() {
+                return Err(check("node thread ended early"));
+            }
+        }
+        match self.thread.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(Ok(()))) | None => Ok(()),
+            Some(Ok(Err(e))) => Err(check(format!("node stop: {e}"))),
+            Some(Err(_)) => Err(check("node thread panicked")),
+        }
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(120)))
+        .build()
+        .into()
+}
+
+fn get(agent: &ureq::Agent, url: &str) -> Result<Value, BenchError> {
+    let mut r = agent
+        .get(url)
+        .call()
+        .map_err(|e| check(format!("GET {url}: {e}")))?;
+    r.body_mut()
+        .read_json()
+        .map_err(|e| check(format!("GET {url}: {e}")))
+}
+
+/// Submits `batches` batches of `per_batch` copies of `spec` from `clients` threads, then waits
+/// until nothing is queued or running; returns the seconds from the first request to then.
+fn drive(
+    api: &str,
+    spec: &Value,
+    batches: usize,
+    per_batch: usize,
+    clients: usize,
+) -> Result<f64, BenchError> {
+    let body = json!({ "jobs": vec![spec.clone(); per_batch] });
+    let body = serde_json::to_vec(&body).map_err(|e| check(e.to_string()))?;
+    let started = Instant::now();
+    let threads: Vec<std::thread::JoinHandle<Result<u64, String>>> = (0..clients)
+        .map(|c| {
+            let api = api.to_owned();
+            let body = body.clone();
+            let mine = batches / clients + usize::from(c < batches % clients);
+            std::thread::spawn(move || {
+                let agent = agent();
+                let mut accepted = 0u64;
+                for _ in 0..mine {
+                    let mut r = agent
+                        .post(format!("{api}/v1/jobs"))
+                        .header("content-type", "application/json")
+                        .send(&body[..])
+                        .map_err(|e| e.to_string())?;
+                    let status = r.status().as_u16();
+                    let v: Value = r.body_mut().read_json().map_err(|e| e.to_string())?;
+                    if status != 201 {
+                        return Err(format!("submit answered {status}: {v}"));
+                    }
+                    accepted += v["ids"].as_array().map_or(0, Vec::len) as u64;
+                }
+                Ok(accepted)
+            })
+        })
+        .collect();
+    let mut accepted = 0;
+    for t in threads {
+        accepted += t
+            .join()
+            .map_err(|_| check("client thread panicked"))?
+            .map_err(check)?;
+    }
+    if accepted != (batches * per_batch) as u64 {
+        return Err(check(format!(
+            "{accepted} jobs accepted of {}",
+            batches * per_batch
+        )));
+    }
+    let agent = agent();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let nodes = get(&agent, &format!("{api}/v1/nodes"))?;
+        if nodes["queued"] == 0 && nodes["running"] == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(check(format!("jobs still pending after 600 s: {nodes}")));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let failed = get(&agent, &format!("{api}/v1/jobs?state=failed&limit=1"))?;
+    if failed["jobs"].as_array().is_some_and(|j| !j.is_empty()) {
+        return Err(check(format!("a job failed: {failed}")));
+    }
+    Ok(secs)
+}
+
+/// The launcher alone: `n` `/bin/true` processes, `concurrency` at a time, spawned and reaped
+/// with their output captured, as the worker does.
+fn bare_spawns(dir: &Path, n: usize, concurrency: usize) -> Result<f64, BenchError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let launcher = Launcher::new(IoEngine::new(BackendSetting::Auto)?);
+        let started = Instant::now();
+        let mut running = Vec::with_capacity(concurrency);
+        for i in 0..n {
+            let spec = CommandSpec::new(
+                ["/bin/true"],
+                dir.join(format!("{i}.out")),
+                dir.join(format!("{i}.err")),
+            );
+            running.push(launcher.spawn(&spec, &i.to_string())?);
+            if running.len() == concurrency {
+                for mut p in running.drain(..) {
+                    p.wait().await?;
+                }
+            }
+        }
+        for mut p in running {
+            p.wait().await?;
+        }
+        Ok::<f64, BenchError>(n as f64 / started.elapsed().as_secs_f64())
+    })
+}
+
+fn scratch(name: &str) -> Result<PathBuf, BenchError> {
+    let dir = std::env::temp_dir().join(format!("cadre-bench-e2e-{name}-{}", std::process::id()));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn cleanup(dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        eprintln!("scheduler: leaving {}: {e}", dir.display());
+    }
+}
+
+/// Runs both end-to-end cases.
+pub fn run(quick: bool, report: &Reporter) -> Result<(), BenchError> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    // No-op workloads.
+    let dir = scratch("noop")?;
+    let node = RunningNode::start(&dir, cores * 1000)?;
+    let noop = json!({"name": "noop", "kind": {"workload": {"name": "noop", "params": null}}});
+    let warm = drive(&node.api, &noop, 2, 1_000, 2)?;
+    eprintln!("scheduler: e2e warm-up: 2,000 no-op jobs in {warm:.2} s");
+    let batches = if quick { 20 } else { 200 };
+    let secs = drive(&node.api, &noop, batches, 1_000, 4)?;
+    node.stop()?;
+    cleanup(&dir);
+    report.emit(
+        "e2e_noop",
+        "api_batch_1000",
+        "jobs_per_sec",
+        (batches * 1_000) as f64 / secs,
+        "job/s",
+    )?;
+
+    // /bin/true through the node against the bare launcher, same concurrency, same
+    // filesystem, rounds alternating so both meet the same disk and page-cache state.
+    let dir = scratch("true")?;
+    let concurrency = (cores * 10) as usize;
+    let (n, rounds) = if quick { (300, 1) } else { (2_000, 3) };
+    let node = RunningNode::start(&dir.join("node"), cores * 1000)?;
+    let spec = json!({"name": "true", "kind": {"command": {"program": "/bin/true"}}, "resources": {"cpu_millis": 100}});
+    let mut bare = Vec::new();
+    let mut cadre = Vec::new();
+    for round in 0..rounds {
+        let bare_dir = dir.join(format!("bare-{round}"));
+        std::fs::create_dir_all(&bare_dir)?;
+        bare.push(bare_spawns(&bare_dir, n, concurrency)?);
+        let secs = drive(&node.api, &spec, n / 100, 100, 2)?;
+        cadre.push(n as f64 / secs);
+    }
+    node.stop()?;
+    cleanup(&dir);
+    let bare = crate::report::median(&bare);
+    let rate = crate::report::median(&cadre);
+    report.emit("e2e_true", "launcher_bare", "jobs_per_sec", bare, "job/s")?;
+    report.emit("e2e_true", "cadre_api", "jobs_per_sec", rate, "job/s")?;
+    report.emit(
+        "e2e_true",
+        "cadre_vs_bare",
+        "rate_ratio",
+        rate / bare,
+        "ratio",
+    )?;
+    Ok(())
+}

@@ -1,0 +1,99 @@
+//! The process ledger: a group recorded by a previous instance is killed when the ledger is
+//! opened again, a reaped one is not, and a pid now held by a different process (another start
+//! time) is never signalled.
+
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use cadre_cpu::ledger::{process_start_time, ProcessLedger};
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("cadre-ledger-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn sleeper() -> Child {
+    Command::new("sleep")
+        .arg("60")
+        .process_group(0)
+        .spawn()
+        .unwrap()
+}
+
+fn exited_by_signal(child: &mut Child) -> Option<i32> {
+    use std::os::unix::process::ExitStatusExt;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.signal();
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn leftover_groups_are_killed_on_open_and_reaped_ones_are_not() {
+    let dir = scratch("sweep");
+    let path = dir.join("ledger");
+    let (mut ledger, sweep) = ProcessLedger::open(&path).unwrap();
+    assert!(sweep.killed.is_empty());
+    let mut left = sleeper();
+    let mut reaped = sleeper();
+    ledger.record(left.id() as i32).unwrap();
+    ledger.record(reaped.id() as i32).unwrap();
+    ledger.forget(reaped.id() as i32).unwrap();
+    drop(ledger); // the "node" dies here
+    let (_ledger, sweep) = ProcessLedger::open(&path).unwrap();
+    assert_eq!(sweep.killed, vec![left.id() as i32]);
+    assert_eq!(exited_by_signal(&mut left), Some(9));
+    assert!(
+        reaped.try_wait().unwrap().is_none(),
+        "a forgotten group is left alone"
+    );
+    reaped.kill().unwrap();
+    reaped.wait().unwrap();
+    // The file starts afresh: opening again finds nothing.
+    let (_ledger, sweep) = ProcessLedger::open(&path).unwrap();
+    assert!(sweep.killed.is_empty());
+    assert_eq!(sweep.gone, 0);
+}
+
+#[test]
+fn a_reused_pid_with_another_start_time_is_not_killed() {
+    let dir = scratch("reuse");
+    let path = dir.join("ledger");
+    let mut child = sleeper();
+    let pid = child.id() as i32;
+    let start = process_start_time(pid).unwrap().unwrap();
+    // As if an older process with this pid had been recorded.
+    std::fs::write(&path, format!("+ {pid} {}\n+ 999999999 1\n", start - 1)).unwrap();
+    let (_ledger, sweep) = ProcessLedger::open(&path).unwrap();
+    assert!(sweep.killed.is_empty());
+    assert_eq!(sweep.gone, 2);
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the unrelated process still runs"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(process_start_time(999_999_999).unwrap(), None);
+}
+
+#[test]
+fn a_torn_or_garbled_ledger_is_read_as_far_as_it_makes_sense() {
+    let dir = scratch("torn");
+    let path = dir.join("ledger");
+    let mut child = sleeper();
+    let pid = child.id() as i32;
+    let start = process_start_time(pid).unwrap().unwrap();
+    std::fs::write(&path, format!("garbage\n+ {pid} {start}\n+ 12").as_bytes()).unwrap();
+    let (_ledger, sweep) = ProcessLedger::open(&path).unwrap();
+    assert_eq!(sweep.killed, vec![pid]);
+    assert_eq!(exited_by_signal(&mut child), Some(9));
+}
