@@ -2,6 +2,8 @@
 //! opened again, a reaped one is not, and a pid now held by a different process (another start
 //! time) is never signalled.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
