@@ -97,6 +97,55 @@ pub struct HealthLink {
 pub struct Scheduler {
     config: Arc<SchedulerConfig>,
     core: Option<Core>,
+    /// Records waiting to be durable, in journal order, each with what to do once it is.
+    durables: VecDeque<(Durable, AfterDurable)>,
+    /// Whether the one future that drains `durables` is spawned.
+    draining_durables: bool,
+}
+
+type AfterDurable = Box<dyn FnOnce(&mut Scheduler, &mut Ctx)>;
+
+/// Awaits the records in `Scheduler::durables` in order, running each one's continuation.
+/// The journal makes records durable in the order they were queued, so awaiting the oldest
+/// first loses nothing, and one future (polled only for the oldest record) replaces one
+/// spawned future per record, which the actor's context would poll all of on every wake.
+struct DrainDurables;
+
+impl actix::fut::ActorFuture<Scheduler> for DrainDurables {
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        act: &mut Scheduler,
+        ctx: &mut Ctx,
+        task: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        use std::task::Poll;
+        loop {
+            let Some((front, _)) = act.durables.front_mut() else {
+                act.draining_durables = false;
+                return Poll::Ready(());
+            };
+            let result = match front.as_mut().poll(task) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(result) => result,
+            };
+            let Some((_, then)) = act.durables.pop_front() else {
+                continue;
+            };
+            match result {
+                Ok(()) => then(act, ctx),
+                Err(error) => {
+                    tracing::error!(%error, path = ctx.path(),
+                        "a job record did not become durable; the scheduler restarts to recover");
+                    ctx.fail(format!("journal write failed: {error}"));
+                    act.durables.clear();
+                    act.draining_durables = false;
+                    return Poll::Ready(());
+                }
+            }
+        }
+    }
 }
 
 struct Core {
@@ -131,6 +180,8 @@ struct Active {
     cancel: bool,
     lost: Option<String>,
     result: Option<serde_json::Value>,
+    /// The health monitor watches its tasks' progress (the job has a progress deadline).
+    watched: bool,
 }
 
 fn now_ms() -> u64 {
@@ -157,7 +208,12 @@ fn refuse(op: &'static str, reason: &'static str) {
 impl Scheduler {
     /// A scheduler that opens (or takes over) its store when it starts.
     pub fn new(config: Arc<SchedulerConfig>) -> Scheduler {
-        Scheduler { config, core: None }
+        Scheduler {
+            config,
+            core: None,
+            durables: VecDeque::new(),
+            draining_durables: false,
+        }
     }
 
     fn core(&mut self) -> Result<&mut Core, Error> {
@@ -323,16 +379,11 @@ impl Scheduler {
         durable: Durable,
         then: impl FnOnce(&mut Scheduler, &mut Ctx) + 'static,
     ) {
-        ctx.spawn(actix::fut::wrap_future::<_, Self>(durable).map(
-            |result, act, ctx| match result {
-                Ok(()) => then(act, ctx),
-                Err(error) => {
-                    tracing::error!(%error, path = ctx.path(),
-                        "a job record did not become durable; the scheduler restarts to recover");
-                    ctx.fail(format!("journal write failed: {error}"));
-                }
-            },
-        ));
+        self.durables.push_back((durable, Box::new(then)));
+        if !self.draining_durables {
+            self.draining_durables = true;
+            ctx.spawn(DrainDurables);
+        }
     }
 
     fn emit(&self, job: JobId, state: JobState, attempt: u32) {
@@ -439,6 +490,7 @@ impl Scheduler {
                     cancel: false,
                     lost: None,
                     result: None,
+                    watched: false,
                 },
             );
             metrics::gauge!(m::JOBS_RUNNING).set(core.active.len() as f64);
@@ -656,7 +708,9 @@ impl Scheduler {
         core.placer.release(job);
         let attempt = active.attempt;
         let cancel = active.cancel;
-        self.unwatch(active.tasks.iter().map(|(_, t)| *t));
+        if active.watched {
+            self.unwatch(active.tasks.iter().map(|(_, t)| *t));
+        }
         metrics::counter!(m::JOBS_LOST).increment(1);
         tracing::warn!(job = %job, attempt, %reason, "attempt lost");
         self.commit(
@@ -1211,6 +1265,7 @@ impl Handler<Started> for Scheduler {
                 current: None,
             });
         };
+        active.watched |= deadline.is_some();
         if active.started {
             return Ok(());
         }
@@ -1239,7 +1294,9 @@ impl Handler<Finished> for Scheduler {
         let core = self.core()?;
         core.leases
             .release(msg.job, msg.worker, msg.token, "finished")?;
-        self.unwatch([msg.token]);
+        if core.active.get(&msg.job).is_some_and(|a| a.watched) {
+            self.unwatch([msg.token]);
+        }
         let core = self.core()?;
         let Some(active) = core.active.get_mut(&msg.job) else {
             return Ok(());

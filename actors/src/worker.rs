@@ -130,6 +130,69 @@ struct Task {
     fence_at: Instant,
     kill: Option<oneshot::Sender<KillReason>>,
     progress: Option<(ProgressReporter, u64)>,
+    abort: Option<tokio::task::AbortHandle>,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        for task in self.tasks.values() {
+            if let Some(handle) = &task.abort {
+                handle.abort();
+            }
+        }
+    }
+}
+
+/// A task's end, from its local task back to the worker.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct TaskDone {
+    job: JobId,
+    token: FencingToken,
+    end: TaskEnd,
+}
+
+impl Handler<TaskDone> for Worker {
+    type Result = ();
+
+    fn handle(&mut self, msg: TaskDone, ctx: &mut Ctx) {
+        let TaskDone { job, token, end } = msg;
+        if self.tasks.remove(&token).is_none() {
+            return;
+        }
+        let Some(worker) = self.id else {
+            tracing::debug!(job = %job, lease = %token, "task ended after the worker lost its registration");
+            return;
+        };
+        if let TaskEnd::Error { error } = &end {
+            tracing::error!(worker = %worker, job = %job, lease = %token, %error, path = ctx.path(),
+                "lost track of a task's process");
+            metrics::counter!(m::WORKER_ERRORS, "kind" => "wait").increment(1);
+        }
+        let finished = self.link.finished.clone();
+        actix::spawn(async move {
+            match finished
+                .send(Finished {
+                    worker,
+                    job,
+                    token,
+                    end,
+                })
+                .await
+            {
+                Ok(Ok(())) => {}
+                // A stale token: the scheduler logged and counted the refusal.
+                Ok(Err(error)) => {
+                    tracing::debug!(worker = %worker, job = %job, lease = %token, %error, "end refused")
+                }
+                Err(error) => {
+                    tracing::error!(worker = %worker, job = %job, lease = %token, %error,
+                        "task end not delivered; the lease lapses and the job is retried");
+                    metrics::counter!(m::WORKER_SEND_FAILURES, "msg" => "finished").increment(1);
+                }
+            }
+        });
+    }
 }
 
 struct FlushState {
@@ -667,32 +730,19 @@ impl Handler<Assign> for Worker {
                 fence_at: self_fence_deadline(Instant::now(), ttl, self.config.fence_margin),
                 kill: Some(kill_tx),
                 progress,
+                abort: None,
             },
         );
-        ctx.spawn(fut.into_actor(self).map(move |end, act, ctx| {
-            act.tasks.remove(&token);
-            if let TaskEnd::Error { error } = &end {
-                tracing::error!(worker = %worker, job = %job, lease = %token, %error, path = ctx.path(),
-                    "lost track of a task's process");
-                metrics::counter!(m::WORKER_ERRORS, "kind" => "wait").increment(1);
-            }
-            let finished = act.link.finished.clone();
-            ctx.spawn(
-                async move { finished.send(Finished { worker, job, token, end }).await }
-                    .into_actor(act)
-                    .map(move |result, _, _| match result {
-                        Ok(Ok(())) => {}
-                        // A stale token: the scheduler logged and counted the refusal.
-                        Ok(Err(error)) => {
-                            tracing::debug!(worker = %worker, job = %job, lease = %token, %error, "end refused")
-                        }
-                        Err(error) => {
-                            tracing::error!(worker = %worker, job = %job, lease = %token, %error,
-                                "task end not delivered; the lease lapses and the job is retried");
-                            metrics::counter!(m::WORKER_SEND_FAILURES, "msg" => "finished").increment(1);
-                        }
-                    }),
-            );
-        }));
+        // Each task runs as its own local task, not as a future of this actor's context (the
+        // context would poll every running task on every wake); its end comes back as a
+        // message. Dropping the worker (a restart) aborts them, which kills their processes.
+        let addr = ctx.address();
+        let handle = actix::spawn(async move {
+            let end = fut.await;
+            addr.do_send(TaskDone { job, token, end });
+        });
+        if let Some(task) = self.tasks.get_mut(&token) {
+            task.abort = Some(handle.abort_handle());
+        }
     }
 }

@@ -70,29 +70,31 @@ impl RunningNode {
         };
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
-        let thread = std::thread::spawn(move || {
-            let system = actix::System::new();
-            system.block_on(async move {
-                let extensions = Extensions::new().workload("noop", || Noop);
-                let node = match Node::start(config, None, extensions).await {
-                    Ok(node) => node,
-                    Err(e) => {
-                        let message = e.to_string();
-                        if ready_tx.send(Err(message.clone())).is_err() {
-                            eprintln!("scheduler: node failed to start: {message}");
+        let thread = std::thread::Builder::new()
+            .name("cadre-node".to_owned())
+            .spawn(move || {
+                let system = actix::System::new();
+                system.block_on(async move {
+                    let extensions = Extensions::new().workload("noop", || Noop);
+                    let node = match Node::start(config, None, extensions).await {
+                        Ok(node) => node,
+                        Err(e) => {
+                            let message = e.to_string();
+                            if ready_tx.send(Err(message.clone())).is_err() {
+                                eprintln!("scheduler: node failed to start: {message}");
+                            }
+                            return Err(message);
                         }
-                        return Err(message);
+                    };
+                    if ready_tx.send(Ok(())).is_err() {
+                        eprintln!("scheduler: bench left before the node started");
                     }
-                };
-                if ready_tx.send(Ok(())).is_err() {
-                    eprintln!("scheduler: bench left before the node started");
-                }
-                if stop_rx.await.is_err() {
-                    eprintln!("scheduler: bench dropped the node's stop signal");
-                }
-                node.shutdown().await.map_err(|e| e.to_string())
-            })
-        });
+                    if stop_rx.await.is_err() {
+                        eprintln!("scheduler: bench dropped the node's stop signal");
+                    }
+                    node.shutdown().await.map_err(|e| e.to_string())
+                })
+            })?;
         match ready_rx.recv_timeout(Duration::from_secs(60)) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(check(format!("node start: {e}"))),
@@ -237,6 +239,30 @@ fn bare_spawns(dir: &Path, n: usize, concurrency: usize) -> Result<f64, BenchErr
     })
 }
 
+/// CPU seconds used so far by this process's threads named `name` (from `/proc/self/task`).
+fn thread_cpu_secs(name: &str) -> Result<f64, BenchError> {
+    let ticks = 100.0; // USER_HZ on Linux
+    let mut total = 0u64;
+    for entry in std::fs::read_dir("/proc/self/task")? {
+        let dir = entry?.path();
+        let comm = std::fs::read_to_string(dir.join("comm"))?;
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat"))?;
+        let after = stat.rfind(')').map_or("", |i| &stat[i + 1..]);
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        // utime and stime are fields 14 and 15: indexes 11 and 12 after the command name.
+        for i in [11, 12] {
+            total += fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .ok_or_else(|| check(format!("{}: no CPU times", dir.display())))?;
+        }
+    }
+    Ok(total as f64 / ticks)
+}
+
 fn scratch(name: &str) -> Result<PathBuf, BenchError> {
     let dir = std::env::temp_dir().join(format!("cadre-bench-e2e-{name}-{}", std::process::id()));
     if dir.exists() {
@@ -262,7 +288,9 @@ pub fn run(quick: bool, report: &Reporter) -> Result<(), BenchError> {
     let warm = drive(&node.api, &noop, 2, 1_000, 2)?;
     eprintln!("scheduler: e2e warm-up: 2,000 no-op jobs in {warm:.2} s");
     let batches = if quick { 20 } else { 200 };
+    let cpu_before = thread_cpu_secs("cadre-node")?;
     let secs = drive(&node.api, &noop, batches, 1_000, 4)?;
+    let node_cpu = thread_cpu_secs("cadre-node")? - cpu_before;
     node.stop()?;
     cleanup(&dir);
     report.emit(
@@ -271,6 +299,22 @@ pub fn run(quick: bool, report: &Reporter) -> Result<(), BenchError> {
         "jobs_per_sec",
         (batches * 1_000) as f64 / secs,
         "job/s",
+    )?;
+    // How busy the node's actor thread (scheduler, worker, monitors) was: near 1 means the
+    // actors are the bound, well below 1 means the API or the clients are.
+    report.emit(
+        "e2e_noop",
+        "actor_thread",
+        "busy_share",
+        node_cpu / secs,
+        "ratio",
+    )?;
+    report.emit(
+        "e2e_noop",
+        "actor_thread",
+        "cpu_us_per_job",
+        node_cpu * 1e6 / (batches * 1_000) as f64,
+        "us",
     )?;
 
     // /bin/true through the node against the bare launcher, same concurrency, same

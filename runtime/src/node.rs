@@ -90,7 +90,8 @@ impl Node {
             lease_ttl: config.lease_ttl(),
             events: events.clone(),
             handoff: Mutex::new(Some(opened)),
-            callbacks: Some(callbacks.clone()),
+            // No callback registered: the scheduler skips building their events.
+            callbacks: (!extensions.callbacks.is_empty()).then(|| callbacks.clone()),
             health: OnceLock::new(),
         });
         let sc = Arc::clone(&scheduler_config);
