@@ -340,6 +340,14 @@ impl Client {
                 .map_err(|e| CliError::other(format!("event stream: {e}: {data}")))?;
             if let Some(missed) = v.get("missed") {
                 println!("(fell behind: {missed} events missed)");
+            } else if let Some(fraction) = v["progress"]["fraction"].as_f64() {
+                println!(
+                    "job {:>8}  task {:<3} {}  {}",
+                    v["job"],
+                    v["progress"]["task"],
+                    progress_bar(fraction, 30),
+                    v["progress"]["message"].as_str().unwrap_or("")
+                );
             } else {
                 println!(
                     "job {:>8}  {:<10}  attempt {}",
@@ -401,6 +409,22 @@ impl Client {
         }
         Ok(())
     }
+}
+
+/// `[#########.....]  62%` for a fraction of 0.0 ..= 1.0, `width` marks wide.
+pub fn progress_bar(fraction: f64, width: usize) -> String {
+    let fraction = if fraction.is_finite() {
+        fraction.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let done = (fraction * width as f64).round() as usize;
+    format!(
+        "[{}{}] {:>3.0}%",
+        "#".repeat(done),
+        ".".repeat(width - done),
+        fraction * 100.0
+    )
 }
 
 fn spec_from_args(args: &SubmitArgs) -> Result<JobSpec, CliError> {
