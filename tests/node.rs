@@ -482,10 +482,44 @@ fn nodes_failures_health_and_unknown_routes_answer() {
     let result = agent
         .post(format!("{}/v1/jobs", node.api))
         .send(big.as_bytes());
-    if let Ok(r) = result {
+    if let Ok(mut r) = result {
         assert_eq!(r.status().as_u16(), 413);
+        let body: Value = r.body_mut().read_json().unwrap();
+        assert_eq!(body["field"], "body", "{body}");
     }
     assert_eq!(node.get("/healthz").0, 200);
     let out = node.cli(&["nodes"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("cpu-0"));
+}
+
+#[test]
+fn a_job_file_in_toml_is_submitted_and_json_logs_are_json() {
+    let dir = Scratch::new("file");
+    let node = Server::start(dir.path(), &[("CADRE_LOG_FORMAT", "json")]);
+    let file = dir.path().join("job.toml");
+    std::fs::write(
+        &file,
+        "name = \"from-file\"\npriority = 3\n[kind.command]\nprogram = \"/bin/sh\"\nargs = [\"-c\", \"echo toml\"]\n",
+    )
+    .unwrap();
+    let out = node.cli(&["submit", "--file", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let job = node.wait_state(id, "succeeded", LONG);
+    assert_eq!(job["name"], "from-file");
+    assert_eq!(job["spec"]["priority"], 3);
+    assert_eq!(node.get_text(&format!("/v1/jobs/{id}/logs")), "toml\n");
+    // Every log line the node wrote is a JSON object with a level and fields.
+    let log = node.log_text();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for line in lines {
+        let v: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+    }
 }

@@ -46,6 +46,8 @@ pub struct ApiState {
     pub max_batch_jobs: usize,
     /// Reads job logs.
     pub log_reader: LogReader,
+    /// The largest request body taken, in bytes.
+    pub max_body_bytes: usize,
 }
 
 /// An error body.
@@ -162,8 +164,43 @@ fn parse_spec(value: serde_json::Value, prefix: &str) -> Result<JobSpec, FieldEr
     })
 }
 
-async fn submit(state: web::Data<ApiState>, body: web::Bytes) -> HttpResponse {
+/// Reads a request body of at most `limit` bytes; a larger one is refused with 413 (JSON).
+async fn read_body(
+    route: &'static str,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::BytesMut, HttpResponse> {
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            fail(
+                StatusCode::BAD_REQUEST,
+                route,
+                "invalid body",
+                Some("body"),
+                e.to_string(),
+            )
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(fail(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                route,
+                "body too large",
+                Some("body"),
+                format!("request bodies are limited to {limit} bytes"),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+async fn submit(state: web::Data<ApiState>, payload: web::Payload) -> HttpResponse {
     const ROUTE: &str = "submit";
+    let body = match read_body(ROUTE, payload, state.max_body_bytes).await {
+        Ok(b) => b,
+        Err(response) => return response,
+    };
     let value: serde_json::Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {
@@ -578,6 +615,7 @@ pub fn server(
         App::new()
             .app_data(data.clone())
             .app_data(web::PayloadConfig::new(max_body))
+            .app_data(web::JsonConfig::default().limit(max_body))
             .app_data(web::QueryConfig::default().error_handler(|e, _| {
                 let reason = e.to_string();
                 actix_web::error::InternalError::from_response(

@@ -213,6 +213,7 @@ impl Node {
             worker: worker_config,
             max_batch_jobs: config.max_batch_jobs,
             log_reader: Launcher::new(engine).log_reader(),
+            max_body_bytes: config.max_body_bytes,
         };
         let (api_server, api_handle) = api::server(
             state,
