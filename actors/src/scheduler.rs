@@ -697,15 +697,9 @@ impl Scheduler {
     /// reservation go, and it is queued again or failed (per its retries), durably.
     fn lose(&mut self, ctx: &mut Ctx, job: JobId, reason: String) {
         self.kill_tasks(job, KillReason::LeaseLost, None);
-        let Some(core) = self.core.as_mut() else {
+        let Some(active) = self.take_active(job) else {
             return;
         };
-        let Some(active) = core.active.remove(&job) else {
-            return;
-        };
-        metrics::gauge!(m::JOBS_RUNNING).set(core.active.len() as f64);
-        core.leases.release_job(job);
-        core.placer.release(job);
         let attempt = active.attempt;
         let cancel = active.cancel;
         if active.watched {
@@ -1382,23 +1376,30 @@ fn task_result(end: &TaskEnd, cancelled: bool) -> TaskResult {
 }
 
 impl Scheduler {
-    /// Every task of the attempt has ended: record how the job ended (or that the attempt was
-    /// lost), release its reservation, and place what now fits.
-    fn end_attempt(&mut self, ctx: &mut Ctx, job: JobId) {
-        let Some(core) = self.core.as_mut() else {
-            return;
-        };
-        let Some(active) = core.active.remove(&job) else {
-            return;
-        };
+    /// Ends the attempt's hold on the node: it leaves the active set and gives back its leases
+    /// and its reservation. `None` when the job holds no attempt.
+    fn take_active(&mut self, job: JobId) -> Option<Active> {
+        let core = self.core.as_mut()?;
+        let active = core.active.remove(&job)?;
         metrics::gauge!(m::JOBS_RUNNING).set(core.active.len() as f64);
         core.leases.release_job(job);
         core.placer.release(job);
+        Some(active)
+    }
+
+    /// Every task of the attempt has ended: record how the job ended (or that the attempt was
+    /// lost), release its reservation, and place what now fits.
+    fn end_attempt(&mut self, ctx: &mut Ctx, job: JobId) {
+        let Some(active) = self.take_active(job) else {
+            return;
+        };
         if let Some(reason) = active.lost.clone() {
             // Every task has ended already: nothing is left to stop.
             let mut active = active;
             active.tasks.clear();
-            core.active.insert(job, active);
+            if let Some(core) = self.core.as_mut() {
+                core.active.insert(job, active);
+            }
             self.lose(ctx, job, reason);
             self.wake_drained();
             return;
