@@ -153,6 +153,16 @@ fn a_gang_starts_all_its_tasks_together() {
         .collect();
     tasks.sort();
     assert_eq!(tasks, ["0", "1", "2"]);
+    // A GPU job on a node without GPUs waits, saying why.
+    let id = node.submit(&["--gpus", "1"], &["/bin/true"]);
+    let job = node.job(id);
+    assert_eq!(job["state"], "queued");
+    assert!(
+        job["waiting"]["reason"].as_str().unwrap().contains("GPU"),
+        "{job}"
+    );
+    let text = node.cli(&["status", &id.to_string()]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("unplaceable"));
     // A gang larger than the node can ever hold waits with a reason instead of running partly.
     let id = node.submit(&["--gang", "4"], &["/bin/true"]);
     let job = node.job(id);
@@ -244,7 +254,14 @@ fn concurrent_submissions_never_double_book() {
 #[test]
 fn kill_9_loses_nothing_accepted_and_requeues_running_jobs() {
     let dir = Scratch::new("kill9");
-    let mut node = Server::start(dir.path(), &[("CADRE_WORKER_CPU_MILLIS", "1000")]);
+    // Snapshots every 7 records: the restart reads a snapshot and the records after it.
+    let mut node = Server::start(
+        dir.path(),
+        &[
+            ("CADRE_WORKER_CPU_MILLIS", "1000"),
+            ("CADRE_SNAPSHOT_EVERY", "7"),
+        ],
+    );
     let pidfile = dir.path().join("pid");
     let running = node.submit(
         &["--retries", "1"],
@@ -293,6 +310,11 @@ fn kill_9_loses_nothing_accepted_and_requeues_running_jobs() {
     for id in queued {
         node.wait_state(id, "succeeded", LONG);
     }
+    assert!(node.log_text().contains("job store snapshot written"));
+    assert!(
+        node.log_text().contains("snapshot=true"),
+        "the restart read a snapshot"
+    );
     // New ids continue above the old ones.
     let next = node.submit(&[], &["/bin/true"]);
     assert!(next > running + 20);

@@ -289,6 +289,8 @@ impl Scheduler {
                 then(self, ctx, result);
                 if failed {
                     self.check_store(ctx);
+                } else {
+                    self.maybe_compact(ctx);
                 }
             }
             Err(record) => {
@@ -353,9 +355,49 @@ impl Scheduler {
             }
         }
         self.check_store(ctx);
+        self.maybe_compact(ctx);
         if self.core.as_ref().is_some_and(|c| c.reschedule) {
             self.schedule(ctx);
         }
+    }
+
+    /// Writes a snapshot once enough records have accumulated since the last one, so start-up
+    /// reads the snapshot and a bounded tail of records. The mailbox waits meanwhile; commits
+    /// made by continuations wait in `deferred`, in order.
+    fn maybe_compact(&mut self, ctx: &mut Ctx) {
+        let Some(core) = self.core.as_mut() else {
+            return;
+        };
+        let due =
+            core.deferred.is_empty() && core.store.as_ref().is_some_and(Store::compaction_due);
+        if !due {
+            return;
+        }
+        let Some(mut store) = core.store.take() else {
+            return;
+        };
+        let jobs = store.table().len();
+        ctx.wait(
+            async move {
+                let started = Instant::now();
+                let result = store.compact().await;
+                (store, result, started.elapsed())
+            }
+            .into_actor(self)
+            .map(move |(store, result, took), act, ctx| {
+                if let Some(core) = act.core.as_mut() {
+                    core.store = Some(store);
+                }
+                match result {
+                    Ok(()) => tracing::info!(jobs, took_ms = took.as_millis() as u64, path = ctx.path(),
+                        "job store snapshot written"),
+                    // The store counted it and refuses everything now: the restart recovers.
+                    Err(error) => tracing::error!(jobs, %error, path = ctx.path(), "job store snapshot failed"),
+                }
+                act.check_store(ctx);
+                act.drain_deferred(ctx);
+            }),
+        );
     }
 
     /// A store that has failed accepts nothing more: the actor fails, and its restart reopens

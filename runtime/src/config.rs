@@ -167,6 +167,9 @@ impl Config {
         if let Some(v) = parse_env(env, "CADRE_KILL_GRACE_MS")? {
             config.kill_grace_ms = v;
         }
+        if let Some(v) = parse_env(env, "CADRE_SNAPSHOT_EVERY")? {
+            config.snapshot_every = v;
+        }
         if let Some(v) = parse_env(env, "CADRE_SHUTDOWN_GRACE_SECS")? {
             config.shutdown_grace_secs = v;
         }
