@@ -5,6 +5,9 @@
 //!   each accepted durably, placed, leased, run on the worker and ended durably; the rate is jobs
 //!   ended per second from the first request until the node reports nothing queued or running
 //!   (target >= 100,000 jobs/s).
+//! - `node_queued_memory`: the resident memory of a whole node (its actors, the API, buffers)
+//!   holding 1,000,000 queued jobs submitted over the API behind one running blocker, measured
+//!   in a fresh process of its own (target <= 1 GiB).
 //! - `e2e_true`: `/bin/true` command jobs (0.1 CPU each, so about ten per core run at once)
 //!   through the same path, against the launcher spawning and reaping `/bin/true` directly with
 //!   the same concurrency, log files and filesystem, in alternating rounds of the same run;
@@ -280,6 +283,7 @@ fn cleanup(dir: &Path) {
 
 /// Runs both end-to-end cases.
 pub fn run(quick: bool, report: &Reporter) -> Result<(), BenchError> {
+    node_queued_memory(quick, report)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
     // No-op workloads.
     let dir = scratch("noop")?;
@@ -345,6 +349,101 @@ pub fn run(quick: bool, report: &Reporter) -> Result<(), BenchError> {
         "rate_ratio",
         rate / bare,
         "ratio",
+    )?;
+    Ok(())
+}
+
+/// The hidden argument that makes `cadre-bench` the node-memory child.
+pub const NODE_RSS_CHILD: &str = "__node_rss_child";
+
+/// In a fresh process: a node whose one core is held by a blocker, `n` jobs queued behind it
+/// over the API, then this process's resident memory printed as `rss_bytes N`.
+pub fn node_rss_child(n: usize) -> Result<(), BenchError> {
+    let dir = scratch("rss")?;
+    let node = RunningNode::start(&dir, 1000)?;
+    let agent = agent();
+    let blocker = json!({"name": "blocker", "kind": {"command": {"program": "/bin/sleep", "args": ["600"]}},
+        "resources": {"cpu_millis": 1000}});
+    let mut r = agent
+        .post(format!("{}/v1/jobs", node.api))
+        .send_json(&blocker)
+        .map_err(|e| check(e.to_string()))?;
+    if r.status().as_u16() != 201 {
+        return Err(check(format!(
+            "blocker refused: {}",
+            r.body_mut()
+                .read_to_string()
+                .map_err(|e| check(e.to_string()))?
+        )));
+    }
+    let spec = json!({"name": "waiting", "kind": {"workload": {"name": "noop", "params": null}},
+        "resources": {"cpu_millis": 1000}});
+    let per_batch = 10_000;
+    let batches = n.div_ceil(per_batch);
+    let body = serde_json::to_vec(&json!({ "jobs": vec![spec; per_batch] }))
+        .map_err(|e| check(e.to_string()))?;
+    for _ in 0..batches {
+        let mut r = agent
+            .post(format!("{}/v1/jobs", node.api))
+            .header("content-type", "application/json")
+            .send(&body[..])
+            .map_err(|e| check(e.to_string()))?;
+        if r.status().as_u16() != 201 {
+            return Err(check(format!(
+                "submit refused: {}",
+                r.body_mut()
+                    .read_to_string()
+                    .map_err(|e| check(e.to_string()))?
+            )));
+        }
+    }
+    let nodes = get(&agent, &format!("{}/v1/nodes", node.api))?;
+    if nodes["queued"].as_u64() != Some((batches * per_batch) as u64) {
+        return Err(check(format!(
+            "expected {} queued: {nodes}",
+            batches * per_batch
+        )));
+    }
+    let rss = crate::report::rss_bytes()?;
+    println!("rss_bytes {rss} queued {}", batches * per_batch);
+    node.stop()?;
+    cleanup(&dir);
+    Ok(())
+}
+
+/// Runs [`node_rss_child`] in a fresh process and reports its memory.
+pub fn node_queued_memory(quick: bool, report: &Reporter) -> Result<(), BenchError> {
+    let n: usize = if quick { 100_000 } else { 1_000_000 };
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .arg(NODE_RSS_CHILD)
+        .arg(n.to_string())
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(check(format!(
+            "node memory child failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    let rss: f64 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| check(format!("node memory child printed {text:?}")))?;
+    report.emit("node_queued_memory", "cadre_node", "jobs", n as f64, "job")?;
+    report.emit(
+        "node_queued_memory",
+        "cadre_node",
+        "rss_mib",
+        rss / (1 << 20) as f64,
+        "MiB",
+    )?;
+    report.emit(
+        "node_queued_memory",
+        "cadre_node",
+        "rss_mib_per_million_jobs",
+        rss / (1 << 20) as f64 * 1e6 / n as f64,
+        "MiB",
     )?;
     Ok(())
 }

@@ -75,6 +75,23 @@ fn usage() -> String {
 }
 
 fn main() -> ExitCode {
+    // The scheduler suite runs a node with a large queue in a fresh process of its own.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [flag, n] = args.as_slice() {
+        if flag == e2e::NODE_RSS_CHILD {
+            return match n
+                .parse::<usize>()
+                .map_err(|e| BenchError::Check(e.to_string()))
+                .and_then(e2e::node_rss_child)
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("cadre-bench: node memory child: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+    }
     let mut suite = None;
     let mut quick = false;
     for arg in std::env::args().skip(1) {
