@@ -600,8 +600,13 @@ impl Scheduler {
             return;
         };
         let Some(active) = core.active.get(&job) else {
-            return; // ended (cancelled, lost) before its lease record was durable
+            return; // lost before its lease record was durable
         };
+        if active.cancel {
+            // Cancelled before its lease record was durable: it never starts.
+            self.end_attempt(ctx, job);
+            return;
+        }
         let Some(spec) = core
             .store
             .as_ref()
