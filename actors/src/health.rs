@@ -52,6 +52,9 @@ pub struct HealthConfig {
 /// Phi for a heartbeat `elapsed` after the last one, given the inter-arrival `mean` and `std`
 /// (all in milliseconds).
 pub fn phi(elapsed: f64, mean: f64, std: f64) -> f64 {
+    // A zero (or negative, or NaN) deviation would make every heartbeat at the mean infinitely
+    // suspicious: 1 microsecond is the floor.
+    let std = if std.is_nan() { 1e-3 } else { std.max(1e-3) };
     let y = (elapsed - mean) / std;
     let e = (-y * (1.5976 + 0.070566 * y * y)).exp();
     let p_later = if elapsed > mean {

@@ -716,6 +716,19 @@ impl Scheduler {
         core.expiry = Some((next, handle));
     }
 
+    /// Expires leases past their deadline now, before a worker's message is checked against
+    /// them (the timer may not have fired yet): a message that comes too late is refused.
+    fn reap_overdue(&mut self, ctx: &mut Ctx) {
+        let overdue = self
+            .core
+            .as_ref()
+            .and_then(|c| c.leases.next_expiry())
+            .is_some_and(|at| at <= Instant::now());
+        if overdue {
+            self.expire(ctx);
+        }
+    }
+
     fn expire(&mut self, ctx: &mut Ctx) {
         let Some(core) = self.core.as_mut() else {
             return;
@@ -752,6 +765,31 @@ impl Scheduler {
         if active.watched {
             self.unwatch(active.tasks.iter().map(|(_, t)| *t));
         }
+        if cancel {
+            // The user asked for the job to end: it ends cancelled, whatever its retries (its
+            // task is gone: the worker confirmed it, fenced itself, or died).
+            tracing::warn!(job = %job, attempt, %reason,
+                "cancelled job's attempt ended without its worker's confirmation");
+            self.commit(
+                ctx,
+                Record::Ended {
+                    job,
+                    attempt,
+                    state: JobState::Cancelled,
+                    outcome: Outcome {
+                        error: Some(format!(
+                            "cancelled; its task was not confirmed stopped: {reason}"
+                        )),
+                        ..Outcome::default()
+                    },
+                },
+                Box::new(move |act, ctx, result| {
+                    act.finished_record(ctx, job, attempt, JobState::Cancelled, result);
+                    act.schedule(ctx);
+                }),
+            );
+            return;
+        }
         metrics::counter!(m::JOBS_LOST).increment(1);
         tracing::warn!(job = %job, attempt, %reason, "attempt lost");
         self.commit(
@@ -781,20 +819,6 @@ impl Scheduler {
                     }
                 });
                 match state {
-                    Some((JobState::Queued, next, ..)) if cancel => {
-                        act.commit(
-                            ctx,
-                            Record::Ended {
-                                job,
-                                attempt: next,
-                                state: JobState::Cancelled,
-                                outcome: Outcome::default(),
-                            },
-                            Box::new(move |act, ctx, result| {
-                                act.finished_record(ctx, job, next, JobState::Cancelled, result)
-                            }),
-                        );
-                    }
                     Some((JobState::Queued, _, priority, resources, gang)) => {
                         if let Some(core) = act.core.as_mut() {
                             core.placer.enqueue(QueuedJob {
@@ -1253,13 +1277,7 @@ impl Handler<Renew> for Scheduler {
             return Err(Error::UnknownWorker { worker: msg.worker });
         }
         // Overdue leases go first, so a renewal that comes too late does not revive one.
-        let overdue = core
-            .leases
-            .next_expiry()
-            .is_some_and(|at| at <= Instant::now());
-        if overdue {
-            self.expire(ctx);
-        }
+        self.reap_overdue(ctx);
         let core = self.core()?;
         let mut reply = RenewReply::default();
         for outcome in core.leases.renew(msg.worker, &msg.leases, Instant::now()) {
@@ -1277,6 +1295,7 @@ impl Handler<Started> for Scheduler {
     type Result = Result<(), Error>;
 
     fn handle(&mut self, msg: Started, ctx: &mut Ctx) -> Self::Result {
+        self.reap_overdue(ctx);
         let core = self.core()?;
         core.leases
             .check(msg.job, msg.worker, msg.token, "started")?;
@@ -1332,6 +1351,7 @@ impl Handler<Finished> for Scheduler {
     type Result = Result<(), Error>;
 
     fn handle(&mut self, msg: Finished, ctx: &mut Ctx) -> Self::Result {
+        self.reap_overdue(ctx);
         let core = self.core()?;
         core.leases
             .release(msg.job, msg.worker, msg.token, "finished")?;

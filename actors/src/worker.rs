@@ -15,7 +15,8 @@
 //! A flush that fails (not delivered, unanswered in time, refused, or acknowledged with the
 //! wrong sequence number: a malformed acknowledgement) is one error event with the jobs and the
 //! target; three in a row open a circuit for [`CIRCUIT_OPEN`], during which nothing is flushed,
-//! and the worker re-resolves the scheduler (asks its resolver for a fresh link).
+//! and the worker re-resolves the scheduler (asks its resolver for a fresh link). After that
+//! period one trial flush goes out: if it fails too, the circuit opens again at once.
 //!
 //! A task runs as a future spawned in the actor's context. If the actor fails and restarts, its
 //! futures are dropped and the launcher kills each process group on drop; the scheduler then
@@ -202,6 +203,9 @@ struct FlushState {
     in_flight: bool,
     failures: u32,
     open_until: Option<Instant>,
+    /// The circuit's open period ended: the next flush is a trial, and its failure opens the
+    /// circuit again at once.
+    half_open: bool,
 }
 
 impl Worker {
@@ -222,6 +226,7 @@ impl Worker {
                 in_flight: false,
                 failures: 0,
                 open_until: None,
+                half_open: false,
             },
         }
     }
@@ -377,6 +382,7 @@ impl Worker {
                 return;
             }
             self.flush.open_until = None;
+            self.flush.half_open = true;
             tracing::info!(worker = %worker, target = %self.link.target, "progress circuit half-open: trying a flush");
         }
         let mut updates = Vec::new();
@@ -415,6 +421,7 @@ impl Worker {
                 let failure = match result {
                     Ok(Ok(Ok(ack))) if ack.seq == seq => {
                         act.flush.failures = 0;
+                        act.flush.half_open = false;
                         if ack.level != act.flush.level {
                             tracing::info!(worker = %worker, from = act.flush.level.as_str(),
                                 to = ack.level.as_str(), "progress back-pressure level changed");
@@ -444,7 +451,8 @@ impl Worker {
                 tracing::error!(worker = %worker, jobs = ?jobs, %target, seq, reason, %error,
                     failures = act.flush.failures, "progress flush failed");
                 metrics::counter!(m::PROGRESS_FLUSH_FAILURES, "reason" => reason).increment(1);
-                if act.flush.failures >= CIRCUIT_FAILURES {
+                if act.flush.failures >= CIRCUIT_FAILURES || act.flush.half_open {
+                    act.flush.half_open = false;
                     act.flush.failures = 0;
                     act.flush.open_until = Some(Instant::now() + CIRCUIT_OPEN);
                     act.link = (act.config.resolve)();

@@ -880,6 +880,29 @@ impl Handler<Run> for TestWorkload {
     }
 }
 
+/// A worker child with the test settings, offering the test workload as `test`.
+fn worker_spec(resolve: Resolver, workload: Recipient<Run>, log_dir: &Path) -> WorkerSpec<Worker> {
+    let config = Arc::new(WorkerConfig {
+        name: "w".to_owned(),
+        capacity: WorkerCapacity {
+            cpu_millis: 4000,
+            memory_bytes: 1 << 30,
+            gpus: Vec::new(),
+        },
+        launcher: Launcher::new(IoEngine::new(BackendSetting::Std).unwrap()),
+        log_dir: log_dir.to_owned(),
+        resolve,
+        health: None,
+        workloads: BTreeMap::from([("test".to_owned(), workload)]),
+        renew_every: RENEW_EVERY,
+        progress_every: PROGRESS_EVERY,
+        fence_margin: FENCE_MARGIN,
+        term_grace: TERM_GRACE,
+        ledger: None,
+    });
+    WorkerSpec::new("worker", move || Worker::new(Arc::clone(&config))).mailbox_capacity(1024)
+}
+
 struct WorkerRig {
     worker: Addr<Worker>,
     /// The scheduler the resolver returns first.
@@ -917,26 +940,7 @@ impl WorkerRig {
             }
         });
         let logs = Scratch::new("worker-logs");
-        let config = Arc::new(WorkerConfig {
-            name: "w".to_owned(),
-            capacity: WorkerCapacity {
-                cpu_millis: 4000,
-                memory_bytes: 1 << 30,
-                gpus: Vec::new(),
-            },
-            launcher: Launcher::new(IoEngine::new(BackendSetting::Std).unwrap()),
-            log_dir: logs.path().to_owned(),
-            resolve,
-            health: None,
-            workloads: BTreeMap::from([("test".to_owned(), workload_addr.recipient())]),
-            renew_every: RENEW_EVERY,
-            progress_every: PROGRESS_EVERY,
-            fence_margin: FENCE_MARGIN,
-            term_grace: TERM_GRACE,
-            ledger: None,
-        });
-        let worker_spec = WorkerSpec::new("worker", move || Worker::new(Arc::clone(&config)))
-            .mailbox_capacity(1024);
+        let worker_spec = worker_spec(resolve, workload_addr.recipient(), logs.path());
         let worker = worker_spec.addr();
         let root = SupervisorSpec::one_for_one()
             .child(fake_spec)
@@ -1341,6 +1345,43 @@ fn worker_opens_the_progress_circuit_after_three_malformed_acks_and_re_resolves(
 }
 
 #[test]
+fn worker_reopens_the_circuit_at_once_when_its_trial_flush_fails() {
+    let obs = run(|obs| async move {
+        let rig = WorkerRig::start(true).await;
+        rig.fake.script().ack = AckMode::Malformed;
+        rig.alt.script().ack = AckMode::Malformed;
+        rig.assign(1, 10, forever()).await;
+        until("the circuit opens", Duration::from_secs(2), || {
+            obs.counter("cadre_progress_circuit_opens_total", &[]) == 1
+        })
+        .await;
+        let opened = Instant::now();
+        // After the open period, one trial flush to the re-resolved scheduler fails: the
+        // circuit opens again at once, without waiting for three failures.
+        sleep_until(opened + CIRCUIT_OPEN + ms(500)).await;
+        assert_eq!(rig.alt.flushes(), 1, "one trial flush");
+        assert_eq!(obs.counter("cadre_progress_circuit_opens_total", &[]), 2);
+        assert_eq!(
+            obs.counter(
+                "cadre_progress_flush_failures_total",
+                &[("reason", "malformed_ack")]
+            ),
+            4
+        );
+        rig.stop().await;
+    });
+    assert_eq!(
+        obs.events
+            .with(
+                Level::ERROR,
+                "progress circuit open after repeated failures; scheduler re-resolved"
+            )
+            .len(),
+        2
+    );
+}
+
+#[test]
 fn worker_cancel_kill_stops_the_workload_through_its_cancel_signal() {
     let obs = run(|_| async {
         let rig = WorkerRig::start(false).await;
@@ -1456,6 +1497,8 @@ fn worker_fails_to_start_an_unregistered_workload() {
 struct WorkerGot {
     assigns: Vec<Assign>,
     kills: Vec<Kill>,
+    /// Both, in the order they came: `assign <token>`, `kill <token>`.
+    order: Vec<String>,
 }
 
 /// A worker stand-in that records assignments and kills.
@@ -1471,14 +1514,18 @@ impl Actor for FakeWorker {
 impl Handler<Assign> for FakeWorker {
     type Result = ();
     fn handle(&mut self, msg: Assign, _: &mut Self::Context) {
-        lock(&self.got).assigns.push(msg);
+        let mut got = lock(&self.got);
+        got.order.push(format!("assign {}", msg.token));
+        got.assigns.push(msg);
     }
 }
 
 impl Handler<Kill> for FakeWorker {
     type Result = ();
     fn handle(&mut self, msg: Kill, _: &mut Self::Context) {
-        lock(&self.got).kills.push(msg);
+        let mut got = lock(&self.got);
+        got.order.push(format!("kill {}", msg.token));
+        got.kills.push(msg);
     }
 }
 
@@ -1626,6 +1673,24 @@ impl SchedRig {
             })
             .await
             .unwrap()
+    }
+
+    /// Starts the test workload and a real worker linked to this scheduler; returns what the
+    /// workload sees and the worker's log directory.
+    async fn add_real_worker(&self) -> (Arc<Mutex<WorkloadSeen>>, Scratch) {
+        let workload = TestWorkload::default();
+        let seen = Arc::clone(&workload.seen);
+        let workload_spec = WorkerSpec::new("workload", move || workload.clone());
+        let workload_addr = workload_spec.addr();
+        self.root.start_child(workload_spec).await.unwrap();
+        let logs = Scratch::new("worker-logs");
+        let sched = self.sched.clone();
+        let resolve: Resolver = Arc::new(move || Scheduler::link(&sched, "test/scheduler"));
+        self.root
+            .start_child(worker_spec(resolve, workload_addr.recipient(), logs.path()))
+            .await
+            .unwrap();
+        (seen, logs)
     }
 
     async fn stop(self) {
@@ -1973,12 +2038,46 @@ fn scheduler_gang_task_failure_stops_the_other_task_and_fails_the_job() {
     });
 }
 
+#[test]
+fn scheduler_and_a_real_worker_run_renew_and_cancel_jobs() {
+    let obs = run(|obs| async move {
+        let rig = SchedRig::start(TTL, 0).await;
+        let (seen, _logs) = rig.add_real_worker().await;
+        let [done] = rig
+            .submit(vec![workload_spec(
+                "counts",
+                json!({ "steps": 20, "every_ms": 10 }),
+            )])
+            .await[..]
+        else {
+            panic!("one id");
+        };
+        let view = rig.until_state(done, JobState::Succeeded).await;
+        assert_eq!(view.outcome.unwrap().result, Some(json!({ "steps": 20 })));
+        // A job that runs until cancelled lives through three lease lifetimes on renewals.
+        let [job] = rig.submit(vec![workload_spec("forever", forever())]).await[..] else {
+            panic!("one id");
+        };
+        rig.until_state(job, JobState::Running).await;
+        sleep(TTL * 3).await;
+        let view = rig.view(job).await;
+        assert_eq!((view.state, view.attempt), (JobState::Running, 1));
+        assert!(obs.counter("cadre_progress_flushes_total", &[]) > 0);
+        let outcome = rig.sched.send(CancelJob(job)).await.unwrap().unwrap();
+        assert_eq!(outcome, CancelOutcome::Cancelling);
+        rig.until_state(job, JobState::Cancelled).await;
+        assert_eq!(lock(&seen).cancelled, vec![job]);
+        rig.stop().await;
+    });
+    assert_eq!(obs.counter("cadre_worker_self_fences_total", &[]), 0);
+    assert_eq!(obs.counter("cadre_lease_expirations_total", &[]), 0);
+}
+
 /// BUG (see the report): a running job the user cancelled, whose worker never confirms the
 /// kill, ends `failed` instead of `cancelled` when its lease then runs out and it has no
 /// retries left (`Scheduler::lose` only turns a cancel into `cancelled` when the loss
 /// requeued the job).
 #[test]
-#[ignore = "known bug: a cancelled job whose lease is lost with no retries left ends failed"]
 fn scheduler_cancelled_job_whose_lease_runs_out_ends_cancelled() {
     let ttl = Duration::from_secs(1);
     run(|_| async move {
@@ -1995,6 +2094,44 @@ fn scheduler_cancelled_job_whose_lease_runs_out_ends_cancelled() {
         sleep(ttl * 3).await;
         let view = rig.view(job).await;
         assert_eq!(view.state, JobState::Cancelled, "{view:?}");
+        rig.stop().await;
+    });
+}
+
+/// A cancel that arrives while a placement's lease record is still on its way to disk: the
+/// kill goes out before the assignment, so a worker would ignore it (it does not know the token
+/// yet) and then run the task; the scheduler must not assign a cancelled placement. (This
+/// failed before 8aa8a43: the job stayed `running` and the workload never saw a cancel.)
+#[test]
+fn scheduler_cancel_of_a_placement_not_yet_durable_still_stops_the_task() {
+    run(|_| async {
+        let rig = SchedRig::start(Duration::from_secs(2), 0).await;
+        let [job] = rig.submit(vec![sched_job("a", 0)]).await[..] else {
+            panic!("one id");
+        };
+        // A real worker joins now; its registration places the job at once.
+        let (seen, _logs) = rig.add_real_worker().await;
+        // Cancel as soon as the job is leased.
+        while rig.view(job).await.state != JobState::Leased {
+            tokio::task::yield_now().await;
+        }
+        let outcome = rig.sched.send(CancelJob(job)).await.unwrap().unwrap();
+        assert_eq!(outcome, CancelOutcome::Cancelling);
+        sleep(Duration::from_secs(10)).await;
+        let view = rig.view(job).await;
+        assert_eq!(
+            view.state,
+            JobState::Cancelled,
+            "still {} 10 s after the cancel; the workload saw its cancel: {}",
+            view.state,
+            !lock(&seen).cancelled.is_empty()
+        );
+        // If the task ran at all, it was stopped.
+        let (runs, cancelled) = {
+            let seen = lock(&seen);
+            (seen.runs.clone(), seen.cancelled.clone())
+        };
+        assert_eq!(runs, cancelled);
         rig.stop().await;
     });
 }
