@@ -14,15 +14,21 @@
 //!   no-op workload specs, up to 64 batches in flight (one record and one journal frame per
 //!   batch, group-committed).
 //!
-//! - `e2e_noop`, `e2e_true`: a real node over its API (see `e2e.rs`).
+//! - `store_replay`: start-up time of the job store from a journal tail of 1,000,000 records
+//!   (the default distance between snapshots; 100,000 with `--quick`): a job's leased, started
+//!   and ended records, 3 per job, then `Store::open` timed. This is the start-up bound the
+//!   snapshots keep.
+//! - `e2e_noop`, `e2e_true`, `node_queued_memory`: a real node over its API (see `e2e.rs`).
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::Instant as StdInstant;
 
 use cadre_actors::job::{JobKind, JobSpec, Resources, WorkloadJob};
+use cadre_actors::sched::Grant;
 use cadre_actors::sched::{Placer, PlacerConfig, QueuedJob, WorkerCapacity};
-use cadre_actors::store::{Record, Store, StoreOptions, Submission};
+use cadre_actors::store::{Outcome, Record, Store, StoreOptions, Submission};
+use cadre_actors::{FencingToken, JobState};
 use cadre_actors::{JobId, WorkerId};
 use cadre_cpu::{BackendSetting, IoEngine};
 use rand::rngs::SmallRng;
@@ -75,7 +81,8 @@ pub fn run(quick: bool) -> Result<(), BenchError> {
             large / small,
             "ratio",
         )?;
-        store_submit(&plan, &report).await
+        store_submit(&plan, &report).await?;
+        store_replay(quick, &report).await
     })?;
     drop(rt);
     crate::e2e::run(quick, &report)
@@ -313,4 +320,105 @@ fn scratch() -> Result<PathBuf, BenchError> {
     }
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+/// Writes `records` records (a job's leased, started and ended, 3 per job) after one submission
+/// batch per 1,000 jobs, then times `Store::open` replaying all of them (no snapshot).
+async fn store_replay(quick: bool, report: &Reporter) -> Result<(), BenchError> {
+    let records: u64 = if quick { 100_000 } else { 1_000_000 };
+    let jobs = records / 3;
+    let dir = scratch()?.join("replay");
+    let options = StoreOptions {
+        snapshot_every: u64::MAX,
+        ..StoreOptions::default()
+    };
+    let engine = IoEngine::new(BackendSetting::Auto)?;
+    let (mut store, _) = Store::open(&dir, engine.clone(), options.clone())
+        .await
+        .map_err(|e| BenchError::Check(format!("store open: {e}")))?;
+    let fail = |e: cadre_actors::Error| BenchError::Check(format!("commit: {e}"));
+    let mut pending = VecDeque::new();
+    let mut written = 0u64;
+    let mut token = 0u64;
+    for first in (0..jobs).step_by(1_000) {
+        let n = 1_000.min(jobs - first);
+        let (ids, durable) = store
+            .submit((0..n).map(noop_spec).collect(), 0)
+            .await
+            .map_err(fail)?;
+        pending.push_back(durable);
+        written += 1;
+        for job in ids {
+            token += 1;
+            let grants = vec![Grant {
+                worker: WorkerId(1),
+                task: 0,
+                cpu_millis: 0,
+                memory_bytes: 0,
+                gpus: Vec::new(),
+            }];
+            for record in [
+                Record::Leased {
+                    job,
+                    attempt: 1,
+                    grants,
+                    tokens: vec![FencingToken(token)],
+                },
+                Record::Started { job, attempt: 1 },
+                Record::Ended {
+                    job,
+                    attempt: 1,
+                    state: JobState::Succeeded,
+                    outcome: Outcome {
+                        exit_code: Some(0),
+                        ..Outcome::default()
+                    },
+                },
+            ] {
+                pending.push_back(store.commit(record).await.map_err(fail)?);
+                written += 1;
+            }
+            while pending.len() > 4_096 {
+                if let Some(d) = pending.pop_front() {
+                    d.await.map_err(fail)?;
+                }
+            }
+        }
+    }
+    for d in pending {
+        d.await.map_err(fail)?;
+    }
+    store.close().await;
+    let started = StdInstant::now();
+    let (store, recovery) = Store::open(&dir, engine, options)
+        .await
+        .map_err(|e| BenchError::Check(format!("reopen: {e}")))?;
+    let secs = started.elapsed().as_secs_f64();
+    if recovery.records as u64 != written || store.table().len() as u64 != jobs {
+        return Err(BenchError::Check(format!(
+            "replayed {} records and {} jobs, wrote {written} and {jobs}",
+            recovery.records,
+            store.table().len()
+        )));
+    }
+    store.close().await;
+    if let Err(e) = std::fs::remove_dir_all(&dir) {
+        eprintln!("scheduler: leaving {}: {e}", dir.display());
+    }
+    report.emit(
+        "store_replay",
+        "journal_tail",
+        "records",
+        written as f64,
+        "record",
+    )?;
+    report.emit("store_replay", "journal_tail", "open_secs", secs, "s")?;
+    report.emit(
+        "store_replay",
+        "journal_tail",
+        "records_per_sec",
+        written as f64 / secs,
+        "record/s",
+    )?;
+    Ok(())
 }

@@ -55,7 +55,7 @@ pub struct Config {
     pub worker_cpu_millis: Option<u64>,
     /// Memory the worker offers, in bytes (default: the machine's total).
     pub worker_memory_bytes: Option<u64>,
-    /// Journal records between snapshots.
+    /// Journal records between snapshots (start-up replays at most this many).
     pub snapshot_every: u64,
     /// HTTP worker threads of the API (default 2).
     pub api_threads: usize,
@@ -79,7 +79,7 @@ impl Default for Config {
             max_batch_jobs: 10_000,
             worker_cpu_millis: None,
             worker_memory_bytes: None,
-            snapshot_every: 100_000,
+            snapshot_every: 1_000_000,
             api_threads: 2,
         }
     }
