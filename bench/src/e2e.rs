@@ -11,7 +11,9 @@
 //! - `e2e_true`: `/bin/true` command jobs (0.1 CPU each, so about ten per core run at once)
 //!   through the same path, against the launcher spawning and reaping `/bin/true` directly with
 //!   the same concurrency, log files and filesystem, in alternating rounds of the same run;
-//!   medians (targets >= 1,000 jobs/s and a ratio >= 0.8).
+//!   medians (targets >= 1,000 jobs/s and a ratio >= 0.8). `e2e_true_tmpfs` repeats it with
+//!   the data on `/dev/shm`, where creating log files is nearly free, to show the node's own
+//!   overhead apart from the disk's.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -212,8 +214,9 @@ fn drive(
     Ok(secs)
 }
 
-/// The launcher alone: `n` `/bin/true` processes, `concurrency` at a time, spawned and reaped
-/// with their output captured, as the worker does.
+/// The launcher alone: `n` `/bin/true` processes, up to `concurrency` at a time (a new one as
+/// soon as one ends, as the node keeps its slots full), spawned and reaped with their output
+/// captured, as the worker does.
 fn bare_spawns(dir: &Path, n: usize, concurrency: usize) -> Result<f64, BenchError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -221,22 +224,23 @@ fn bare_spawns(dir: &Path, n: usize, concurrency: usize) -> Result<f64, BenchErr
     rt.block_on(async {
         let launcher = Launcher::new(IoEngine::new(BackendSetting::Auto)?);
         let started = Instant::now();
-        let mut running = Vec::with_capacity(concurrency);
+        let mut running = tokio::task::JoinSet::new();
         for i in 0..n {
+            if running.len() == concurrency {
+                if let Some(done) = running.join_next().await {
+                    done??;
+                }
+            }
             let spec = CommandSpec::new(
                 ["/bin/true"],
                 dir.join(format!("{i}.out")),
                 dir.join(format!("{i}.err")),
             );
-            running.push(launcher.spawn(&spec, &i.to_string())?);
-            if running.len() == concurrency {
-                for mut p in running.drain(..) {
-                    p.wait().await?;
-                }
-            }
+            let mut process = launcher.spawn(&spec, &i.to_string())?;
+            running.spawn(async move { process.wait().await.map(|_| ()) });
         }
-        for mut p in running {
-            p.wait().await?;
+        while let Some(done) = running.join_next().await {
+            done??;
         }
         Ok::<f64, BenchError>(n as f64 / started.elapsed().as_secs_f64())
     })
@@ -266,8 +270,45 @@ fn thread_cpu_secs(name: &str) -> Result<f64, BenchError> {
     Ok(total as f64 / ticks)
 }
 
+/// `/bin/true` jobs through the node against the bare launcher under `root`: same concurrency,
+/// same filesystem, rounds alternating so both meet the same disk and page-cache state.
+fn true_jobs(
+    quick: bool,
+    report: &Reporter,
+    case: &str,
+    root: PathBuf,
+    cores: u64,
+) -> Result<(), BenchError> {
+    let dir = scratch_in(&root, case)?;
+    let concurrency = (cores * 10) as usize;
+    let (n, rounds) = if quick { (300, 1) } else { (2_000, 3) };
+    let node = RunningNode::start(&dir.join("node"), cores * 1000)?;
+    let spec = json!({"name": "true", "kind": {"command": {"program": "/bin/true"}}, "resources": {"cpu_millis": 100}});
+    let mut bare = Vec::new();
+    let mut cadre = Vec::new();
+    for round in 0..rounds {
+        let bare_dir = dir.join(format!("bare-{round}"));
+        std::fs::create_dir_all(&bare_dir)?;
+        bare.push(bare_spawns(&bare_dir, n, concurrency)?);
+        let secs = drive(&node.api, &spec, n / 100, 100, 2)?;
+        cadre.push(n as f64 / secs);
+    }
+    node.stop()?;
+    cleanup(&dir);
+    let bare = crate::report::median(&bare);
+    let rate = crate::report::median(&cadre);
+    report.emit(case, "launcher_bare", "jobs_per_sec", bare, "job/s")?;
+    report.emit(case, "cadre_api", "jobs_per_sec", rate, "job/s")?;
+    report.emit(case, "cadre_vs_bare", "rate_ratio", rate / bare, "ratio")?;
+    Ok(())
+}
+
 fn scratch(name: &str) -> Result<PathBuf, BenchError> {
-    let dir = std::env::temp_dir().join(format!("cadre-bench-e2e-{name}-{}", std::process::id()));
+    scratch_in(&std::env::temp_dir(), name)
+}
+
+fn scratch_in(root: &Path, name: &str) -> Result<PathBuf, BenchError> {
+    let dir = root.join(format!("cadre-bench-e2e-{name}-{}", std::process::id()));
     if dir.exists() {
         std::fs::remove_dir_all(&dir)?;
     }
@@ -321,35 +362,16 @@ pub fn run(quick: bool, report: &Reporter) -> Result<(), BenchError> {
         "us",
     )?;
 
-    // /bin/true through the node against the bare launcher, same concurrency, same
-    // filesystem, rounds alternating so both meet the same disk and page-cache state.
-    let dir = scratch("true")?;
-    let concurrency = (cores * 10) as usize;
-    let (n, rounds) = if quick { (300, 1) } else { (2_000, 3) };
-    let node = RunningNode::start(&dir.join("node"), cores * 1000)?;
-    let spec = json!({"name": "true", "kind": {"command": {"program": "/bin/true"}}, "resources": {"cpu_millis": 100}});
-    let mut bare = Vec::new();
-    let mut cadre = Vec::new();
-    for round in 0..rounds {
-        let bare_dir = dir.join(format!("bare-{round}"));
-        std::fs::create_dir_all(&bare_dir)?;
-        bare.push(bare_spawns(&bare_dir, n, concurrency)?);
-        let secs = drive(&node.api, &spec, n / 100, 100, 2)?;
-        cadre.push(n as f64 / secs);
+    // /bin/true through the node against the bare launcher: on the temporary directory's
+    // filesystem, and on tmpfs (where creating the log files costs next to nothing, so the
+    // node's own overhead shows).
+    true_jobs(quick, report, "e2e_true", std::env::temp_dir(), cores)?;
+    let shm = PathBuf::from("/dev/shm");
+    if shm.is_dir() {
+        true_jobs(quick, report, "e2e_true_tmpfs", shm, cores)?;
+    } else {
+        eprintln!("scheduler: e2e_true_tmpfs not run: /dev/shm is not a directory here");
     }
-    node.stop()?;
-    cleanup(&dir);
-    let bare = crate::report::median(&bare);
-    let rate = crate::report::median(&cadre);
-    report.emit("e2e_true", "launcher_bare", "jobs_per_sec", bare, "job/s")?;
-    report.emit("e2e_true", "cadre_api", "jobs_per_sec", rate, "job/s")?;
-    report.emit(
-        "e2e_true",
-        "cadre_vs_bare",
-        "rate_ratio",
-        rate / bare,
-        "ratio",
-    )?;
     Ok(())
 }
 
