@@ -37,7 +37,7 @@ const SUITES: &[Suite] = &[
     },
     Suite {
         name: "scheduler",
-        about: "scheduling decisions at 10k workers/100k queued, memory of 1M queued jobs, durable submits",
+        about: "decisions at 10k workers/100k queued, 1M queued jobs, durable submits, replay, end to end",
         run: scheduler::run,
     },
 ];
