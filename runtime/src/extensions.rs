@@ -1,7 +1,7 @@
 //! The extension API: what a Rust crate adds to a node when it starts.
 //!
 //! - A **workload kind**: an actix actor (context [`SupervisedContext`]) that handles
-//!   [`Run`](cadre_actors::workload::Run), reports progress through the reporter in the message
+//!   [`Run`], reports progress through the reporter in the message
 //!   and returns a JSON result. Jobs name it in `kind.workload.name`. Each kind runs as one
 //!   supervised actor under `cadre/workloads/<name>`: a panic is logged, counted and the actor
 //!   restarted (the job it was running fails with that reason); more than 20 restarts in 60 s
