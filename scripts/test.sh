@@ -17,5 +17,8 @@ if ! command -v promtool >/dev/null 2>&1; then
         echo "promtool missing and apt-get unavailable (or not root); the metrics test will SKIP its check"
     fi
 fi
+# The extension tests start the example nodes as programs: build them as binaries first
+# (`--all-targets` builds examples only as test harnesses).
+cargo build --examples
 cargo test --workspace --all-targets
 cargo test --workspace --doc

@@ -46,7 +46,7 @@ pub fn example(name: &str) -> PathBuf {
     let path = Path::new(BIN).parent().unwrap().join("examples").join(name);
     assert!(
         path.exists(),
-        "{} is not built: run the tests with `cargo test --all-targets`",
+        "{} is not built: run `cargo build --examples` first (scripts/test.sh does)",
         path.display()
     );
     path
