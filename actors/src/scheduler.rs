@@ -190,6 +190,24 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Delivers what the scheduler decided for a worker, past a full mailbox (a full mailbox is a
+/// busy worker, not a dead one, and the decision is already durable); `false` only when the
+/// mailbox is closed.
+fn deliver<M>(to: &Recipient<M>, msg: M) -> bool
+where
+    M: Message + Send + 'static,
+    M::Result: Send,
+{
+    match to.try_send(msg) {
+        Ok(()) => true,
+        Err(SendError::Full(msg)) => {
+            to.do_send(msg);
+            true
+        }
+        Err(SendError::Closed(_)) => false,
+    }
+}
+
 /// Gives a submission's jobs their ids: consecutive from the table's next id. Done where the
 /// record enters the store, so ids follow journal order whatever waited before.
 fn number(store: &Store, record: &mut Record) {
@@ -639,18 +657,14 @@ impl Scheduler {
                 lease_ttl: ttl,
             };
             match core.workers.get(&grant.worker) {
-                Some(w) => match w.link.assign.try_send(msg) {
-                    Ok(()) => {}
-                    // A full mailbox is a busy worker, not a dead one: the assignment is queued
-                    // past the bound (it is already durable and must reach the worker).
-                    Err(SendError::Full(msg)) => w.link.assign.do_send(msg),
-                    Err(SendError::Closed(_)) => {
+                Some(w) => {
+                    if !deliver(&w.link.assign, msg) {
                         tracing::error!(job = %job, worker = %grant.worker, lease = %token,
                             "assignment not delivered: the worker's mailbox is closed; it is treated as dead");
                         metrics::counter!(m::WORKER_SEND_FAILURES, "msg" => "assign").increment(1);
                         unreachable.push(grant.worker);
                     }
-                },
+                }
                 None => unreachable.push(grant.worker),
             }
         }
@@ -676,14 +690,10 @@ impl Scheduler {
                     token: *token,
                     reason,
                 };
-                match w.link.kill.try_send(kill) {
-                    Ok(()) => {}
-                    Err(SendError::Full(kill)) => w.link.kill.do_send(kill),
-                    Err(SendError::Closed(_)) => {
-                        tracing::error!(job = %job, worker = %grant.worker, lease = %token,
-                            "kill not delivered: the worker's mailbox is closed; the lease runs out instead");
-                        metrics::counter!(m::WORKER_SEND_FAILURES, "msg" => "kill").increment(1);
-                    }
+                if !deliver(&w.link.kill, kill) {
+                    tracing::error!(job = %job, worker = %grant.worker, lease = %token,
+                        "kill not delivered: the worker's mailbox is closed; the lease runs out instead");
+                    metrics::counter!(m::WORKER_SEND_FAILURES, "msg" => "kill").increment(1);
                 }
             }
         }
