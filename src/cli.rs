@@ -68,9 +68,6 @@ pub struct SubmitArgs {
     /// Wall-clock limit of one attempt, in seconds.
     #[arg(long)]
     pub timeout: Option<u64>,
-    /// Longest a task may go without progress before it is stopped and retried, in seconds.
-    #[arg(long)]
-    pub progress_deadline: Option<u64>,
     /// Tasks that start together (a gang).
     #[arg(long, default_value_t = 1)]
     pub gang: u32,
@@ -469,7 +466,8 @@ fn spec_from_args(args: &SubmitArgs) -> Result<JobSpec, CliError> {
         priority: args.priority,
         max_retries: args.retries,
         timeout_secs: args.timeout,
-        progress_deadline_secs: args.progress_deadline,
+        // Only workload jobs report progress (use --file for those).
+        progress_deadline_secs: None,
         gang: args.gang,
         labels: BTreeMap::new(),
     })

@@ -308,6 +308,13 @@ impl JobSpec {
             c.fail("max_retries", format!("{} exceeds {max}", self.max_retries));
         }
         if let Some(t) = self.progress_deadline_secs {
+            if matches!(self.kind, JobKind::Command(_)) {
+                // Only workloads report progress: a deadline would stop every command job.
+                c.fail(
+                    "progress_deadline_secs",
+                    "only workload jobs report progress; a command job cannot have a progress deadline",
+                );
+            }
             if t == 0 || t > c.limits.timeout_secs {
                 let max = c.limits.timeout_secs;
                 c.fail(

@@ -66,6 +66,20 @@ fn a_good_spec_passes_and_round_trips_through_json() {
 }
 
 #[test]
+fn a_progress_deadline_is_for_workloads_only() {
+    let mut spec = command("python3");
+    spec.progress_deadline_secs = Some(30);
+    let err = spec.validate(&Limits::default(), &Node).unwrap_err();
+    assert_eq!(err.0.len(), 1, "{err}");
+    assert_eq!(err.0[0].field, "progress_deadline_secs");
+    spec.kind = JobKind::Workload(WorkloadJob {
+        name: "checksum".into(),
+        params: serde_json::json!({}),
+    });
+    spec.validate(&Limits::default(), &Node).unwrap();
+}
+
+#[test]
 fn every_violated_field_is_named_with_its_reason() {
     let spec = JobSpec {
         name: "bad name!".into(),
