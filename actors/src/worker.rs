@@ -58,8 +58,6 @@ pub type Resolver = Arc<dyn Fn() -> SchedulerLink + Send + Sync>;
 
 /// What a worker needs; shared by every instance the supervisor creates.
 pub struct WorkerConfig {
-    /// The worker's name in logs and `cadre nodes`.
-    pub name: String,
     /// What it offers the scheduler.
     pub capacity: WorkerCapacity,
     /// Spawns command jobs.

@@ -883,7 +883,6 @@ impl Handler<Run> for TestWorkload {
 /// A worker child with the test settings, offering the test workload as `test`.
 fn worker_spec(resolve: Resolver, workload: Recipient<Run>, log_dir: &Path) -> WorkerSpec<Worker> {
     let config = Arc::new(WorkerConfig {
-        name: "w".to_owned(),
         capacity: WorkerCapacity {
             cpu_millis: 4000,
             memory_bytes: 1 << 30,

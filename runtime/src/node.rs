@@ -167,7 +167,6 @@ impl Node {
         };
         let link_addr = scheduler.clone();
         let worker_config = Arc::new(WorkerConfig {
-            name: "cpu-0".to_owned(),
             capacity,
             launcher: Launcher::new(engine.clone()),
             log_dir: log_dir.clone(),

@@ -257,13 +257,6 @@ impl Server {
         child.kill().unwrap();
         child.wait().unwrap();
     }
-
-    /// Sends SIGTERM and waits for the exit status.
-    pub fn sigterm(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().unwrap();
-        signal(child.id(), libc_sigterm());
-        child.wait().unwrap()
-    }
 }
 
 impl Drop for Server {
@@ -273,10 +266,6 @@ impl Drop for Server {
             let _ = child.wait();
         }
     }
-}
-
-pub fn libc_sigterm() -> &'static str {
-    "TERM"
 }
 
 /// `kill -SIG pid` through the shell's kill, to stay free of libc in tests.
