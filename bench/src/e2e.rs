@@ -27,7 +27,7 @@ use cadre_runtime::{Config, Extensions, Node};
 use cadre_supervisor::SupervisedContext;
 use serde_json::{json, Value};
 
-use crate::report::Reporter;
+use crate::report::{selected, Reporter};
 use crate::BenchError;
 
 /// A workload that does nothing.
@@ -322,11 +322,34 @@ fn cleanup(dir: &Path) {
     }
 }
 
-/// Runs both end-to-end cases.
+/// Runs the end-to-end cases that `--case` selects (all by default).
 pub fn run(quick: bool, report: &Reporter) -> Result<(), BenchError> {
-    node_queued_memory(quick, report)?;
+    if selected("node_queued_memory") {
+        node_queued_memory(quick, report)?;
+    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
-    // No-op workloads.
+    if selected("e2e_noop") {
+        noop_jobs(quick, report, cores)?;
+    }
+    // /bin/true through the node against the bare launcher: on the temporary directory's
+    // filesystem, and on tmpfs (where creating the log files costs next to nothing, so the
+    // node's own overhead shows).
+    if selected("e2e_true") {
+        true_jobs(quick, report, "e2e_true", std::env::temp_dir(), cores)?;
+    }
+    if selected("e2e_true_tmpfs") {
+        let shm = PathBuf::from("/dev/shm");
+        if shm.is_dir() {
+            true_jobs(quick, report, "e2e_true_tmpfs", shm, cores)?;
+        } else {
+            eprintln!("scheduler: e2e_true_tmpfs not run: /dev/shm is not a directory here");
+        }
+    }
+    Ok(())
+}
+
+/// No-op workload jobs, batch-submitted over the API by four clients.
+fn noop_jobs(quick: bool, report: &Reporter, cores: u64) -> Result<(), BenchError> {
     let dir = scratch("noop")?;
     let node = RunningNode::start(&dir, cores * 1000)?;
     let noop = json!({"name": "noop", "kind": {"workload": {"name": "noop", "params": null}}});
@@ -361,17 +384,6 @@ pub fn run(quick: bool, report: &Reporter) -> Result<(), BenchError> {
         node_cpu * 1e6 / (batches * 1_000) as f64,
         "us",
     )?;
-
-    // /bin/true through the node against the bare launcher: on the temporary directory's
-    // filesystem, and on tmpfs (where creating the log files costs next to nothing, so the
-    // node's own overhead shows).
-    true_jobs(quick, report, "e2e_true", std::env::temp_dir(), cores)?;
-    let shm = PathBuf::from("/dev/shm");
-    if shm.is_dir() {
-        true_jobs(quick, report, "e2e_true_tmpfs", shm, cores)?;
-    } else {
-        eprintln!("scheduler: e2e_true_tmpfs not run: /dev/shm is not a directory here");
-    }
     Ok(())
 }
 

@@ -66,11 +66,11 @@ pub enum BenchError {
 }
 
 fn usage() -> String {
-    let mut text = String::from("usage: cadre-bench SUITE [--quick]\n\nsuites:\n");
+    let mut text = String::from("usage: cadre-bench SUITE [--quick] [--case NAME]\n\nsuites:\n");
     for suite in SUITES {
         text.push_str(&format!("  {:<12}{}\n", suite.name, suite.about));
     }
-    text.push_str("\n--quick runs a short version (for CI).");
+    text.push_str("\n--quick runs a short version (for CI); --case NAME runs one case of the suite.");
     text
 }
 
@@ -94,9 +94,17 @@ fn main() -> ExitCode {
     }
     let mut suite = None;
     let mut quick = false;
-    for arg in std::env::args().skip(1) {
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => quick = true,
+            "--case" => match args.next() {
+                Some(case) => report::only(case),
+                None => {
+                    eprintln!("cadre-bench: --case needs a case name\n\n{}", usage());
+                    return ExitCode::from(2);
+                }
+            },
             "-h" | "--help" => {
                 eprintln!("{}", usage());
                 return ExitCode::SUCCESS;

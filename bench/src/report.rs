@@ -7,8 +7,24 @@
 //! `supervised_vs_plain`.
 
 use std::io::Write as _;
+use std::sync::OnceLock;
 
 use crate::BenchError;
+
+/// The one case `--case NAME` asked for; unset runs every case.
+static ONLY: OnceLock<String> = OnceLock::new();
+
+/// Runs only the case named `case` from now on (`--case`); a second call keeps the first.
+pub fn only(case: String) {
+    if let Err(ignored) = ONLY.set(case) {
+        eprintln!("cadre-bench: --case given twice; keeping the first, not {ignored:?}");
+    }
+}
+
+/// Whether the case named `case` is to run.
+pub fn selected(case: &str) -> bool {
+    ONLY.get().is_none_or(|only| only == case)
+}
 
 /// Writes a suite's result lines to stdout.
 pub struct Reporter {

@@ -36,7 +36,7 @@ use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
 use crate::alloc::live_bytes;
-use crate::report::{rss_bytes, Reporter};
+use crate::report::{rss_bytes, selected, Reporter};
 use crate::BenchError;
 
 struct Plan {
@@ -66,23 +66,32 @@ pub fn run(quick: bool) -> Result<(), BenchError> {
     let plan = plan(quick);
     let report = Reporter::new("scheduler");
     // First, on a fresh heap, so freed memory of other cases does not hide RSS growth.
-    queued_memory(&plan, &report)?;
+    if selected("queued_memory") {
+        queued_memory(&plan, &report)?;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let small = decisions(&plan, &report, 10, 1_000, "small_10w_1kq")?;
-        let large = decisions(&plan, &report, 10_000, 100_000, "large_10kw_100kq")?;
-        report.emit(
-            "decision",
-            "large_vs_small",
-            "p99_ratio",
-            large / small,
-            "ratio",
-        )?;
-        store_submit(&plan, &report).await?;
-        store_replay(quick, &report).await
+        if selected("decision") {
+            let small = decisions(&plan, &report, 10, 1_000, "small_10w_1kq")?;
+            let large = decisions(&plan, &report, 10_000, 100_000, "large_10kw_100kq")?;
+            report.emit(
+                "decision",
+                "large_vs_small",
+                "p99_ratio",
+                large / small,
+                "ratio",
+            )?;
+        }
+        if selected("store_submit") {
+            store_submit(&plan, &report).await?;
+        }
+        if selected("store_replay") {
+            store_replay(quick, &report).await?;
+        }
+        Ok::<(), BenchError>(())
     })?;
     drop(rt);
     crate::e2e::run(quick, &report)
