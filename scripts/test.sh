@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # Installs what the tests need and runs all of them (the README's second command).
 #
-# Installs: promtool (Debian's `prometheus` package), which the metrics test runs as
-# `promtool check metrics` on the node's /metrics output. Without it that check prints SKIP;
-# CADRE_REQUIRE_PROMTOOL=1 (set by CI) turns the skip into a failure.
+# Installs:
+# - promtool (Debian's `prometheus` package), which the metrics test runs as
+#   `promtool check metrics` on the node's /metrics output. Without it that check prints SKIP;
+#   CADRE_REQUIRE_PROMTOOL=1 (set by CI) turns the skip into a failure.
+# - NVRTC, the pinned `nvidia-cuda-nvrtc` 13.0 wheel from PyPI (matching driver 580 / CUDA 13.0),
+#   unpacked under target/ and put on LD_LIBRARY_PATH, for the gpu crate's kernel-compile
+#   tests. Without it they print SKIP; CADRE_REQUIRE_NVRTC=1 (set by CI) makes that a failure.
+# The gpu crate's fake-libcuda tests build a library with `cc`; CADRE_REQUIRE_CC=1 (set by CI)
+# makes a missing compiler a failure instead of a SKIP.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v promtool >/dev/null 2>&1; then
@@ -17,6 +23,26 @@ if ! command -v promtool >/dev/null 2>&1; then
         echo "promtool missing and apt-get unavailable (or not root); the metrics test will SKIP its check"
     fi
 fi
+NVRTC_VERSION=13.0.88
+NVRTC_DIR="$PWD/target/nvrtc-$NVRTC_VERSION"
+NVRTC_LIB="$NVRTC_DIR/nvidia/cu13/lib"
+if [ ! -e "$NVRTC_LIB/libnvrtc.so.13" ]; then
+    if ! python3 -m pip --version >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        echo "installing pip (Debian package python3-pip)"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y --no-install-recommends python3-pip >/dev/null 2>&1 \
+            || { apt-get update >/dev/null 2>&1 && apt-get install -y --no-install-recommends python3-pip >/dev/null; } \
+            || echo "pip could not be installed"
+    fi
+    echo "installing NVRTC $NVRTC_VERSION (PyPI wheel nvidia-cuda-nvrtc) under target/"
+    python3 -m pip install --quiet --no-deps --disable-pip-version-check --target "$NVRTC_DIR" \
+        "nvidia-cuda-nvrtc==$NVRTC_VERSION" 2>&1 | grep -v "Running pip as the 'root' user" \
+        || true
+    # The wheel also carries an alternative build of each library, which nothing here loads.
+    rm -f "$NVRTC_LIB"/*.alt.so*
+    [ -e "$NVRTC_LIB/libnvrtc.so.13" ] || echo "NVRTC could not be installed; the kernel-compile tests will SKIP"
+fi
+export LD_LIBRARY_PATH="$NVRTC_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 # The extension tests start the example nodes as programs: build them as binaries first
 # (`--all-targets` builds examples only as test harnesses).
 cargo build --examples

@@ -70,7 +70,9 @@ fn usage() -> String {
     for suite in SUITES {
         text.push_str(&format!("  {:<12}{}\n", suite.name, suite.about));
     }
-    text.push_str("\n--quick runs a short version (for CI); --case NAME runs one case of the suite.");
+    text.push_str(
+        "\n--quick runs a short version (for CI); --case NAME runs one case of the suite.",
+    );
     text
 }
 
