@@ -153,16 +153,28 @@ fn a_gang_starts_all_its_tasks_together() {
         .collect();
     tasks.sort();
     assert_eq!(tasks, ["0", "1", "2"]);
-    // A GPU job on a node without GPUs waits, saying why.
+    // A GPU job on a node without GPUs (this machine has no CUDA driver) waits, saying why,
+    // and the node's status says why it has none.
     let id = node.submit(&["--gpus", "1"], &["/bin/true"]);
     let job = node.job(id);
     assert_eq!(job["state"], "queued");
+    let reason = job["waiting"]["reason"].as_str().unwrap();
     assert!(
-        job["waiting"]["reason"].as_str().unwrap().contains("GPU"),
+        reason.contains("this node has no GPUs") && reason.contains("CUDA"),
         "{job}"
     );
     let text = node.cli(&["status", &id.to_string()]);
-    assert!(String::from_utf8_lossy(&text.stdout).contains("unplaceable"));
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("unplaceable") && text.contains("no GPUs"),
+        "{text}"
+    );
+    let (_, nodes) = node.get("/v1/nodes");
+    assert_eq!(nodes["capacity"]["gpus_total"], 0, "{nodes}");
+    assert!(
+        nodes["gpus_absent"].as_str().unwrap().contains("CUDA"),
+        "{nodes}"
+    );
     // A gang larger than the node can ever hold waits with a reason instead of running partly.
     let id = node.submit(&["--gang", "4"], &["/bin/true"]);
     let job = node.job(id);
@@ -446,6 +458,7 @@ fn metrics_are_prometheus_text_with_the_promised_names() {
         "cadre_store_append_seconds_bucket",
         "cadre_store_append_bytes_total",
         "cadre_build_info",
+        "cadre_gpu_devices",
     ] {
         assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
     }

@@ -77,6 +77,9 @@ pub const PROGRESS_CIRCUIT_OPENS: &str = "cadre_progress_circuit_opens_total";
 pub const JOBS_SUSPECTED: &str = "cadre_jobs_suspected_total";
 /// Counter of attempts stopped and lost because they stalled.
 pub const JOBS_STALLED: &str = "cadre_jobs_stalled_total";
+/// Counter of GPU health reports applied by the scheduler: `{state}` (`healthy`, `unhealthy`,
+/// `unknown_worker`, `refused`).
+pub const GPU_HEALTH_CHANGES: &str = "cadre_gpu_health_changes_total";
 
 /// Describes every metric of this crate (help text and unit) to the installed recorder, so
 /// an exporter prints `# HELP` for each. Call once at start-up.
@@ -185,5 +188,9 @@ pub fn describe() {
     metrics::describe_counter!(
         JOBS_STALLED,
         "Counter of attempts stopped and lost because they stalled."
+    );
+    metrics::describe_counter!(
+        GPU_HEALTH_CHANGES,
+        "Counter of GPU health reports applied by the scheduler: `{state}` (`healthy`, `unhealthy`, `unknown_worker`, `refused`)."
     );
 }

@@ -111,6 +111,33 @@ pub struct Register {
     pub link: WorkerLink,
 }
 
+/// A GPU a worker owns: the index it registers in its capacity (what grants name) and the
+/// device's UUID (what `CUDA_VISIBLE_DEVICES` and NVML take; ordinals can be renumbered).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuDevice {
+    /// Its index in the worker's capacity.
+    pub index: u32,
+    /// Its UUID (`GPU-xxxxxxxx-...`).
+    pub uuid: String,
+    /// Its CUDA ordinal on the worker's machine, as the driver numbers it without
+    /// `CUDA_VISIBLE_DEVICES`.
+    pub ordinal: u32,
+}
+
+/// A GPU's health changed (from the GPU monitor): an unhealthy one gets no new work.
+#[derive(Debug, Clone, Serialize, Deserialize, Message)]
+#[rtype(result = "Result<(), Error>")]
+pub struct GpuHealth {
+    /// The worker that owns it.
+    pub worker_path: String,
+    /// Its index in the worker's capacity.
+    pub index: u32,
+    /// Whether it may be given work.
+    pub healthy: bool,
+    /// Why, for the log line and the status.
+    pub reason: String,
+}
+
 /// Worker to scheduler: renew the leases of every task it runs, in one batch.
 #[derive(Debug, Clone, Serialize, Deserialize, Message)]
 #[rtype(result = "Result<RenewReply, Error>")]

@@ -42,9 +42,9 @@ use crate::job::{JobId, JobSpec, JobState};
 use crate::lease::{LeaseTable, RenewOutcome};
 use crate::metrics as m;
 use crate::protocol::{
-    Assign, Backpressure, Finished, JobEvent, JobStalled, JobsProgressed, Kill, KillReason,
-    NodeEvent, ProgressAck, ProgressFlush, Register, Renew, RenewReply, Started, TaskEnd,
-    TaskProgress, UnwatchJob, WatchJob, WorkerDead, WorkerLink,
+    Assign, Backpressure, Finished, GpuHealth, JobEvent, JobStalled, JobsProgressed, Kill,
+    KillReason, NodeEvent, ProgressAck, ProgressFlush, Register, Renew, RenewReply, Started,
+    TaskEnd, TaskProgress, UnwatchJob, WatchJob, WorkerDead, WorkerLink,
 };
 use crate::sched::{
     CapacitySummary, Grant, Placer, PlacerConfig, QueuedJob, Waiting, WorkerCapacity,
@@ -80,6 +80,9 @@ pub struct SchedulerConfig {
     pub callbacks: Option<CallbackRunner<NodeEvent>>,
     /// The health monitor, set once the tree is declared (the two refer to each other).
     pub health: OnceLock<HealthLink>,
+    /// Why this node has no GPUs (no driver, no device), when it has none: shown with every
+    /// GPU job that cannot be placed, and in the node's status.
+    pub gpus_absent: Option<String>,
 }
 
 /// How the scheduler reaches the health monitor for job-level suspicion.
@@ -1106,7 +1109,16 @@ impl Scheduler {
             attempt: entry.status.attempt,
             submitted_ms: entry.submitted_ms,
             waiting: if entry.status.state == JobState::Queued {
-                core.placer.waiting(job)
+                match (core.placer.waiting(job), &self.config.gpus_absent) {
+                    (Some(Waiting::Unplaceable { reason }), Some(absent))
+                        if entry.spec.resources.gpus > 0 =>
+                    {
+                        Some(Waiting::Unplaceable {
+                            reason: format!("{reason}; this node has no GPUs: {absent}"),
+                        })
+                    }
+                    (waiting, _) => waiting,
+                }
             } else {
                 None
             },
@@ -1555,12 +1567,58 @@ pub struct ClusterView {
     pub jobs: usize,
     /// Whether the node is draining (shutting down).
     pub draining: bool,
+    /// Why this node has no GPUs, when it has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus_absent: Option<String>,
 }
 
 /// API: the node's workers and totals.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<ClusterView, Error>")]
 pub struct Nodes;
+
+impl Handler<GpuHealth> for Scheduler {
+    type Result = Result<(), Error>;
+
+    fn handle(&mut self, msg: GpuHealth, ctx: &mut Ctx) -> Self::Result {
+        let core = self.core.as_mut().ok_or_else(|| Error::Unavailable {
+            reason: "the scheduler is not ready".to_owned(),
+        })?;
+        let Some(worker) = core
+            .workers
+            .iter()
+            .find(|(_, w)| w.name == msg.worker_path)
+            .map(|(id, _)| *id)
+        else {
+            tracing::warn!(worker_path = %msg.worker_path, gpu = msg.index,
+                "GPU health for a worker that is not registered (yet); ignored");
+            metrics::counter!(m::GPU_HEALTH_CHANGES, "state" => "unknown_worker").increment(1);
+            return Err(Error::Unavailable {
+                reason: format!("no registered worker at {}", msg.worker_path),
+            });
+        };
+        let holder = core
+            .placer
+            .set_gpu_health(worker, msg.index, msg.healthy)
+            .inspect_err(|error| {
+                tracing::error!(worker = %worker, gpu = msg.index, %error, "GPU health not applied");
+                metrics::counter!(m::GPU_HEALTH_CHANGES, "state" => "refused").increment(1);
+            })?;
+        if msg.healthy {
+            tracing::info!(worker = %worker, gpu = msg.index, reason = %msg.reason,
+                "GPU healthy again: it takes work");
+            metrics::counter!(m::GPU_HEALTH_CHANGES, "state" => "healthy").increment(1);
+            self.schedule(ctx);
+        } else {
+            // A job already on it runs on: whether its results stand is its owner's call, and
+            // the log line names it.
+            tracing::warn!(worker = %worker, gpu = msg.index, reason = %msg.reason,
+                job = ?holder, "GPU unhealthy: no new work is placed on it");
+            metrics::counter!(m::GPU_HEALTH_CHANGES, "state" => "unhealthy").increment(1);
+        }
+        Ok(())
+    }
+}
 
 impl Handler<Nodes> for Scheduler {
     type Result = Result<ClusterView, Error>;
@@ -1584,6 +1642,7 @@ impl Handler<Nodes> for Scheduler {
             running: core.active.len(),
             jobs: core.store.as_ref().map_or(0, |s| s.table().len()),
             draining: core.draining,
+            gpus_absent: self.config.gpus_absent.clone(),
         })
     }
 }

@@ -40,8 +40,8 @@ use crate::job::{CommandJob, JobId, JobKind, WorkloadJob};
 use crate::lease::self_fence_deadline;
 use crate::metrics as m;
 use crate::protocol::{
-    Assign, Backpressure, Finished, Heartbeat, Kill, KillReason, ProgressFlush, ProgressUpdate,
-    Register, Renew, SchedulerLink, Started, TaskEnd, WorkerLink,
+    Assign, Backpressure, Finished, GpuDevice, Heartbeat, Kill, KillReason, ProgressFlush,
+    ProgressUpdate, Register, Renew, SchedulerLink, Started, TaskEnd, WorkerLink,
 };
 use crate::sched::WorkerCapacity;
 use crate::workload::{CancelSignal, ProgressReporter, Run};
@@ -58,8 +58,10 @@ pub type Resolver = Arc<dyn Fn() -> SchedulerLink + Send + Sync>;
 
 /// What a worker needs; shared by every instance the supervisor creates.
 pub struct WorkerConfig {
-    /// What it offers the scheduler.
+    /// What it offers the scheduler. Its `gpus` are the indices of [`WorkerConfig::gpus`].
     pub capacity: WorkerCapacity,
+    /// The GPUs it owns, whole devices (empty on a machine without any).
+    pub gpus: Vec<GpuDevice>,
     /// Spawns command jobs.
     pub launcher: Launcher,
     /// Where job output goes: `<job>.<task>.out` and `.err`.
@@ -515,6 +517,8 @@ struct TaskRun {
     attempt: u32,
     gang: u32,
     timeout: Option<Duration>,
+    /// The GPUs its grant names, resolved to devices.
+    gpus: Vec<GpuDevice>,
 }
 
 impl TaskRun {
@@ -551,6 +555,17 @@ impl TaskRun {
             ("CADRE_ATTEMPT".to_owned(), self.attempt.to_string()),
             ("CADRE_TASK".to_owned(), self.task.to_string()),
             ("CADRE_GANG_SIZE".to_owned(), self.gang.to_string()),
+            // Exactly the granted devices, by UUID (ordinals can be renumbered); none for a
+            // job that asked for none, so it cannot reach a device another job holds. Set
+            // last, over anything the job's own env said.
+            (
+                "CUDA_VISIBLE_DEVICES".to_owned(),
+                self.gpus
+                    .iter()
+                    .map(|g| g.uuid.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
         ]);
         spec.cwd = command.workdir.map(PathBuf::from);
         let mut process = match config.launcher.spawn(&spec, &self.job.to_string()) {
@@ -637,6 +652,7 @@ impl TaskRun {
             params: workload.params,
             progress,
             cancel,
+            gpus: self.gpus.clone(),
         });
         tokio::pin!(run);
         let deadline = async {
@@ -697,6 +713,29 @@ impl Handler<Assign> for Worker {
         let (kill_tx, kill_rx) = oneshot::channel();
         let ttl = msg.lease_ttl;
         let (job, token, task) = (msg.job, msg.token, msg.task);
+        // The grant names GPUs by index; a task gets exactly those devices.
+        let gpus: Result<Vec<GpuDevice>, u32> = msg
+            .grant
+            .gpus
+            .iter()
+            .map(|&i| {
+                self.config
+                    .gpus
+                    .iter()
+                    .find(|g| g.index == i)
+                    .cloned()
+                    .ok_or(i)
+            })
+            .collect();
+        let (gpus, unknown_gpu) = match gpus {
+            Ok(gpus) => (gpus, None),
+            Err(index) => {
+                tracing::error!(worker = %worker, job = %job, lease = %token, gpu = index, path = ctx.path(),
+                    "assignment names a GPU this worker does not own; the task fails to start");
+                metrics::counter!(m::WORKER_ERRORS, "kind" => "unknown_gpu").increment(1);
+                (Vec::new(), Some(index))
+            }
+        };
         let run = TaskRun {
             config: Arc::clone(&self.config),
             started: self.link.started.clone(),
@@ -707,26 +746,34 @@ impl Handler<Assign> for Worker {
             attempt: msg.attempt,
             gang: msg.spec.gang.max(1),
             timeout: msg.spec.timeout_secs.map(Duration::from_secs),
+            gpus,
         };
         let mut progress = None;
-        let fut: std::pin::Pin<Box<dyn std::future::Future<Output = TaskEnd>>> = match msg.spec.kind
-        {
-            JobKind::Command(command) => Box::pin(run.command(command, kill_rx)),
-            JobKind::Workload(workload) => match self.config.workloads.get(&workload.name) {
-                Some(actor) => {
-                    let reporter = ProgressReporter::new();
-                    progress = Some((reporter.clone(), 0));
-                    Box::pin(run.workload(workload, actor.clone(), reporter, kill_rx))
-                }
-                None => {
-                    let error = format!(
-                        "workload {:?} is not registered on this worker",
-                        workload.name
-                    );
+        let fut: std::pin::Pin<Box<dyn std::future::Future<Output = TaskEnd>>> =
+            match (unknown_gpu, msg.spec.kind) {
+                (Some(index), _) => {
+                    let error =
+                        format!("the grant names GPU {index} which this worker does not own");
                     Box::pin(async move { TaskEnd::StartFailed { error } })
                 }
-            },
-        };
+                (None, JobKind::Command(command)) => Box::pin(run.command(command, kill_rx)),
+                (None, JobKind::Workload(workload)) => {
+                    match self.config.workloads.get(&workload.name) {
+                        Some(actor) => {
+                            let reporter = ProgressReporter::new();
+                            progress = Some((reporter.clone(), 0));
+                            Box::pin(run.workload(workload, actor.clone(), reporter, kill_rx))
+                        }
+                        None => {
+                            let error = format!(
+                                "workload {:?} is not registered on this worker",
+                                workload.name
+                            );
+                            Box::pin(async move { TaskEnd::StartFailed { error } })
+                        }
+                    }
+                }
+            };
         self.tasks.insert(
             token,
             Task {

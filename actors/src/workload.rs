@@ -42,6 +42,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::job::JobId;
+use crate::protocol::GpuDevice;
 
 /// A task's progress: how far (0.0 ..= 1.0) and, optionally, what it is doing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -150,4 +151,7 @@ pub struct Run {
     pub progress: ProgressReporter,
     /// Raised when the task must stop.
     pub cancel: CancelSignal,
+    /// The whole GPUs granted to the task (empty for a job that asked for none): the task
+    /// uses these and no others.
+    pub gpus: Vec<GpuDevice>,
 }

@@ -893,6 +893,7 @@ fn worker_spec(resolve: Resolver, workload: Recipient<Run>, log_dir: &Path) -> W
         resolve,
         health: None,
         workloads: BTreeMap::from([("test".to_owned(), workload)]),
+        gpus: Vec::new(),
         renew_every: RENEW_EVERY,
         progress_every: PROGRESS_EVERY,
         fence_margin: FENCE_MARGIN,
@@ -1561,6 +1562,7 @@ impl SchedRig {
             handoff: Mutex::new(None),
             callbacks: None,
             health: OnceLock::new(),
+            gpus_absent: None,
         });
         let sched_spec = WorkerSpec::new("scheduler", move || Scheduler::new(Arc::clone(&config)))
             .mailbox_capacity(1024);

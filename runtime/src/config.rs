@@ -59,6 +59,10 @@ pub struct Config {
     pub snapshot_every: u64,
     /// HTTP worker threads of the API (default 2).
     pub api_threads: usize,
+    /// How often each GPU's health is sampled through NVML, in milliseconds.
+    pub gpu_health_every_ms: u64,
+    /// The die temperature above which a GPU is unhealthy, in degrees Celsius.
+    pub gpu_max_temperature_celsius: u32,
 }
 
 impl Default for Config {
@@ -81,6 +85,8 @@ impl Default for Config {
             worker_memory_bytes: None,
             snapshot_every: 1_000_000,
             api_threads: 2,
+            gpu_health_every_ms: 5_000,
+            gpu_max_temperature_celsius: 90,
         }
     }
 }
@@ -179,6 +185,12 @@ impl Config {
         if let Some(v) = parse_env(env, "CADRE_WORKER_MEMORY_BYTES")? {
             config.worker_memory_bytes = Some(v);
         }
+        if let Some(v) = parse_env(env, "CADRE_GPU_HEALTH_EVERY_MS")? {
+            config.gpu_health_every_ms = v;
+        }
+        if let Some(v) = parse_env(env, "CADRE_GPU_MAX_TEMPERATURE_CELSIUS")? {
+            config.gpu_max_temperature_celsius = v;
+        }
         if let Some(v) = &flags.data_dir {
             config.data_dir = v.clone();
         }
@@ -238,6 +250,18 @@ impl Config {
         }
         if self.snapshot_every == 0 {
             return Err(invalid("snapshot_every", "must be at least 1"));
+        }
+        if self.gpu_health_every_ms < 100 {
+            return Err(invalid(
+                "gpu_health_every_ms",
+                "must be at least 100 (NVML's own sample period is longer)",
+            ));
+        }
+        if !(30..=120).contains(&self.gpu_max_temperature_celsius) {
+            return Err(invalid(
+                "gpu_max_temperature_celsius",
+                "must be between 30 and 120",
+            ));
         }
         if self.api_threads == 0 {
             return Err(invalid("api_threads", "must be at least 1"));

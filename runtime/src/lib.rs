@@ -6,6 +6,7 @@ pub mod api;
 pub mod config;
 pub mod error;
 pub mod extensions;
+pub mod gpu;
 pub mod metrics;
 pub mod node;
 pub mod registry;

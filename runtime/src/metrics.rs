@@ -31,6 +31,7 @@ pub fn install() -> Result<Exporter, Error> {
 pub fn describe() {
     cadre_actors::metrics::describe();
     cadre_cpu::metrics::describe();
+    cadre_gpu::metrics::describe();
     metrics::gauge!("cadre_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     metrics::describe_gauge!("cadre_build_info", "cadre's version; always 1");
     // Counters and gauges exist from the start (at zero), so a dashboard or an alert on a

@@ -36,6 +36,7 @@ use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::error::Error;
 use crate::extensions::Extensions;
+use crate::gpu::{GpuMonitor, GpuMonitorConfig};
 use crate::registry::NodeRegistry;
 
 /// A running node.
@@ -54,6 +55,9 @@ fn data_dir_error(path: &std::path::Path, e: std::io::Error) -> Error {
         reason: e.to_string(),
     }
 }
+
+/// The one worker's actor path: how the scheduler and the GPU monitor name it.
+pub const WORKER_PATH: &str = "cadre/workers/cpu-0";
 
 impl Node {
     /// Opens the data directory, starts the tree (with `extensions` registered) and both HTTP
@@ -80,6 +84,7 @@ impl Node {
         let opened = Store::open(&journal_dir, engine.clone(), store_options.clone()).await?;
         tracing::info!(dir = %journal_dir.display(), jobs = opened.1.jobs,
             requeued = opened.1.requeued.len(), failed = opened.1.failed.len(), "journal recovered");
+        let gpus = crate::gpu::discover().await;
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let (callbacks, callbacks_spec) = CallbackRunner::<NodeEvent>::new();
         let scheduler_config = Arc::new(SchedulerConfig {
@@ -93,6 +98,7 @@ impl Node {
             // No callback registered: the scheduler skips building their events.
             callbacks: (!extensions.callbacks.is_empty()).then(|| callbacks.clone()),
             health: OnceLock::new(),
+            gpus_absent: gpus.absent.clone(),
         });
         let sc = Arc::clone(&scheduler_config);
         let scheduler_spec = WorkerSpec::new("scheduler", move || Scheduler::new(Arc::clone(&sc)))
@@ -134,10 +140,42 @@ impl Node {
             memory_bytes: config
                 .worker_memory_bytes
                 .unwrap_or(inventory.memory_total_bytes),
-            gpus: Vec::new(),
+            gpus: (0..gpus.devices.len() as u32).collect(),
         };
-        tracing::info!(cpu_millis = capacity.cpu_millis, memory_bytes = capacity.memory_bytes,
-            "no GPU support in this build: the worker offers 0 GPUs and GPU jobs wait with a reason");
+        tracing::info!(
+            cpu_millis = capacity.cpu_millis,
+            memory_bytes = capacity.memory_bytes,
+            gpus = capacity.gpus.len(),
+            "worker capacity"
+        );
+        let gpu_devices = gpus.worker_devices();
+        let gpu_monitor = if gpu_devices.is_empty() {
+            None
+        } else {
+            match cadre_gpu::Sampler::new() {
+                Ok(sampler) => {
+                    let monitor_config = Arc::new(GpuMonitorConfig {
+                        devices: gpu_devices.clone(),
+                        worker_path: WORKER_PATH.to_owned(),
+                        every: Duration::from_millis(config.gpu_health_every_ms),
+                        limits: cadre_gpu::HealthLimits {
+                            max_temperature_celsius: config.gpu_max_temperature_celsius,
+                            ..cadre_gpu::HealthLimits::default()
+                        },
+                        source: Arc::new(sampler),
+                        scheduler: scheduler.clone().recipient(),
+                    });
+                    Some(WorkerSpec::new("gpu-health", move || {
+                        GpuMonitor::new(Arc::clone(&monitor_config))
+                    }))
+                }
+                Err(error) => {
+                    tracing::warn!(%error,
+                        "NVML unavailable: GPU health is not sampled and every GPU counts as healthy");
+                    None
+                }
+            }
+        };
         let Extensions {
             workloads: workload_specs,
             callbacks: callback_specs,
@@ -173,6 +211,7 @@ impl Node {
             resolve: Arc::new(move || Scheduler::link(&link_addr, "cadre/scheduler")),
             health: Some(health.recipient()),
             workloads,
+            gpus: gpu_devices,
             renew_every,
             progress_every: Duration::from_millis(config.progress_every_ms),
             fence_margin: Duration::from_millis(config.fence_margin_ms),
@@ -186,15 +225,17 @@ impl Node {
             .intensity(10, Duration::from_secs(60))
             .child(worker_spec)
             .into_child("workers");
-        let root = SupervisorSpec::one_for_one()
+        let mut root = SupervisorSpec::one_for_one()
             .intensity(10, Duration::from_secs(60))
             .child(callbacks_spec.into_child("callbacks"))
             .child(scheduler_spec)
             .child(health_spec)
             .child(workloads_sup.into_child("workloads"))
-            .child(workers)
-            .start("cadre")
-            .await?;
+            .child(workers);
+        if let Some(monitor) = gpu_monitor {
+            root = root.child(monitor);
+        }
+        let root = root.start("cadre").await?;
         for spec in callback_specs {
             callbacks.register(spec).await?;
         }
