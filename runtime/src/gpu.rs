@@ -139,12 +139,12 @@ impl GpuMonitor {
                 .get(&device.index)
                 .cloned()
                 .unwrap_or(DeviceHealth::Healthy);
-            let changed = match (&told, &health) {
-                (DeviceHealth::Healthy, DeviceHealth::Healthy) => false,
-                (DeviceHealth::Unhealthy(_), DeviceHealth::Unhealthy(_)) => false,
-                _ => true,
-            };
-            if !changed {
+            let same = matches!(
+                (&told, &health),
+                (DeviceHealth::Healthy, DeviceHealth::Healthy)
+                    | (DeviceHealth::Unhealthy(_), DeviceHealth::Unhealthy(_))
+            );
+            if same {
                 continue;
             }
             let (healthy, reason) = match &health {
@@ -164,7 +164,7 @@ impl GpuMonitor {
             };
             let (index, uuid) = (device.index, device.uuid.clone());
             let send = config.scheduler.send(msg);
-            ctx.spawn(async move { send.await }.into_actor(self).map(
+            ctx.spawn(send.into_actor(self).map(
                 move |result, act, ctx| match result {
                     // Only what the scheduler took counts as told; the rest is sent again on
                     // the next sample.
