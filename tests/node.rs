@@ -175,6 +175,30 @@ fn a_gang_starts_all_its_tasks_together() {
         nodes["gpus_absent"].as_str().unwrap().contains("CUDA"),
         "{nodes}"
     );
+    // cadre's GPU workloads are registered: one asked without GPUs fails, saying so; one asking
+    // for a GPU here waits like any GPU job.
+    let (status, body) = node.post(
+        "/v1/jobs",
+        &json!({"name": "saxpy", "kind": {"workload": {"name": "gpu.saxpy", "params": {"n": 1024}}}}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let id = body["id"].as_u64().unwrap();
+    let job = node.wait_state(id, "failed", Duration::from_secs(10));
+    assert!(
+        job["outcome"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("resources.gpus"),
+        "{job}"
+    );
+    let (status, body) = node.post(
+        "/v1/jobs",
+        &json!({"name": "saxpy", "resources": {"gpus": 1},
+            "kind": {"workload": {"name": "gpu.saxpy", "params": {"n": 1024}}}}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let job = node.job(body["id"].as_u64().unwrap());
+    assert_eq!(job["waiting"]["kind"], "unplaceable", "{job}");
     // A gang larger than the node can ever hold waits with a reason instead of running partly.
     let id = node.submit(&["--gang", "4"], &["/bin/true"]);
     let job = node.job(id);

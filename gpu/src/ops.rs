@@ -311,6 +311,76 @@ pub fn check(
     Ok(())
 }
 
+/// Checks `samples` elements of `c = a * b` (row-major, `rows` x `inner` times `inner` x
+/// `cols`), spread evenly over `c`, against dot products computed on the CPU in f64: the check
+/// for products too large to recompute whole. Tolerance is `tolerance` relative to the sum of
+/// the products' magnitudes (at least 1).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "a matrix product's shape is three numbers"
+)]
+pub fn check_matmul_sampled(
+    device: usize,
+    a: &[f32],
+    b: &[f32],
+    c: &[f32],
+    rows: usize,
+    inner: usize,
+    cols: usize,
+    samples: usize,
+    tolerance: f64,
+) -> Result<()> {
+    check_shape(a, b, rows, inner, cols)?;
+    let total = rows.saturating_mul(cols);
+    if c.len() != total {
+        return Err(GpuError::Invalid {
+            field: "c",
+            reason: format!("{} elements, not rows*cols = {rows}*{cols}", c.len()),
+        });
+    }
+    if total == 0 {
+        return Ok(());
+    }
+    let step = (total / samples.max(1)).max(1);
+    for index in (0..total).step_by(step) {
+        let (r, col) = (index / cols, index % cols);
+        let (mut dot, mut magnitude) = (0.0f64, 0.0f64);
+        for k in 0..inner {
+            let p = f64::from(a[r * inner + k]) * f64::from(b[k * cols + col]);
+            dot += p;
+            magnitude += p.abs();
+        }
+        let got = f64::from(c[index]);
+        let within = (got - dot).abs() <= tolerance * magnitude.max(1.0);
+        if !within {
+            return Err(report(
+                "check",
+                Some(device),
+                GpuError::Mismatch {
+                    kernel: "matmul",
+                    device,
+                    index,
+                    got: c[index],
+                    expected: dot as f32,
+                },
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A deterministic value in [-1, 1) for position `i` of the stream `seed` (splitmix64): input
+/// data that any part of a split job, and the CPU reference, can produce independently.
+pub fn sample_value(seed: u64, i: u64) -> f32 {
+    let mut z = seed
+        .wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+}
+
 /// Splits `n` items into `parts` contiguous ranges whose lengths differ by at most one (the
 /// first ones longer): how a multi-GPU job divides its work among its devices.
 pub fn split(n: usize, parts: usize) -> Vec<Range<usize>> {
@@ -395,6 +465,38 @@ mod tests {
             check("k", 0, &[f32::NAN], &[0.0], 1e-6),
             Err(GpuError::Mismatch { index: 0, .. })
         ));
+    }
+
+    #[test]
+    fn the_sampled_matmul_check_finds_a_wrong_element() {
+        let (rows, inner, cols) = (5, 7, 3);
+        let a: Vec<f32> = (0..rows * inner)
+            .map(|i| sample_value(1, i as u64))
+            .collect();
+        let b: Vec<f32> = (0..inner * cols)
+            .map(|i| sample_value(2, i as u64))
+            .collect();
+        let mut c = matmul_reference(&a, &b, rows, inner, cols).unwrap();
+        check_matmul_sampled(0, &a, &b, &c, rows, inner, cols, rows * cols, 1e-5).unwrap();
+        c[4] += 0.5;
+        assert!(matches!(
+            check_matmul_sampled(2, &a, &b, &c, rows, inner, cols, rows * cols, 1e-5),
+            Err(GpuError::Mismatch {
+                index: 4,
+                device: 2,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn sample_values_are_deterministic_and_in_range() {
+        let v: Vec<f32> = (0..10_000).map(|i| sample_value(7, i)).collect();
+        assert!(v.iter().all(|x| (-1.0..1.0).contains(x)));
+        assert_eq!(v[123], sample_value(7, 123));
+        assert_ne!(sample_value(7, 1), sample_value(8, 1));
+        let mean = v.iter().map(|&x| f64::from(x)).sum::<f64>() / v.len() as f64;
+        assert!(mean.abs() < 0.05, "mean {mean}");
     }
 
     #[test]

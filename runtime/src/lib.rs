@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod extensions;
 pub mod gpu;
+pub mod gpu_workloads;
 pub mod metrics;
 pub mod node;
 pub mod registry;
