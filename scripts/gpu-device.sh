@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The GPU checks, for a session that has a GPU machine (see gpu/README.md). Two halves:
-#   bash scripts/gpu-device.sh prepare   here: builds the #[ignore]d GPU tests into .gpu/
-#                                        (ignored through .git/info/exclude)
+#   bash scripts/gpu-device.sh prepare   here: builds the #[ignore]d GPU tests and the bench
+#                                        into .gpu/ (ignored through .git/info/exclude)
 #   bash scripts/gpu-device.sh run       on the GPU machine, with .gpu carried: finds NVRTC
-#                                        there, then runs every GPU test
+#                                        there, runs every GPU test, then `cadre-bench gpu`
 # The GPU machine has the driver and the CUDA 13.0 toolkit but no Rust toolchain and no
 # network, so the binary is built here and carried.
 set -euo pipefail
@@ -19,6 +19,9 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable"):
         print(m["executable"])' | tail -1)
     cp "$bin" .gpu/gpu-device-tests
+    cargo build --release -p cadre-bench
+    cp target/release/cadre-bench .gpu/cadre-bench
+    strip .gpu/cadre-bench .gpu/gpu-device-tests 2>/dev/null || true
     ls -la .gpu
     ;;
 run)
@@ -30,7 +33,10 @@ run)
         echo "NVRTC: libnvrtc.so.13 not found under /usr/local, /opt or /usr/lib"
     fi
     nvidia-smi -L || true
-    .gpu/gpu-device-tests --ignored --test-threads=1 --nocapture
+    status=0
+    .gpu/gpu-device-tests --ignored --test-threads=1 --nocapture || status=$?
+    .gpu/cadre-bench gpu || status=$?
+    exit "$status"
     ;;
 *)
     echo "usage: bash scripts/gpu-device.sh prepare|run" >&2

@@ -45,7 +45,7 @@ impl Handler<Run> for Noop {
     }
 }
 
-fn check(what: impl Into<String>) -> BenchError {
+pub(crate) fn check(what: impl Into<String>) -> BenchError {
     BenchError::Check(what.into())
 }
 
@@ -54,14 +54,14 @@ fn free_port() -> Result<u16, BenchError> {
 }
 
 /// A node running on its own thread; stopped (drained, journal flushed) on `stop`.
-struct RunningNode {
-    api: String,
+pub(crate) struct RunningNode {
+    pub(crate) api: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<Result<(), String>>>,
 }
 
 impl RunningNode {
-    fn start(dir: &Path, cpu_millis: u64) -> Result<RunningNode, BenchError> {
+    pub(crate) fn start(dir: &Path, cpu_millis: u64) -> Result<RunningNode, BenchError> {
         let api_port = free_port()?;
         let metrics_port = free_port()?;
         let config = Config {
@@ -80,7 +80,7 @@ impl RunningNode {
             .spawn(move || {
                 let system = actix::System::new();
                 system.block_on(async move {
-                    let extensions = Extensions::new().workload("noop", || Noop);
+                    let extensions = Extensions::new().workload("noop", || Noop).gpu_workloads();
                     let node = match Node::start(config, None, extensions).await {
                         Ok(node) => node,
                         Err(e) => {
@@ -112,7 +112,7 @@ impl RunningNode {
         })
     }
 
-    fn stop(mut self) -> Result<(), BenchError> {
+    pub(crate) fn stop(mut self) -> Result<(), BenchError> {
         if let Some(stop) = self.stop.take() {
             if stop.send(()).is_err() {
                 return Err(check("node thread ended early"));
@@ -126,7 +126,7 @@ impl RunningNode {
     }
 }
 
-fn agent() -> ureq::Agent {
+pub(crate) fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(120)))
@@ -134,7 +134,7 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-fn get(agent: &ureq::Agent, url: &str) -> Result<Value, BenchError> {
+pub(crate) fn get(agent: &ureq::Agent, url: &str) -> Result<Value, BenchError> {
     let mut r = agent
         .get(url)
         .call()
@@ -146,7 +146,7 @@ fn get(agent: &ureq::Agent, url: &str) -> Result<Value, BenchError> {
 
 /// Submits `batches` batches of `per_batch` copies of `spec` from `clients` threads, then waits
 /// until nothing is queued or running; returns the seconds from the first request to then.
-fn drive(
+pub(crate) fn drive(
     api: &str,
     spec: &Value,
     batches: usize,
@@ -307,7 +307,7 @@ fn scratch(name: &str) -> Result<PathBuf, BenchError> {
     scratch_in(&std::env::temp_dir(), name)
 }
 
-fn scratch_in(root: &Path, name: &str) -> Result<PathBuf, BenchError> {
+pub(crate) fn scratch_in(root: &Path, name: &str) -> Result<PathBuf, BenchError> {
     let dir = root.join(format!("cadre-bench-e2e-{name}-{}", std::process::id()));
     if dir.exists() {
         std::fs::remove_dir_all(&dir)?;
@@ -316,7 +316,7 @@ fn scratch_in(root: &Path, name: &str) -> Result<PathBuf, BenchError> {
     Ok(dir)
 }
 
-fn cleanup(dir: &Path) {
+pub(crate) fn cleanup(dir: &Path) {
     if let Err(e) = std::fs::remove_dir_all(dir) {
         eprintln!("scheduler: leaving {}: {e}", dir.display());
     }

@@ -2,11 +2,12 @@
 //! its results to stdout, one JSON object per line (progress goes to stderr); see
 //! `bench/README.md` for the suites, the cases and their targets.
 //!
-//! One module per suite (`supervisor.rs`, `io.rs`), plus what they share: `report.rs` (JSON lines and
+//! One module per suite (`supervisor.rs`, `io.rs`, `scheduler.rs` with `e2e.rs`, `gpu.rs`), plus what they share: `report.rs` (JSON lines and
 //! statistics) and `alloc.rs` (the counting global allocator, from the stats_alloc crate).
 
 mod alloc;
 mod e2e;
+mod gpu;
 mod io;
 mod report;
 mod scheduler;
@@ -39,6 +40,11 @@ const SUITES: &[Suite] = &[
         name: "scheduler",
         about: "decisions at 10k workers/100k queued, 1M queued jobs, durable submits, replay, end to end",
         run: scheduler::run,
+    },
+    Suite {
+        name: "gpu",
+        about: "GPU jobs through cadre vs bare cudarc: per-job overhead, matmul TFLOP/s, copy bandwidth (needs a GPU)",
+        run: gpu::run,
     },
 ];
 
