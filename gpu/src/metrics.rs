@@ -4,6 +4,8 @@
 pub const GPU_ERRORS: &str = "cadre_gpu_errors_total";
 /// Gauge of devices the inventory found.
 pub const GPU_DEVICES: &str = "cadre_gpu_devices";
+/// Gauge, 1 while a device is healthy (takes work) and 0 while not: `{device}`.
+pub const GPU_HEALTHY: &str = "cadre_gpu_healthy";
 /// Gauge of a device's utilization over NVML's last sample period, 0 to 1: `{device}`.
 pub const GPU_UTILIZATION: &str = "cadre_gpu_utilization_ratio";
 /// Gauge of a device's memory in use, in bytes: `{device}`.
@@ -23,6 +25,10 @@ pub fn describe() {
         "Counter of GPU failures: `{kind}` (`no_driver`, `no_device`, `cuda`, `compile`, ...)."
     );
     metrics::describe_gauge!(GPU_DEVICES, "Gauge of devices the inventory found.");
+    metrics::describe_gauge!(
+        GPU_HEALTHY,
+        "Gauge, 1 while a device is healthy (takes work) and 0 while not: `{device}`."
+    );
     metrics::describe_gauge!(
         GPU_UTILIZATION,
         "Gauge of a device's utilization over NVML's last sample period, 0 to 1: `{device}`."

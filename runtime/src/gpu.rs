@@ -134,6 +134,9 @@ impl GpuMonitor {
                 // Logged and counted by the source.
                 Err(e) => DeviceHealth::Unhealthy(format!("its health cannot be read: {e}")),
             };
+            let healthy_now = f64::from(u8::from(health == DeviceHealth::Healthy));
+            metrics::gauge!(cadre_gpu::metrics::GPU_HEALTHY, "device" => device.uuid.clone())
+                .set(healthy_now);
             let told = self
                 .told
                 .get(&device.index)
