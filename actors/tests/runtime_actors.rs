@@ -2,7 +2,10 @@
 //! the health monitor (worker deaths, job stalls), the worker against a scripted fake scheduler
 //! (self-fencing, refused renewals, re-registration, progress back-pressure, the progress
 //! circuit, kills, timeouts), and the real scheduler with a journal in a temporary directory
-//! driven by fake workers (fencing tokens, lease expiry, worker death, cancellation, gangs).
+//! driven by fake workers (fencing tokens, lease expiry, worker death, cancellation, gangs),
+//! and GPUs: the scheduler's GPU health and release of GPUs on every end, the reason a GPU job
+//! waits on a node without GPUs, and the devices a real worker gives a command
+//! (`CUDA_VISIBLE_DEVICES`) or a workload (`Run::gpus`).
 //!
 //! Time only moves through `tokio::time` on a paused clock, so every "not before" and "within"
 //! below is about virtual time and is deterministic.
@@ -19,13 +22,13 @@ use std::time::Duration;
 use actix::prelude::*;
 use cadre_actors::backpressure::Hysteresis;
 use cadre_actors::health::{phi, HealthConfig, HealthMonitor};
-use cadre_actors::job::{JobKind, JobSpec, JobState, Resources, WorkloadJob};
+use cadre_actors::job::{CommandJob, JobKind, JobSpec, JobState, Resources, WorkloadJob};
 use cadre_actors::protocol::{
-    Assign, Backpressure, Finished, Heartbeat, JobStalled, JobsProgressed, Kill, KillReason,
-    ProgressAck, ProgressFlush, Register, Renew, RenewReply, SchedulerLink, Started, TaskEnd,
-    UnwatchJob, WatchJob, WorkerDead, WorkerLink,
+    Assign, Backpressure, Finished, GpuDevice, GpuHealth, Heartbeat, JobStalled, JobsProgressed,
+    Kill, KillReason, ProgressAck, ProgressFlush, Register, Renew, RenewReply, SchedulerLink,
+    Started, TaskEnd, UnwatchJob, WatchJob, WorkerDead, WorkerLink,
 };
-use cadre_actors::sched::{Grant, PlacerConfig, WorkerCapacity};
+use cadre_actors::sched::{Grant, PlacerConfig, Waiting, WorkerCapacity};
 use cadre_actors::scheduler::{
     CancelJob, CancelOutcome, CloseStore, GetJob, JobView, Scheduler, SchedulerConfig, Submit,
 };
@@ -833,6 +836,8 @@ fn fake_link(addr: &Addr<FakeScheduler>, target: &str) -> SchedulerLink {
 struct WorkloadSeen {
     runs: Vec<JobId>,
     cancelled: Vec<JobId>,
+    /// The GPUs each run was given (`Run::gpus`), in run order.
+    gpus: Vec<(JobId, Vec<GpuDevice>)>,
 }
 
 /// A workload that reports progress every `params.every_ms` (10 by default) and returns
@@ -850,7 +855,11 @@ impl Handler<Run> for TestWorkload {
     type Result = ResponseFuture<Result<serde_json::Value, WorkloadError>>;
     fn handle(&mut self, run: Run, _: &mut Self::Context) -> Self::Result {
         let seen = Arc::clone(&self.seen);
-        lock(&seen).runs.push(run.job);
+        {
+            let mut s = lock(&seen);
+            s.runs.push(run.job);
+            s.gpus.push((run.job, run.gpus.clone()));
+        }
         let every = ms(run.params["every_ms"].as_u64().unwrap_or(10));
         let steps = run.params["steps"].as_u64();
         Box::pin(async move {
@@ -882,25 +891,35 @@ impl Handler<Run> for TestWorkload {
 
 /// A worker child with the test settings, offering the test workload as `test`.
 fn worker_spec(resolve: Resolver, workload: Recipient<Run>, log_dir: &Path) -> WorkerSpec<Worker> {
-    let config = Arc::new(WorkerConfig {
+    let config = worker_config(resolve, workload, log_dir, Vec::new());
+    WorkerSpec::new("worker", move || Worker::new(Arc::clone(&config))).mailbox_capacity(1024)
+}
+
+/// The test worker's settings, owning `gpus` (its capacity offers their indices).
+fn worker_config(
+    resolve: Resolver,
+    workload: Recipient<Run>,
+    log_dir: &Path,
+    gpus: Vec<GpuDevice>,
+) -> Arc<WorkerConfig> {
+    Arc::new(WorkerConfig {
         capacity: WorkerCapacity {
             cpu_millis: 4000,
             memory_bytes: 1 << 30,
-            gpus: Vec::new(),
+            gpus: gpus.iter().map(|g| g.index).collect(),
         },
         launcher: Launcher::new(IoEngine::new(BackendSetting::Std).unwrap()),
         log_dir: log_dir.to_owned(),
         resolve,
         health: None,
         workloads: BTreeMap::from([("test".to_owned(), workload)]),
-        gpus: Vec::new(),
+        gpus,
         renew_every: RENEW_EVERY,
         progress_every: PROGRESS_EVERY,
         fence_margin: FENCE_MARGIN,
         term_grace: TERM_GRACE,
         ledger: None,
-    });
-    WorkerSpec::new("worker", move || Worker::new(Arc::clone(&config))).mailbox_capacity(1024)
+    })
 }
 
 struct WorkerRig {
@@ -912,6 +931,8 @@ struct WorkerRig {
     workload: Arc<Mutex<WorkloadSeen>>,
     resolves: Arc<AtomicUsize>,
     root: SupervisorRef,
+    /// The worker's settings (where its logs go).
+    config: Arc<WorkerConfig>,
     _logs: Scratch,
 }
 
@@ -919,6 +940,11 @@ impl WorkerRig {
     /// Starts a tree with the fake schedulers, the test workload and a worker, and waits until
     /// the worker has registered.
     async fn start(switch_on_resolve: bool) -> WorkerRig {
+        WorkerRig::start_with(switch_on_resolve, Vec::new()).await
+    }
+
+    /// As [`WorkerRig::start`], with a worker that owns `gpus`.
+    async fn start_with(switch_on_resolve: bool, gpus: Vec<GpuDevice>) -> WorkerRig {
         let (fake, alt) = (FakeScheduler::new(), FakeScheduler::new());
         let f = fake.clone();
         let fake_spec = WorkerSpec::new("scheduler", move || f.clone()).mailbox_capacity(1024);
@@ -940,7 +966,10 @@ impl WorkerRig {
             }
         });
         let logs = Scratch::new("worker-logs");
-        let worker_spec = worker_spec(resolve, workload_addr.recipient(), logs.path());
+        let config = worker_config(resolve, workload_addr.recipient(), logs.path(), gpus);
+        let c = Arc::clone(&config);
+        let worker_spec =
+            WorkerSpec::new("worker", move || Worker::new(Arc::clone(&c))).mailbox_capacity(1024);
         let worker = worker_spec.addr();
         let root = SupervisorSpec::one_for_one()
             .child(fake_spec)
@@ -963,6 +992,7 @@ impl WorkerRig {
             workload: seen,
             resolves,
             root,
+            config,
             _logs: logs,
         }
     }
@@ -974,6 +1004,11 @@ impl WorkerRig {
     }
 
     async fn assign_spec(&self, job: u64, token: u64, spec: JobSpec) {
+        self.assign_gpus(job, token, spec, Vec::new()).await;
+    }
+
+    /// Assigns task 0 of `job` under `token`, its grant naming the GPU indices `gpus`.
+    async fn assign_gpus(&self, job: u64, token: u64, spec: JobSpec, gpus: Vec<u32>) {
         self.worker
             .send(Assign {
                 job: JobId(job),
@@ -986,7 +1021,7 @@ impl WorkerRig {
                     task: 0,
                     cpu_millis: 1000,
                     memory_bytes: 1 << 20,
-                    gpus: Vec::new(),
+                    gpus,
                 },
                 lease_ttl: TTL,
             })
@@ -1551,6 +1586,11 @@ struct SchedRig {
 
 impl SchedRig {
     async fn start(ttl: Duration, fakes: usize) -> SchedRig {
+        SchedRig::start_with(ttl, fakes, None).await
+    }
+
+    /// As [`SchedRig::start`], on a node that has no GPUs for the reason `gpus_absent`.
+    async fn start_with(ttl: Duration, fakes: usize, gpus_absent: Option<String>) -> SchedRig {
         let journal = Scratch::new("journal");
         let config = Arc::new(SchedulerConfig {
             journal_dir: journal.path().to_owned(),
@@ -1562,7 +1602,7 @@ impl SchedRig {
             handoff: Mutex::new(None),
             callbacks: None,
             health: OnceLock::new(),
-            gpus_absent: None,
+            gpus_absent,
         });
         let sched_spec = WorkerSpec::new("scheduler", move || Scheduler::new(Arc::clone(&config)))
             .mailbox_capacity(1024);
@@ -1592,14 +1632,19 @@ impl SchedRig {
 
     /// Registers fake worker `i` with `cpu_millis` of CPU.
     async fn register(&self, i: usize, cpu_millis: u64) -> WorkerId {
+        self.register_gpus(i, cpu_millis, Vec::new()).await
+    }
+
+    /// Registers fake worker `i` with `cpu_millis` of CPU and the GPU indices `gpus`.
+    async fn register_gpus(&self, i: usize, cpu_millis: u64, gpus: Vec<u32>) -> WorkerId {
         let addr = &self.workers[i].1;
         self.sched
             .send(Register {
-                name: format!("test/fake-worker-{i}"),
+                name: fake_worker_path(i),
                 capacity: WorkerCapacity {
                     cpu_millis,
                     memory_bytes: 1 << 30,
-                    gpus: Vec::new(),
+                    gpus,
                 },
                 link: WorkerLink {
                     assign: addr.clone().recipient(),
@@ -1608,6 +1653,20 @@ impl SchedRig {
             })
             .await
             .unwrap()
+            .unwrap()
+    }
+
+    /// Tells the scheduler that GPU `index` of the worker registered as `worker_path` is
+    /// healthy or not, as the GPU monitor does.
+    async fn gpu_health(&self, worker_path: &str, index: u32, healthy: bool) -> Result<(), Error> {
+        self.sched
+            .send(GpuHealth {
+                worker_path: worker_path.to_owned(),
+                index,
+                healthy,
+                reason: "test".to_owned(),
+            })
+            .await
             .unwrap()
     }
 
@@ -1698,6 +1757,18 @@ impl SchedRig {
         self.sched.send(CloseStore).await.unwrap();
         self.root.stop().await.unwrap();
     }
+}
+
+/// The name fake worker `i` registers under (its actor path).
+fn fake_worker_path(i: usize) -> String {
+    format!("test/fake-worker-{i}")
+}
+
+/// A job of one task that needs `gpus` whole GPUs, no retries.
+fn gpu_job(name: &str, gpus: u32) -> JobSpec {
+    let mut spec = sched_job(name, 0);
+    spec.resources.gpus = gpus;
+    spec
 }
 
 fn sched_job(name: &str, retries: u32) -> JobSpec {
@@ -2133,6 +2204,438 @@ fn scheduler_cancel_of_a_placement_not_yet_durable_still_stops_the_task() {
             (seen.runs.clone(), seen.cancelled.clone())
         };
         assert_eq!(runs, cancelled);
+        rig.stop().await;
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// GPUs: health reports, release on every end, a node without GPUs, devices a task is given
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn scheduler_places_no_new_work_on_an_unhealthy_gpu_until_it_is_healthy_again() {
+    run(|_| async {
+        let rig = SchedRig::start(LONG_TTL, 1).await;
+        let w = rig.register_gpus(0, 4000, vec![0, 1]).await;
+        let path = fake_worker_path(0);
+        rig.gpu_health(&path, 0, false).await.unwrap();
+        let [two, one] = rig
+            .submit(vec![gpu_job("two-gpus", 2), gpu_job("one-gpu", 1)])
+            .await[..]
+        else {
+            panic!("two ids");
+        };
+        let a = rig.until_assigns(0, 1).await.remove(0);
+        assert_eq!(a.job, one);
+        assert_eq!(a.grant.gpus, vec![1], "placed on the healthy GPU only");
+        sleep(ms(200)).await;
+        assert_eq!(
+            rig.fake(0).assigns().len(),
+            1,
+            "the 2-GPU job was placed with GPU 0 unhealthy"
+        );
+        let view = rig.view(two).await;
+        assert_eq!(view.state, JobState::Queued);
+        assert!(
+            matches!(&view.waiting, Some(Waiting::Unplaceable { .. })),
+            "{:?}",
+            view.waiting
+        );
+        rig.started(w, &a).await.unwrap();
+        rig.until_state(one, JobState::Running).await;
+
+        // Healthy again: the 2-GPU job rejoins the queue but waits for GPU 1.
+        rig.gpu_health(&path, 0, true).await.unwrap();
+        sleep(ms(200)).await;
+        assert_eq!(rig.fake(0).assigns().len(), 1, "placed on a held GPU");
+        let view = rig.view(two).await;
+        assert_eq!(view.state, JobState::Queued);
+        assert!(
+            matches!(&view.waiting, Some(Waiting::Queued { .. })),
+            "still unplaceable once every GPU is healthy: {:?}",
+            view.waiting
+        );
+
+        rig.finished(w, one, a.token, TaskEnd::Completed { result: json!(1) })
+            .await
+            .unwrap();
+        rig.until_state(one, JobState::Succeeded).await;
+        let b = rig.until_assigns(0, 2).await.remove(1);
+        assert_eq!(b.job, two);
+        let mut gpus = b.grant.gpus.clone();
+        gpus.sort_unstable();
+        assert_eq!(gpus, vec![0, 1]);
+        assert!(rig.fake(0).kills().is_empty());
+        rig.stop().await;
+    });
+}
+
+#[test]
+fn scheduler_gpu_health_places_at_once_when_healthy_and_refuses_unknown_workers_and_devices() {
+    let obs = run(|_| async {
+        let rig = SchedRig::start(LONG_TTL, 1).await;
+        let path = fake_worker_path(0);
+        // Before the worker registers, its path is unknown.
+        let err = rig.gpu_health(&path, 0, false).await;
+        assert!(err.is_err(), "{err:?}");
+        let w = rig.register_gpus(0, 4000, vec![0, 1]).await;
+        let err = rig.gpu_health("test/no-such-worker", 0, false).await;
+        assert!(err.is_err(), "{err:?}");
+        let err = rig.gpu_health(&path, 5, false).await;
+        assert!(
+            matches!(err, Err(Error::UnknownDevice { worker, index: 5 }) if worker == w),
+            "{err:?}"
+        );
+
+        rig.gpu_health(&path, 1, false).await.unwrap();
+        // A device already unhealthy may be reported again.
+        rig.gpu_health(&path, 1, false).await.unwrap();
+        let [job] = rig.submit(vec![gpu_job("two-gpus", 2)]).await[..] else {
+            panic!("one id");
+        };
+        sleep(ms(200)).await;
+        assert!(rig.fake(0).assigns().is_empty());
+        assert_eq!(rig.view(job).await.state, JobState::Queued);
+        // Nothing else happens: the healthy report alone places the job.
+        rig.gpu_health(&path, 1, true).await.unwrap();
+        let a = rig.until_assigns(0, 1).await.remove(0);
+        assert_eq!(a.job, job);
+        let mut gpus = a.grant.gpus.clone();
+        gpus.sort_unstable();
+        assert_eq!(gpus, vec![0, 1]);
+        rig.stop().await;
+    });
+    let count = |state| obs.counter("cadre_gpu_health_changes_total", &[("state", state)]);
+    assert_eq!(count("unknown_worker"), 2);
+    assert_eq!(count("refused"), 1);
+    assert_eq!(count("unhealthy"), 2);
+    assert_eq!(count("healthy"), 1);
+}
+
+#[test]
+fn scheduler_leaves_a_job_on_a_gpu_that_turns_unhealthy_and_gives_that_gpu_to_no_one_else() {
+    run(|_| async {
+        let rig = SchedRig::start(LONG_TTL, 1).await;
+        let w = rig.register_gpus(0, 4000, vec![0]).await;
+        let path = fake_worker_path(0);
+        let [first] = rig.submit(vec![gpu_job("first", 1)]).await[..] else {
+            panic!("one id");
+        };
+        let a = rig.until_assigns(0, 1).await.remove(0);
+        assert_eq!((a.job, a.grant.gpus.clone()), (first, vec![0]));
+        rig.started(w, &a).await.unwrap();
+        rig.until_state(first, JobState::Running).await;
+        rig.gpu_health(&path, 0, false).await.unwrap();
+        let [second] = rig.submit(vec![gpu_job("second", 1)]).await[..] else {
+            panic!("one id");
+        };
+        sleep(ms(200)).await;
+        // The job on it runs on: no kill.
+        assert!(rig.fake(0).kills().is_empty(), "{:?}", rig.fake(0).kills());
+        assert_eq!(rig.view(first).await.state, JobState::Running);
+        // Released, the unhealthy GPU is not given to the waiting job.
+        rig.finished(w, first, a.token, TaskEnd::Exited { code: 0 })
+            .await
+            .unwrap();
+        rig.until_state(first, JobState::Succeeded).await;
+        sleep(ms(200)).await;
+        assert_eq!(
+            rig.fake(0).assigns().len(),
+            1,
+            "placed on the unhealthy GPU"
+        );
+        assert_eq!(rig.view(second).await.state, JobState::Queued);
+        rig.gpu_health(&path, 0, true).await.unwrap();
+        let b = rig.until_assigns(0, 2).await.remove(1);
+        assert_eq!((b.job, b.grant.gpus.clone()), (second, vec![0]));
+        rig.stop().await;
+    });
+}
+
+/// How a GPU job's attempt ends, for the release test.
+enum GpuEnd {
+    /// The worker reports this end after the start; the job ends in the state.
+    Report(TaskEnd, JobState),
+    /// The worker reports `StartFailed` without a start.
+    StartFailed,
+    /// The user cancels it; the worker confirms the kill.
+    Cancel,
+    /// The health monitor reports it stalled.
+    Stall,
+    /// Its lease runs out (no renewals).
+    Expire,
+}
+
+#[test]
+fn scheduler_releases_the_gpu_on_every_way_a_job_ends() {
+    let ttl = Duration::from_secs(1);
+    run(|_| async move {
+        let rig = SchedRig::start(ttl, 1).await;
+        let w = rig.register_gpus(0, 4000, vec![0]).await;
+        let ends = [
+            (
+                "succeeded",
+                GpuEnd::Report(TaskEnd::Exited { code: 0 }, JobState::Succeeded),
+            ),
+            (
+                "completed",
+                GpuEnd::Report(TaskEnd::Completed { result: json!(1) }, JobState::Succeeded),
+            ),
+            (
+                "exited nonzero",
+                GpuEnd::Report(TaskEnd::Exited { code: 3 }, JobState::Failed),
+            ),
+            (
+                "workload failed",
+                GpuEnd::Report(
+                    TaskEnd::WorkloadFailed {
+                        error: "boom".to_owned(),
+                    },
+                    JobState::Failed,
+                ),
+            ),
+            (
+                "timed out",
+                GpuEnd::Report(TaskEnd::TimedOut, JobState::TimedOut),
+            ),
+            (
+                "signalled",
+                GpuEnd::Report(TaskEnd::Signalled { signal: 9 }, JobState::Failed),
+            ),
+            ("start failed", GpuEnd::StartFailed),
+            ("cancelled", GpuEnd::Cancel),
+            ("stalled", GpuEnd::Stall),
+            ("lease expired", GpuEnd::Expire),
+        ];
+        let [mut current] = rig.submit(vec![gpu_job("gpu-0", 1)]).await[..] else {
+            panic!("one id");
+        };
+        let mut a = rig.until_assigns(0, 1).await.remove(0);
+        assert_eq!((a.job, a.grant.gpus.clone()), (current, vec![0]));
+        for (i, (name, end)) in ends.into_iter().enumerate() {
+            if !matches!(end, GpuEnd::StartFailed) {
+                rig.started(w, &a).await.unwrap();
+                rig.until_state(current, JobState::Running).await;
+            }
+            // The next job waits while the only GPU is held.
+            let [next] = rig
+                .submit(vec![gpu_job(&format!("gpu-{}", i + 1), 1)])
+                .await[..]
+            else {
+                panic!("one id");
+            };
+            sleep(ms(50)).await;
+            assert_eq!(
+                rig.fake(0).assigns().len(),
+                i + 1,
+                "{name}: placed on a held GPU"
+            );
+            assert_eq!(rig.view(next).await.state, JobState::Queued, "{name}");
+            let state = match end {
+                GpuEnd::Report(end, state) => {
+                    rig.finished(w, current, a.token, end).await.unwrap();
+                    state
+                }
+                GpuEnd::StartFailed => {
+                    let end = TaskEnd::StartFailed {
+                        error: "no such program".to_owned(),
+                    };
+                    rig.finished(w, current, a.token, end).await.unwrap();
+                    JobState::Failed
+                }
+                GpuEnd::Cancel => {
+                    let outcome = rig.sched.send(CancelJob(current)).await.unwrap().unwrap();
+                    assert_eq!(outcome, CancelOutcome::Cancelling);
+                    until("the kill", Duration::from_secs(1), || {
+                        rig.fake(0).kills().iter().any(|k| k.1 == a.token)
+                    })
+                    .await;
+                    let end = TaskEnd::Killed {
+                        reason: KillReason::Cancelled,
+                    };
+                    rig.finished(w, current, a.token, end).await.unwrap();
+                    JobState::Cancelled
+                }
+                GpuEnd::Stall => {
+                    rig.sched.do_send(JobStalled {
+                        job: current,
+                        token: a.token,
+                        reason: "no progress".to_owned(),
+                    });
+                    JobState::Failed
+                }
+                // Nobody renews: the lease runs out.
+                GpuEnd::Expire => JobState::Failed,
+            };
+            rig.until_state(current, state).await;
+            let b = rig.until_assigns(0, i + 2).await.remove(i + 1);
+            assert_eq!(
+                (b.job, b.grant.gpus.clone()),
+                (next, vec![0]),
+                "{name}: the next job did not get GPU 0"
+            );
+            current = next;
+            a = b;
+        }
+        rig.started(w, &a).await.unwrap();
+        rig.finished(w, current, a.token, TaskEnd::Exited { code: 0 })
+            .await
+            .unwrap();
+        rig.until_state(current, JobState::Succeeded).await;
+        rig.stop().await;
+    });
+}
+
+#[test]
+fn scheduler_on_a_node_without_gpus_says_why_a_gpu_job_waits() {
+    run(|_| async {
+        let rig = SchedRig::start_with(LONG_TTL, 1, Some("no CUDA driver: test".to_owned())).await;
+        rig.register(0, 4000).await;
+        let mut big = sched_job("too-big", 0);
+        big.resources.cpu_millis = 8000;
+        let [gpu, cpu] = rig.submit(vec![gpu_job("gpu", 1), big]).await[..] else {
+            panic!("two ids");
+        };
+        let reason = |view: JobView| match view.waiting {
+            Some(Waiting::Unplaceable { reason }) => Some(reason),
+            _ => None,
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (gpu_reason, cpu_reason) = loop {
+            if let (Some(g), Some(c)) = (reason(rig.view(gpu).await), reason(rig.view(cpu).await)) {
+                break (g, c);
+            }
+            assert!(Instant::now() < deadline, "not both unplaceable");
+            sleep(ms(5)).await;
+        };
+        assert!(
+            gpu_reason.contains("; this node has no GPUs: no CUDA driver: test"),
+            "{gpu_reason}"
+        );
+        assert!(
+            !cpu_reason.contains("no GPUs") && !cpu_reason.contains("no CUDA driver"),
+            "{cpu_reason}"
+        );
+        assert_eq!(rig.view(gpu).await.state, JobState::Queued);
+        assert!(rig.fake(0).assigns().is_empty());
+        rig.stop().await;
+    });
+}
+
+const GPU_A: &str = "GPU-00000000-0000-0000-0000-00000000000a";
+const GPU_B: &str = "GPU-00000000-0000-0000-0000-00000000000b";
+
+fn two_gpus() -> Vec<GpuDevice> {
+    vec![
+        GpuDevice {
+            index: 0,
+            uuid: GPU_A.to_owned(),
+            ordinal: 0,
+        },
+        GpuDevice {
+            index: 1,
+            uuid: GPU_B.to_owned(),
+            ordinal: 1,
+        },
+    ]
+}
+
+/// A command job printing its `CUDA_VISIBLE_DEVICES`, with its own env setting it to `all`.
+fn print_visible_devices() -> JobSpec {
+    let mut spec = workload_spec("print-devices", json!({}));
+    spec.kind = JobKind::Command(CommandJob {
+        program: "/bin/sh".to_owned(),
+        args: vec![
+            "-c".to_owned(),
+            "printf %s \"$CUDA_VISIBLE_DEVICES\"".to_owned(),
+        ],
+        env: BTreeMap::from([("CUDA_VISIBLE_DEVICES".to_owned(), "all".to_owned())]),
+        workdir: None,
+    });
+    spec
+}
+
+/// Runs `print_visible_devices` as job `job` with a grant of `gpus`; returns its stdout.
+async fn visible_devices(rig: &WorkerRig, job: u64, gpus: Vec<u32>) -> String {
+    let token = FencingToken(job * 10);
+    rig.assign_gpus(job, token.0, print_visible_devices(), gpus)
+        .await;
+    // A real process: virtual time runs on while it does, so the limit is generous.
+    until("the command ends", Duration::from_secs(600), || {
+        rig.fake.finished().iter().any(|(t, _)| *t == token)
+    })
+    .await;
+    let end = rig
+        .fake
+        .finished()
+        .into_iter()
+        .find(|(t, _)| *t == token)
+        .unwrap()
+        .1;
+    assert_eq!(end, TaskEnd::Exited { code: 0 }, "job {job}");
+    let (out, _) = rig.config.log_paths(JobId(job), 0);
+    std::fs::read_to_string(out).unwrap()
+}
+
+#[test]
+fn worker_sets_cuda_visible_devices_to_exactly_the_granted_gpus() {
+    run(|_| async {
+        let rig = WorkerRig::start_with(false, two_gpus()).await;
+        assert_eq!(visible_devices(&rig, 1, vec![1]).await, GPU_B);
+        assert_eq!(visible_devices(&rig, 2, Vec::new()).await, "");
+        let both = visible_devices(&rig, 3, vec![0, 1]).await;
+        assert_eq!(both, format!("{GPU_A},{GPU_B}"));
+        rig.stop().await;
+    });
+}
+
+#[test]
+fn worker_fails_to_start_a_task_granted_a_gpu_it_does_not_own() {
+    run(|_| async {
+        let rig = WorkerRig::start_with(false, two_gpus()).await;
+        rig.assign_gpus(1, 10, print_visible_devices(), vec![7])
+            .await;
+        rig.assign_gpus(2, 20, workload_spec("w", json!({ "steps": 1 })), vec![0, 7])
+            .await;
+        until("both tasks end", Duration::from_secs(5), || {
+            rig.fake.finished().len() == 2
+        })
+        .await;
+        for (token, end) in rig.fake.finished() {
+            assert!(
+                matches!(&end, TaskEnd::StartFailed { error } if error.contains("GPU 7")),
+                "{token}: {end:?}"
+            );
+        }
+        assert!(rig.fake.got().started.is_empty(), "a task was started");
+        assert!(lock(&rig.workload).runs.is_empty(), "the workload ran");
+        let (out, _) = rig.config.log_paths(JobId(1), 0);
+        assert!(!out.exists(), "the command ran");
+        rig.stop().await;
+    });
+}
+
+#[test]
+fn worker_gives_a_workload_exactly_its_granted_gpus() {
+    run(|_| async {
+        let rig = WorkerRig::start_with(false, two_gpus()).await;
+        rig.assign_gpus(1, 10, workload_spec("w", json!({ "steps": 1 })), vec![0])
+            .await;
+        rig.assign_gpus(2, 20, workload_spec("w", json!({ "steps": 1 })), Vec::new())
+            .await;
+        until("both tasks end", Duration::from_secs(5), || {
+            rig.fake.finished().len() == 2
+        })
+        .await;
+        let mut seen = lock(&rig.workload).gpus.clone();
+        seen.sort_by_key(|(job, _)| *job);
+        assert_eq!(
+            seen,
+            vec![
+                (JobId(1), vec![two_gpus()[0].clone()]),
+                (JobId(2), Vec::new())
+            ]
+        );
         rig.stop().await;
     });
 }
