@@ -170,17 +170,28 @@ impl Handler<TaskDone> for Worker {
                 "lost track of a task's process");
             metrics::counter!(m::WORKER_ERRORS, "kind" => "wait").increment(1);
         }
+        let msg = Finished {
+            worker,
+            job,
+            token,
+            end,
+        };
+        // Straight into the scheduler's mailbox when there is room: no task and no reply
+        // channel per job (a refusal, such as a stale token, is logged and counted by the
+        // scheduler). A full mailbox waits for room, and a closed one is reported below.
+        let msg = match self.link.finished.try_send(msg) {
+            Ok(()) => return,
+            Err(SendError::Full(msg)) => msg,
+            Err(SendError::Closed(_)) => {
+                tracing::error!(worker = %worker, job = %job, lease = %token, path = ctx.path(),
+                    "task end not delivered: the scheduler's mailbox is closed; the lease lapses and the job is retried");
+                metrics::counter!(m::WORKER_SEND_FAILURES, "msg" => "finished").increment(1);
+                return;
+            }
+        };
         let finished = self.link.finished.clone();
         actix::spawn(async move {
-            match finished
-                .send(Finished {
-                    worker,
-                    job,
-                    token,
-                    end,
-                })
-                .await
-            {
+            match finished.send(msg).await {
                 Ok(Ok(())) => {}
                 // A stale token: the scheduler logged and counted the refusal.
                 Ok(Err(error)) => {
