@@ -164,6 +164,8 @@ struct Core {
     draining: bool,
     drained: Vec<oneshot::Sender<()>>,
     pressure: Hysteresis,
+    /// `cadre_jobs_running`, looked up once: it changes with every placement and end.
+    running: metrics::Gauge,
 }
 
 struct WorkerEntry {
@@ -276,6 +278,7 @@ impl Scheduler {
             draining: false,
             drained: Vec::new(),
             pressure: Hysteresis::new(),
+            running: metrics::gauge!(m::JOBS_RUNNING),
         });
         metrics::gauge!(m::JOBS_RUNNING).set(0.0);
         metrics::gauge!(m::WORKERS).set(0.0);
@@ -556,7 +559,7 @@ impl Scheduler {
                     watched: false,
                 },
             );
-            metrics::gauge!(m::JOBS_RUNNING).set(core.active.len() as f64);
+            core.running.set(core.active.len() as f64);
             self.commit(
                 ctx,
                 record,
@@ -1268,6 +1271,26 @@ impl Handler<Register> for Scheduler {
     type Result = Result<WorkerId, Error>;
 
     fn handle(&mut self, msg: Register, ctx: &mut Ctx) -> Self::Result {
+        // The same worker registering again has restarted (its tasks died with the old
+        // instance), or lost its registration's answer: the earlier registration goes first, so
+        // its capacity (GPUs above all) is never offered twice.
+        let earlier: Vec<WorkerId> = self
+            .core()?
+            .workers
+            .iter()
+            .filter(|(_, w)| w.name == msg.name)
+            .map(|(id, _)| *id)
+            .collect();
+        for old in earlier {
+            self.worker_lost(
+                ctx,
+                old,
+                format!(
+                    "{} registered again, so its earlier registration is gone",
+                    msg.name
+                ),
+            );
+        }
         let core = self.core()?;
         let worker = WorkerId(core.next_worker);
         core.next_worker += 1;
@@ -1470,7 +1493,7 @@ impl Scheduler {
     fn take_active(&mut self, job: JobId) -> Option<Active> {
         let core = self.core.as_mut()?;
         let active = core.active.remove(&job)?;
-        metrics::gauge!(m::JOBS_RUNNING).set(core.active.len() as f64);
+        core.running.set(core.active.len() as f64);
         core.leases.release_job(job);
         core.placer.release(job);
         Some(active)
@@ -1597,13 +1620,23 @@ impl Handler<GpuHealth> for Scheduler {
                 reason: format!("no registered worker at {}", msg.worker_path),
             });
         };
+        let refused = |error: &Error| {
+            tracing::error!(worker = %worker, gpu = msg.index, %error, "GPU health not applied");
+            metrics::counter!(m::GPU_HEALTH_CHANGES, "state" => "refused").increment(1);
+        };
+        let was = core
+            .placer
+            .gpu_healthy(worker, msg.index)
+            .inspect_err(refused)?;
+        if was == msg.healthy {
+            // The monitor repeats an unhealthy device's state on every sample, so a scheduler
+            // that restarted (and registered every GPU healthy) learns it again at once.
+            return Ok(());
+        }
         let holder = core
             .placer
             .set_gpu_health(worker, msg.index, msg.healthy)
-            .inspect_err(|error| {
-                tracing::error!(worker = %worker, gpu = msg.index, %error, "GPU health not applied");
-                metrics::counter!(m::GPU_HEALTH_CHANGES, "state" => "refused").increment(1);
-            })?;
+            .inspect_err(refused)?;
         if msg.healthy {
             tracing::info!(worker = %worker, gpu = msg.index, reason = %msg.reason,
                 "GPU healthy again: it takes work");

@@ -2,8 +2,9 @@
 //! the health monitor (worker deaths, job stalls), the worker against a scripted fake scheduler
 //! (self-fencing, refused renewals, re-registration, progress back-pressure, the progress
 //! circuit, kills, timeouts), and the real scheduler with a journal in a temporary directory
-//! driven by fake workers (fencing tokens, lease expiry, worker death, cancellation, gangs),
-//! and GPUs: the scheduler's GPU health and release of GPUs on every end, the reason a GPU job
+//! driven by fake workers (fencing tokens, lease expiry, worker death, a worker registering
+//! again, cancellation, gangs), and GPUs: the scheduler's GPU health (repeated reports, a GPU
+//! forgotten by registering again) and release of GPUs on every end, the reason a GPU job
 //! waits on a node without GPUs, and the devices a real worker gives a command
 //! (`CUDA_VISIBLE_DEVICES`) or a workload (`Run::gpus`).
 //!
@@ -30,7 +31,8 @@ use cadre_actors::protocol::{
 };
 use cadre_actors::sched::{Grant, PlacerConfig, Waiting, WorkerCapacity};
 use cadre_actors::scheduler::{
-    CancelJob, CancelOutcome, CloseStore, GetJob, JobView, Scheduler, SchedulerConfig, Submit,
+    CancelJob, CancelOutcome, CloseStore, GetJob, JobView, Nodes, Scheduler, SchedulerConfig,
+    Submit,
 };
 use cadre_actors::store::StoreOptions;
 use cadre_actors::worker::{Resolver, Worker, WorkerConfig, CIRCUIT_OPEN};
@@ -2288,7 +2290,8 @@ fn scheduler_gpu_health_places_at_once_when_healthy_and_refuses_unknown_workers_
         );
 
         rig.gpu_health(&path, 1, false).await.unwrap();
-        // A device already unhealthy may be reported again.
+        // A device already unhealthy may be reported again (the monitor does so on every
+        // sample): taken, and counted as no change.
         rig.gpu_health(&path, 1, false).await.unwrap();
         let [job] = rig.submit(vec![gpu_job("two-gpus", 2)]).await[..] else {
             panic!("one id");
@@ -2308,8 +2311,228 @@ fn scheduler_gpu_health_places_at_once_when_healthy_and_refuses_unknown_workers_
     let count = |state| obs.counter("cadre_gpu_health_changes_total", &[("state", state)]);
     assert_eq!(count("unknown_worker"), 2);
     assert_eq!(count("refused"), 1);
-    assert_eq!(count("unhealthy"), 2);
+    assert_eq!(count("unhealthy"), 1);
     assert_eq!(count("healthy"), 1);
+}
+
+#[test]
+fn scheduler_takes_a_repeated_gpu_health_report_as_no_change() {
+    let obs = run(|obs| async move {
+        let rig = SchedRig::start(LONG_TTL, 1).await;
+        let w = rig.register_gpus(0, 4000, vec![0, 1]).await;
+        let path = fake_worker_path(0);
+        let count = |state| obs.counter("cadre_gpu_health_changes_total", &[("state", state)]);
+        rig.gpu_health(&path, 0, false).await.unwrap();
+        assert_eq!(count("unhealthy"), 1);
+        let [two] = rig.submit(vec![gpu_job("two-gpus", 2)]).await[..] else {
+            panic!("one id");
+        };
+        sleep(ms(200)).await;
+        // Again, twice: taken, not counted, and GPU 0 stays unhealthy.
+        rig.gpu_health(&path, 0, false).await.unwrap();
+        rig.gpu_health(&path, 0, false).await.unwrap();
+        assert_eq!(count("unhealthy"), 1);
+        sleep(ms(200)).await;
+        assert!(
+            rig.fake(0).assigns().is_empty(),
+            "placed on the unhealthy GPU"
+        );
+        let view = rig.view(two).await;
+        assert_eq!(view.state, JobState::Queued);
+        assert!(
+            matches!(&view.waiting, Some(Waiting::Unplaceable { .. })),
+            "{:?}",
+            view.waiting
+        );
+        // Healthy: the job is placed on both; a repeat of that is no change either.
+        rig.gpu_health(&path, 0, true).await.unwrap();
+        let a = rig.until_assigns(0, 1).await.remove(0);
+        assert_eq!((a.job, a.grant.worker), (two, w));
+        rig.gpu_health(&path, 0, true).await.unwrap();
+        rig.gpu_health(&path, 1, true).await.unwrap();
+        assert_eq!(count("healthy"), 1);
+        rig.stop().await;
+    });
+    // Logged once each, on the change.
+    assert_eq!(
+        obs.events
+            .with(Level::WARN, "GPU unhealthy: no new work is placed on it")
+            .len(),
+        1
+    );
+    assert_eq!(
+        obs.events
+            .with(Level::INFO, "GPU healthy again: it takes work")
+            .len(),
+        1
+    );
+    let count = |state| obs.counter("cadre_gpu_health_changes_total", &[("state", state)]);
+    assert_eq!((count("unhealthy"), count("healthy")), (1, 1));
+    assert_eq!(count("refused") + count("unknown_worker"), 0);
+}
+
+#[test]
+fn scheduler_takes_the_gpu_of_a_worker_that_registered_again_as_healthy_until_it_is_reported() {
+    let obs = run(|_| async {
+        let rig = SchedRig::start(LONG_TTL, 1).await;
+        let first = rig.register_gpus(0, 4000, vec![0]).await;
+        let path = fake_worker_path(0);
+        rig.gpu_health(&path, 0, false).await.unwrap();
+        let [a_job] = rig.submit(vec![gpu_job("a", 1)]).await[..] else {
+            panic!("one id");
+        };
+        sleep(ms(200)).await;
+        assert!(
+            rig.fake(0).assigns().is_empty(),
+            "placed on the unhealthy GPU"
+        );
+
+        // The worker registers again (it restarted): its GPU is healthy to the scheduler, and
+        // with no report since, the waiting job is placed on it.
+        let second = rig.register_gpus(0, 4000, vec![0]).await;
+        assert_ne!(second, first);
+        let a = rig.until_assigns(0, 1).await.remove(0);
+        assert_eq!(
+            (a.job, a.grant.worker, a.grant.gpus.clone()),
+            (a_job, second, vec![0])
+        );
+        rig.started(second, &a).await.unwrap();
+        rig.until_state(a_job, JobState::Running).await;
+
+        // The monitor's next sample reports it unhealthy again: a change for the new
+        // registration, so it marks the GPU, and the next job stays off it once it is free.
+        rig.gpu_health(&path, 0, false).await.unwrap();
+        let [b_job] = rig.submit(vec![gpu_job("b", 1)]).await[..] else {
+            panic!("one id");
+        };
+        rig.finished(second, a_job, a.token, TaskEnd::Exited { code: 0 })
+            .await
+            .unwrap();
+        rig.until_state(a_job, JobState::Succeeded).await;
+        sleep(ms(200)).await;
+        assert_eq!(
+            rig.fake(0).assigns().len(),
+            1,
+            "placed on the GPU reported unhealthy"
+        );
+        let view = rig.view(b_job).await;
+        assert_eq!(view.state, JobState::Queued);
+        assert!(
+            matches!(&view.waiting, Some(Waiting::Unplaceable { .. })),
+            "{:?}",
+            view.waiting
+        );
+        rig.gpu_health(&path, 0, true).await.unwrap();
+        let b = rig.until_assigns(0, 2).await.remove(1);
+        assert_eq!(
+            (b.job, b.grant.worker, b.grant.gpus),
+            (b_job, second, vec![0])
+        );
+        rig.stop().await;
+    });
+    let count = |state| obs.counter("cadre_gpu_health_changes_total", &[("state", state)]);
+    assert_eq!((count("unhealthy"), count("healthy")), (2, 1));
+}
+
+#[test]
+fn scheduler_drops_the_earlier_registration_of_a_worker_that_registers_again() {
+    let obs = run(|_| async {
+        let rig = SchedRig::start(LONG_TTL, 1).await;
+        let first = rig.register_gpus(0, 4000, vec![0]).await;
+        let mut gpu = gpu_job("gpu", 1);
+        gpu.max_retries = 1;
+        let [gpu, cpu] = rig.submit(vec![gpu, sched_job("cpu-no-retry", 0)]).await[..] else {
+            panic!("two ids");
+        };
+        let assigns = rig.until_assigns(0, 2).await;
+        let by_job = |job: JobId| assigns.iter().find(|a| a.job == job).unwrap().clone();
+        let (old, leased) = (by_job(gpu), by_job(cpu));
+        assert_eq!((old.grant.worker, old.grant.gpus.clone()), (first, vec![0]));
+        rig.started(first, &old).await.unwrap();
+        rig.until_state(gpu, JobState::Running).await;
+        assert_eq!(rig.view(cpu).await.state, JobState::Leased);
+
+        // It restarted: the earlier registration goes, with its leases and GPU.
+        let second = rig.register_gpus(0, 4000, vec![0]).await;
+        assert_ne!(second, first);
+        // The running GPU job is lost and runs again, as attempt 2 under a larger token, on the
+        // one GPU 0 there is; the leased one without retries fails.
+        let again = rig.until_assigns(0, 3).await.remove(2);
+        assert_eq!(
+            (
+                again.job,
+                again.attempt,
+                again.grant.worker,
+                again.grant.gpus.clone()
+            ),
+            (gpu, 2, second, vec![0])
+        );
+        assert!(again.token > old.token, "{} !> {}", again.token, old.token);
+        let view = rig.view(gpu).await;
+        assert!(
+            view.last_loss
+                .as_deref()
+                .is_some_and(|l| l.contains("registered again")),
+            "{:?}",
+            view.last_loss
+        );
+        let view = rig.until_state(cpu, JobState::Failed).await;
+        assert_eq!(view.attempt, 1);
+        rig.started(second, &again).await.unwrap();
+        rig.until_state(gpu, JobState::Running).await;
+
+        // A second 1-GPU job waits: GPU 0 is not offered twice.
+        let [next] = rig.submit(vec![gpu_job("next", 1)]).await[..] else {
+            panic!("one id");
+        };
+        sleep(ms(200)).await;
+        assert_eq!(rig.fake(0).assigns().len(), 3, "GPU 0 booked twice");
+        assert_eq!(rig.view(next).await.state, JobState::Queued);
+
+        // One worker by that name, the new one, holding the one lease.
+        let nodes = rig.sched.send(Nodes).await.unwrap().unwrap();
+        let named: Vec<(WorkerId, usize)> = nodes
+            .workers
+            .iter()
+            .filter(|n| n.name == fake_worker_path(0))
+            .map(|n| (n.worker, n.leases))
+            .collect();
+        assert_eq!(named, vec![(second, 1)]);
+        assert_eq!(nodes.workers.len(), 1);
+        assert_eq!(nodes.capacity.gpus_total, 1);
+
+        // The earlier registration is unknown, and its tokens are void.
+        let err = rig
+            .sched
+            .send(Renew {
+                worker: first,
+                leases: vec![(gpu, old.token)],
+            })
+            .await
+            .unwrap();
+        assert!(
+            matches!(err, Err(Error::UnknownWorker { worker }) if worker == first),
+            "{err:?}"
+        );
+        let err = rig
+            .finished(first, cpu, leased.token, TaskEnd::Exited { code: 0 })
+            .await;
+        assert!(matches!(err, Err(Error::StaleToken { .. })), "{err:?}");
+        assert_eq!(rig.view(cpu).await.state, JobState::Failed);
+
+        // Once attempt 2 ends, the waiting job gets GPU 0.
+        rig.finished(second, gpu, again.token, TaskEnd::Exited { code: 0 })
+            .await
+            .unwrap();
+        rig.until_state(gpu, JobState::Succeeded).await;
+        let b = rig.until_assigns(0, 4).await.remove(3);
+        assert_eq!(
+            (b.job, b.grant.worker, b.grant.gpus),
+            (next, second, vec![0])
+        );
+        rig.stop().await;
+    });
+    assert_eq!(obs.counter("cadre_worker_deaths_total", &[]), 1);
 }
 
 #[test]

@@ -1,8 +1,9 @@
 //! The node's GPUs: discovery at start, through `cadre-gpu`'s driver probe and inventory, and
 //! the GPU health monitor, a supervised actor that samples every device through NVML on an
 //! interval, exports the `cadre_gpu_*{device}` gauges, and tells the scheduler when a device
-//! turns unhealthy (ECC errors, too hot, unreadable) or healthy again, so nothing new is
-//! placed on a bad device.
+//! turns healthy again and, on every sample, that an unhealthy one (ECC errors, too hot,
+//! unreadable) still is, so nothing new is placed on a bad device, also after the scheduler
+//! restarted and forgot.
 //!
 //! A machine without GPUs is a normal state: discovery says so once, with the reason, and the
 //! node offers zero GPUs; GPU jobs then wait with that reason in their status.
@@ -142,22 +143,24 @@ impl GpuMonitor {
                 .get(&device.index)
                 .cloned()
                 .unwrap_or(DeviceHealth::Healthy);
-            let same = matches!(
-                (&told, &health),
-                (DeviceHealth::Healthy, DeviceHealth::Healthy)
-                    | (DeviceHealth::Unhealthy(_), DeviceHealth::Unhealthy(_))
-            );
-            if same {
+            // A healthy device is reported only when it recovers; an unhealthy one on every
+            // sample, so a scheduler that restarted (and took every GPU as healthy again)
+            // learns it at once. The scheduler logs only changes.
+            if health == DeviceHealth::Healthy && told == DeviceHealth::Healthy {
                 continue;
             }
             let (healthy, reason) = match &health {
                 DeviceHealth::Healthy => (true, "its readings are within limits".to_owned()),
                 DeviceHealth::Unhealthy(reason) => (false, reason.clone()),
             };
-            if healthy {
-                tracing::info!(gpu = device.index, uuid = %device.uuid, "GPU healthy again");
-            } else {
-                tracing::warn!(gpu = device.index, uuid = %device.uuid, %reason, "GPU unhealthy");
+            match (&told, healthy) {
+                (_, true) => {
+                    tracing::info!(gpu = device.index, uuid = %device.uuid, "GPU healthy again");
+                }
+                (DeviceHealth::Healthy, false) => {
+                    tracing::warn!(gpu = device.index, uuid = %device.uuid, %reason, "GPU unhealthy");
+                }
+                (DeviceHealth::Unhealthy(_), false) => {}
             }
             let msg = GpuHealth {
                 worker_path: config.worker_path.clone(),

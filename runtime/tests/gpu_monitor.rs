@@ -1,7 +1,10 @@
-//! The GPU health monitor against a scripted health source and a fake scheduler: it reports a
-//! device only when its health changes (healthy to unhealthy, unhealthy to healthy), counts an
-//! unreadable device as unhealthy, sends a report the scheduler refused again on the next
-//! sample, and exports every sample as gauges.
+//! The GPU health monitor against a scripted health source and a fake scheduler: it reports an
+//! unhealthy device on every sample (so a scheduler that restarted and took every GPU as
+//! healthy learns it again at once), a healthy one only when it recovers (once the scheduler
+//! took its being unhealthy), never a device that stayed healthy; counts an unreadable device
+//! as unhealthy, sends a recovery the scheduler refused again on the next sample, and exports
+//! every sample as gauges. (The monitor's logs, a warning only when a device turns unhealthy,
+//! are not captured here.)
 //!
 //! This crate's tests cannot pause tokio's clock (its dev-dependencies do not enable tokio's
 //! `test-util`), so the monitor samples on the real clock, every `EVERY`, and the tests count
@@ -184,7 +187,10 @@ fn devices(uuids: &[&str]) -> Vec<GpuDevice> {
 
 /// Runs a monitor over the devices of `scripts` (index `i` is the `i`-th) until every device
 /// has been sampled `samples` times, with a scheduler that refuses per `refuse`; returns what
-/// the scheduler received, in order.
+/// the scheduler received from the samples before the last, in order. (A report of the last
+/// sample, or of one the monitor takes while it stops, may or may not arrive before the
+/// monitor stops, so it is left out; every earlier one arrived a whole `EVERY` before the next
+/// sample.)
 fn monitor(scripts: &[(&str, Vec<Step>)], refuse: &[bool], samples: usize) -> Vec<Report> {
     let source = ScriptedSource::new(scripts);
     let uuids: Vec<&str> = scripts.iter().map(|(u, _)| *u).collect();
@@ -216,10 +222,11 @@ fn monitor(scripts: &[(&str, Vec<Step>)], refuse: &[bool], samples: usize) -> Ve
         until_samples(&source, &uuids, samples).await;
         root.stop().await.unwrap();
     });
-    let reports = lock(&reports).clone();
+    let mut reports = lock(&reports).clone();
     for r in &reports {
         assert_eq!(r.msg.worker_path, WORKER_PATH);
     }
+    reports.retain(|r| r.sample < samples);
     reports
 }
 
@@ -261,67 +268,129 @@ fn healthy_samples_send_nothing() {
 }
 
 #[test]
-fn a_hot_device_is_reported_unhealthy_once_and_healthy_once_when_it_cools() {
+fn a_hot_device_is_reported_unhealthy_on_every_sample_and_healthy_once_when_it_cools() {
     let reports = monitor(
         &[(GPU_A, vec![FINE, HOT, HOT, Celsius(99), HOT, FINE])],
         &[],
         9,
     );
-    assert_eq!(summary(&reports), vec![(0, false, 2), (0, true, 6)]);
-    assert!(
-        reports[0]
-            .msg
-            .reason
-            .contains("temperature 95 C above 90 C"),
-        "{}",
-        reports[0].msg.reason
+    assert_eq!(
+        summary(&reports),
+        vec![
+            (0, false, 2),
+            (0, false, 3),
+            (0, false, 4),
+            (0, false, 5),
+            (0, true, 6)
+        ]
+    );
+    // Each report says why the device is unhealthy at that sample.
+    let reasons: Vec<&str> = reports.iter().map(|r| r.msg.reason.as_str()).collect();
+    for (i, celsius) in [(0, 95), (1, 95), (2, 99), (3, 95)] {
+        assert!(
+            reasons[i].contains(&format!("temperature {celsius} C above 90 C")),
+            "{i}: {}",
+            reasons[i]
+        );
+    }
+    assert!(reports.iter().all(|r| r.accepted));
+}
+
+#[test]
+fn a_device_hot_from_the_first_sample_is_reported_at_once_and_on_every_sample() {
+    let reports = monitor(&[(GPU_A, vec![HOT])], &[], 5);
+    assert_eq!(
+        summary(&reports),
+        vec![(0, false, 1), (0, false, 2), (0, false, 3), (0, false, 4)]
     );
 }
 
 #[test]
-fn a_device_hot_from_the_first_sample_is_reported_at_once() {
-    let reports = monitor(&[(GPU_A, vec![HOT])], &[], 4);
-    assert_eq!(summary(&reports), vec![(0, false, 1)]);
+fn an_unhealthy_device_is_reported_on_every_sample_a_recovery_once_and_a_healthy_one_never() {
+    // The scheduler takes every report: the repeats are not resends of refused reports. Once
+    // the device recovered, it stays healthy for six samples and nothing more is sent.
+    let reports = monitor(
+        &[
+            (GPU_A, vec![FINE]),
+            (GPU_B, vec![FINE, HOT, Ecc(3), Fail, HOT, FINE]),
+        ],
+        &[],
+        12,
+    );
+    assert_eq!(
+        summary(&reports),
+        vec![
+            (1, false, 2),
+            (1, false, 3),
+            (1, false, 4),
+            (1, false, 5),
+            (1, true, 6)
+        ]
+    );
+    assert!(reports.iter().all(|r| r.accepted));
+    assert!(
+        reports[4].msg.reason.contains("within limits"),
+        "{}",
+        reports[4].msg.reason
+    );
 }
 
 #[test]
 fn an_unreadable_device_counts_as_unhealthy() {
-    // Another reason to be unhealthy (ECC errors, then too hot) is no change: nothing more is
-    // sent until it is healthy again.
+    // Unhealthy for any reason (unreadable, ECC errors, too hot) is reported on every sample,
+    // with the reason of that sample, until the device is healthy again.
     let reports = monitor(
         &[(GPU_A, vec![FINE, Fail, Fail, Ecc(2), HOT, Fail, FINE, FINE])],
         &[],
         10,
     );
-    assert_eq!(summary(&reports), vec![(0, false, 2), (0, true, 7)]);
-    assert!(
-        reports[0].msg.reason.contains("cannot be read"),
-        "{}",
-        reports[0].msg.reason
+    assert_eq!(
+        summary(&reports),
+        vec![
+            (0, false, 2),
+            (0, false, 3),
+            (0, false, 4),
+            (0, false, 5),
+            (0, false, 6),
+            (0, true, 7)
+        ]
     );
+    let reasons: Vec<&str> = reports.iter().map(|r| r.msg.reason.as_str()).collect();
+    for (i, part) in [
+        (0, "cannot be read"),
+        (1, "cannot be read"),
+        (2, "uncorrected ECC"),
+        (3, "temperature 95 C above 90 C"),
+        (4, "cannot be read"),
+    ] {
+        assert!(reasons[i].contains(part), "{i}: {}", reasons[i]);
+    }
 }
 
 #[test]
-fn only_the_device_whose_health_changed_is_reported() {
+fn only_the_unhealthy_device_is_reported() {
     let reports = monitor(
         &[(GPU_A, vec![FINE]), (GPU_B, vec![FINE, FINE, Ecc(1)])],
         &[],
         6,
     );
-    assert_eq!(summary(&reports), vec![(1, false, 3)]);
-    assert!(
-        reports[0].msg.reason.contains("uncorrected ECC"),
-        "{}",
-        reports[0].msg.reason
+    assert_eq!(
+        summary(&reports),
+        vec![(1, false, 3), (1, false, 4), (1, false, 5)]
     );
+    for r in &reports {
+        assert!(r.msg.reason.contains("uncorrected ECC"), "{}", r.msg.reason);
+    }
 }
 
 #[test]
-fn a_report_the_scheduler_refused_is_sent_again_on_the_next_sample() {
-    // Refused, accepted; then the healthy report: refused twice, accepted.
+fn a_recovery_the_scheduler_refused_is_sent_again_on_the_next_sample() {
+    // Unhealthy: refused, accepted, accepted (sent on every sample either way). Then the
+    // recovery: refused twice, so sent again on the next samples, then accepted and not sent
+    // again.
     let reports = monitor(
         &[(GPU_A, vec![HOT, HOT, HOT, FINE])],
-        &[true, false, true, true],
+        &[true, false, false, true, true],
         9,
     );
     assert_eq!(
@@ -329,13 +398,14 @@ fn a_report_the_scheduler_refused_is_sent_again_on_the_next_sample() {
         vec![
             (0, false, 1),
             (0, false, 2),
+            (0, false, 3),
             (0, true, 4),
             (0, true, 5),
             (0, true, 6),
         ]
     );
     let accepted: Vec<bool> = reports.iter().map(|r| r.accepted).collect();
-    assert_eq!(accepted, vec![false, true, false, false, true]);
+    assert_eq!(accepted, vec![false, true, true, false, false, true]);
 }
 
 #[test]

@@ -244,6 +244,19 @@ impl CapacityTable {
         Ok(gpu.holder)
     }
 
+    /// Whether one GPU is marked healthy.
+    pub fn gpu_healthy(&self, worker: WorkerId, index: u32) -> Result<bool, Error> {
+        let pos = *self
+            .by_id
+            .get(&worker)
+            .ok_or(Error::UnknownWorker { worker })?;
+        self.entries
+            .get(pos)
+            .and_then(|e| e.gpus.iter().find(|g| g.index == index))
+            .map(|g| g.healthy)
+            .ok_or(Error::UnknownDevice { worker, index })
+    }
+
     fn entry_mut(&mut self, worker: WorkerId) -> Result<&mut Entry, Error> {
         let pos = *self
             .by_id

@@ -83,6 +83,10 @@ pub struct Placer {
     queue: JobQueue,
     capacity: CapacityTable,
     parked: HashMap<JobId, (QueuedJob, String)>,
+    /// `cadre_scheduler_queue_depth` and `cadre_scheduler_decision_seconds`, looked up once:
+    /// they change on every decision.
+    depth: metrics::Gauge,
+    decisions: metrics::Histogram,
 }
 
 /// Whether `a` needs at least as much as `b` in every dimension (then `a` cannot fit where `b`
@@ -99,6 +103,8 @@ impl Placer {
             queue: JobQueue::new(config.aging, epoch),
             capacity: CapacityTable::new(),
             parked: HashMap::new(),
+            depth: metrics::gauge!(m::QUEUE_DEPTH),
+            decisions: metrics::histogram!(m::DECISION_SECONDS),
         }
     }
 
@@ -132,6 +138,11 @@ impl Placer {
             self.unpark();
         }
         Ok(())
+    }
+
+    /// Whether a GPU is marked healthy.
+    pub fn gpu_healthy(&self, worker: WorkerId, index: u32) -> Result<bool, Error> {
+        self.capacity.gpu_healthy(worker, index)
     }
 
     /// Marks a GPU healthy or not; returns the job holding it, if any.
@@ -218,7 +229,8 @@ impl Placer {
     }
 
     fn update_depth(&self) {
-        metrics::gauge!(m::QUEUE_DEPTH).set((self.queue.len() + self.parked.len()) as f64);
+        self.depth
+            .set((self.queue.len() + self.parked.len()) as f64);
     }
 
     /// One scheduling decision (see the module comment): the job to start next with its
@@ -227,7 +239,7 @@ impl Placer {
     pub fn decide(&mut self, now: Instant) -> Option<Placement> {
         let started = Instant::now();
         let placement = self.decide_inner(now);
-        metrics::histogram!(m::DECISION_SECONDS).record(started.elapsed().as_secs_f64());
+        self.decisions.record(started.elapsed().as_secs_f64());
         placement
     }
 
