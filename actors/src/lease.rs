@@ -110,6 +110,10 @@ pub struct LeaseTable {
     by_job: BTreeMap<JobId, BTreeSet<FencingToken>>,
     by_worker: BTreeMap<WorkerId, BTreeSet<FencingToken>>,
     by_expiry: BTreeSet<(Instant, FencingToken)>,
+    /// `cadre_lease_grants_total` and `cadre_leases_active`, looked up once: they change on
+    /// every grant and release.
+    grants: metrics::Counter,
+    active: metrics::Gauge,
 }
 
 impl LeaseTable {
@@ -124,6 +128,8 @@ impl LeaseTable {
             by_job: BTreeMap::new(),
             by_worker: BTreeMap::new(),
             by_expiry: BTreeSet::new(),
+            grants: metrics::counter!(m::LEASE_GRANTS),
+            active: metrics::gauge!(m::LEASES_ACTIVE),
         }
     }
 
@@ -170,7 +176,7 @@ impl LeaseTable {
         self.insert(lease.clone());
         tracing::debug!(job = %job, worker = %worker, token = %token, attempt, task,
             "lease granted");
-        metrics::counter!(m::LEASE_GRANTS).increment(1);
+        self.grants.increment(1);
         self.set_gauge();
         Ok(lease)
     }
@@ -458,7 +464,7 @@ impl LeaseTable {
     }
 
     fn set_gauge(&self) {
-        metrics::gauge!(m::LEASES_ACTIVE).set(self.by_token.len() as f64);
+        self.active.set(self.by_token.len() as f64);
     }
 }
 

@@ -166,6 +166,8 @@ struct Core {
     pressure: Hysteresis,
     /// `cadre_jobs_running`, looked up once: it changes with every placement and end.
     running: metrics::Gauge,
+    /// `cadre_jobs_finished_total{state}` for the common end, looked up once.
+    succeeded: metrics::Counter,
 }
 
 struct WorkerEntry {
@@ -279,6 +281,7 @@ impl Scheduler {
             drained: Vec::new(),
             pressure: Hysteresis::new(),
             running: metrics::gauge!(m::JOBS_RUNNING),
+            succeeded: metrics::counter!(m::JOBS_FINISHED, "state" => JobState::Succeeded.as_str()),
         });
         metrics::gauge!(m::JOBS_RUNNING).set(0.0);
         metrics::gauge!(m::WORKERS).set(0.0);
@@ -868,7 +871,12 @@ impl Scheduler {
     ) {
         match result {
             Ok(durable) => {
-                metrics::counter!(m::JOBS_FINISHED, "state" => state.as_str()).increment(1);
+                match self.core.as_ref() {
+                    Some(core) if state == JobState::Succeeded => core.succeeded.increment(1),
+                    _ => {
+                        metrics::counter!(m::JOBS_FINISHED, "state" => state.as_str()).increment(1)
+                    }
+                }
                 self.after_durable(ctx, durable, move |act, _| act.emit(job, state, attempt));
             }
             Err(error) => {

@@ -419,6 +419,10 @@ pub struct Store {
     options: StoreOptions,
     since_snapshot: u64,
     failed: Option<String>,
+    /// `cadre_store_append_bytes_total` and `cadre_store_append_seconds`, looked up once: they
+    /// change on every record.
+    append_bytes: metrics::Counter,
+    append_seconds: metrics::Histogram,
 }
 
 fn encode<T: Serialize>(value: &T, what: &str) -> Result<Vec<u8>, Error> {
@@ -481,6 +485,8 @@ impl Store {
             options,
             since_snapshot: recovered.records.len() as u64,
             failed: None,
+            append_bytes: metrics::counter!(m::STORE_APPEND_BYTES),
+            append_seconds: metrics::histogram!(m::STORE_APPEND_SECONDS),
         };
         let interrupted: Vec<(JobId, u32, JobState)> = store
             .table
@@ -618,14 +624,14 @@ impl Store {
             }
         };
         self.since_snapshot += 1;
-        metrics::counter!(m::STORE_APPEND_BYTES).increment(bytes);
+        self.append_bytes.increment(bytes);
+        let append_seconds = self.append_seconds.clone();
         let started = Instant::now();
         let jobs = record.jobs();
         Ok(Box::pin(async move {
             match pending.await {
                 Ok(_) => {
-                    metrics::histogram!(m::STORE_APPEND_SECONDS)
-                        .record(started.elapsed().as_secs_f64());
+                    append_seconds.record(started.elapsed().as_secs_f64());
                     Ok(())
                 }
                 Err(source) => {

@@ -60,8 +60,26 @@ pub(crate) struct RunningNode {
     thread: Option<std::thread::JoinHandle<Result<(), String>>>,
 }
 
+/// The process-wide Prometheus recorder, installed by the first node the bench starts: a node
+/// measured here pays for its metrics as `cadre serve` does.
+static EXPORTER: std::sync::OnceLock<Option<cadre_runtime::metrics::Exporter>> =
+    std::sync::OnceLock::new();
+
+fn exporter() -> Option<cadre_runtime::metrics::Exporter> {
+    EXPORTER
+        .get_or_init(|| match cadre_runtime::metrics::install() {
+            Ok(exporter) => Some(exporter),
+            Err(e) => {
+                eprintln!("scheduler: metrics recorder not installed, nodes run without one: {e}");
+                None
+            }
+        })
+        .clone()
+}
+
 impl RunningNode {
     pub(crate) fn start(dir: &Path, cpu_millis: u64) -> Result<RunningNode, BenchError> {
+        let exporter = exporter();
         let api_port = free_port()?;
         let metrics_port = free_port()?;
         let config = Config {
@@ -81,7 +99,7 @@ impl RunningNode {
                 let system = actix::System::new();
                 system.block_on(async move {
                     let extensions = Extensions::new().workload("noop", || Noop).gpu_workloads();
-                    let node = match Node::start(config, None, extensions).await {
+                    let node = match Node::start(config, exporter, extensions).await {
                         Ok(node) => node,
                         Err(e) => {
                             let message = e.to_string();
