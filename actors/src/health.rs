@@ -24,7 +24,9 @@ use tokio::time::Instant;
 use crate::ids::{FencingToken, WorkerId};
 use crate::job::JobId;
 use crate::metrics as m;
-use crate::protocol::{Heartbeat, JobStalled, JobsProgressed, UnwatchJob, WatchJob, WorkerDead};
+use crate::protocol::{
+    ForgetWorker, Heartbeat, JobStalled, JobsProgressed, UnwatchJob, WatchJob, WorkerDead,
+};
 
 type Ctx = SupervisedContext<HealthMonitor>;
 
@@ -224,6 +226,15 @@ impl Handler<WatchJob> for HealthMonitor {
                 suspected: false,
             },
         );
+    }
+}
+
+impl Handler<ForgetWorker> for HealthMonitor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ForgetWorker, _: &mut Ctx) {
+        self.workers.remove(&msg.worker);
+        self.tasks.retain(|_, w| w.worker != msg.worker);
     }
 }
 

@@ -381,6 +381,15 @@ pub struct UnwatchJob {
     pub token: FencingToken,
 }
 
+/// Scheduler to health monitor: the worker's registration is gone (dead, or replaced by a new
+/// one); stop tracking its heartbeats and its tasks, so it is not declared dead again later.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, Message)]
+#[rtype(result = "()")]
+pub struct ForgetWorker {
+    /// The worker.
+    pub worker: WorkerId,
+}
+
 /// Scheduler to health monitor: these tasks made progress.
 #[derive(Debug, Clone, Serialize, Deserialize, Message)]
 #[rtype(result = "()")]

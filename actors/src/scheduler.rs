@@ -42,8 +42,8 @@ use crate::job::{JobId, JobSpec, JobState};
 use crate::lease::{LeaseTable, RenewOutcome};
 use crate::metrics as m;
 use crate::protocol::{
-    Assign, Backpressure, Finished, GpuHealth, JobEvent, JobStalled, JobsProgressed, Kill,
-    KillReason, NodeEvent, ProgressAck, ProgressFlush, Register, Renew, RenewReply, Started,
+    Assign, Backpressure, Finished, ForgetWorker, GpuHealth, JobEvent, JobStalled, JobsProgressed,
+    Kill, KillReason, NodeEvent, ProgressAck, ProgressFlush, Register, Renew, RenewReply, Started,
     TaskEnd, TaskProgress, UnwatchJob, WatchJob, WorkerDead, WorkerLink,
 };
 use crate::sched::{
@@ -94,6 +94,8 @@ pub struct HealthLink {
     pub unwatch: Recipient<UnwatchJob>,
     /// Tasks that made progress.
     pub progressed: Recipient<JobsProgressed>,
+    /// A worker's registration is gone.
+    pub forget: Recipient<ForgetWorker>,
 }
 
 /// The scheduler actor (see the module comment).
@@ -909,6 +911,13 @@ impl Scheduler {
         }
         metrics::counter!(m::WORKER_DEATHS).increment(1);
         metrics::gauge!(m::WORKERS).set(core.workers.len() as f64);
+        if let Some(health) = self.config.health.get() {
+            if let Err(error) = health.forget.try_send(ForgetWorker { worker }) {
+                tracing::warn!(worker = %worker, %error,
+                    "health monitor did not take a forget: it may declare this worker dead again");
+                metrics::counter!(m::WORKER_SEND_FAILURES, "msg" => "forget").increment(1);
+            }
+        }
         let revoked = core.leases.revoke_worker(worker);
         let mut jobs: Vec<JobId> = revoked.iter().map(|l| l.job).collect();
         match core.placer.remove_worker(worker) {

@@ -25,9 +25,9 @@ use cadre_actors::backpressure::Hysteresis;
 use cadre_actors::health::{phi, HealthConfig, HealthMonitor};
 use cadre_actors::job::{CommandJob, JobKind, JobSpec, JobState, Resources, WorkloadJob};
 use cadre_actors::protocol::{
-    Assign, Backpressure, Finished, GpuDevice, GpuHealth, Heartbeat, JobStalled, JobsProgressed,
-    Kill, KillReason, ProgressAck, ProgressFlush, Register, Renew, RenewReply, SchedulerLink,
-    Started, TaskEnd, UnwatchJob, WatchJob, WorkerDead, WorkerLink,
+    Assign, Backpressure, Finished, ForgetWorker, GpuDevice, GpuHealth, Heartbeat, JobStalled,
+    JobsProgressed, Kill, KillReason, ProgressAck, ProgressFlush, Register, Renew, RenewReply,
+    SchedulerLink, Started, TaskEnd, UnwatchJob, WatchJob, WorkerDead, WorkerLink,
 };
 use cadre_actors::sched::{Grant, PlacerConfig, Waiting, WorkerCapacity};
 use cadre_actors::scheduler::{
@@ -457,6 +457,31 @@ fn health_declares_a_silent_worker_dead_once_and_spares_a_live_one() {
             "{}",
             verdict.reason
         );
+        rig.root.stop().await.unwrap();
+    });
+    assert_eq!(
+        obs.events
+            .with(Level::ERROR, "worker declared dead by the failure detector")
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn health_forgets_a_worker_whose_registration_is_gone() {
+    let obs = run(|_| async {
+        let rig = health_rig().await;
+        let (gone, kept) = (WorkerId(7), WorkerId(8));
+        for _ in 0..30 {
+            rig.monitor.do_send(Heartbeat { worker: gone });
+            rig.monitor.do_send(Heartbeat { worker: kept });
+            sleep(BEAT).await;
+        }
+        // The scheduler dropped `gone` (it registered again under a new id): both fall silent,
+        // and only `kept` is declared dead.
+        rig.monitor.do_send(ForgetWorker { worker: gone });
+        sleep(BEAT * 50).await;
+        assert_eq!(rig.verdicts.dead(), vec![kept]);
         rig.root.stop().await.unwrap();
     });
     assert_eq!(

@@ -124,6 +124,7 @@ impl Node {
             watch: health.clone().recipient(),
             unwatch: health.clone().recipient(),
             progressed: health.clone().recipient(),
+            forget: health.clone().recipient(),
         };
         if scheduler_config.health.set(link).is_err() {
             return Err(Error::Config {
