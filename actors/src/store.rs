@@ -426,7 +426,7 @@ pub struct Store {
 }
 
 fn encode<T: Serialize>(value: &T, what: &str) -> Result<Vec<u8>, Error> {
-    rmp_serde::to_vec_named(value).map_err(|e| Error::Codec {
+    rmp_serde::to_vec(value).map_err(|e| Error::Codec {
         what: what.to_string(),
         reason: e.to_string(),
     })
@@ -699,5 +699,84 @@ impl Store {
     /// Finishes what is queued and closes the journal (its directory lock is released).
     pub async fn close(self) {
         self.journal.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use crate::ids::WorkerId;
+
+    fn every_record() -> Vec<Record> {
+        let spec: JobSpec = serde_json::from_value(serde_json::json!({
+            "name": "a", "priority": 5, "max_retries": 2, "labels": {"team": "x"},
+            "resources": {"cpu_millis": 500, "memory_bytes": 1024, "gpus": 1},
+            "kind": {"workload": {"name": "checksum", "params": {"path": "/etc/hostname", "n": [1, 2.5, null]}}}
+        }))
+        .unwrap();
+        let grant = Grant {
+            worker: WorkerId(3),
+            task: 0,
+            cpu_millis: 500,
+            memory_bytes: 1024,
+            gpus: vec![1],
+        };
+        vec![
+            Record::Submitted {
+                jobs: vec![Submission {
+                    job: JobId(1),
+                    spec,
+                    submitted_ms: 1_700_000_000_000,
+                }],
+            },
+            Record::Leased {
+                job: JobId(1),
+                attempt: 1,
+                grants: vec![grant],
+                tokens: vec![FencingToken(9)],
+            },
+            Record::Started {
+                job: JobId(1),
+                attempt: 1,
+            },
+            Record::Ended {
+                job: JobId(1),
+                attempt: 1,
+                state: JobState::Succeeded,
+                outcome: Outcome {
+                    exit_code: Some(0),
+                    signal: None,
+                    error: None,
+                    result: Some(serde_json::json!({"crc32c": 12345, "ok": true})),
+                },
+            },
+            Record::Lost {
+                job: JobId(2),
+                attempt: 3,
+                reason: "worker 3 died".to_owned(),
+            },
+        ]
+    }
+
+    /// Records and snapshots are written compactly (struct fields by position); journals
+    /// written before, with field names, must still be read.
+    #[test]
+    fn records_and_snapshots_read_back_in_both_encodings() {
+        let mut table = JobTable::default();
+        for record in every_record() {
+            let compact = encode(&record, "test").unwrap();
+            let named = rmp_serde::to_vec_named(&record).unwrap();
+            assert!(compact.len() < named.len(), "{record:?}");
+            assert_eq!(decode::<Record>(&compact, "test").unwrap(), record);
+            assert_eq!(decode::<Record>(&named, "test").unwrap(), record);
+            if !matches!(record, Record::Lost { .. }) {
+                table.apply(&record).unwrap();
+            }
+        }
+        let compact = encode(&table, "snapshot").unwrap();
+        let named = rmp_serde::to_vec_named(&table).unwrap();
+        assert_eq!(decode::<JobTable>(&compact, "snapshot").unwrap(), table);
+        assert_eq!(decode::<JobTable>(&named, "snapshot").unwrap(), table);
     }
 }
