@@ -256,36 +256,62 @@ impl JobTable {
         Ok(())
     }
 
+    /// [`JobTable::apply`], taking the record: a submission's specs move into the table
+    /// instead of being copied.
+    pub fn apply_owned(&mut self, record: Record) -> Result<(), Error> {
+        match record {
+            Record::Submitted { jobs } => {
+                let next = self.check_submitted(&jobs)?;
+                for s in jobs {
+                    self.insert_submitted(s.job, s.spec, s.submitted_ms);
+                }
+                self.next_id = next;
+                Ok(())
+            }
+            other => self.apply(&other),
+        }
+    }
+
+    /// Checks a submission's ids; returns the next id after them.
+    fn check_submitted(&self, jobs: &[Submission]) -> Result<u64, Error> {
+        let mut next = self.next_id.max(1);
+        for s in jobs {
+            if s.job.0 < next {
+                return Err(Error::Rejected {
+                    reason: format!(
+                        "job id {} is not above the last one given ({})",
+                        s.job,
+                        next - 1
+                    ),
+                });
+            }
+            next = s.job.0 + 1;
+        }
+        Ok(next)
+    }
+
+    fn insert_submitted(&mut self, job: JobId, spec: JobSpec, submitted_ms: u64) {
+        self.jobs.insert(
+            job,
+            Box::new(JobEntry {
+                spec,
+                status: JobStatus::queued(job),
+                submitted_ms,
+                grants: Vec::new(),
+                tokens: Vec::new(),
+                outcome: None,
+                last_loss: None,
+            }),
+        );
+    }
+
     /// Checks `record` against the table and applies it, or refuses it with nothing changed.
     pub fn apply(&mut self, record: &Record) -> Result<(), Error> {
         match record {
             Record::Submitted { jobs } => {
-                let mut next = self.next_id.max(1);
+                let next = self.check_submitted(jobs)?;
                 for s in jobs {
-                    if s.job.0 < next {
-                        return Err(Error::Rejected {
-                            reason: format!(
-                                "job id {} is not above the last one given ({})",
-                                s.job,
-                                next - 1
-                            ),
-                        });
-                    }
-                    next = s.job.0 + 1;
-                }
-                for s in jobs {
-                    self.jobs.insert(
-                        s.job,
-                        Box::new(JobEntry {
-                            spec: s.spec.clone(),
-                            status: JobStatus::queued(s.job),
-                            submitted_ms: s.submitted_ms,
-                            grants: Vec::new(),
-                            tokens: Vec::new(),
-                            outcome: None,
-                            last_loss: None,
-                        }),
-                    );
+                    self.insert_submitted(s.job, s.spec.clone(), s.submitted_ms);
                 }
                 self.next_id = next;
             }
@@ -474,7 +500,7 @@ impl Store {
         for (i, bytes) in recovered.records.iter().enumerate() {
             let what = format!("record {} after the snapshot", i + 1);
             let record: Record = decode(bytes, &what).inspect_err(|e| store_error("recover", e))?;
-            table.apply(&record).map_err(|e| {
+            table.apply_owned(record).map_err(|e| {
                 let err = Error::Codec {
                     what,
                     reason: format!("does not replay onto the table: {e}"),
@@ -604,12 +630,13 @@ impl Store {
 
     fn commit_in(&mut self, slot: JournalSlot, record: Record) -> Result<Durable, Error> {
         let op = record.op();
+        let jobs = record.jobs();
         let payload = encode(&record, op).inspect_err(|e| store_error("encode", e))?;
-        if let Err(e) = self.table.apply(&record) {
+        if let Err(e) = self.table.apply_owned(record) {
             // An illegal transition was already logged and counted by `JobStatus::transition`;
             // every other refusal is reported here, once.
             if !matches!(e, Error::IllegalTransition(_)) {
-                tracing::error!(op, job = %record.jobs(), error = %e, "job store refused a record");
+                tracing::error!(op, job = %jobs, error = %e, "job store refused a record");
                 metrics::counter!(m::STORE_ERRORS, "op" => "refused").increment(1);
             }
             return Err(e);
@@ -631,7 +658,6 @@ impl Store {
         self.append_bytes.increment(bytes);
         let append_seconds = self.append_seconds.clone();
         let started = Instant::now();
-        let jobs = record.jobs();
         Ok(Box::pin(async move {
             match pending.await {
                 Ok(_) => {
