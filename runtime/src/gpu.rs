@@ -113,6 +113,9 @@ pub struct GpuMonitor {
     /// The health the scheduler has accepted for each device index; absent means healthy (as
     /// a device registers).
     told: HashMap<u32, DeviceHealth>,
+    /// Whether each device was healthy when last logged (absent: healthy), so a change is
+    /// logged once even while the scheduler refuses the report.
+    logged: HashMap<u32, bool>,
 }
 
 impl GpuMonitor {
@@ -121,6 +124,7 @@ impl GpuMonitor {
         GpuMonitor {
             config,
             told: HashMap::new(),
+            logged: HashMap::new(),
         }
     }
 
@@ -143,24 +147,23 @@ impl GpuMonitor {
                 .get(&device.index)
                 .cloned()
                 .unwrap_or(DeviceHealth::Healthy);
-            // A healthy device is reported only when it recovers; an unhealthy one on every
-            // sample, so a scheduler that restarted (and took every GPU as healthy again)
-            // learns it at once. The scheduler logs only changes.
-            if health == DeviceHealth::Healthy && told == DeviceHealth::Healthy {
-                continue;
-            }
             let (healthy, reason) = match &health {
                 DeviceHealth::Healthy => (true, "its readings are within limits".to_owned()),
                 DeviceHealth::Unhealthy(reason) => (false, reason.clone()),
             };
-            match (&told, healthy) {
-                (_, true) => {
+            if self.logged.get(&device.index).copied().unwrap_or(true) != healthy {
+                self.logged.insert(device.index, healthy);
+                if healthy {
                     tracing::info!(gpu = device.index, uuid = %device.uuid, "GPU healthy again");
-                }
-                (DeviceHealth::Healthy, false) => {
+                } else {
                     tracing::warn!(gpu = device.index, uuid = %device.uuid, %reason, "GPU unhealthy");
                 }
-                (DeviceHealth::Unhealthy(_), false) => {}
+            }
+            // A healthy device is reported only when it recovers; an unhealthy one on every
+            // sample, so a scheduler that restarted (and took every GPU as healthy again)
+            // learns it at once. The scheduler logs only changes.
+            if healthy && told == DeviceHealth::Healthy {
+                continue;
             }
             let msg = GpuHealth {
                 worker_path: config.worker_path.clone(),

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use actix::prelude::*;
 use cadre_actors::protocol::GpuDevice;
-use cadre_actors::workload::{Run, WorkloadError};
+use cadre_actors::workload::{CancelSignal, Run, WorkloadError};
 use cadre_gpu::ops::{check, check_matmul_sampled, sample_value, saxpy_reference, split};
 use cadre_gpu::DeviceKernels;
 use cadre_supervisor::SupervisedContext;
@@ -138,19 +138,30 @@ fn parse(kernel: GpuKernel, params: &Value) -> Result<Params, WorkloadError> {
     })
 }
 
-/// The kernels on `gpu`, loaded on first use.
+/// The kernels on `gpu`, loaded on first use. The cache is not held while NVRTC compiles, so
+/// a multi-GPU job's devices load in parallel (two loads of one device can race; the second
+/// is dropped).
 fn kernels(loaded: &Loaded, gpu: &GpuDevice) -> Result<Arc<DeviceKernels>, WorkloadError> {
-    let mut map = loaded.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(k) = map.get(&gpu.ordinal) {
-        return Ok(Arc::clone(k));
+    let cached = loaded
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&gpu.ordinal)
+        .cloned();
+    if let Some(k) = cached {
+        return Ok(k);
     }
     let fail = |e: cadre_gpu::GpuError| {
         WorkloadError::new(format!("GPU {} ({}): {e}", gpu.index, gpu.uuid))
     };
     let driver = cadre_gpu::probe().map_err(fail)?;
     let k = Arc::new(DeviceKernels::load(&driver, gpu.ordinal as usize).map_err(fail)?);
-    map.insert(gpu.ordinal, Arc::clone(&k));
-    Ok(k)
+    Ok(Arc::clone(
+        loaded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(gpu.ordinal)
+            .or_insert(k),
+    ))
 }
 
 /// What one device did: its share of the work, checked.
@@ -160,12 +171,25 @@ struct Part {
     work: f64,
 }
 
+/// Why a part stopped: the GPU failed, or the task was cancelled between two launches.
+enum Stop {
+    Gpu(cadre_gpu::GpuError),
+    Cancelled,
+}
+
+impl From<cadre_gpu::GpuError> for Stop {
+    fn from(e: cadre_gpu::GpuError) -> Stop {
+        Stop::Gpu(e)
+    }
+}
+
 fn run_part(
     kernel: GpuKernel,
     k: &DeviceKernels,
     p: &Params,
     range: Range<usize>,
-) -> Result<Part, cadre_gpu::GpuError> {
+    cancel: &CancelSignal,
+) -> Result<Part, Stop> {
     let device = k.device();
     match kernel {
         GpuKernel::Saxpy => {
@@ -200,6 +224,9 @@ fn run_part(
             let mut seconds = 0.0;
             let mut last = Vec::new();
             for _ in 0..p.repeats {
+                if cancel.is_cancelled() {
+                    return Err(Stop::Cancelled);
+                }
                 let out = k.matmul(&a, &b, rows, p.inner, p.cols)?;
                 seconds += out.seconds;
                 last = out.value;
@@ -248,10 +275,17 @@ impl Handler<Run> for GpuWorkload {
                 .zip(ranges)
                 .map(|(gpu, range)| {
                     let loaded = Arc::clone(&loaded);
+                    let cancel = run.cancel.clone();
                     tokio::task::spawn_blocking(move || {
+                        if cancel.is_cancelled() {
+                            return Err(WorkloadError::new("cancelled"));
+                        }
                         let k = kernels(&loaded, &gpu)?;
-                        run_part(kernel, &k, &p, range).map_err(|e| {
-                            WorkloadError::new(format!("GPU {} ({}): {e}", gpu.index, gpu.uuid))
+                        run_part(kernel, &k, &p, range, &cancel).map_err(|stop| match stop {
+                            Stop::Cancelled => WorkloadError::new("cancelled"),
+                            Stop::Gpu(e) => {
+                                WorkloadError::new(format!("GPU {} ({}): {e}", gpu.index, gpu.uuid))
+                            }
                         })
                     })
                 })

@@ -15,6 +15,10 @@ use serde_json::{json, Value};
 
 fn run(params: Value, gpus: Vec<GpuDevice>) -> Run {
     let (_, cancel) = CancelSignal::new();
+    run_with(params, gpus, cancel)
+}
+
+fn run_with(params: Value, gpus: Vec<GpuDevice>, cancel: CancelSignal) -> Run {
     Run {
         job: JobId(1),
         attempt: 1,
@@ -86,4 +90,20 @@ fn without_a_driver_a_granted_job_fails_with_the_typed_error() {
             e.0
         );
     }
+}
+
+#[test]
+fn a_task_cancelled_before_its_parts_start_touches_no_device() {
+    let (raise, cancel) = CancelSignal::new();
+    raise.send(true).unwrap();
+    let e = outcome(
+        GpuKernel::Matmul,
+        run_with(
+            json!({"rows": 16, "inner": 16, "cols": 16}),
+            vec![device()],
+            cancel,
+        ),
+    )
+    .unwrap_err();
+    assert_eq!(e.0, "cancelled");
 }
