@@ -131,7 +131,7 @@ impl actix::fut::ActorFuture<Scheduler> for DrainDurables {
                 act.draining_durables = false;
                 return Poll::Ready(());
             };
-            let result = match front.as_mut().poll(task) {
+            let result = match std::future::Future::poll(std::pin::Pin::new(front), task) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(result) => result,
             };

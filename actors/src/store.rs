@@ -24,8 +24,9 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
+use std::task::Poll;
 
-use cadre_cpu::journal::{Journal, JournalOptions, JournalSlot, TornTail};
+use cadre_cpu::journal::{Journal, JournalOptions, JournalSlot, PendingRecord, TornTail};
 use cadre_cpu::IoEngine;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -433,8 +434,41 @@ pub struct Recovery {
     pub torn_tail: Option<TornTail>,
 }
 
-/// Completes once a committed record is durable; only then may the change be acknowledged.
-pub type Durable = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
+/// Completes once a committed record is durable; only then may the change be acknowledged. A
+/// record that never becomes durable is logged and counted here, with its jobs. A plain
+/// future (no allocation of its own): the scheduler holds one per record in flight.
+#[derive(Debug)]
+pub struct Durable {
+    pending: PendingRecord,
+    op: &'static str,
+    jobs: JobSpan,
+    queued_at: Instant,
+    seconds: metrics::Histogram,
+}
+
+impl Future for Durable {
+    type Output = Result<(), Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        match Pin::new(&mut self.pending).poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(_)) => {
+                self.seconds.record(self.queued_at.elapsed().as_secs_f64());
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(source)) => {
+                let err = Error::Store {
+                    op: "append",
+                    source,
+                };
+                tracing::error!(op = self.op, job = %self.jobs, error = %err,
+                    "job store record not durable; its change must not be acknowledged");
+                metrics::counter!(m::STORE_ERRORS, "op" => "append").increment(1);
+                Poll::Ready(Err(err))
+            }
+        }
+    }
+}
 
 /// The job table and the journal under it. Owned by one actor (the scheduler), which commits
 /// one record at a time and awaits durability concurrently.
@@ -642,7 +676,7 @@ impl Store {
             return Err(e);
         }
         let bytes = payload.len() as u64;
-        let pending = match slot.append(payload) {
+        let pending = match slot.queue(payload) {
             Ok(p) => p,
             Err(source) => {
                 // The table already holds the change; the journal will not: the store stops.
@@ -656,26 +690,13 @@ impl Store {
         };
         self.since_snapshot += 1;
         self.append_bytes.increment(bytes);
-        let append_seconds = self.append_seconds.clone();
-        let started = Instant::now();
-        Ok(Box::pin(async move {
-            match pending.await {
-                Ok(_) => {
-                    append_seconds.record(started.elapsed().as_secs_f64());
-                    Ok(())
-                }
-                Err(source) => {
-                    let err = Error::Store {
-                        op: "append",
-                        source,
-                    };
-                    tracing::error!(op, job = %jobs, error = %err,
-                        "job store record not durable; its change must not be acknowledged");
-                    metrics::counter!(m::STORE_ERRORS, "op" => "append").increment(1);
-                    Err(err)
-                }
-            }
-        }))
+        Ok(Durable {
+            pending,
+            op,
+            jobs,
+            queued_at: Instant::now(),
+            seconds: self.append_seconds.clone(),
+        })
     }
 
     /// The journal refused or lost a change: the store stops accepting any. The journal has

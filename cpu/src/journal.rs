@@ -172,12 +172,51 @@ impl JournalSlot {
         Ok(Box::pin(async move { writer_answer(&dir, rx).await }))
     }
 
+    /// [`JournalSlot::append`] without boxing: the returned [`PendingRecord`] is a plain
+    /// future over the writer's answer, for a caller that appends many records.
+    pub fn queue(self, payload: Vec<u8>) -> Result<PendingRecord> {
+        check_record_size(&self.dir, self.max_record_bytes, payload.len())?;
+        let (reply, rx) = oneshot::channel();
+        self.permit.send(Cmd::Append { payload, reply });
+        Ok(PendingRecord { rx, dir: self.dir })
+    }
+
     /// Queues a compaction to `snapshot` now: it replaces every record queued before it.
     pub fn compact(self, snapshot: Vec<u8>) -> PendingCompact {
         let (reply, rx) = oneshot::channel();
         self.permit.send(Cmd::Compact { snapshot, reply });
         let dir = self.dir;
         Box::pin(async move { writer_answer(&dir, rx).await })
+    }
+}
+
+/// A record queued with [`JournalSlot::queue`]: resolves with its position once it is durable,
+/// or with [`CpuError::JournalStopped`] (logged and counted) if the writer exits first.
+#[derive(Debug)]
+pub struct PendingRecord {
+    rx: oneshot::Receiver<Result<Lsn>>,
+    dir: Arc<Path>,
+}
+
+impl std::future::Future for PendingRecord {
+    type Output = Result<Lsn>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<Lsn>> {
+        match std::pin::Pin::new(&mut self.rx).poll(cx) {
+            std::task::Poll::Pending => std::task::Poll::Pending,
+            std::task::Poll::Ready(Ok(res)) => std::task::Poll::Ready(res),
+            std::task::Poll::Ready(Err(_)) => {
+                let err = CpuError::JournalStopped {
+                    dir: self.dir.to_path_buf(),
+                    reason: "its writer has exited".into(),
+                };
+                journal_error(&self.dir, "stopped", &err);
+                std::task::Poll::Ready(Err(err))
+            }
+        }
     }
 }
 

@@ -457,3 +457,46 @@ async fn damaged_segments_recover_to_a_prefix_or_an_error() {
     );
     assert!(prefixes > 0 && errors > 0, "both outcomes must occur");
 }
+
+#[tokio::test]
+async fn queued_records_resolve_in_order_once_durable_and_fail_once_the_journal_is_gone() {
+    for engine in engines() {
+        let dir = Scratch::new("journal-queue");
+        let (j, _) = Journal::open(dir.path(), engine.clone(), small())
+            .await
+            .unwrap();
+        let mut pending = Vec::new();
+        for i in 0..50u8 {
+            pending.push(j.slot().await.unwrap().queue(vec![i; 10]).unwrap());
+        }
+        let mut last = None;
+        for p in pending {
+            let lsn = p.await.unwrap();
+            assert!(last.is_none_or(|l| l < lsn), "{last:?} then {lsn:?}");
+            last = Some(lsn);
+        }
+        // An oversized record is refused before it is queued.
+        let slot = j.slot().await.unwrap();
+        assert!(matches!(
+            slot.queue(vec![0; 1 << 20]),
+            Err(CpuError::Invalid {
+                field: "record",
+                ..
+            })
+        ));
+        // A slot held across the close: the record it queues after it is never written, and
+        // once the last handle is gone its future says so instead of hanging.
+        let slot = j.slot().await.unwrap();
+        j.clone().close().await;
+        let orphan = slot.queue(vec![9; 10]).unwrap();
+        drop(j);
+        assert!(matches!(orphan.await, Err(CpuError::JournalStopped { .. })));
+        let (_, rec) = Journal::open(dir.path(), engine.clone(), small())
+            .await
+            .unwrap();
+        assert_eq!(
+            rec.records,
+            (0..50u8).map(|i| vec![i; 10]).collect::<Vec<_>>()
+        );
+    }
+}
