@@ -108,7 +108,40 @@ pub struct Scheduler {
     draining_durables: bool,
 }
 
-type AfterDurable = Box<dyn FnOnce(&mut Scheduler, &mut Ctx)>;
+/// What to do once a record is durable. The common ends are plain data, so the hot path
+/// allocates no closure per record.
+enum AfterDurable {
+    /// Publish a state change.
+    Emit {
+        job: JobId,
+        state: JobState,
+        attempt: u32,
+    },
+    /// Publish the lease and send the job to its workers.
+    Assign { job: JobId, attempt: u32 },
+    /// Anything else.
+    Run(Continuation),
+}
+
+/// A continuation that needs a closure.
+type Continuation = Box<dyn FnOnce(&mut Scheduler, &mut Ctx)>;
+
+impl AfterDurable {
+    fn run(self, act: &mut Scheduler, ctx: &mut Ctx) {
+        match self {
+            AfterDurable::Emit {
+                job,
+                state,
+                attempt,
+            } => act.emit(job, state, attempt),
+            AfterDurable::Assign { job, attempt } => {
+                act.emit(job, JobState::Leased, attempt);
+                act.assign(ctx, job);
+            }
+            AfterDurable::Run(then) => then(act, ctx),
+        }
+    }
+}
 
 /// Awaits the records in `Scheduler::durables` in order, running each one's continuation.
 /// The journal makes records durable in the order they were queued, so awaiting the oldest
@@ -139,7 +172,7 @@ impl actix::fut::ActorFuture<Scheduler> for DrainDurables {
                 continue;
             };
             match result {
-                Ok(()) => then(act, ctx),
+                Ok(()) => then.run(act, ctx),
                 Err(error) => {
                     tracing::error!(%error, path = ctx.path(),
                         "a job record did not become durable; the scheduler restarts to recover");
@@ -450,7 +483,12 @@ impl Scheduler {
         durable: Durable,
         then: impl FnOnce(&mut Scheduler, &mut Ctx) + 'static,
     ) {
-        self.durables.push_back((durable, Box::new(then)));
+        self.after_durable_do(ctx, durable, AfterDurable::Run(Box::new(then)));
+    }
+
+    /// [`Scheduler::after_durable`] for the common ends, which need no closure.
+    fn after_durable_do(&mut self, ctx: &mut Ctx, durable: Durable, then: AfterDurable) {
+        self.durables.push_back((durable, then));
         if !self.draining_durables {
             self.draining_durables = true;
             ctx.spawn(DrainDurables);
@@ -569,10 +607,9 @@ impl Scheduler {
                 ctx,
                 record,
                 Box::new(move |act, ctx, result| match result {
-                    Ok(durable) => act.after_durable(ctx, durable, move |act, ctx| {
-                        act.emit(job, JobState::Leased, attempt);
-                        act.assign(ctx, job);
-                    }),
+                    Ok(durable) => {
+                        act.after_durable_do(ctx, durable, AfterDurable::Assign { job, attempt })
+                    }
                     Err(error) => {
                         tracing::error!(job = %job, %error, "lease record refused; job released");
                         if let Some(core) = act.core.as_mut() {
@@ -879,7 +916,15 @@ impl Scheduler {
                         metrics::counter!(m::JOBS_FINISHED, "state" => state.as_str()).increment(1)
                     }
                 }
-                self.after_durable(ctx, durable, move |act, _| act.emit(job, state, attempt));
+                self.after_durable_do(
+                    ctx,
+                    durable,
+                    AfterDurable::Emit {
+                        job,
+                        state,
+                        attempt,
+                    },
+                );
             }
             Err(error) => {
                 tracing::error!(job = %job, attempt, state = state.as_str(), %error,
@@ -1397,9 +1442,15 @@ impl Handler<Started> for Scheduler {
             ctx,
             Record::Started { job, attempt },
             Box::new(move |act, ctx, result| match result {
-                Ok(durable) => act.after_durable(ctx, durable, move |act, _| {
-                    act.emit(job, JobState::Running, attempt);
-                }),
+                Ok(durable) => act.after_durable_do(
+                    ctx,
+                    durable,
+                    AfterDurable::Emit {
+                        job,
+                        state: JobState::Running,
+                        attempt,
+                    },
+                ),
                 Err(error) => {
                     tracing::error!(job = %job, attempt, %error, "could not record a start")
                 }
