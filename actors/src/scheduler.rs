@@ -324,7 +324,10 @@ impl Scheduler {
 
     /// Commits `record` and hands the result to `then`: at once when the journal has room, in
     /// order after the records before it otherwise.
-    fn commit(&mut self, ctx: &mut Ctx, record: Record, then: Then) {
+    fn commit<F>(&mut self, ctx: &mut Ctx, record: Record, then: F)
+    where
+        F: FnOnce(&mut Scheduler, &mut Ctx, Result<Durable, Error>) + 'static,
+    {
         let Some(core) = self.core.as_mut() else {
             then(
                 self,
@@ -336,11 +339,11 @@ impl Scheduler {
             return;
         };
         if !core.deferred.is_empty() {
-            core.deferred.push_back((record, then));
+            core.deferred.push_back((record, Box::new(then)));
             return;
         }
         let Some(store) = core.store.as_mut() else {
-            core.deferred.push_back((record, then));
+            core.deferred.push_back((record, Box::new(then)));
             return;
         };
         let mut record = record;
@@ -356,7 +359,7 @@ impl Scheduler {
                 }
             }
             Err(record) => {
-                core.deferred.push_back((record, then));
+                core.deferred.push_back((record, Box::new(then)));
                 self.wait_for_journal(ctx);
             }
         }
@@ -603,23 +606,19 @@ impl Scheduler {
                 },
             );
             core.running.set(core.active.len() as f64);
-            self.commit(
-                ctx,
-                record,
-                Box::new(move |act, ctx, result| match result {
-                    Ok(durable) => {
-                        act.after_durable_do(ctx, durable, AfterDurable::Assign { job, attempt })
+            self.commit(ctx, record, move |act, ctx, result| match result {
+                Ok(durable) => {
+                    act.after_durable_do(ctx, durable, AfterDurable::Assign { job, attempt })
+                }
+                Err(error) => {
+                    tracing::error!(job = %job, %error, "lease record refused; job released");
+                    if let Some(core) = act.core.as_mut() {
+                        core.active.remove(&job);
+                        core.leases.release_job(job);
+                        core.placer.release(job);
                     }
-                    Err(error) => {
-                        tracing::error!(job = %job, %error, "lease record refused; job released");
-                        if let Some(core) = act.core.as_mut() {
-                            core.active.remove(&job);
-                            core.leases.release_job(job);
-                            core.placer.release(job);
-                        }
-                    }
-                }),
-            );
+                }
+            });
         }
         self.arm_expiry(ctx);
     }
@@ -638,7 +637,7 @@ impl Scheduler {
                 grants: Vec::new(),
                 tokens: Vec::new(),
             },
-            Box::new(move |act, ctx, result| {
+            move |act, ctx, result| {
                 if let Err(error) = result {
                     tracing::error!(job = %job, %error, "could not record a lease refusal");
                     return;
@@ -651,11 +650,11 @@ impl Scheduler {
                         state: JobState::Failed,
                         outcome,
                     },
-                    Box::new(move |act, ctx, result| {
+                    move |act, ctx, result| {
                         act.finished_record(ctx, job, attempt, JobState::Failed, result)
-                    }),
+                    },
                 );
-            }),
+            },
         );
     }
 
@@ -841,10 +840,10 @@ impl Scheduler {
                         ..Outcome::default()
                     },
                 },
-                Box::new(move |act, ctx, result| {
+                move |act, ctx, result| {
                     act.finished_record(ctx, job, attempt, JobState::Cancelled, result);
                     act.schedule(ctx);
-                }),
+                },
             );
             return;
         }
@@ -857,7 +856,7 @@ impl Scheduler {
                 attempt,
                 reason,
             },
-            Box::new(move |act, ctx, result| {
+            move |act, ctx, result| {
                 let durable = match result {
                     Ok(d) => d,
                     Err(error) => {
@@ -895,7 +894,7 @@ impl Scheduler {
                     }
                     _ => act.schedule(ctx),
                 }
-            }),
+            },
         );
     }
 
@@ -1080,51 +1079,47 @@ impl Handler<Submit> for Scheduler {
                 })
                 .collect(),
         };
-        self.commit(
-            ctx,
-            record,
-            Box::new(move |act, ctx, result| {
-                let durable = match result {
-                    Ok(d) => d,
-                    Err(error) => {
-                        refuse("submit", "store");
-                        if tx.send(Err(error)).is_err() {
-                            tracing::debug!("submitter left before its refusal");
-                        }
-                        return;
+        self.commit(ctx, record, move |act, ctx, result| {
+            let durable = match result {
+                Ok(d) => d,
+                Err(error) => {
+                    refuse("submit", "store");
+                    if tx.send(Err(error)).is_err() {
+                        tracing::debug!("submitter left before its refusal");
                     }
-                };
-                let next = act
-                    .core
-                    .as_ref()
-                    .and_then(|c| c.store.as_ref())
-                    .map_or(0, |s| s.table().next_id().0);
-                let first = next.saturating_sub(count);
-                let ids: Vec<JobId> = (first..next).map(JobId).collect();
-                if let Some(core) = act.core.as_mut() {
-                    let now = Instant::now();
-                    for (id, (priority, resources, gang)) in ids.iter().zip(shapes) {
-                        core.placer.enqueue(QueuedJob {
-                            job: *id,
-                            priority,
-                            resources,
-                            gang,
-                            enqueued_at: now,
-                        });
-                    }
+                    return;
                 }
-                act.after_durable(ctx, durable, move |act, _| {
-                    metrics::counter!(m::JOBS_SUBMITTED).increment(ids.len() as u64);
-                    for id in &ids {
-                        act.emit(*id, JobState::Queued, 1);
-                    }
-                    if tx.send(Ok(ids)).is_err() {
-                        tracing::debug!("submitter left before its jobs were durable");
-                    }
-                });
-                act.schedule(ctx);
-            }),
-        );
+            };
+            let next = act
+                .core
+                .as_ref()
+                .and_then(|c| c.store.as_ref())
+                .map_or(0, |s| s.table().next_id().0);
+            let first = next.saturating_sub(count);
+            let ids: Vec<JobId> = (first..next).map(JobId).collect();
+            if let Some(core) = act.core.as_mut() {
+                let now = Instant::now();
+                for (id, (priority, resources, gang)) in ids.iter().zip(shapes) {
+                    core.placer.enqueue(QueuedJob {
+                        job: *id,
+                        priority,
+                        resources,
+                        gang,
+                        enqueued_at: now,
+                    });
+                }
+            }
+            act.after_durable(ctx, durable, move |act, _| {
+                metrics::counter!(m::JOBS_SUBMITTED).increment(ids.len() as u64);
+                for id in &ids {
+                    act.emit(*id, JobState::Queued, 1);
+                }
+                if tx.send(Ok(ids)).is_err() {
+                    tracing::debug!("submitter left before its jobs were durable");
+                }
+            });
+            act.schedule(ctx);
+        });
         Box::pin(async move {
             rx.await.map_err(|_| Error::Mailbox {
                 actor: "scheduler",
@@ -1288,7 +1283,7 @@ impl Handler<CancelJob> for Scheduler {
                         state: JobState::Cancelled,
                         outcome: Outcome::default(),
                     },
-                    Box::new(move |act, ctx, result| {
+                    move |act, ctx, result| {
                         let reply = match &result {
                             Ok(_) => Ok(()),
                             Err(e) => Err(e.to_string()),
@@ -1307,7 +1302,7 @@ impl Handler<CancelJob> for Scheduler {
                                 tracing::debug!(job = %job, "canceller left");
                             }
                         }
-                    }),
+                    },
                 );
                 return Box::pin(async move {
                     rx.await.map_err(|_| Error::Mailbox {
@@ -1441,7 +1436,7 @@ impl Handler<Started> for Scheduler {
         self.commit(
             ctx,
             Record::Started { job, attempt },
-            Box::new(move |act, ctx, result| match result {
+            move |act, ctx, result| match result {
                 Ok(durable) => act.after_durable_do(
                     ctx,
                     durable,
@@ -1454,7 +1449,7 @@ impl Handler<Started> for Scheduler {
                 Err(error) => {
                     tracing::error!(job = %job, attempt, %error, "could not record a start")
                 }
-            }),
+            },
         );
         Ok(())
     }
@@ -1612,10 +1607,10 @@ impl Scheduler {
                 state,
                 outcome,
             },
-            Box::new(move |act, ctx, result| {
+            move |act, ctx, result| {
                 act.finished_record(ctx, job, attempt, state, result);
                 act.schedule(ctx);
-            }),
+            },
         );
     }
 }
