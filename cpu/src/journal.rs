@@ -155,25 +155,13 @@ pub struct JournalSlot {
     max_record_bytes: u32,
 }
 
-/// A record queued through a [`JournalSlot`]: resolves once it is durable.
-pub type PendingAppend = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Lsn>> + Send>>;
-
 /// A compaction queued through a [`JournalSlot`]: resolves once it is done.
 pub type PendingCompact = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>;
 
 impl JournalSlot {
-    /// Queues `payload` now, behind everything queued before; the returned future completes
-    /// once the record is durable. An oversized record is refused here, before it is queued.
-    pub fn append(self, payload: Vec<u8>) -> Result<PendingAppend> {
-        check_record_size(&self.dir, self.max_record_bytes, payload.len())?;
-        let (reply, rx) = oneshot::channel();
-        self.permit.send(Cmd::Append { payload, reply });
-        let dir = self.dir;
-        Ok(Box::pin(async move { writer_answer(&dir, rx).await }))
-    }
-
-    /// [`JournalSlot::append`] without boxing: the returned [`PendingRecord`] is a plain
-    /// future over the writer's answer, for a caller that appends many records.
+    /// Queues `payload` now, behind everything queued before; the returned [`PendingRecord`]
+    /// (a plain future over the writer's answer, no allocation of its own) completes once the
+    /// record is durable. An oversized record is refused here, before it is queued.
     pub fn queue(self, payload: Vec<u8>) -> Result<PendingRecord> {
         check_record_size(&self.dir, self.max_record_bytes, payload.len())?;
         let (reply, rx) = oneshot::channel();
@@ -764,7 +752,7 @@ impl Journal {
     }
 
     /// Waits for room in the writer's queue and holds it. The slot then queues one record or
-    /// one compaction synchronously ([`JournalSlot::append`], [`JournalSlot::compact`]), so a
+    /// one compaction synchronously ([`JournalSlot::queue`], [`JournalSlot::compact`]), so a
     /// caller that changes its own state and queues the matching record in one step (no await
     /// between) keeps the journal in exactly its order, while the durability of many records is
     /// awaited concurrently and group-committed.
