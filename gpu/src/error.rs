@@ -115,12 +115,14 @@ impl GpuError {
 /// Shorthand for this crate's results.
 pub type Result<T, E = GpuError> = std::result::Result<T, E>;
 
-/// Reports a failure once where it is detected: one event (info for an absent GPU, error
-/// otherwise) and one count of `cadre_gpu_errors_total{kind}`; returns the error.
+/// Reports a failure once where it is detected: one event and one count of
+/// `cadre_gpu_errors_total{kind}`; returns the error. An absent GPU (no driver, no device) is
+/// a normal state, logged at debug: the caller says it once, with its consequence (the node
+/// does at start).
 pub(crate) fn report(op: &'static str, device: Option<usize>, err: GpuError) -> GpuError {
     metrics::counter!(crate::metrics::GPU_ERRORS, "kind" => err.kind()).increment(1);
     match (err.is_absent(), device) {
-        (true, _) => tracing::info!(op, error = %err, "no usable GPU"),
+        (true, _) => tracing::debug!(op, error = %err, "no usable GPU"),
         (false, Some(device)) => tracing::error!(op, device, error = %err, "GPU operation failed"),
         (false, None) => tracing::error!(op, error = %err, "GPU operation failed"),
     }
