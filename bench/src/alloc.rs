@@ -1,21 +1,18 @@
-//! The counting global allocator: the system allocator instrumented by the `stats_alloc`
-//! crate, so a case can measure what a set of objects costs on the heap ([`live_bytes`] before
-//! and after creating them).
+//! The counting global allocator: mimalloc, the allocator the `cadre` binary runs on, wrapped
+//! by the `cap` crate's counter (with no limit), so a case can measure what a set of objects
+//! costs on the heap ([`live_bytes`] before and after creating them) while every case runs on
+//! the allocator a node really uses.
 //!
-//! It is installed for the whole process, so every case pays its few atomic adds per allocation
-//! and per free; both implementations of a comparison pay them alike.
+//! It is installed for the whole process, so every case pays an atomic add per allocation and
+//! per free; both implementations of a comparison pay them alike.
 
-use std::alloc::System;
-
-use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
+use cap::Cap;
+use mimalloc::MiMalloc;
 
 #[global_allocator]
-static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+static GLOBAL: Cap<MiMalloc> = Cap::new(MiMalloc, usize::MAX);
 
 /// Heap bytes allocated and not yet freed, process-wide.
 pub fn live_bytes() -> usize {
-    let stats = GLOBAL.stats();
-    let live =
-        stats.bytes_allocated as isize - stats.bytes_deallocated as isize + stats.bytes_reallocated;
-    live.max(0) as usize
+    GLOBAL.allocated()
 }

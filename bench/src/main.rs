@@ -3,7 +3,8 @@
 //! `bench/README.md` for the suites, the cases and their targets.
 //!
 //! One module per suite (`supervisor.rs`, `io.rs`, `scheduler.rs` with `e2e.rs`, `gpu.rs`), plus what they share: `report.rs` (JSON lines and
-//! statistics) and `alloc.rs` (the counting global allocator, from the stats_alloc crate).
+//! statistics) and `alloc.rs` (the counting global allocator: mimalloc, as the `cadre` binary uses, counted by
+//! the `cap` crate).
 
 mod alloc;
 mod e2e;
