@@ -107,7 +107,9 @@ pub struct LeaseTable {
     ttl: Duration,
     high_water: FencingToken,
     by_token: BTreeMap<FencingToken, Lease>,
-    by_job: BTreeMap<JobId, BTreeSet<FencingToken>>,
+    /// `(job, token)` pairs: a job's tokens are one range, and a grant allocates no set of its
+    /// own.
+    by_job: BTreeSet<(JobId, FencingToken)>,
     by_worker: BTreeMap<WorkerId, BTreeSet<FencingToken>>,
     by_expiry: BTreeSet<(Instant, FencingToken)>,
     /// `cadre_lease_grants_total` and `cadre_leases_active`, looked up once: they change on
@@ -125,7 +127,7 @@ impl LeaseTable {
             ttl,
             high_water: token_floor,
             by_token: BTreeMap::new(),
-            by_job: BTreeMap::new(),
+            by_job: BTreeSet::new(),
             by_worker: BTreeMap::new(),
             by_expiry: BTreeSet::new(),
             grants: metrics::counter!(m::LEASE_GRANTS),
@@ -267,13 +269,7 @@ impl LeaseTable {
     /// scheduler) and returns them in token order; empty when the job holds none. Counts
     /// nothing.
     pub fn release_job(&mut self, job: JobId) -> Vec<Lease> {
-        let tokens: Vec<FencingToken> = self
-            .by_job
-            .get(&job)
-            .into_iter()
-            .flatten()
-            .copied()
-            .collect();
+        let tokens: Vec<FencingToken> = self.job_tokens(job).collect();
         let released: Vec<Lease> = tokens.into_iter().filter_map(|t| self.remove(t)).collect();
         if !released.is_empty() {
             tracing::debug!(job = %job, leases = released.len(), "job's leases released");
@@ -347,7 +343,9 @@ impl LeaseTable {
 
     /// The leases of `job`, in token order (a gang's tasks in grant order).
     pub fn leases_of_job(&self, job: JobId) -> Vec<&Lease> {
-        self.collect(self.by_job.get(&job))
+        self.job_tokens(job)
+            .filter_map(|t| self.by_token.get(&t))
+            .collect()
     }
 
     /// The leases held by `worker`, in token order.
@@ -365,6 +363,13 @@ impl LeaseTable {
         self.by_token.is_empty()
     }
 
+    /// The tokens of `job`'s leases, in order.
+    fn job_tokens(&self, job: JobId) -> impl Iterator<Item = FencingToken> + '_ {
+        self.by_job
+            .range((job, FencingToken(0))..=(job, FencingToken(u64::MAX)))
+            .map(|&(_, token)| token)
+    }
+
     fn collect(&self, tokens: Option<&BTreeSet<FencingToken>>) -> Vec<&Lease> {
         tokens
             .into_iter()
@@ -374,10 +379,7 @@ impl LeaseTable {
     }
 
     fn insert(&mut self, lease: Lease) {
-        self.by_job
-            .entry(lease.job)
-            .or_default()
-            .insert(lease.token);
+        self.by_job.insert((lease.job, lease.token));
         self.by_worker
             .entry(lease.worker)
             .or_default()
@@ -389,12 +391,7 @@ impl LeaseTable {
     /// Removes a lease from every index.
     fn remove(&mut self, token: FencingToken) -> Option<Lease> {
         let lease = self.by_token.remove(&token)?;
-        if let Some(tokens) = self.by_job.get_mut(&lease.job) {
-            tokens.remove(&token);
-            if tokens.is_empty() {
-                self.by_job.remove(&lease.job);
-            }
-        }
+        self.by_job.remove(&(lease.job, token));
         if let Some(tokens) = self.by_worker.get_mut(&lease.worker) {
             tokens.remove(&token);
             if tokens.is_empty() {
@@ -434,10 +431,8 @@ impl LeaseTable {
         if self.by_token.get(&presented).filter(live).is_some() {
             return Some(presented);
         }
-        self.by_job
-            .get(&job)?
-            .iter()
-            .filter_map(|t| self.by_token.get(t))
+        self.job_tokens(job)
+            .filter_map(|t| self.by_token.get(&t))
             .find(live)
             .map(|l| l.token)
     }

@@ -23,7 +23,7 @@
 //! mailbox (`ctx.wait`) until the journal has room, so back-pressure reaches clients without
 //! reordering or losing a change.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -31,6 +31,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use actix::prelude::*;
 use cadre_cpu::IoEngine;
 use cadre_supervisor::{CallbackRunner, SupervisedContext};
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, oneshot};
 use tokio::time::Instant;
@@ -194,7 +195,7 @@ struct Core {
     leases: LeaseTable,
     workers: BTreeMap<WorkerId, WorkerEntry>,
     next_worker: u64,
-    active: HashMap<JobId, Active>,
+    active: FxHashMap<JobId, Active>,
     expiry: Option<(Instant, SpawnHandle)>,
     draining: bool,
     drained: Vec<oneshot::Sender<()>>,
@@ -310,7 +311,7 @@ impl Scheduler {
             leases: LeaseTable::new(self.config.lease_ttl, floor),
             workers: BTreeMap::new(),
             next_worker: 1,
-            active: HashMap::new(),
+            active: FxHashMap::default(),
             expiry: None,
             draining: false,
             drained: Vec::new(),

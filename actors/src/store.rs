@@ -239,8 +239,14 @@ impl JobTable {
         FencingToken(self.token_high_water)
     }
 
-    fn entry(&self, job: JobId, attempt: u32) -> Result<&JobEntry, Error> {
-        let entry = self.get(job).ok_or(Error::UnknownJob { job })?;
+    /// The job's entry, if `attempt` is its current attempt: one lookup, shared by the checks
+    /// and the change of a record.
+    fn entry_mut(
+        jobs: &mut BTreeMap<JobId, Box<JobEntry>>,
+        job: JobId,
+        attempt: u32,
+    ) -> Result<&mut JobEntry, Error> {
+        let entry = jobs.get_mut(&job).ok_or(Error::UnknownJob { job })?;
         if entry.status.attempt != attempt {
             return Err(Error::StaleAttempt {
                 job,
@@ -251,14 +257,8 @@ impl JobTable {
         Ok(entry)
     }
 
-    fn check_transition(entry: &JobEntry, to: JobState) -> Result<(), Error> {
-        let mut probe = entry.status;
-        probe.transition(to)?;
-        Ok(())
-    }
-
-    /// [`JobTable::apply`], taking the record: a submission's specs move into the table
-    /// instead of being copied.
+    /// [`JobTable::apply`], taking the record: its parts (a submission's specs, grants,
+    /// tokens, outcomes) move into the table instead of being copied.
     pub fn apply_owned(&mut self, record: Record) -> Result<(), Error> {
         match record {
             Record::Submitted { jobs } => {
@@ -267,10 +267,78 @@ impl JobTable {
                     self.insert_submitted(s.job, s.spec, s.submitted_ms);
                 }
                 self.next_id = next;
-                Ok(())
             }
-            other => self.apply(&other),
+            Record::Leased {
+                job,
+                attempt,
+                grants,
+                tokens,
+            } => {
+                let entry = Self::entry_mut(&mut self.jobs, job, attempt)?;
+                // Checked on a copy first: a refused record changes nothing.
+                let mut status = entry.status;
+                status.transition(JobState::Leased)?;
+                let mut high = self.token_high_water;
+                for t in &tokens {
+                    if t.0 <= high {
+                        return Err(Error::Rejected {
+                            reason: format!(
+                                "job {job}: fencing token {t} does not grow (highest so far {high})"
+                            ),
+                        });
+                    }
+                    high = t.0;
+                }
+                self.token_high_water = high;
+                entry.status = status;
+                entry.grants = grants;
+                entry.tokens = tokens;
+            }
+            Record::Started { job, attempt } => {
+                let entry = Self::entry_mut(&mut self.jobs, job, attempt)?;
+                entry.status.transition(JobState::Running)?;
+            }
+            Record::Ended {
+                job,
+                attempt,
+                state,
+                outcome,
+            } => {
+                if !state.is_terminal() {
+                    return Err(Error::Rejected {
+                        reason: format!("job {job}: {state} is not an end state"),
+                    });
+                }
+                let entry = Self::entry_mut(&mut self.jobs, job, attempt)?;
+                entry.status.transition(state)?;
+                entry.grants.clear();
+                entry.tokens.clear();
+                entry.outcome = Some(outcome);
+            }
+            Record::Lost {
+                job,
+                attempt,
+                reason,
+            } => {
+                let entry = Self::entry_mut(&mut self.jobs, job, attempt)?;
+                let mut status = entry.status;
+                status.transition(JobState::Lost)?;
+                let next = status.after_loss(entry.spec.max_retries)?;
+                entry.status = status;
+                entry.grants.clear();
+                entry.tokens.clear();
+                if next == JobState::Failed {
+                    entry.outcome = Some(Outcome {
+                        error: Some(format!(
+                            "lost on attempt {attempt} with no retries left: {reason}"
+                        )),
+                        ..Outcome::default()
+                    });
+                }
+                entry.last_loss = Some(reason);
+            }
         }
+        Ok(())
     }
 
     /// Checks a submission's ids; returns the next id after them.
@@ -308,92 +376,7 @@ impl JobTable {
 
     /// Checks `record` against the table and applies it, or refuses it with nothing changed.
     pub fn apply(&mut self, record: &Record) -> Result<(), Error> {
-        match record {
-            Record::Submitted { jobs } => {
-                let next = self.check_submitted(jobs)?;
-                for s in jobs {
-                    self.insert_submitted(s.job, s.spec.clone(), s.submitted_ms);
-                }
-                self.next_id = next;
-            }
-            Record::Leased {
-                job,
-                attempt,
-                grants,
-                tokens,
-            } => {
-                let entry = self.entry(*job, *attempt)?;
-                Self::check_transition(entry, JobState::Leased)?;
-                let mut high = self.token_high_water;
-                for t in tokens {
-                    if t.0 <= high {
-                        return Err(Error::Rejected {
-                            reason: format!(
-                                "job {job}: fencing token {t} does not grow (highest so far {high})"
-                            ),
-                        });
-                    }
-                    high = t.0;
-                }
-                self.token_high_water = high;
-                if let Some(entry) = self.jobs.get_mut(job) {
-                    entry.status.transition(JobState::Leased)?;
-                    entry.grants = grants.clone();
-                    entry.tokens = tokens.clone();
-                }
-            }
-            Record::Started { job, attempt } => {
-                let entry = self.entry(*job, *attempt)?;
-                Self::check_transition(entry, JobState::Running)?;
-                if let Some(entry) = self.jobs.get_mut(job) {
-                    entry.status.transition(JobState::Running)?;
-                }
-            }
-            Record::Ended {
-                job,
-                attempt,
-                state,
-                outcome,
-            } => {
-                if !state.is_terminal() {
-                    return Err(Error::Rejected {
-                        reason: format!("job {job}: {state} is not an end state"),
-                    });
-                }
-                let entry = self.entry(*job, *attempt)?;
-                Self::check_transition(entry, *state)?;
-                if let Some(entry) = self.jobs.get_mut(job) {
-                    entry.status.transition(*state)?;
-                    entry.grants.clear();
-                    entry.tokens.clear();
-                    entry.outcome = Some(outcome.clone());
-                }
-            }
-            Record::Lost {
-                job,
-                attempt,
-                reason,
-            } => {
-                let entry = self.entry(*job, *attempt)?;
-                Self::check_transition(entry, JobState::Lost)?;
-                if let Some(entry) = self.jobs.get_mut(job) {
-                    entry.status.transition(JobState::Lost)?;
-                    let next = entry.status.after_loss(entry.spec.max_retries)?;
-                    entry.grants.clear();
-                    entry.tokens.clear();
-                    entry.last_loss = Some(reason.clone());
-                    if next == JobState::Failed {
-                        entry.outcome = Some(Outcome {
-                            error: Some(format!(
-                                "lost on attempt {attempt} with no retries left: {reason}"
-                            )),
-                            ..Outcome::default()
-                        });
-                    }
-                }
-            }
-        }
-        Ok(())
+        self.apply_owned(record.clone())
     }
 }
 

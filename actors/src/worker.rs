@@ -22,7 +22,7 @@
 //! futures are dropped and the launcher kills each process group on drop; the scheduler then
 //! sees the leases lapse (the new instance registers under a new id) and requeues the jobs.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -31,6 +31,7 @@ use actix::prelude::*;
 use cadre_cpu::launcher::{CommandSpec, ExitOutcome, ExitReport, Launcher, RunningProcess};
 use cadre_cpu::ledger::ProcessLedger;
 use cadre_supervisor::SupervisedContext;
+use rustc_hash::FxHashMap;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -120,7 +121,7 @@ pub struct Worker {
     id: Option<WorkerId>,
     registering: bool,
     renewing: bool,
-    tasks: HashMap<FencingToken, Task>,
+    tasks: FxHashMap<FencingToken, Task>,
     flush: FlushState,
 }
 
@@ -229,7 +230,7 @@ impl Worker {
             id: None,
             registering: false,
             renewing: false,
-            tasks: HashMap::new(),
+            tasks: FxHashMap::default(),
             flush: FlushState {
                 seq: 0,
                 level: Backpressure::None,

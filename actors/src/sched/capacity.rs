@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
@@ -151,9 +152,9 @@ impl Entry {
 #[derive(Debug, Default)]
 pub struct CapacityTable {
     entries: Vec<Entry>,
-    by_id: HashMap<WorkerId, usize>,
+    by_id: FxHashMap<WorkerId, usize>,
     cursor: usize,
-    reservations: HashMap<JobId, Vec<Grant>>,
+    reservations: FxHashMap<JobId, Vec<Grant>>,
 }
 
 impl CapacityTable {

@@ -13,9 +13,9 @@
 pub mod capacity;
 pub mod queue;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -82,7 +82,7 @@ pub struct Placer {
     config: PlacerConfig,
     queue: JobQueue,
     capacity: CapacityTable,
-    parked: HashMap<JobId, (QueuedJob, String)>,
+    parked: FxHashMap<JobId, (QueuedJob, String)>,
     /// `cadre_scheduler_queue_depth` and `cadre_scheduler_decision_seconds`, looked up once:
     /// they change on every decision.
     depth: metrics::Gauge,
@@ -102,7 +102,7 @@ impl Placer {
             config,
             queue: JobQueue::new(config.aging, epoch),
             capacity: CapacityTable::new(),
-            parked: HashMap::new(),
+            parked: FxHashMap::default(),
             depth: metrics::gauge!(m::QUEUE_DEPTH),
             decisions: metrics::histogram!(m::DECISION_SECONDS),
         }

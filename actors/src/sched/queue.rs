@@ -9,9 +9,10 @@
 //! timer and no full scan, at any queue length.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use rustc_hash::FxHashMap;
 use tokio::time::Instant;
 
 use crate::job::{JobId, Resources};
@@ -45,7 +46,7 @@ struct Slot {
 #[derive(Debug)]
 pub struct JobQueue {
     order: BTreeMap<Slot, QueuedJob>,
-    index: HashMap<JobId, Slot>,
+    index: FxHashMap<JobId, Slot>,
     next_seq: u64,
     epoch: Instant,
     aging_ms: Option<i64>,
@@ -64,7 +65,7 @@ impl JobQueue {
         let aging_ms = aging.map(|d| (d.as_millis().min(MAX_AGING_MS as u128) as i64).max(1));
         JobQueue {
             order: BTreeMap::new(),
-            index: HashMap::new(),
+            index: FxHashMap::default(),
             next_seq: 0,
             epoch,
             aging_ms,
