@@ -500,6 +500,10 @@ impl Scheduler {
     }
 
     fn emit(&self, job: JobId, state: JobState, attempt: u32) {
+        // Nobody to tell (no callbacks, no stream subscriber): no event to build, no clock read.
+        if self.config.callbacks.is_none() && self.config.events.receiver_count() == 0 {
+            return;
+        }
         let event = JobEvent {
             job,
             state,
