@@ -698,13 +698,24 @@ impl Scheduler {
             return;
         };
         let mut unreachable = Vec::new();
-        for (grant, token) in &active.tasks {
+        // One copy of the spec per task; the last task takes the table's copy itself.
+        let mut spec = Some(spec);
+        let last = active.tasks.len().saturating_sub(1);
+        for (i, (grant, token)) in active.tasks.iter().enumerate() {
+            let spec = if i == last {
+                spec.take()
+            } else {
+                spec.clone()
+            };
+            let Some(spec) = spec else {
+                break;
+            };
             let msg = Assign {
                 job,
                 attempt: active.attempt,
                 task: grant.task,
                 token: *token,
-                spec: spec.clone(),
+                spec,
                 grant: grant.clone(),
                 lease_ttl: ttl,
             };
