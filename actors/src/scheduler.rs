@@ -702,11 +702,7 @@ impl Scheduler {
         let mut spec = Some(spec);
         let last = active.tasks.len().saturating_sub(1);
         for (i, (grant, token)) in active.tasks.iter().enumerate() {
-            let spec = if i == last {
-                spec.take()
-            } else {
-                spec.clone()
-            };
+            let spec = if i == last { spec.take() } else { spec.clone() };
             let Some(spec) = spec else {
                 break;
             };
