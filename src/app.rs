@@ -101,9 +101,9 @@ enum Command {
         /// The job's id.
         id: u64,
     },
-    /// Stream job state changes.
+    /// Live progress and state changes (a redrawn view on a terminal, lines elsewhere).
     Watch {
-        /// Only this job.
+        /// Only this job, until it ends.
         id: Option<u64>,
     },
     /// The supervision tree's failure journal.

@@ -3,7 +3,7 @@
 //! 2 invalid input (a bad flag, or the API's 400), 1 any other error.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 
 use cadre_actors::job::{CommandJob, JobKind, JobSpec, Resources};
@@ -314,47 +314,89 @@ impl Client {
         Ok(())
     }
 
-    /// `cadre watch [ID]`: state changes as they happen, one line each (JSON with `-o json`).
+    /// `cadre watch [ID]`: state changes and progress as they happen.
+    ///
+    /// On a terminal (and without `-o json`) it keeps a live view: a row per job on a worker
+    /// with its progress bar, redrawn in place, and a line of its own for each job that ends
+    /// (or is lost, or queued again for a retry). Anywhere else (a pipe, a file) it prints one
+    /// line per event, or the API's JSON per event with `-o json`. Without an id it starts
+    /// from the running jobs and follows every job until interrupted; with an id it starts
+    /// from that job's state and returns once the job has ended (at once if it already has),
+    /// so it can wait for a job in a script.
     pub fn watch(&self, job: Option<u64>) -> Result<(), CliError> {
         let path = match job {
             Some(id) => format!("/v1/events?job={id}"),
             None => "/v1/events".to_owned(),
         };
+        // Subscribed before the current state is read, so a change in between is not missed.
         let mut response = self.agent.get(self.url(&path)).call().map_err(|e| {
             CliError::other(format!("cannot reach the cadre API at {}: {e}", self.base))
         })?;
-        let reader = BufReader::new(response.body_mut().as_reader());
-        for line in reader.lines() {
-            let line = line.map_err(|e| CliError::other(format!("event stream: {e}")))?;
-            let Some(data) = line.strip_prefix("data: ") else {
-                continue;
-            };
-            if self.output == Output::Json {
-                println!("{data}");
-                continue;
-            }
-            let v: Value = serde_json::from_str(data)
-                .map_err(|e| CliError::other(format!("event stream: {e}: {data}")))?;
-            if let Some(missed) = v.get("missed") {
-                println!("(fell behind: {missed} events missed)");
-            } else if let Some(fraction) = v["progress"]["fraction"].as_f64() {
-                println!(
-                    "job {:>8}  task {:<3} {}  {}",
-                    v["job"],
-                    v["progress"]["task"],
-                    progress_bar(fraction, 30),
-                    v["progress"]["message"].as_str().unwrap_or("")
-                );
-            } else {
-                println!(
-                    "job {:>8}  {:<10}  attempt {}",
-                    v["job"],
-                    v["state"].as_str().unwrap_or(""),
-                    v["attempt"]
-                );
+        if response.status().as_u16() >= 400 {
+            return self.finish(Ok(response)).map(|_| ());
+        }
+        let live = self.output == Output::Text && std::io::stdout().is_terminal();
+        let mut out = std::io::stdout().lock();
+        let mut screen = Screen::new(live);
+        for event in self.watch_start(job)? {
+            screen.event(&mut out, &event, self.output)?;
+            if job.is_some_and(|id| ends(&event, id)) {
+                return screen.flush(&mut out);
             }
         }
-        Ok(())
+        screen.flush(&mut out)?;
+        let mut reader = BufReader::new(response.body_mut().as_reader());
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = reader
+                .read_line(&mut line)
+                .map_err(|e| CliError::other(format!("event stream: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            let Some(data) = line.trim_end().strip_prefix("data: ") else {
+                continue;
+            };
+            let event: Value = serde_json::from_str(data)
+                .map_err(|e| CliError::other(format!("event stream: {e}: {data}")))?;
+            screen.event(&mut out, &event, self.output)?;
+            if job.is_some_and(|id| ends(&event, id)) {
+                return screen.flush(&mut out);
+            }
+            // Redraw once caught up with the stream, or every 100 ms while it floods.
+            if reader.buffer().is_empty() || screen.due() {
+                screen.flush(&mut out)?;
+            }
+        }
+        screen.flush(&mut out)?;
+        match job {
+            Some(id) => Err(CliError::other(format!(
+                "the node at {} closed the event stream before job {id} ended",
+                self.base
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Where `cadre watch` starts: the job's current state, or the running jobs (as events).
+    fn watch_start(&self, job: Option<u64>) -> Result<Vec<Value>, CliError> {
+        let as_event = |j: &Value| serde_json::json!({"job": j["id"], "state": j["state"], "attempt": j["attempt"]});
+        match job {
+            Some(id) => {
+                let reply = self.get(&format!("/v1/jobs/{id}"))?;
+                Ok(vec![as_event(&reply.body)])
+            }
+            None => {
+                let reply = self.get(&format!("/v1/jobs?state=running&limit={WATCH_ROWS}"))?;
+                Ok(reply.body["jobs"]
+                    .as_array()
+                    .map_or(&[][..], Vec::as_slice)
+                    .iter()
+                    .map(as_event)
+                    .collect())
+            }
+        }
     }
 
     /// `cadre failures`.
@@ -484,4 +526,253 @@ fn read_spec_file(path: &Path) -> Result<Value, CliError> {
         .map_err(|e| CliError::invalid(format!("--file: {}: {e}", path.display())))?;
     serde_json::to_value(value)
         .map_err(|e| CliError::invalid(format!("--file: {}: {e}", path.display())))
+}
+
+/// The most jobs `cadre watch` draws rows for; the rest are counted on one line.
+const WATCH_ROWS: usize = 20;
+
+/// The states a job does not leave.
+const END_STATES: [&str; 4] = ["succeeded", "failed", "cancelled", "timed_out"];
+
+/// Whether `event` says job `id` ended.
+fn ends(event: &Value, id: u64) -> bool {
+    event["job"].as_u64() == Some(id)
+        && event.get("progress").is_none()
+        && event["state"]
+            .as_str()
+            .is_some_and(|s| END_STATES.contains(&s))
+}
+
+/// One event as `cadre watch` prints it off a terminal.
+pub fn event_line(event: &Value) -> String {
+    if let Some(missed) = event.get("missed") {
+        return format!("(fell behind: {missed} events missed)");
+    }
+    // As plain strings: a JSON value's Display ignores widths.
+    let job = event["job"].to_string();
+    match event["progress"]["fraction"].as_f64() {
+        Some(fraction) => format!(
+            "job {job:>8}  task {:<3} {}  {}",
+            event["progress"]["task"].to_string(),
+            progress_bar(fraction, 30),
+            event["progress"]["message"].as_str().unwrap_or("")
+        ),
+        None => format!(
+            "job {job:>8}  {:<10}  attempt {}",
+            event["state"].as_str().unwrap_or(""),
+            event["attempt"]
+        ),
+    }
+}
+
+/// The live view of `cadre watch` on a terminal: a row per job on a worker (leased, running or
+/// lost) with its progress; a job that ends leaves the view as a line of its own.
+#[derive(Debug, Default)]
+pub struct WatchView {
+    jobs: BTreeMap<u64, WatchRow>,
+}
+
+#[derive(Debug)]
+struct WatchRow {
+    state: String,
+    attempt: u64,
+    /// Each task's latest progress: fraction and note.
+    tasks: BTreeMap<u64, (f64, String)>,
+}
+
+impl WatchView {
+    /// An empty view.
+    pub fn new() -> WatchView {
+        WatchView::default()
+    }
+
+    /// Applies one event of the API's stream. Returns the line to keep above the view: a job
+    /// that ended, was lost or was queued again for a retry, or events the stream skipped.
+    /// An event without a job id is an error: the stream is not what this client expects.
+    pub fn apply(&mut self, event: &Value) -> Result<Option<String>, String> {
+        if event.get("missed").is_some() {
+            return Ok(Some(event_line(event)));
+        }
+        let job = event["job"]
+            .as_u64()
+            .ok_or_else(|| format!("an event without a job id: {event}"))?;
+        let state = event["state"].as_str().unwrap_or("").to_owned();
+        let attempt = event["attempt"].as_u64().unwrap_or(0);
+        if let Some(progress) = event.get("progress") {
+            let row = self.row(job, state, attempt);
+            let task = progress["task"].as_u64().unwrap_or(0);
+            let fraction = progress["fraction"].as_f64().unwrap_or(0.0);
+            let note = progress["message"].as_str().unwrap_or("").to_owned();
+            row.tasks.insert(task, (fraction, note));
+            return Ok(None);
+        }
+        if END_STATES.contains(&state.as_str()) {
+            self.jobs.remove(&job);
+            return Ok(Some(event_line(event)));
+        }
+        match state.as_str() {
+            "queued" => {
+                self.jobs.remove(&job);
+                // A first queueing is noise when thousands are submitted; a retry is news.
+                Ok((attempt > 1).then(|| event_line(event)))
+            }
+            "lost" => {
+                self.row(job, state, attempt);
+                Ok(Some(event_line(event)))
+            }
+            _ => {
+                self.row(job, state, attempt);
+                Ok(None)
+            }
+        }
+    }
+
+    fn row(&mut self, job: u64, state: String, attempt: u64) -> &mut WatchRow {
+        let row = self.jobs.entry(job).or_insert_with(|| WatchRow {
+            state: String::new(),
+            attempt,
+            tasks: BTreeMap::new(),
+        });
+        if row.attempt != attempt {
+            // A new attempt starts from nothing.
+            row.tasks.clear();
+            row.attempt = attempt;
+        }
+        row.state = state;
+        row
+    }
+
+    /// The rows to draw, each at most `width` characters: up to `max_rows` jobs in id order,
+    /// then one line counting the rest. A job's bar is its tasks' mean progress.
+    pub fn rows(&self, max_rows: usize, width: usize) -> Vec<String> {
+        let mut rows: Vec<String> = self
+            .jobs
+            .iter()
+            .take(max_rows)
+            .map(|(job, row)| {
+                let mut text = format!("job {job:>8}  {:<10}", row.state);
+                if !row.tasks.is_empty() {
+                    let n = row.tasks.len();
+                    let mean = row.tasks.values().map(|(f, _)| f).sum::<f64>() / n as f64;
+                    text.push_str(&format!("  {}", progress_bar(mean, 20)));
+                    if n > 1 {
+                        text.push_str(&format!("  {n} tasks"));
+                    } else if let Some((_, note)) = row.tasks.values().next() {
+                        if !note.is_empty() {
+                            text.push_str(&format!("  {note}"));
+                        }
+                    }
+                }
+                truncate(&text, width)
+            })
+            .collect();
+        if self.jobs.len() > max_rows {
+            rows.push(truncate(
+                &format!(
+                    "... and {} more jobs on workers",
+                    self.jobs.len() - max_rows
+                ),
+                width,
+            ));
+        }
+        rows
+    }
+}
+
+/// `text` cut to at most `width` characters.
+fn truncate(text: &str, width: usize) -> String {
+    text.chars().take(width).collect()
+}
+
+/// The bytes that redraw the live view: up over the `previous` rows drawn last time, the
+/// `kept` lines (which scroll away above the view), the new `rows`, and clear what is left of
+/// the old view below them.
+pub fn redraw(previous: usize, kept: &[String], rows: &[String]) -> String {
+    let mut s = String::new();
+    if previous > 0 {
+        s.push_str(&format!("\x1b[{previous}A\r"));
+    }
+    for line in kept.iter().chain(rows) {
+        s.push_str("\x1b[2K");
+        s.push_str(line);
+        s.push('\n');
+    }
+    s.push_str("\x1b[J");
+    s
+}
+
+/// Where `cadre watch` writes: lines as events come, or the live view on a terminal.
+struct Screen {
+    live: bool,
+    view: WatchView,
+    kept: Vec<String>,
+    drawn: usize,
+    dirty: bool,
+    last_draw: tokio::time::Instant,
+    width: usize,
+}
+
+impl Screen {
+    fn new(live: bool) -> Screen {
+        // Rows must not wrap, or redrawing in place goes wrong: the terminal's width from
+        // `COLUMNS` where the shell exports it, else the classic 80.
+        let width = match std::env::var("COLUMNS").map(|c| c.trim().parse::<usize>()) {
+            Ok(Ok(columns)) if columns >= 20 => columns - 1,
+            // Not exported, or not a usable number.
+            _ => 79,
+        };
+        Screen {
+            live,
+            view: WatchView::new(),
+            kept: Vec::new(),
+            drawn: 0,
+            dirty: false,
+            last_draw: tokio::time::Instant::now(),
+            width,
+        }
+    }
+
+    fn event(
+        &mut self,
+        out: &mut impl Write,
+        event: &Value,
+        output: Output,
+    ) -> Result<(), CliError> {
+        if !self.live {
+            let line = match output {
+                Output::Json => event.to_string(),
+                Output::Text => event_line(event),
+            };
+            return writeln!(out, "{line}")
+                .and_then(|()| out.flush())
+                .map_err(|e| CliError::other(format!("writing to stdout: {e}")));
+        }
+        let kept = self
+            .view
+            .apply(event)
+            .map_err(|e| CliError::other(format!("event stream: {e}")))?;
+        self.kept.extend(kept);
+        self.dirty = true;
+        Ok(())
+    }
+
+    fn due(&self) -> bool {
+        self.dirty && self.last_draw.elapsed() >= std::time::Duration::from_millis(100)
+    }
+
+    fn flush(&mut self, out: &mut impl Write) -> Result<(), CliError> {
+        if !self.live || !self.dirty {
+            return Ok(());
+        }
+        let rows = self.view.rows(WATCH_ROWS, self.width);
+        let frame = redraw(self.drawn, &self.kept, &rows);
+        out.write_all(frame.as_bytes())
+            .and_then(|()| out.flush())
+            .map_err(|e| CliError::other(format!("writing to stdout: {e}")))?;
+        self.kept.clear();
+        self.drawn = rows.len();
+        self.dirty = false;
+        self.last_draw = tokio::time::Instant::now();
+        Ok(())
+    }
 }

@@ -582,3 +582,86 @@ fn a_job_file_in_toml_is_submitted_and_json_logs_are_json() {
         assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
     }
 }
+
+/// Runs `cadre watch ARGS` with its output piped; the child and a thread reading its lines.
+fn watch(node: &Server, args: &[&str]) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(common::BIN)
+        .arg("--api")
+        .arg(&node.api)
+        .arg("watch")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// Waits for the child to exit on its own; kills it and fails if it does not.
+fn exits_within(child: &mut std::process::Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("cadre watch did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn watch_follows_jobs_and_returns_when_the_watched_job_ends() {
+    let dir = Scratch::new("watch");
+    let node = Server::start(dir.path(), &[]);
+    // Every job: lines as events come (stdout is a pipe, not a terminal).
+    let (mut all, all_lines) = watch(&node, &[]);
+    // One job: it starts from the job's state and returns once the job has ended.
+    let id = node.submit(&[], &["/bin/sleep", "1"]);
+    let (mut one, one_lines) = watch(&node, &[&id.to_string()]);
+    let status = exits_within(&mut one, LONG);
+    assert!(status.success(), "watch {id} exited {status}");
+    // It has exited: its output ends, and the reader hands over every line.
+    let lines: Vec<String> = one_lines.iter().collect();
+    let last = lines.last().expect("watch printed the job's states");
+    assert!(
+        last.contains(&format!("job {id:>8}  succeeded")),
+        "last line {last:?} of {lines:?}"
+    );
+    // The whole stream saw the same job end.
+    let wanted = format!("job {id:>8}  succeeded");
+    let deadline = std::time::Instant::now() + LONG;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = all_lines
+            .recv_timeout(left)
+            .expect("watch of every job saw the end");
+        if line.contains(&wanted) {
+            break;
+        }
+    }
+    all.kill().unwrap();
+    all.wait().unwrap();
+    // A job that has already ended: its state, at once.
+    let (mut again, again_lines) = watch(&node, &[&id.to_string()]);
+    assert!(exits_within(&mut again, LONG).success());
+    let lines: Vec<String> = again_lines.iter().collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("succeeded"));
+    // A job that does not exist: an error, exit 1.
+    let (mut unknown, _) = watch(&node, &["999999"]);
+    assert_eq!(exits_within(&mut unknown, LONG).code(), Some(1));
+}
