@@ -227,6 +227,20 @@ struct Active {
     watched: bool,
 }
 
+/// The instant, on this process's clock, a job accepted at `submitted_ms` (wall clock) has
+/// waited since: a restart keeps the age a queued job earned toward aging, so a low-priority job
+/// that was about to overtake newer ones does not go back to the end of the line (as Slurm's
+/// age factor counts from submission). A submission time ahead of the wall clock counts as now.
+fn queued_since(now: Instant, wall_ms: u64, submitted_ms: u64) -> Instant {
+    let waited = Duration::from_millis(wall_ms.saturating_sub(submitted_ms));
+    match now.checked_sub(waited) {
+        Some(at) => at,
+        // Only past the clock's range (centuries back on Linux): the job counts as queued now,
+        // behind older ones of its priority, which keep their places by id.
+        None => now,
+    }
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -285,6 +299,7 @@ impl Scheduler {
 
     fn install(&mut self, ctx: &mut Ctx, store: Store, recovery: Recovery) {
         let now = Instant::now();
+        let wall_ms = now_ms();
         let mut placer = Placer::new(self.config.placer, now);
         let floor = store.table().token_high_water();
         let mut queued = 0usize;
@@ -296,7 +311,7 @@ impl Scheduler {
                     priority: entry.spec.priority,
                     resources: entry.spec.resources,
                     gang: entry.spec.gang.max(1),
-                    enqueued_at: now,
+                    enqueued_at: queued_since(now, wall_ms, entry.submitted_ms),
                 });
             }
         }

@@ -34,7 +34,7 @@ use cadre_actors::scheduler::{
     CancelJob, CancelOutcome, CloseStore, GetJob, JobView, Nodes, Scheduler, SchedulerConfig,
     Submit,
 };
-use cadre_actors::store::StoreOptions;
+use cadre_actors::store::{Record, Store, StoreOptions, Submission};
 use cadre_actors::worker::{Resolver, Worker, WorkerConfig, CIRCUIT_OPEN};
 use cadre_actors::workload::{Run, WorkloadError};
 use cadre_actors::{Error, FencingToken, JobId, WorkerId};
@@ -1618,7 +1618,16 @@ impl SchedRig {
 
     /// As [`SchedRig::start`], on a node that has no GPUs for the reason `gpus_absent`.
     async fn start_with(ttl: Duration, fakes: usize, gpus_absent: Option<String>) -> SchedRig {
-        let journal = Scratch::new("journal");
+        SchedRig::start_in(Scratch::new("journal"), ttl, fakes, gpus_absent).await
+    }
+
+    /// As [`SchedRig::start_with`], on the journal already in `journal`.
+    async fn start_in(
+        journal: Scratch,
+        ttl: Duration,
+        fakes: usize,
+        gpus_absent: Option<String>,
+    ) -> SchedRig {
         let config = Arc::new(SchedulerConfig {
             journal_dir: journal.path().to_owned(),
             engine: IoEngine::new(BackendSetting::Std).unwrap(),
@@ -2884,6 +2893,51 @@ fn worker_gives_a_workload_exactly_its_granted_gpus() {
                 (JobId(2), Vec::new())
             ]
         );
+        rig.stop().await;
+    });
+}
+
+#[test]
+fn scheduler_restart_keeps_the_age_a_queued_job_earned() {
+    run(|_| async {
+        let journal = Scratch::new("journal");
+        // Before the restart: a job of priority 0 accepted two minutes ago, and one of priority
+        // 50 accepted just now, both still queued.
+        {
+            let engine = IoEngine::new(BackendSetting::Std).unwrap();
+            let (mut store, _) = Store::open(journal.path(), engine, StoreOptions::default())
+                .await
+                .unwrap();
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64;
+            let old = sched_job("old", 0);
+            let mut new = sched_job("new", 0);
+            new.priority = 50;
+            let jobs = vec![
+                Submission {
+                    job: JobId(1),
+                    spec: old,
+                    submitted_ms: now_ms - 120_000,
+                },
+                Submission {
+                    job: JobId(2),
+                    spec: new,
+                    submitted_ms: now_ms,
+                },
+            ];
+            let durable = store.commit(Record::Submitted { jobs }).await.unwrap();
+            durable.await.unwrap();
+            store.close().await;
+        }
+        let rig = SchedRig::start_in(journal, LONG_TTL, 1, None).await;
+        // Room for one job at a time. At the default aging (a point per second waited) the old
+        // job's 120 s outweigh the new one's 50 points: it goes first, as it would have without
+        // the restart. A restart that forgot the wait would place the new one first.
+        rig.register(0, 1000).await;
+        let first = rig.until_assigns(0, 1).await.remove(0);
+        assert_eq!(first.job, JobId(1));
         rig.stop().await;
     });
 }
