@@ -5,12 +5,13 @@
 //! driver API before [`probe`] has checked that libcuda loads; a machine without a driver gets
 //! [`GpuError::NoDriver`] and a driver without devices [`GpuError::NoDevice`]. CUDA errors are
 //! reported by their code's name, never through cudarc's `Display` (which calls back into the
-//! driver for a message).
+//! driver for a message). The probe's own calls (`cuInit`, the device count, the version) read
+//! the driver's answer as an integer, through a library handle of their own (see
+//! `PROBE_LIBRARY`), so an unexpected code is an error, not undefined behaviour.
 
 use std::sync::Arc;
 
-use cudarc::driver::sys::CUresult;
-use cudarc::driver::{result, CudaContext, DriverError};
+use cudarc::driver::{CudaContext, DriverError};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{report, GpuError, Result};
@@ -153,22 +154,24 @@ fn probe_inner() -> Result<Driver> {
             searched: searched("cuda"),
         });
     }
-    // The library loads, so cudarc's calls below cannot panic for want of it.
-    result::init().map_err(|e| match e.0 {
-        CUresult::CUDA_ERROR_NO_DEVICE => GpuError::NoDevice,
-        _ => GpuError::DriverInit { code: code(&e) },
-    })?;
-    let count = result::device::get_count().map_err(|e| GpuError::DriverInit { code: code(&e) })?;
+    let lib = probe_library()?;
+    let init: ProbeFn<u32> = probe_symbol(lib, b"cuInit\0", "cuInit")?;
+    #[allow(unsafe_code)]
+    // Safety: `cuInit(unsigned int flags)` as the driver API declares it; 0 is the only flag.
+    match unsafe { init(0) } {
+        CUDA_SUCCESS => {}
+        CUDA_ERROR_NO_DEVICE => return Err(GpuError::NoDevice),
+        other => {
+            return Err(GpuError::DriverInit {
+                code: code_name(other),
+            })
+        }
+    }
+    let count = probe_int(lib, b"cuDeviceGetCount\0", "cuDeviceGetCount")?;
     if count <= 0 {
         return Err(GpuError::NoDevice);
     }
-    let mut version = 0;
-    #[allow(unsafe_code)]
-    // Safety: the driver is loaded and initialised, and `version` outlives the call, which
-    // only writes the one integer.
-    let got = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut version) };
-    got.result()
-        .map_err(|e| GpuError::DriverInit { code: code(&e) })?;
+    let version = probe_int(lib, b"cuDriverGetVersion\0", "cuDriverGetVersion")?;
     tracing::info!(
         devices = count,
         driver_cuda_version = version,
@@ -178,6 +181,98 @@ fn probe_inner() -> Result<Driver> {
         devices: count as usize,
         version,
     })
+}
+
+/// `CUDA_SUCCESS`.
+const CUDA_SUCCESS: i32 = 0;
+/// `CUDA_ERROR_NO_DEVICE`.
+const CUDA_ERROR_NO_DEVICE: i32 = 100;
+
+/// A driver entry point of the probe: one argument, the `CUresult` read as a plain integer.
+type ProbeFn<A> = unsafe extern "C" fn(A) -> i32;
+
+/// The driver library as the probe loads it, kept for the life of the process (unloading it
+/// would drop the state `cuInit` set up, which cudarc's later calls share).
+///
+/// The probe's three calls go through this handle rather than cudarc's: cudarc declares the
+/// driver's answer as its `CUresult` enum, so a code the enum does not list (an older or newer
+/// driver's, such as 35) would be undefined behaviour right where a broken installation is
+/// most likely to show. Here the answer is an integer, named when it is known.
+static PROBE_LIBRARY: std::sync::OnceLock<libloading::Library> = std::sync::OnceLock::new();
+
+fn probe_library() -> Result<&'static libloading::Library> {
+    if let Some(lib) = PROBE_LIBRARY.get() {
+        return Ok(lib);
+    }
+    let mut failures = Vec::new();
+    for name in cudarc::get_lib_name_candidates("cuda") {
+        #[allow(unsafe_code)]
+        // Safety: loading libcuda runs its initialisers, as loading it through cudarc would;
+        // no symbol is used before it is looked up with its declared signature.
+        match unsafe { libloading::Library::new(&name) } {
+            Ok(lib) => return Ok(PROBE_LIBRARY.get_or_init(|| lib)),
+            Err(e) => failures.push(format!("{name}: {e}")),
+        }
+    }
+    // cudarc found one a moment ago: say what each attempt answered.
+    Err(GpuError::DriverInit {
+        code: format!(
+            "the CUDA driver library did not load: {}",
+            failures.join("; ")
+        ),
+    })
+}
+
+fn probe_symbol<T: Copy>(lib: &libloading::Library, symbol: &[u8], name: &str) -> Result<T> {
+    #[allow(unsafe_code)]
+    // Safety: every caller names a driver API entry point with the signature `T` that the
+    // CUDA driver API declares for it.
+    let found = unsafe { lib.get::<T>(symbol) };
+    match found {
+        Ok(f) => Ok(*f),
+        Err(e) => Err(GpuError::DriverInit {
+            code: format!("{name} is missing from the driver library: {e}"),
+        }),
+    }
+}
+
+/// Calls a driver entry point that writes one integer (`cuDeviceGetCount`,
+/// `cuDriverGetVersion`) and returns it.
+fn probe_int(lib: &libloading::Library, symbol: &[u8], name: &str) -> Result<i32> {
+    let call: ProbeFn<*mut i32> = probe_symbol(lib, symbol, name)?;
+    let mut value = 0;
+    #[allow(unsafe_code)]
+    // Safety: the entry point writes exactly one `int` through the pointer, and `value`
+    // outlives the call.
+    let got = unsafe { call(&mut value) };
+    if got != CUDA_SUCCESS {
+        return Err(GpuError::DriverInit {
+            code: format!("{name}: {}", code_name(got)),
+        });
+    }
+    Ok(value)
+}
+
+/// A `CUresult` from the probe's calls by name where it is one those calls are documented
+/// (or commonly seen) to answer, else by number.
+pub(crate) fn code_name(code: i32) -> String {
+    let name = match code {
+        1 => "CUDA_ERROR_INVALID_VALUE",
+        2 => "CUDA_ERROR_OUT_OF_MEMORY",
+        3 => "CUDA_ERROR_NOT_INITIALIZED",
+        4 => "CUDA_ERROR_DEINITIALIZED",
+        34 => "CUDA_ERROR_STUB_LIBRARY",
+        46 => "CUDA_ERROR_DEVICE_UNAVAILABLE",
+        100 => "CUDA_ERROR_NO_DEVICE",
+        101 => "CUDA_ERROR_INVALID_DEVICE",
+        304 => "CUDA_ERROR_OPERATING_SYSTEM",
+        802 => "CUDA_ERROR_SYSTEM_NOT_READY",
+        803 => "CUDA_ERROR_SYSTEM_DRIVER_MISMATCH",
+        804 => "CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE",
+        999 => "CUDA_ERROR_UNKNOWN",
+        other => return format!("CUDA error {other}"),
+    };
+    name.to_owned()
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 //! The driver's absent paths, which every machine can check: no libcuda at all is
 //! `NoDriver`; a libcuda whose `cuInit` says `CUDA_ERROR_NO_DEVICE` (a tiny fake built here
 //! with the C compiler and loaded through `LD_LIBRARY_PATH`) is `NoDevice`; another `cuInit`
-//! failure is `DriverInit` with the CUDA error's name; a driver that counts zero devices is
-//! `NoDevice`. cudarc keeps the library it loaded for the life of the process, so each fake
+//! failure is `DriverInit` with the CUDA error's name, or its number when it is not a code the
+//! probe knows; a driver that counts zero devices is `NoDevice`. cudarc keeps the library it loaded for the life of the process, so each fake
 //! is probed in a child process: this test binary, run again for `probe_child` alone.
 //!
 //! Building the fake needs `cc`; without it those tests print SKIP, and `CADRE_REQUIRE_CC=1`
@@ -140,13 +140,20 @@ fn another_init_failure_names_the_cuda_error() {
         return;
     };
     // 34 is CUDA_ERROR_STUB_LIBRARY: what the toolkit's stub libcuda answers on a machine
-    // without the real driver. (The code must be one cudarc's error enum declares: cudarc
-    // reads the driver's answer as that enum.)
+    // without the real driver.
     let line = probe_in_child(&dir, 34);
     assert_eq!(
         line,
         "PROBE driver_init the CUDA driver failed to initialise: CUDA_ERROR_STUB_LIBRARY"
     );
+    // A code cudarc's error enum does not list (35, or a future driver's): read through
+    // cudarc's declarations it would be undefined behaviour; the probe reads it as a number.
+    for unknown in [35, 12345, -1] {
+        assert_eq!(
+            probe_in_child(&dir, unknown),
+            format!("PROBE driver_init the CUDA driver failed to initialise: CUDA error {unknown}")
+        );
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
