@@ -311,7 +311,14 @@ impl Scheduler {
                     priority: entry.spec.priority,
                     resources: entry.spec.resources,
                     gang: entry.spec.gang.max(1),
-                    enqueued_at: queued_since(now, wall_ms, entry.submitted_ms),
+                    // A first attempt keeps the age it earned since submission; a retry
+                    // (including one the restart itself caused) queues afresh, as it does
+                    // while the node runs, so an earlier attempt's run time is no age.
+                    enqueued_at: if entry.status.attempt > 1 {
+                        now
+                    } else {
+                        queued_since(now, wall_ms, entry.submitted_ms)
+                    },
                 });
             }
         }
