@@ -355,16 +355,26 @@ impl Client {
             if n == 0 {
                 break;
             }
-            let Some(data) = line.trim_end().strip_prefix("data: ") else {
-                continue;
-            };
-            let event: Value = serde_json::from_str(data)
-                .map_err(|e| CliError::other(format!("event stream: {e}: {data}")))?;
-            screen.event(&mut out, &event, self.output)?;
-            if job.is_some_and(|id| ends(&event, id)) {
-                return screen.flush(&mut out);
+            if let Some(data) = line.trim_end().strip_prefix("data: ") {
+                let event: Value = serde_json::from_str(data)
+                    .map_err(|e| CliError::other(format!("event stream: {e}: {data}")))?;
+                screen.event(&mut out, &event, self.output)?;
+                if job.is_some_and(|id| ends(&event, id)) {
+                    return screen.flush(&mut out);
+                }
+                // The stream fell behind and dropped events: the watched job's end may be
+                // among them, so its state is read again.
+                if let (Some(id), Some(_)) = (job, event.get("missed")) {
+                    for event in self.watch_start(Some(id))? {
+                        screen.event(&mut out, &event, self.output)?;
+                        if ends(&event, id) {
+                            return screen.flush(&mut out);
+                        }
+                    }
+                }
             }
-            // Redraw once caught up with the stream, or every 100 ms while it floods.
+            // Redraw once caught up with the stream (checked after every line, the blank one
+            // that ends an event included), or every 100 ms while it floods.
             if reader.buffer().is_empty() || screen.due() {
                 screen.flush(&mut out)?;
             }
@@ -379,24 +389,26 @@ impl Client {
         }
     }
 
-    /// Where `cadre watch` starts: the job's current state, or the running jobs (as events).
+    /// Where `cadre watch` starts: the job's current state, or the jobs on workers (leased and
+    /// running), as events without a time (`at_ms`).
     fn watch_start(&self, job: Option<u64>) -> Result<Vec<Value>, CliError> {
         let as_event = |j: &Value| serde_json::json!({"job": j["id"], "state": j["state"], "attempt": j["attempt"]});
-        match job {
-            Some(id) => {
-                let reply = self.get(&format!("/v1/jobs/{id}"))?;
-                Ok(vec![as_event(&reply.body)])
-            }
-            None => {
-                let reply = self.get(&format!("/v1/jobs?state=running&limit={WATCH_ROWS}"))?;
-                Ok(reply.body["jobs"]
-                    .as_array()
-                    .map_or(&[][..], Vec::as_slice)
-                    .iter()
-                    .map(as_event)
-                    .collect())
-            }
+        if let Some(id) = job {
+            let reply = self.get(&format!("/v1/jobs/{id}"))?;
+            return Ok(vec![as_event(&reply.body)]);
         }
+        let mut events = Vec::new();
+        for state in ["running", "leased"] {
+            let reply = self.get(&format!("/v1/jobs?state={state}&limit={WATCH_ROWS}"))?;
+            let Some(jobs) = reply.body["jobs"].as_array() else {
+                return Err(CliError::other(format!(
+                    "the API listed {state} jobs without a jobs array: {}",
+                    reply.body
+                )));
+            };
+            events.extend(jobs.iter().map(as_event));
+        }
+        Ok(events)
     }
 
     /// `cadre failures`.
@@ -548,18 +560,27 @@ pub fn event_line(event: &Value) -> String {
     if let Some(missed) = event.get("missed") {
         return format!("(fell behind: {missed} events missed)");
     }
-    // As plain strings: a JSON value's Display ignores widths.
+    // As plain strings (a JSON value's Display ignores widths); a field that is not the text
+    // this expects is shown as the JSON that came.
+    let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), printable);
     let job = event["job"].to_string();
     match event["progress"]["fraction"].as_f64() {
-        Some(fraction) => format!(
-            "job {job:>8}  task {:<3} {}  {}",
-            event["progress"]["task"].to_string(),
-            progress_bar(fraction, 30),
-            event["progress"]["message"].as_str().unwrap_or("")
-        ),
+        Some(fraction) => {
+            let message = &event["progress"]["message"];
+            format!(
+                "job {job:>8}  task {:<3} {}  {}",
+                event["progress"]["task"].to_string(),
+                progress_bar(fraction, 30),
+                if message.is_null() {
+                    String::new()
+                } else {
+                    text(message)
+                }
+            )
+        }
         None => format!(
             "job {job:>8}  {:<10}  attempt {}",
-            event["state"].as_str().unwrap_or(""),
+            text(&event["state"]),
             event["attempt"]
         ),
     }
@@ -593,16 +614,36 @@ impl WatchView {
         if event.get("missed").is_some() {
             return Ok(Some(event_line(event)));
         }
-        let job = event["job"]
+        let field = |value: &Value, name: &str| {
+            value
+                .get(name)
+                .cloned()
+                .ok_or_else(|| format!("an event without {name}: {event}"))
+        };
+        let job = field(event, "job")?
             .as_u64()
-            .ok_or_else(|| format!("an event without a job id: {event}"))?;
-        let state = event["state"].as_str().unwrap_or("").to_owned();
-        let attempt = event["attempt"].as_u64().unwrap_or(0);
+            .ok_or_else(|| format!("an event whose job is not an id: {event}"))?;
+        let state = field(event, "state")?
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| format!("an event whose state is not a name: {event}"))?;
+        let attempt = field(event, "attempt")?
+            .as_u64()
+            .ok_or_else(|| format!("an event whose attempt is not a number: {event}"))?;
         if let Some(progress) = event.get("progress") {
+            let task = field(progress, "task")?
+                .as_u64()
+                .ok_or_else(|| format!("progress whose task is not an index: {event}"))?;
+            let fraction = field(progress, "fraction")?
+                .as_f64()
+                .ok_or_else(|| format!("progress whose fraction is not a number: {event}"))?;
+            // The note is optional; whatever it holds is shown as text, never as terminal
+            // control sequences.
+            let note = progress
+                .get("message")
+                .and_then(Value::as_str)
+                .map_or_else(String::new, printable);
             let row = self.row(job, state, attempt);
-            let task = progress["task"].as_u64().unwrap_or(0);
-            let fraction = progress["fraction"].as_f64().unwrap_or(0.0);
-            let note = progress["message"].as_str().unwrap_or("").to_owned();
             row.tasks.insert(task, (fraction, note));
             return Ok(None);
         }
@@ -677,6 +718,14 @@ impl WatchView {
         }
         rows
     }
+}
+
+/// `text` with every control character (escape sequences, newlines, tabs) as a space, so what a
+/// workload reports cannot move the cursor or restyle the terminal.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 /// `text` cut to at most `width` characters.

@@ -116,6 +116,12 @@ fn the_watch_view_averages_a_gang_caps_its_rows_and_refuses_a_malformed_event() 
     // Every row fits the width, so redrawing in place never wraps.
     assert!(view.rows(20, 12).iter().all(|r| r.chars().count() <= 12));
     assert!(view.apply(&json!({"state": "running"})).is_err());
+    assert!(view.apply(&json!({"job": 9, "attempt": 1})).is_err());
+    assert!(view.apply(&json!({"job": 9, "state": "running"})).is_err());
+    let no_fraction = json!({"job": 9, "state": "running", "attempt": 1, "progress": {"task": 0}});
+    assert!(view.apply(&no_fraction).is_err());
+    // Nothing of a refused event is kept.
+    assert!(!view.rows(20, 79).iter().any(|r| r.contains("job        9")));
     assert_eq!(
         view.apply(&json!({"missed": 12})),
         Ok(Some("(fell behind: 12 events missed)".to_owned()))
@@ -145,4 +151,16 @@ fn an_event_off_a_terminal_is_one_line() {
             "progress": {"task": 1, "fraction": 1.0, "message": "done"}})),
         format!("job        4  task 1   {}  done", progress_bar(1.0, 30))
     );
+}
+
+#[test]
+fn a_progress_note_cannot_drive_the_terminal() {
+    let mut view = WatchView::new();
+    let sneaky = json!({"job": 1, "state": "running", "attempt": 1,
+        "progress": {"task": 0, "fraction": 0.0, "message": "a\u{1b}[2Jb\nc"}});
+    assert_eq!(view.apply(&sneaky), Ok(None));
+    let rows = view.rows(20, 79);
+    assert!(rows[0].ends_with("a [2Jb c"), "{rows:?}");
+    assert!(!rows[0].chars().any(char::is_control));
+    assert!(!event_line(&sneaky).chars().any(char::is_control));
 }
