@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use cadre_actors::job::{CommandJob, JobKind, JobSpec, Resources};
 use clap::{Args, ValueEnum};
 use serde_json::Value;
+use terminal_size::{terminal_size_of, Height, Width};
 
 /// How results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
@@ -709,10 +710,10 @@ impl WatchView {
             .collect();
         if self.jobs.len() > max_rows {
             rows.push(truncate(
-                &format!(
-                    "... and {} more jobs on workers",
-                    self.jobs.len() - max_rows
-                ),
+                &match self.jobs.len() - max_rows {
+                    1 => "... and 1 more job on workers".to_owned(),
+                    n => format!("... and {n} more jobs on workers"),
+                },
                 width,
             ));
         }
@@ -758,18 +759,10 @@ struct Screen {
     drawn: usize,
     dirty: bool,
     last_draw: tokio::time::Instant,
-    width: usize,
 }
 
 impl Screen {
     fn new(live: bool) -> Screen {
-        // Rows must not wrap, or redrawing in place goes wrong: the terminal's width from
-        // `COLUMNS` where the shell exports it, else the classic 80.
-        let width = match std::env::var("COLUMNS").map(|c| c.trim().parse::<usize>()) {
-            Ok(Ok(columns)) if columns >= 20 => columns - 1,
-            // Not exported, or not a usable number.
-            _ => 79,
-        };
         Screen {
             live,
             view: WatchView::new(),
@@ -777,8 +770,26 @@ impl Screen {
             drawn: 0,
             dirty: false,
             last_draw: tokio::time::Instant::now(),
-            width,
         }
+    }
+
+    /// How wide a row may be and how many job rows fit, read from the terminal at each frame
+    /// (it may be resized). A row must not wrap and the view must fit the screen, or redrawing
+    /// in place goes wrong. Where the size cannot be read: `COLUMNS` if the shell exports it,
+    /// else 80 columns, and 20 rows.
+    fn size() -> (usize, usize) {
+        if let Some((Width(columns), Height(lines))) = terminal_size_of(std::io::stdout()) {
+            // One column spare; two lines spare (the count line and the cursor's own).
+            let width = usize::from(columns).max(20) - 1;
+            let rows = usize::from(lines).saturating_sub(2).clamp(1, WATCH_ROWS);
+            return (width, rows);
+        }
+        let width = match std::env::var("COLUMNS").map(|c| c.trim().parse::<usize>()) {
+            Ok(Ok(columns)) if columns >= 20 => columns - 1,
+            // Not exported, or not a usable number.
+            _ => 79,
+        };
+        (width, WATCH_ROWS)
     }
 
     fn event(
@@ -813,7 +824,8 @@ impl Screen {
         if !self.live || !self.dirty {
             return Ok(());
         }
-        let rows = self.view.rows(WATCH_ROWS, self.width);
+        let (width, max_rows) = Screen::size();
+        let rows = self.view.rows(max_rows, width);
         let frame = redraw(self.drawn, &self.kept, &rows);
         out.write_all(frame.as_bytes())
             .and_then(|()| out.flush())

@@ -113,6 +113,7 @@ fn the_watch_view_averages_a_gang_caps_its_rows_and_refuses_a_malformed_event() 
     let rows = view.rows(3, 79);
     assert_eq!(rows.len(), 4);
     assert_eq!(rows[3], "... and 2 more jobs on workers");
+    assert_eq!(view.rows(4, 79)[4], "... and 1 more job on workers");
     // Every row fits the width, so redrawing in place never wraps.
     assert!(view.rows(20, 12).iter().all(|r| r.chars().count() <= 12));
     assert!(view.apply(&json!({"state": "running"})).is_err());
