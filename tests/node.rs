@@ -627,8 +627,16 @@ fn exits_within(child: &mut std::process::Child, within: Duration) -> std::proce
 fn watch_follows_jobs_and_returns_when_the_watched_job_ends() {
     let dir = Scratch::new("watch");
     let node = Server::start(dir.path(), &[]);
+    // A running job, so the watch of every job has a state to start from: its first line
+    // shows that it is subscribed, before the job it must see end is submitted.
+    let blocker = node.submit(&[], &["/bin/sleep", "60"]);
+    node.wait_state(blocker, "running", LONG);
     // Every job: lines as events come (stdout is a pipe, not a terminal).
     let (mut all, all_lines) = watch(&node, &[]);
+    let first = all_lines
+        .recv_timeout(LONG)
+        .expect("watch of every job starts");
+    assert_eq!(first, format!("job {blocker:>8}  running     attempt 1"));
     // One job: it starts from the job's state and returns once the job has ended.
     let id = node.submit(&[], &["/bin/sleep", "1"]);
     let (mut one, one_lines) = watch(&node, &[&id.to_string()]);
@@ -655,6 +663,7 @@ fn watch_follows_jobs_and_returns_when_the_watched_job_ends() {
     }
     all.kill().unwrap();
     all.wait().unwrap();
+    assert!(node.cli(&["cancel", &blocker.to_string()]).status.success());
     // A job that has already ended: its state, at once.
     let (mut again, again_lines) = watch(&node, &[&id.to_string()]);
     assert!(exits_within(&mut again, LONG).success());
