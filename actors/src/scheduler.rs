@@ -721,13 +721,8 @@ impl Scheduler {
         };
         let mut unreachable = Vec::new();
         // One copy of the spec per task; the last task takes the table's copy itself.
-        let mut spec = Some(spec);
-        let last = active.tasks.len().saturating_sub(1);
-        for (i, (grant, token)) in active.tasks.iter().enumerate() {
-            let spec = if i == last { spec.take() } else { spec.clone() };
-            let Some(spec) = spec else {
-                break;
-            };
+        let specs = std::iter::repeat_n(spec, active.tasks.len());
+        for ((grant, token), spec) in active.tasks.iter().zip(specs) {
             let msg = Assign {
                 job,
                 attempt: active.attempt,
