@@ -236,7 +236,7 @@ fn queued_memory(plan: &Plan, report: &Reporter) -> Result<(), BenchError> {
             })
             .collect();
         table
-            .apply(&Record::Submitted { jobs })
+            .apply_owned(Record::Submitted { jobs })
             .map_err(|e| BenchError::Check(format!("submit: {e}")))?;
         for i in next..next + batch {
             placer.enqueue(QueuedJob {
