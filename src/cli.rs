@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 
-use cadre_actors::job::{CommandJob, JobKind, JobSpec, Resources};
+use cadre_actors::job::{CommandJob, JobKind, JobSpec, JobState, Resources};
 use clap::{Args, ValueEnum};
+use serde::Deserialize;
 use serde_json::Value;
 use terminal_size::{terminal_size_of, Height, Width};
 
@@ -321,7 +322,7 @@ impl Client {
     /// with its progress bar, redrawn in place, and a line of its own for each job that ends
     /// (or is lost, or queued again for a retry). Anywhere else (a pipe, a file) it prints one
     /// line per event, or the API's JSON per event with `-o json`. Without an id it starts
-    /// from the running jobs and follows every job until interrupted; with an id it starts
+    /// from the jobs on workers and follows every job until interrupted; with an id it starts
     /// from that job's state and returns once the job has ended (at once if it already has),
     /// so it can wait for a job in a script.
     pub fn watch(&self, job: Option<u64>) -> Result<(), CliError> {
@@ -544,16 +545,11 @@ fn read_spec_file(path: &Path) -> Result<Value, CliError> {
 /// The most jobs `cadre watch` draws rows for; the rest are counted on one line.
 const WATCH_ROWS: usize = 20;
 
-/// The states a job does not leave.
-const END_STATES: [&str; 4] = ["succeeded", "failed", "cancelled", "timed_out"];
-
 /// Whether `event` says job `id` ended.
 fn ends(event: &Value, id: u64) -> bool {
     event["job"].as_u64() == Some(id)
         && event.get("progress").is_none()
-        && event["state"]
-            .as_str()
-            .is_some_and(|s| END_STATES.contains(&s))
+        && matches!(JobState::deserialize(&event["state"]), Ok(state) if state.is_terminal())
 }
 
 /// One event as `cadre watch` prints it off a terminal.
@@ -596,7 +592,7 @@ pub struct WatchView {
 
 #[derive(Debug)]
 struct WatchRow {
-    state: String,
+    state: JobState,
     attempt: u64,
     /// Each task's latest progress: fraction and note.
     tasks: BTreeMap<u64, (f64, String)>,
@@ -624,10 +620,8 @@ impl WatchView {
         let job = field(event, "job")?
             .as_u64()
             .ok_or_else(|| format!("an event whose job is not an id: {event}"))?;
-        let state = field(event, "state")?
-            .as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| format!("an event whose state is not a name: {event}"))?;
+        let state = JobState::deserialize(&field(event, "state")?)
+            .map_err(|e| format!("an event whose state is not a job state ({e}): {event}"))?;
         let attempt = field(event, "attempt")?
             .as_u64()
             .ok_or_else(|| format!("an event whose attempt is not a number: {event}"))?;
@@ -648,17 +642,17 @@ impl WatchView {
             row.tasks.insert(task, (fraction, note));
             return Ok(None);
         }
-        if END_STATES.contains(&state.as_str()) {
+        if state.is_terminal() {
             self.jobs.remove(&job);
             return Ok(Some(event_line(event)));
         }
-        match state.as_str() {
-            "queued" => {
+        match state {
+            JobState::Queued => {
                 self.jobs.remove(&job);
                 // A first queueing is noise when thousands are submitted; a retry is news.
                 Ok((attempt > 1).then(|| event_line(event)))
             }
-            "lost" => {
+            JobState::Lost => {
                 self.row(job, state, attempt);
                 Ok(Some(event_line(event)))
             }
@@ -669,9 +663,9 @@ impl WatchView {
         }
     }
 
-    fn row(&mut self, job: u64, state: String, attempt: u64) -> &mut WatchRow {
+    fn row(&mut self, job: u64, state: JobState, attempt: u64) -> &mut WatchRow {
         let row = self.jobs.entry(job).or_insert_with(|| WatchRow {
-            state: String::new(),
+            state,
             attempt,
             tasks: BTreeMap::new(),
         });
@@ -692,7 +686,7 @@ impl WatchView {
             .iter()
             .take(max_rows)
             .map(|(job, row)| {
-                let mut text = format!("job {job:>8}  {:<10}", row.state);
+                let mut text = format!("job {job:>8}  {:<10}", row.state.as_str());
                 if !row.tasks.is_empty() {
                     let n = row.tasks.len();
                     let mean = row.tasks.values().map(|(f, _)| f).sum::<f64>() / n as f64;
