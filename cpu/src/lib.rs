@@ -6,6 +6,7 @@
 //!   but never skips corruption before it.
 //! - [`launcher`]: command jobs: spawn from argv in a process group, capture output to log
 //!   files, kill the group on cancel or timeout, reap everything.
+//! - [`joblog`]: job output on disk: capture into log files and the readers of those files.
 //! - [`inventory`]: logical cores, NUMA nodes and memory, read from `/sys` and `/proc`.
 //!
 //! `unsafe` lives only where FFI needs it (io_uring submissions, eventfd, setrlimit,
@@ -14,6 +15,7 @@
 pub mod engine;
 pub mod error;
 pub mod inventory;
+pub mod joblog;
 pub mod journal;
 pub mod launcher;
 pub mod ledger;
