@@ -1,5 +1,6 @@
-//! The crate's one error type: every failure of the I/O engine, the journal, the launcher and
-//! the inventory, each variant carrying the context (path, segment, offset, field) to act on it.
+//! The crate's one error type: every failure of the I/O engine, the journal, the launcher, the
+//! cgroups and the inventory, each variant carrying the context (path, segment, offset, field)
+//! to act on it.
 
 use std::io;
 use std::path::PathBuf;
@@ -98,6 +99,33 @@ pub enum CpuError {
         /// What was wrong.
         reason: String,
     },
+    /// Cgroups cannot be used here (not root, mounted read-only, nothing mounted, a controller
+    /// missing or not delegated): the caller runs jobs in process groups instead.
+    #[error("cgroups are unavailable: {reason}")]
+    CgroupUnavailable {
+        /// Why, naming the file, mount or controller at fault.
+        reason: String,
+    },
+    /// An operation on a cgroup's directory or control file failed.
+    #[error("cgroup {op} {path}: {source}")]
+    Cgroup {
+        /// What was being done (`mkdir`, `write`, `read`, `rmdir`, `kill`, ...).
+        op: &'static str,
+        /// The directory or control file it was done to.
+        path: PathBuf,
+        /// The error the kernel gave, or `InvalidData` for a file that could not be understood.
+        source: io::Error,
+    },
+    /// A cgroup still holds processes where it must be empty.
+    #[error("cgroup {op} {path}: it still holds {pids} processes")]
+    CgroupNotEmpty {
+        /// What needed it empty (`kill`, `create`, `remove`).
+        op: &'static str,
+        /// The group's directory.
+        path: PathBuf,
+        /// How many processes were still listed in it.
+        pids: usize,
+    },
 }
 
 impl CpuError {
@@ -124,6 +152,9 @@ impl CpuError {
             CpuError::Spawn { .. } => "spawn",
             CpuError::Signal { .. } => "signal",
             CpuError::Inventory { .. } => "inventory",
+            CpuError::CgroupUnavailable { .. } => "cgroup_unavailable",
+            CpuError::Cgroup { .. } => "cgroup",
+            CpuError::CgroupNotEmpty { .. } => "cgroup_not_empty",
         }
     }
 }

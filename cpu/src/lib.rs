@@ -10,10 +10,13 @@
 //! - [`disk`]: how full a filesystem is, and which errors mean it takes no more writes.
 //! - [`joblog`]: job output on disk: capture into log files and the readers of those files.
 //! - [`inventory`]: logical cores, NUMA nodes and memory, read from `/sys` and `/proc`.
+//! - [`cgroup`]: one cgroup per command job task (v2, or v1 where only v1 is mounted): CPU,
+//!   memory and pids limits, OOM kills counted, and a kill that nothing escapes.
 //!
 //! `unsafe` lives only where FFI needs it (io_uring submissions, eventfd, setrlimit,
 //! sched_setaffinity, killpg), each block with a `// Safety:` comment.
 
+pub mod cgroup;
 pub mod disk;
 pub mod engine;
 pub mod error;

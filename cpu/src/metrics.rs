@@ -16,6 +16,11 @@ pub const LAUNCHER_ERRORS: &str = "cadre_launcher_errors_total";
 pub const LAUNCHER_SPAWNS: &str = "cadre_launcher_spawns_total";
 /// Counter of inventory failures: `{kind}` (`io`, `inventory`, `no_numa`).
 pub const INVENTORY_ERRORS: &str = "cadre_inventory_errors_total";
+/// Counter of cgroup failures: `{op}` (`open`, `name`, `mkdir`, `read`, `write`, `create`,
+/// `kill`, `freeze`, `thaw`, `remove`, `rmdir`).
+pub const CGROUP_ERRORS: &str = "cadre_cgroup_errors_total";
+/// Counter of task cgroups a previous node left behind, killed and removed by the sweep.
+pub const CGROUP_SWEPT: &str = "cadre_cgroup_swept_total";
 
 /// Describes every metric of this crate (help text and unit) to the installed recorder, so
 /// an exporter prints `# HELP` for each. Call once at start-up.
@@ -51,5 +56,16 @@ pub fn describe() {
     metrics::describe_counter!(
         INVENTORY_ERRORS,
         "Counter of inventory failures: `{kind}` (`io`, `inventory`, `no_numa`)."
+    );
+    metrics::describe_counter!(
+        CGROUP_ERRORS,
+        concat!(
+            "Counter of cgroup failures: `{op}` (`open`, `name`, `mkdir`, `read`, `write`, ",
+            "`create`, `kill`, `freeze`, `thaw`, `remove`, `rmdir`)."
+        )
+    );
+    metrics::describe_counter!(
+        CGROUP_SWEPT,
+        "Counter of task cgroups a previous node left behind, killed and removed by the sweep."
     );
 }

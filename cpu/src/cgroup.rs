@@ -1,0 +1,552 @@
+//! Cgroups for command jobs: each task runs in a cgroup of its own, under the node's parent group,
+//! with its CPU, memory and pids limits, its OOM kills counted, and a kill that reaches every
+//! process in it, including those that left its process group (`setsid -f child`).
+//!
+//! [`Cgroups::open`] detects the hierarchy from `/proc/self/mountinfo` and `/proc/self/cgroup`:
+//! cgroup v2 where the unified tree offers `cpu`, `memory` and `pids` to the node's own group,
+//! else v1 where `cpu`, `memory`, `pids` and `freezer` are mounted. It creates (or reuses) the
+//! parent group `<the node's own cgroup>/<parent>` in each hierarchy. Where cgroups cannot be used
+//! (not root, read-only, nothing mounted, a controller missing, v2's no-internal-process rule)
+//! it returns [`CpuError::CgroupUnavailable`] with the reason; falling back to process groups is
+//! the caller's decision.
+//!
+//! Guarantees:
+//! - A child spawned after [`TaskCgroup::join_on_exec`] moves itself into the group between fork
+//!   and exec, before it runs any of the job's code; if it cannot, the spawn fails, so a job never
+//!   runs outside its group.
+//! - [`TaskCgroup::kill_all`] freezes the group (v1 freezer, v2 `cgroup.freeze`) so nothing forks
+//!   while it reads the pids and sends `SIGKILL`, then thaws it, and repeats until the group and
+//!   its descendants are empty, in a bounded number of rounds; v2 uses `cgroup.kill` where the
+//!   kernel has it. Pids come from `cgroup.procs` while the group is frozen, so they cannot be
+//!   reused meanwhile.
+//! - Task group names are one path component of at most 64 bytes; every file read from `/proc`
+//!   or `/sys` is size-checked before use.
+//! - Every failure emits one `tracing` event and counts in [`m::CGROUP_ERRORS`] by `op`.
+//!
+//! Not guaranteed: a job running as root can write its pid elsewhere and leave its group; the
+//! group limits resources, it is not a security boundary against root.
+//!
+//! Costs: a handful of small writes to cgroupfs per task group (blocking, each microseconds);
+//! the retry sleeps of [`TaskCgroup::kill_all`] and [`TaskCgroup::remove`] run on `tokio::time`
+//! in steps of [`POLL`].
+
+mod detect;
+mod fs;
+mod kill;
+mod limits;
+
+use std::collections::BTreeSet;
+use std::ffi::CString;
+use std::fmt;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use self::fs::{
+    check_name, enable_controllers, fail, invalid, keyed_value, mkdir_error, read_small, rmdir,
+    unavailable, undo_mkdir, write_ctl,
+};
+use self::kill::KILL_ROUNDS;
+use crate::error::{CpuError, Result};
+use crate::metrics as m;
+
+/// `cpu.cfs_period_us` (v1) and the period of `cpu.max` (v2), in microseconds.
+pub const CPU_PERIOD_US: u64 = 100_000;
+/// The smallest CPU quota the kernel accepts per period (1 ms, so 10 millicores).
+pub const CPU_MIN_QUOTA_US: u64 = 1_000;
+/// The longest task group name, in bytes.
+pub const MAX_NAME_BYTES: usize = 64;
+/// The step of every wait here: freezing, exiting processes, `rmdir` retries.
+pub const POLL: Duration = Duration::from_millis(5);
+
+/// The most bytes read from a control file other than `cgroup.procs`.
+const MAX_SMALL_FILE: u64 = 64 << 10;
+/// The most bytes read from `cgroup.procs` (about half a million pids).
+const MAX_PROCS_FILE: u64 = 4 << 20;
+/// The deepest nesting of groups a job may create inside its task group that is still handled.
+const MAX_DEPTH: usize = 8;
+/// The most groups handled inside one task group (itself included).
+const MAX_GROUPS: usize = 1024;
+/// Polls for killed processes to leave the group before the next round.
+const EXIT_POLLS: u32 = 100;
+
+/// Which cgroup interface the node uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CgroupVersion {
+    /// One hierarchy per controller (`/sys/fs/cgroup/<controller>`).
+    V1,
+    /// The unified hierarchy.
+    V2,
+}
+
+impl CgroupVersion {
+    /// `"v1"` or `"v2"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CgroupVersion::V1 => "v1",
+            CgroupVersion::V2 => "v2",
+        }
+    }
+}
+
+impl fmt::Display for CgroupVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A controller the node uses. On v2 they all live in the one tree (the freezer is part of it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Controller {
+    /// CPU bandwidth and weight.
+    Cpu,
+    /// The memory limit and OOM kills.
+    Memory,
+    /// The process count limit.
+    Pids,
+    /// Freezing, so that a kill races no fork.
+    Freezer,
+}
+
+impl Controller {
+    /// Every controller, in the order of `as usize`.
+    pub const ALL: [Controller; 4] = [
+        Controller::Cpu,
+        Controller::Memory,
+        Controller::Pids,
+        Controller::Freezer,
+    ];
+
+    /// The controller's name as the kernel spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Controller::Cpu => "cpu",
+            Controller::Memory => "memory",
+            Controller::Pids => "pids",
+            Controller::Freezer => "freezer",
+        }
+    }
+}
+
+/// The limits of one task group.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CgroupLimits {
+    /// CPU in thousandths of a core: a quota of `millis * 100` us per 100 ms period (at least
+    /// [`CPU_MIN_QUOTA_US`]) and a weight in proportion (v1 `cpu.shares` 1024 for one core, v2
+    /// `cpu.weight` 100). 0 is a job that only waits: no quota and the lowest weight.
+    pub cpu_millis: u32,
+    /// The memory limit in bytes (v1 also on memory plus swap where the kernel accounts swap; v2
+    /// `memory.swap.max` 0), so that going over it is an OOM kill. 0 is no limit.
+    pub memory_bytes: u64,
+    /// The most processes and threads in the group (`pids.max`); `None` is no limit.
+    pub pids: Option<u64>,
+}
+
+/// The node's parent group in each hierarchy it uses. Plain data: share it behind an `Arc`.
+#[derive(Debug, Clone)]
+pub struct Cgroups {
+    version: CgroupVersion,
+    parent: String,
+    /// The parent group's directory in each hierarchy (v2: one).
+    dirs: Vec<PathBuf>,
+    /// For each [`Controller`], its hierarchy's index in `dirs`.
+    index: [usize; Controller::ALL.len()],
+}
+
+impl Cgroups {
+    /// Detects v2 or v1 from `/proc/self/mountinfo` and `/proc/self/cgroup`, and creates (or
+    /// reuses) the node's parent group `<the node's own cgroup>/<parent>` in each hierarchy (v1:
+    /// cpu, memory, pids, freezer; v2: one tree, with cpu, memory and pids enabled in the
+    /// `cgroup.subtree_control` of the node's group and of the parent).
+    pub fn open(parent: &str) -> Result<Cgroups> {
+        Cgroups::open_at(Path::new("/"), parent)
+    }
+
+    /// [`Cgroups::open`] against another filesystem root: `root/proc/self/...` is read and the
+    /// mount points of `mountinfo` are taken under `root` (tests lay out a fake machine).
+    pub fn open_at(root: &Path, parent: &str) -> Result<Cgroups> {
+        check_name(parent)?;
+        let layout = detect::detect(root).map_err(unavailable)?;
+        if let Some(own) = layout.dirs.iter().find(|d| !d.is_dir()) {
+            return Err(unavailable(format!(
+                "the node's cgroup {} does not exist",
+                own.display()
+            )));
+        }
+        if layout.version == CgroupVersion::V2 && !layout.enable.is_empty() {
+            enable_controllers(parent, &layout.dirs[0], &layout.enable)?;
+        }
+        let mut dirs = Vec::with_capacity(layout.dirs.len());
+        let mut made = Vec::new();
+        for own in &layout.dirs {
+            let dir = own.join(parent);
+            match std::fs::create_dir(&dir) {
+                Ok(()) => made.push(dir.clone()),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    undo_mkdir(parent, &made);
+                    return Err(mkdir_error(parent, &dir, e));
+                }
+            }
+            dirs.push(dir);
+        }
+        if layout.version == CgroupVersion::V2 {
+            if let Err(e) = enable_controllers(parent, &dirs[0], &["cpu", "memory", "pids"]) {
+                undo_mkdir(parent, &made);
+                return Err(e);
+            }
+        }
+        tracing::debug!(cgroup = %parent, version = %layout.version, dirs = ?dirs,
+            "cgroups opened");
+        Ok(Cgroups {
+            version: layout.version,
+            parent: parent.to_string(),
+            dirs,
+            index: layout.index,
+        })
+    }
+
+    /// The interface in use.
+    pub fn version(&self) -> CgroupVersion {
+        self.version
+    }
+
+    /// The parent group's name, as given to [`Cgroups::open`].
+    pub fn parent(&self) -> &str {
+        &self.parent
+    }
+
+    /// The parent group's directory in the hierarchy of `controller`.
+    pub fn path(&self, controller: Controller) -> &Path {
+        &self.dirs[self.index[controller as usize]]
+    }
+
+    /// Creates the task group `name` under the parent in each hierarchy and writes `limits`. An
+    /// existing group of that name is reused when it holds no process (its limits rewritten);
+    /// one that holds processes is refused with [`CpuError::CgroupNotEmpty`]. On failure the
+    /// directories created here are removed again.
+    pub fn create(&self, name: &str, limits: &CgroupLimits) -> Result<TaskCgroup> {
+        check_name(name)?;
+        let task = self.task(name)?;
+        let mut made = Vec::new();
+        let mut reused = false;
+        for dir in &task.dirs {
+            match std::fs::create_dir(dir) {
+                Ok(()) => made.push(dir.clone()),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => reused = true,
+                Err(e) => {
+                    undo_mkdir(name, &made);
+                    return Err(mkdir_error(name, dir, e));
+                }
+            }
+        }
+        let applied = if reused {
+            task.ensure_empty("create")
+        } else {
+            Ok(())
+        }
+        .and_then(|()| match self.version {
+            CgroupVersion::V1 => task.apply_v1(limits),
+            CgroupVersion::V2 => task.apply_v2(limits),
+        });
+        if let Err(e) = applied {
+            undo_mkdir(name, &made);
+            return Err(e);
+        }
+        Ok(task)
+    }
+
+    /// Kills and removes every task group found under the parent: those a previous node left
+    /// when it was killed. Call it at start, before [`Cgroups::create`]. Returns their names,
+    /// sorted. Every group is tried; the first failure is returned after the others were tried.
+    pub async fn sweep(&self) -> Result<Vec<String>> {
+        let mut names = BTreeSet::new();
+        for dir in &self.dirs {
+            let entries = std::fs::read_dir(dir).map_err(|e| fail("read", &self.parent, dir, e))?;
+            for entry in entries {
+                let entry = entry.map_err(|e| fail("read", &self.parent, dir, e))?;
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    names.insert(entry.file_name().to_string_lossy().into_owned());
+                }
+            }
+        }
+        let mut first_error = None;
+        let mut swept = Vec::with_capacity(names.len());
+        for name in names {
+            let result = match self.task(&name) {
+                Ok(task) => match task.kill_all().await {
+                    Ok(_) => task.remove().await,
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => {
+                    metrics::counter!(m::CGROUP_SWEPT).increment(1);
+                    swept.push(name);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if !swept.is_empty() {
+            tracing::info!(cgroup = %self.parent, groups = swept.len(), names = ?swept,
+                "removed task cgroups a previous node left");
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(swept),
+        }
+    }
+
+    /// Removes the parent group in every hierarchy (at shutdown, after every task group was
+    /// removed); a parent that still has task groups fails with `EBUSY`.
+    pub async fn remove(self) -> Result<()> {
+        for dir in &self.dirs {
+            rmdir(&self.parent, dir).await?;
+        }
+        Ok(())
+    }
+
+    /// The handle of task group `name` (which may or may not exist), paths prepared.
+    fn task(&self, name: &str) -> Result<TaskCgroup> {
+        let dirs: Vec<PathBuf> = self.dirs.iter().map(|d| d.join(name)).collect();
+        let mut procs = Vec::with_capacity(dirs.len());
+        for dir in &dirs {
+            let path = dir.join("cgroup.procs");
+            let c = CString::new(path.as_os_str().as_bytes())
+                .map_err(|e| invalid(name, format!("{} holds a NUL byte: {e}", path.display())))?;
+            procs.push(c);
+        }
+        Ok(TaskCgroup {
+            version: self.version,
+            name: name.to_string(),
+            dirs,
+            index: self.index,
+            procs,
+        })
+    }
+}
+
+/// One task's group in each hierarchy. Dropping it leaves the group in place (a later
+/// [`Cgroups::sweep`] removes it); [`TaskCgroup::remove`] removes it.
+#[derive(Debug)]
+pub struct TaskCgroup {
+    version: CgroupVersion,
+    name: String,
+    /// The group's directory in each hierarchy, in the order of [`Cgroups`]'.
+    dirs: Vec<PathBuf>,
+    index: [usize; Controller::ALL.len()],
+    /// `cgroup.procs` of each hierarchy, ready for the child (which must not allocate).
+    procs: Vec<CString>,
+}
+
+impl TaskCgroup {
+    /// The group's name under the parent.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The interface in use.
+    pub fn version(&self) -> CgroupVersion {
+        self.version
+    }
+
+    /// The group's directory in the hierarchy of `controller`.
+    pub fn path(&self, controller: Controller) -> &Path {
+        &self.dirs[self.index[controller as usize]]
+    }
+
+    /// Makes the child spawned from `cmd` move itself into this group, in every hierarchy,
+    /// between fork and exec: before it runs the job's code or can fork. If it cannot join, the
+    /// spawn fails with the kernel's error. Other pre-exec hooks on `cmd` keep running in the
+    /// order they were installed.
+    pub fn join_on_exec(&self, cmd: &mut tokio::process::Command) {
+        let procs = self.procs.clone();
+        let hook = move || join_self(&procs);
+        // Safety: the hook runs in the forked child before exec. It only calls open, write and
+        // close (async-signal-safe) on NUL-terminated paths prepared in the parent and owned by
+        // the closure, takes no lock and allocates nothing (io::Error::last_os_error does not).
+        #[allow(unsafe_code)]
+        unsafe {
+            cmd.pre_exec(hook);
+        }
+    }
+
+    /// How many times the kernel's OOM killer has killed a process of this group (v1: the
+    /// `oom_kill` line of `memory.oom_control`; v2: that of `memory.events`).
+    pub fn oom_kills(&self) -> Result<u64> {
+        let file = match self.version {
+            CgroupVersion::V1 => "memory.oom_control",
+            CgroupVersion::V2 => "memory.events",
+        };
+        let path = self.path(Controller::Memory).join(file);
+        let text =
+            read_small(&path, MAX_SMALL_FILE).map_err(|e| fail("read", &self.name, &path, e))?;
+        keyed_value(&text, "oom_kill").ok_or_else(|| {
+            let e = io::Error::new(io::ErrorKind::InvalidData, "no `oom_kill <n>` line");
+            fail("read", &self.name, &path, e)
+        })
+    }
+
+    /// Whether no process is left in the group or in groups the job made inside it, in every
+    /// hierarchy.
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.pids()?.is_empty())
+    }
+
+    /// Sends `SIGKILL` to every process in the group until it is empty, and returns how many
+    /// distinct processes were signalled. v2 writes `cgroup.kill` where it exists; otherwise the
+    /// group is frozen, every pid in `cgroup.procs` (of the group and the groups inside it) is
+    /// killed and the group thawed, in rounds until it is empty. Fails with
+    /// [`CpuError::CgroupNotEmpty`] when processes remain after the last round (one stuck in
+    /// uninterruptible sleep, say).
+    pub async fn kill_all(&self) -> Result<usize> {
+        let mut killed = BTreeSet::new();
+        for _ in 0..KILL_ROUNDS {
+            let pids = self.pids()?;
+            if pids.is_empty() {
+                return Ok(killed.len());
+            }
+            let kill_file = self.path(Controller::Cpu).join("cgroup.kill");
+            if self.version == CgroupVersion::V2 && kill_file.exists() {
+                write_ctl(&self.name, &kill_file, "1")?;
+                killed.extend(pids);
+            } else {
+                let frozen = self.freeze().await;
+                let result = self.pids().and_then(|pids| self.signal(&pids, &mut killed));
+                let thawed = if frozen { self.thaw() } else { Ok(()) };
+                result?;
+                thawed?;
+            }
+            for _ in 0..EXIT_POLLS {
+                if self.pids()?.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        }
+        self.ensure_empty("kill")?;
+        Ok(killed.len())
+    }
+
+    /// Removes the group in every hierarchy (and any group the job made inside it, deepest
+    /// first), retrying `rmdir` briefly while the kernel still counts exiting tasks. Fails with
+    /// [`CpuError::CgroupNotEmpty`] while processes are in it: call [`TaskCgroup::kill_all`]
+    /// first.
+    pub async fn remove(self) -> Result<()> {
+        self.ensure_empty("remove")?;
+        for dir in &self.dirs {
+            let groups = self.tree(dir)?;
+            for group in groups.iter().rev() {
+                rmdir(&self.name, group).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every pid in the group and the groups inside it, in every hierarchy.
+    fn pids(&self) -> Result<BTreeSet<i32>> {
+        let mut pids = BTreeSet::new();
+        for dir in &self.dirs {
+            for group in self.tree(dir)? {
+                let path = group.join("cgroup.procs");
+                let text = match read_small(&path, MAX_PROCS_FILE) {
+                    Ok(text) => text,
+                    // A group the job made inside may vanish between listing and reading, and
+                    // a node killed during `create` leaves a group in some hierarchies only.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(fail("read", &self.name, &path, e)),
+                };
+                for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                    match line.parse::<i32>() {
+                        Ok(pid) if pid > 0 => {
+                            pids.insert(pid);
+                        }
+                        _ => {
+                            let e = io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                format!("{line:?} is not a pid"),
+                            );
+                            return Err(fail("read", &self.name, &path, e));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(pids)
+    }
+
+    /// `dir` and the groups inside it, parents before children, bounded in depth and number.
+    fn tree(&self, dir: &Path) -> Result<Vec<PathBuf>> {
+        let mut groups = vec![dir.to_path_buf()];
+        let mut level = vec![dir.to_path_buf()];
+        for _ in 0..MAX_DEPTH {
+            let mut next = Vec::new();
+            for parent in &level {
+                let Ok(entries) = std::fs::read_dir(parent) else {
+                    continue; // removed meanwhile, or (the top) never created: nothing inside
+                };
+                for entry in entries.flatten() {
+                    if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                        next.push(entry.path());
+                    }
+                }
+            }
+            if next.is_empty() {
+                return Ok(groups);
+            }
+            groups.extend(next.iter().cloned());
+            if groups.len() > MAX_GROUPS {
+                break;
+            }
+            level = next;
+        }
+        let e = io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("more than {MAX_GROUPS} groups or {MAX_DEPTH} levels inside"),
+        );
+        Err(fail("read", &self.name, dir, e))
+    }
+
+    /// Fails with [`CpuError::CgroupNotEmpty`] unless the group is empty.
+    fn ensure_empty(&self, op: &'static str) -> Result<()> {
+        let pids = self.pids()?.len();
+        if pids == 0 {
+            return Ok(());
+        }
+        let path = self.path(Controller::Freezer).to_path_buf();
+        tracing::warn!(cgroup = %self.name, op, path = %path.display(), pids,
+            "cgroup still holds processes");
+        metrics::counter!(m::CGROUP_ERRORS, "op" => op).increment(1);
+        Err(CpuError::CgroupNotEmpty { op, path, pids })
+    }
+}
+
+/// The child's side of [`TaskCgroup::join_on_exec`]: writes `0` (this process) to each
+/// `cgroup.procs`. Runs between fork and exec: system calls only, no allocation.
+#[allow(unsafe_code)]
+fn join_self(procs: &[CString]) -> io::Result<()> {
+    for path in procs {
+        // Safety: `path` is a valid NUL-terminated string that outlives the call.
+        let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // Safety: writes one byte from a static buffer to the descriptor opened above.
+        let written = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
+        let error = match written {
+            1 => None,
+            -1 => Some(io::Error::last_os_error()),
+            _ => Some(io::Error::from_raw_os_error(libc::EIO)),
+        };
+        // Safety: closes the descriptor opened above, once.
+        unsafe { libc::close(fd) };
+        if let Some(e) = error {
+            return Err(e);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,114 @@
+//! Writing a task group's limits: the CPU quota and weight, the memory limit (and swap), and the
+//! pids limit, in v1's or v2's files.
+//!
+//! Invariant: every value is written, including "no limit", so a reused group keeps nothing of
+//! its previous limits; v1's memory-plus-swap limit is lifted before the memory limit is set,
+//! since the kernel keeps it at or above the memory limit.
+
+use std::path::Path;
+
+use super::fs::{write_ctl, write_file};
+use super::{CgroupLimits, Controller, TaskCgroup, CPU_MIN_QUOTA_US, CPU_PERIOD_US};
+use crate::error::Result;
+
+/// v1's largest `cpu.shares`.
+const V1_MAX_SHARES: u64 = 1 << 18;
+/// v2's largest `cpu.weight`.
+const V2_MAX_WEIGHT: u64 = 10_000;
+
+impl TaskCgroup {
+    /// Writes the v1 limits.
+    pub(super) fn apply_v1(&self, limits: &CgroupLimits) -> Result<()> {
+        let cpu = self.path(Controller::Cpu);
+        let quota = match limits.cpu_millis {
+            0 => "-1".to_string(),
+            millis => quota_us(millis).to_string(),
+        };
+        let shares = match limits.cpu_millis {
+            0 => 2,
+            millis => (1024 * u64::from(millis) / 1000).clamp(2, V1_MAX_SHARES),
+        };
+        write_ctl(
+            &self.name,
+            &cpu.join("cpu.cfs_period_us"),
+            &CPU_PERIOD_US.to_string(),
+        )?;
+        write_ctl(&self.name, &cpu.join("cpu.cfs_quota_us"), &quota)?;
+        write_ctl(&self.name, &cpu.join("cpu.shares"), &shares.to_string())?;
+
+        let memory = self.path(Controller::Memory);
+        let memsw = memory.join("memory.memsw.limit_in_bytes");
+        let limit = match limits.memory_bytes {
+            0 => "-1".to_string(),
+            bytes => bytes.to_string(),
+        };
+        // memsw must stay >= the memory limit: lift it first, then lower both.
+        let swap_accounted = memsw.exists() && self.optional(&memsw, "-1");
+        write_ctl(&self.name, &memory.join("memory.limit_in_bytes"), &limit)?;
+        if swap_accounted && limits.memory_bytes > 0 {
+            self.optional(&memsw, &limit);
+        }
+        // An OOM must kill (and be counted), not pause the group: oom_kill_disable is inherited.
+        write_ctl(&self.name, &memory.join("memory.oom_control"), "0")?;
+
+        self.write_pids(limits)
+    }
+
+    /// Writes the v2 limits.
+    pub(super) fn apply_v2(&self, limits: &CgroupLimits) -> Result<()> {
+        let dir = self.path(Controller::Cpu);
+        let (max, weight) = match limits.cpu_millis {
+            0 => ("max".to_string(), 1),
+            millis => (
+                quota_us(millis).to_string(),
+                (u64::from(millis) / 10).clamp(1, V2_MAX_WEIGHT),
+            ),
+        };
+        write_ctl(
+            &self.name,
+            &dir.join("cpu.max"),
+            &format!("{max} {CPU_PERIOD_US}"),
+        )?;
+        write_ctl(&self.name, &dir.join("cpu.weight"), &weight.to_string())?;
+        let memory = self.path(Controller::Memory);
+        let (limit, swap) = match limits.memory_bytes {
+            0 => ("max".to_string(), "max"),
+            bytes => (bytes.to_string(), "0"),
+        };
+        write_ctl(&self.name, &memory.join("memory.max"), &limit)?;
+        let swap_file = memory.join("memory.swap.max");
+        if swap_file.exists() {
+            self.optional(&swap_file, swap);
+        }
+        self.write_pids(limits)
+    }
+
+    /// Writes `pids.max`.
+    fn write_pids(&self, limits: &CgroupLimits) -> Result<()> {
+        let value = limits
+            .pids
+            .map_or_else(|| "max".to_string(), |n| n.to_string());
+        write_ctl(
+            &self.name,
+            &self.path(Controller::Pids).join("pids.max"),
+            &value,
+        )
+    }
+
+    /// Writes a file the kernel may refuse (swap accounting off): whether it was accepted.
+    fn optional(&self, path: &Path, value: &str) -> bool {
+        match write_file(path, value) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(cgroup = %self.name, path = %path.display(), error = %e,
+                    "optional cgroup limit not accepted");
+                false
+            }
+        }
+    }
+}
+
+/// The CPU quota per [`CPU_PERIOD_US`] for `millis` thousandths of a core.
+fn quota_us(millis: u32) -> u64 {
+    (u64::from(millis) * CPU_PERIOD_US / 1000).max(CPU_MIN_QUOTA_US)
+}
