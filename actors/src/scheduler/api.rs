@@ -1,0 +1,424 @@
+//! What the API asks of the scheduler: submit, read, list, cancel, the node's view, drain,
+//! readiness, and closing the store at shutdown.
+
+use super::*;
+
+/// API: accept validated specs. Answers with their ids once the submission is durable.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Vec<JobId>, Error>")]
+pub struct Submit {
+    /// The specs, already validated at the edge.
+    pub specs: Vec<JobSpec>,
+}
+
+impl Handler<Submit> for Scheduler {
+    type Result = ResponseFuture<Result<Vec<JobId>, Error>>;
+
+    fn handle(&mut self, msg: Submit, ctx: &mut Ctx) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        let refused = match self.core() {
+            Err(e) => Some(e),
+            Ok(core) if core.draining => Some(Error::Unavailable {
+                reason: "the node is shutting down and accepts no new jobs".to_owned(),
+            }),
+            Ok(_) => None,
+        };
+        if let Some(error) = refused {
+            refuse("submit", "unavailable");
+            return Box::pin(async move { Err(error) });
+        }
+        let count = msg.specs.len() as u64;
+        let shapes: Vec<(i16, crate::job::Resources, u32)> = msg
+            .specs
+            .iter()
+            .map(|s| (s.priority, s.resources, s.gang.max(1)))
+            .collect();
+        let submitted_ms = now_ms();
+        // Ids are numbered when the record reaches the store (see `number`), so submissions
+        // that wait for journal room keep consecutive ids in journal order.
+        let record = Record::Submitted {
+            jobs: msg
+                .specs
+                .into_iter()
+                .map(|spec| Submission {
+                    job: JobId(0),
+                    spec,
+                    submitted_ms,
+                })
+                .collect(),
+        };
+        self.commit(ctx, record, move |act, ctx, result| {
+            let durable = match result {
+                Ok(d) => d,
+                Err(error) => {
+                    refuse("submit", "store");
+                    if tx.send(Err(error)).is_err() {
+                        tracing::debug!("submitter left before its refusal");
+                    }
+                    return;
+                }
+            };
+            let next = act
+                .core
+                .as_ref()
+                .and_then(|c| c.store.as_ref())
+                .map_or(0, |s| s.table().next_id().0);
+            let first = next.saturating_sub(count);
+            let ids: Vec<JobId> = (first..next).map(JobId).collect();
+            if let Some(core) = act.core.as_mut() {
+                let now = Instant::now();
+                for (id, (priority, resources, gang)) in ids.iter().zip(shapes) {
+                    core.placer.enqueue(QueuedJob {
+                        job: *id,
+                        priority,
+                        resources,
+                        gang,
+                        enqueued_at: now,
+                    });
+                }
+            }
+            act.after_durable(ctx, durable, move |act, _| {
+                metrics::counter!(m::JOBS_SUBMITTED).increment(ids.len() as u64);
+                for id in &ids {
+                    act.emit(*id, JobState::Queued, 1);
+                }
+                if tx.send(Ok(ids)).is_err() {
+                    tracing::debug!("submitter left before its jobs were durable");
+                }
+            });
+            act.schedule(ctx);
+        });
+        Box::pin(async move {
+            rx.await.map_err(|_| Error::Mailbox {
+                actor: "scheduler",
+                reason: "the scheduler restarted before the submission was durable; it may or may not have been accepted".to_owned(),
+            })?
+        })
+    }
+}
+
+/// A job as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobView {
+    /// The job's id.
+    pub id: JobId,
+    /// Its name.
+    pub name: String,
+    /// Its state.
+    pub state: JobState,
+    /// Its attempt (1 for the first run).
+    pub attempt: u32,
+    /// When it was accepted, in milliseconds since the Unix epoch.
+    pub submitted_ms: u64,
+    /// Why it has not started yet, while queued.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<Waiting>,
+    /// Where its tasks run, while leased or running.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub grants: Vec<Grant>,
+    /// How it ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
+    /// Why its last attempt was lost, if one was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_loss: Option<String>,
+    /// The spec as submitted.
+    pub spec: JobSpec,
+}
+
+impl Scheduler {
+    pub(super) fn view(&self, job: JobId) -> Option<JobView> {
+        let core = self.core.as_ref()?;
+        let entry = core.store.as_ref()?.table().get(job)?;
+        Some(JobView {
+            id: job,
+            name: entry.spec.name.clone(),
+            state: entry.status.state,
+            attempt: entry.status.attempt,
+            submitted_ms: entry.submitted_ms,
+            waiting: if entry.status.state == JobState::Queued {
+                match (core.placer.waiting(job), &self.config.gpus_absent) {
+                    (Some(Waiting::Unplaceable { reason }), Some(absent))
+                        if entry.spec.resources.gpus > 0 =>
+                    {
+                        Some(Waiting::Unplaceable {
+                            reason: format!("{reason}; this node has no GPUs: {absent}"),
+                        })
+                    }
+                    (waiting, _) => waiting,
+                }
+            } else {
+                None
+            },
+            grants: entry.grants.clone(),
+            outcome: entry.outcome.clone(),
+            last_loss: entry.last_loss.clone(),
+            spec: entry.spec.clone(),
+        })
+    }
+}
+
+/// API: one job.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<JobView, Error>")]
+pub struct GetJob(pub JobId);
+
+impl Handler<GetJob> for Scheduler {
+    type Result = Result<JobView, Error>;
+
+    fn handle(&mut self, msg: GetJob, _: &mut Ctx) -> Self::Result {
+        self.core()?;
+        self.view(msg.0).ok_or(Error::UnknownJob { job: msg.0 })
+    }
+}
+
+/// API: a page of jobs in id order, optionally in one state, after `after`.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Vec<JobView>, Error>")]
+pub struct ListJobs {
+    /// Only jobs in this state.
+    pub state: Option<JobState>,
+    /// Only jobs with a larger id.
+    pub after: Option<JobId>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+impl Handler<ListJobs> for Scheduler {
+    type Result = Result<Vec<JobView>, Error>;
+
+    fn handle(&mut self, msg: ListJobs, _: &mut Ctx) -> Self::Result {
+        let core = self.core()?;
+        let Some(store) = core.store.as_ref() else {
+            return Err(Error::Unavailable {
+                reason: "the journal is busy; retry".to_owned(),
+            });
+        };
+        let ids: Vec<JobId> = store
+            .table()
+            .page(msg.state, msg.after, msg.limit)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        Ok(ids.into_iter().filter_map(|id| self.view(id)).collect())
+    }
+}
+
+/// What a cancel did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelOutcome {
+    /// The job was queued and is now cancelled (durably).
+    Cancelled,
+    /// The job is running; its tasks are being stopped and it ends as cancelled.
+    Cancelling,
+}
+
+/// API: cancel a job.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<CancelOutcome, Error>")]
+pub struct CancelJob(pub JobId);
+
+impl Handler<CancelJob> for Scheduler {
+    type Result = ResponseFuture<Result<CancelOutcome, Error>>;
+
+    fn handle(&mut self, msg: CancelJob, ctx: &mut Ctx) -> Self::Result {
+        let job = msg.0;
+        let state = match self.core() {
+            Err(e) => return Box::pin(async move { Err(e) }),
+            Ok(core) => core
+                .store
+                .as_ref()
+                .and_then(|s| s.table().get(job))
+                .map(|e| (e.status.state, e.status.attempt)),
+        };
+        let result = match state {
+            None => Err(Error::UnknownJob { job }),
+            Some((state, _)) if state.is_terminal() => Err(Error::Conflict {
+                job,
+                reason: format!("it has already ended ({state})"),
+            }),
+            Some((JobState::Queued, attempt)) => {
+                let (tx, rx) = oneshot::channel();
+                if let Some(core) = self.core.as_mut() {
+                    core.placer.cancel(job);
+                }
+                self.commit(
+                    ctx,
+                    Record::Ended {
+                        job,
+                        attempt,
+                        state: JobState::Cancelled,
+                        outcome: Outcome::default(),
+                    },
+                    move |act, ctx, result| {
+                        let reply = match &result {
+                            Ok(_) => Ok(()),
+                            Err(e) => Err(e.to_string()),
+                        };
+                        if let Ok(durable) = result {
+                            metrics::counter!(m::JOBS_FINISHED, "state" => "cancelled").increment(1);
+                            act.after_durable(ctx, durable, move |act, _| {
+                                act.emit(job, JobState::Cancelled, attempt);
+                                if tx.send(Ok(CancelOutcome::Cancelled)).is_err() {
+                                    tracing::debug!(job = %job, "canceller left before the cancel was durable");
+                                }
+                            });
+                        } else if let Err(reason) = reply {
+                            tracing::error!(job = %job, %reason, "could not record a cancel");
+                            if tx.send(Err(Error::Rejected { reason })).is_err() {
+                                tracing::debug!(job = %job, "canceller left");
+                            }
+                        }
+                    },
+                );
+                return Box::pin(async move {
+                    rx.await.map_err(|_| Error::Mailbox {
+                        actor: "scheduler",
+                        reason: "the scheduler restarted before the cancel was durable".to_owned(),
+                    })?
+                });
+            }
+            Some(_) => {
+                if let Some(active) = self.core.as_mut().and_then(|c| c.active.get_mut(&job)) {
+                    active.cancel = true;
+                }
+                tracing::info!(job = %job, "cancelling a running job: its tasks are being stopped");
+                self.kill_tasks(job, KillReason::Cancelled, None);
+                Ok(CancelOutcome::Cancelling)
+            }
+        };
+        Box::pin(async move { result })
+    }
+}
+
+/// A registered worker as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeView {
+    /// The worker's id.
+    pub worker: WorkerId,
+    /// Its name (actor path).
+    pub name: String,
+    /// What it offers.
+    pub capacity: WorkerCapacity,
+    /// When it registered, in milliseconds since the Unix epoch.
+    pub registered_ms: u64,
+    /// Leases it holds.
+    pub leases: usize,
+}
+
+/// The scheduler's view of the node: workers, totals and counts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterView {
+    /// Registered workers.
+    pub workers: Vec<NodeView>,
+    /// Capacity over all workers.
+    pub capacity: CapacitySummary,
+    /// Jobs waiting to be placed.
+    pub queued: usize,
+    /// Jobs leased or running.
+    pub running: usize,
+    /// Jobs in the table.
+    pub jobs: usize,
+    /// Whether the node is draining (shutting down).
+    pub draining: bool,
+    /// Why this node has no GPUs, when it has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus_absent: Option<String>,
+}
+
+/// API: the node's workers and totals.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<ClusterView, Error>")]
+pub struct Nodes;
+
+impl Handler<Nodes> for Scheduler {
+    type Result = Result<ClusterView, Error>;
+
+    fn handle(&mut self, _: Nodes, _: &mut Ctx) -> Self::Result {
+        let core = self.core()?;
+        Ok(ClusterView {
+            workers: core
+                .workers
+                .iter()
+                .map(|(id, w)| NodeView {
+                    worker: *id,
+                    name: w.name.clone(),
+                    capacity: w.capacity.clone(),
+                    registered_ms: w.registered_ms,
+                    leases: core.leases.leases_of_worker(*id).len(),
+                })
+                .collect(),
+            capacity: core.placer.capacity().summary(),
+            queued: core.placer.waiting_len(),
+            running: core.active.len(),
+            jobs: core.store.as_ref().map_or(0, |s| s.table().len()),
+            draining: core.draining,
+            gpus_absent: self.config.gpus_absent.clone(),
+        })
+    }
+}
+
+/// Shutdown: accept and place nothing new; answers once no job holds a lease (the caller
+/// bounds the wait with its grace period).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), Error>")]
+pub struct Drain;
+
+impl Handler<Drain> for Scheduler {
+    type Result = ResponseFuture<Result<(), Error>>;
+
+    fn handle(&mut self, _: Drain, _: &mut Ctx) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        match self.core() {
+            Err(e) => return Box::pin(async move { Err(e) }),
+            Ok(core) => {
+                core.draining = true;
+                core.drained.push(tx);
+                tracing::info!(
+                    running = core.active.len(),
+                    queued = core.placer.waiting_len(),
+                    "draining: no new jobs are accepted or started"
+                );
+            }
+        }
+        self.wake_drained();
+        Box::pin(async move {
+            rx.await.map_err(|_| Error::Mailbox {
+                actor: "scheduler",
+                reason: "the scheduler restarted while draining".to_owned(),
+            })
+        })
+    }
+}
+
+/// Readiness: whether the scheduler has its journal open.
+#[derive(Debug, Message)]
+#[rtype(result = "bool")]
+pub struct Ready;
+
+impl Handler<Ready> for Scheduler {
+    type Result = bool;
+
+    fn handle(&mut self, _: Ready, _: &mut Ctx) -> bool {
+        self.core.as_ref().is_some_and(|c| !c.draining)
+    }
+}
+
+/// Closes the store (flushing the journal) once the node has drained; the tree stops after.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct CloseStore;
+
+impl Handler<CloseStore> for Scheduler {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: CloseStore, _: &mut Ctx) -> Self::Result {
+        let store = self.core.as_mut().and_then(|c| c.store.take());
+        Box::pin(async move {
+            if let Some(store) = store {
+                store.close().await;
+            }
+        })
+    }
+}

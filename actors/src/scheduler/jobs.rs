@@ -1,0 +1,584 @@
+//! A job's life on the node: placement and assignment, lease expiry, lost attempts, the end of
+//! an attempt, and a worker's death.
+
+use super::*;
+
+impl Scheduler {
+    /// Places what fits, one decision at a time, and sends each placement to its workers once
+    /// its lease record is durable.
+    pub(super) fn schedule(&mut self, ctx: &mut Ctx) {
+        loop {
+            let Some(core) = self.core.as_mut() else {
+                return;
+            };
+            if core.store.is_none() || !core.deferred.is_empty() {
+                core.reschedule = true;
+                return;
+            }
+            core.reschedule = false;
+            if core.draining {
+                return;
+            }
+            let now = Instant::now();
+            let Some(placement) = core.placer.decide(now) else {
+                break;
+            };
+            let job = placement.job;
+            let Some(attempt) = core
+                .store
+                .as_ref()
+                .and_then(|s| s.table().get(job))
+                .map(|e| e.status.attempt)
+            else {
+                tracing::error!(job = %job, "placed a job the table does not hold; released");
+                refuse("place", "unknown_job");
+                core.placer.release(job);
+                continue;
+            };
+            let mut tasks = Vec::with_capacity(placement.grants.len());
+            let mut refused = None;
+            for grant in placement.grants {
+                match core
+                    .leases
+                    .grant(job, attempt, grant.task, grant.worker, now)
+                {
+                    Ok(lease) => tasks.push((grant, lease.token)),
+                    Err(error) => {
+                        refused = Some(error);
+                        break;
+                    }
+                }
+            }
+            if let Some(error) = refused {
+                // The lease table logged and counted it; the job cannot run, so it fails.
+                core.leases.release_job(job);
+                core.placer.release(job);
+                self.end_unstarted(ctx, job, attempt, error.to_string());
+                continue;
+            }
+            let record = Record::Leased {
+                job,
+                attempt,
+                grants: tasks.iter().map(|(g, _)| g.clone()).collect(),
+                tokens: tasks.iter().map(|(_, t)| *t).collect(),
+            };
+            core.active.insert(
+                job,
+                Active {
+                    attempt,
+                    left: tasks.len(),
+                    tasks,
+                    started: false,
+                    end: None,
+                    cancel: false,
+                    lost: None,
+                    result: None,
+                    watched: false,
+                },
+            );
+            core.running.set(core.active.len() as f64);
+            self.commit(ctx, record, move |act, ctx, result| match result {
+                Ok(durable) => {
+                    act.after_durable_do(ctx, durable, AfterDurable::Assign { job, attempt })
+                }
+                Err(error) => {
+                    tracing::error!(job = %job, %error, "lease record refused; job released");
+                    if let Some(core) = act.core.as_mut() {
+                        core.active.remove(&job);
+                        core.leases.release_job(job);
+                        core.placer.release(job);
+                    }
+                }
+            });
+        }
+        self.arm_expiry(ctx);
+    }
+
+    /// A job that was placed but could not get its leases fails with `reason`.
+    pub(super) fn end_unstarted(
+        &mut self,
+        ctx: &mut Ctx,
+        job: JobId,
+        attempt: u32,
+        reason: String,
+    ) {
+        let outcome = Outcome {
+            error: Some(reason),
+            ..Outcome::default()
+        };
+        self.commit(
+            ctx,
+            Record::Leased {
+                job,
+                attempt,
+                grants: Vec::new(),
+                tokens: Vec::new(),
+            },
+            move |act, ctx, result| {
+                if let Err(error) = result {
+                    tracing::error!(job = %job, %error, "could not record a lease refusal");
+                    return;
+                }
+                act.commit(
+                    ctx,
+                    Record::Ended {
+                        job,
+                        attempt,
+                        state: JobState::Failed,
+                        outcome,
+                    },
+                    move |act, ctx, result| {
+                        act.finished_record(ctx, job, attempt, JobState::Failed, result)
+                    },
+                );
+            },
+        );
+    }
+
+    /// Sends each task of a durable placement to its worker.
+    pub(super) fn assign(&mut self, ctx: &mut Ctx, job: JobId) {
+        let ttl = self.config.lease_ttl;
+        let Some(core) = self.core.as_mut() else {
+            return;
+        };
+        let Some(active) = core.active.get(&job) else {
+            return; // lost before its lease record was durable
+        };
+        if active.cancel {
+            // Cancelled before its lease record was durable: it never starts.
+            self.end_attempt(ctx, job);
+            return;
+        }
+        let Some(spec) = core
+            .store
+            .as_ref()
+            .and_then(|s| s.table().get(job))
+            .map(|e| e.spec.clone())
+        else {
+            // The store is busy with a waited commit; this runs again when it is back.
+            let attempt = active.attempt;
+            ctx.run_later(Duration::from_millis(1), move |act, ctx| {
+                if act
+                    .core
+                    .as_ref()
+                    .and_then(|c| c.active.get(&job))
+                    .is_some_and(|a| a.attempt == attempt)
+                {
+                    act.assign(ctx, job);
+                }
+            });
+            return;
+        };
+        let mut unreachable = Vec::new();
+        // One copy of the spec per task; the last task takes the table's copy itself.
+        let specs = std::iter::repeat_n(spec, active.tasks.len());
+        for ((grant, token), spec) in active.tasks.iter().zip(specs) {
+            let msg = Assign {
+                job,
+                attempt: active.attempt,
+                task: grant.task,
+                token: *token,
+                spec,
+                grant: grant.clone(),
+                lease_ttl: ttl,
+            };
+            match core.workers.get(&grant.worker) {
+                Some(w) => {
+                    if !deliver(&w.link.assign, msg) {
+                        tracing::error!(job = %job, worker = %grant.worker, lease = %token,
+                            "assignment not delivered: the worker's mailbox is closed; it is treated as dead");
+                        metrics::counter!(m::WORKER_SEND_FAILURES, "msg" => "assign").increment(1);
+                        unreachable.push(grant.worker);
+                    }
+                }
+                None => unreachable.push(grant.worker),
+            }
+        }
+        for worker in unreachable {
+            self.worker_lost(ctx, worker, "its mailbox refused an assignment".to_owned());
+        }
+    }
+
+    pub(super) fn kill_tasks(
+        &mut self,
+        job: JobId,
+        reason: KillReason,
+        skip: Option<FencingToken>,
+    ) {
+        let Some(core) = self.core.as_mut() else {
+            return;
+        };
+        let Some(active) = core.active.get(&job) else {
+            return;
+        };
+        for (grant, token) in &active.tasks {
+            if Some(*token) == skip {
+                continue;
+            }
+            if let Some(w) = core.workers.get(&grant.worker) {
+                let kill = Kill {
+                    job,
+                    token: *token,
+                    reason,
+                };
+                if !deliver(&w.link.kill, kill) {
+                    tracing::error!(job = %job, worker = %grant.worker, lease = %token,
+                        "kill not delivered: the worker's mailbox is closed; the lease runs out instead");
+                    metrics::counter!(m::WORKER_SEND_FAILURES, "msg" => "kill").increment(1);
+                }
+            }
+        }
+    }
+
+    /// Re-arms the lease expiry timer for the earliest deadline.
+    pub(super) fn arm_expiry(&mut self, ctx: &mut Ctx) {
+        let Some(core) = self.core.as_mut() else {
+            return;
+        };
+        let Some(next) = core.leases.next_expiry() else {
+            if let Some((_, handle)) = core.expiry.take() {
+                ctx.cancel_future(handle);
+            }
+            return;
+        };
+        if let Some((at, handle)) = core.expiry {
+            if at <= next {
+                return;
+            }
+            ctx.cancel_future(handle);
+        }
+        let delay = next.saturating_duration_since(Instant::now());
+        let handle = ctx.run_later(delay, |act, ctx| {
+            if let Some(core) = act.core.as_mut() {
+                core.expiry = None;
+            }
+            act.expire(ctx);
+        });
+        core.expiry = Some((next, handle));
+    }
+
+    /// Expires leases past their deadline now, before a worker's message is checked against
+    /// them (the timer may not have fired yet): a message that comes too late is refused.
+    pub(super) fn reap_overdue(&mut self, ctx: &mut Ctx) {
+        let overdue = self
+            .core
+            .as_ref()
+            .and_then(|c| c.leases.next_expiry())
+            .is_some_and(|at| at <= Instant::now());
+        if overdue {
+            self.expire(ctx);
+        }
+    }
+
+    pub(super) fn expire(&mut self, ctx: &mut Ctx) {
+        let Some(core) = self.core.as_mut() else {
+            return;
+        };
+        let expired = core.leases.expire_due(Instant::now());
+        let mut jobs: Vec<JobId> = expired.iter().map(|l| l.job).collect();
+        jobs.dedup();
+        for lease in &expired {
+            tracing::warn!(job = %lease.job, worker = %lease.worker, lease = %lease.token,
+                attempt = lease.attempt, "lease expired unrenewed: the attempt is lost");
+            if let Some(callbacks) = &self.config.callbacks {
+                callbacks.emit(NodeEvent::LeaseExpired {
+                    job: lease.job,
+                    worker: lease.worker,
+                    token: lease.token,
+                });
+            }
+        }
+        for job in jobs {
+            self.lose(ctx, job, "its lease expired unrenewed".to_owned());
+        }
+        self.arm_expiry(ctx);
+    }
+
+    /// The attempt of `job` is lost: its other tasks are told to stop, its leases and
+    /// reservation go, and it is queued again or failed (per its retries), durably.
+    pub(super) fn lose(&mut self, ctx: &mut Ctx, job: JobId, reason: String) {
+        self.kill_tasks(job, KillReason::LeaseLost, None);
+        let Some(active) = self.take_active(job) else {
+            return;
+        };
+        let attempt = active.attempt;
+        let cancel = active.cancel;
+        if active.watched {
+            self.unwatch(active.tasks.iter().map(|(_, t)| *t));
+        }
+        if cancel {
+            // The user asked for the job to end: it ends cancelled, whatever its retries (its
+            // task is gone: the worker confirmed it, fenced itself, or died).
+            tracing::warn!(job = %job, attempt, %reason,
+                "cancelled job's attempt ended without its worker's confirmation");
+            self.commit(
+                ctx,
+                Record::Ended {
+                    job,
+                    attempt,
+                    state: JobState::Cancelled,
+                    outcome: Outcome {
+                        error: Some(format!(
+                            "cancelled; its task was not confirmed stopped: {reason}"
+                        )),
+                        ..Outcome::default()
+                    },
+                },
+                move |act, ctx, result| {
+                    act.finished_record(ctx, job, attempt, JobState::Cancelled, result);
+                    act.schedule(ctx);
+                },
+            );
+            return;
+        }
+        metrics::counter!(m::JOBS_LOST).increment(1);
+        tracing::warn!(job = %job, attempt, %reason, "attempt lost");
+        self.commit(
+            ctx,
+            Record::Lost {
+                job,
+                attempt,
+                reason,
+            },
+            move |act, ctx, result| {
+                let durable = match result {
+                    Ok(d) => d,
+                    Err(error) => {
+                        tracing::error!(job = %job, attempt, %error, "could not record a lost attempt");
+                        return;
+                    }
+                };
+                let state = act
+                    .core
+                    .as_ref()
+                    .and_then(|c| c.store.as_ref())
+                    .and_then(|s| s.table().get(job))
+                    .map(|e| (e.status.state, e.status.attempt, e.spec.priority, e.spec.resources, e.spec.gang));
+                act.after_durable(ctx, durable, move |act, _| {
+                    if let Some((state, attempt, ..)) = state {
+                        act.emit(job, state, attempt);
+                    }
+                });
+                match state {
+                    Some((JobState::Queued, _, priority, resources, gang)) => {
+                        if let Some(core) = act.core.as_mut() {
+                            core.placer.enqueue(QueuedJob {
+                                job,
+                                priority,
+                                resources,
+                                gang: gang.max(1),
+                                enqueued_at: Instant::now(),
+                            });
+                        }
+                        act.schedule(ctx);
+                    }
+                    Some((JobState::Failed, ..)) => {
+                        metrics::counter!(m::JOBS_FINISHED, "state" => "failed").increment(1);
+                        act.schedule(ctx);
+                    }
+                    _ => act.schedule(ctx),
+                }
+            },
+        );
+    }
+
+    /// After an `Ended` record: count it, tell subscribers once durable, wake drains.
+    pub(super) fn finished_record(
+        &mut self,
+        ctx: &mut Ctx,
+        job: JobId,
+        attempt: u32,
+        state: JobState,
+        result: Result<Durable, Error>,
+    ) {
+        match result {
+            Ok(durable) => {
+                match self.core.as_ref() {
+                    Some(core) if state == JobState::Succeeded => core.succeeded.increment(1),
+                    _ => {
+                        metrics::counter!(m::JOBS_FINISHED, "state" => state.as_str()).increment(1)
+                    }
+                }
+                self.after_durable_do(
+                    ctx,
+                    durable,
+                    AfterDurable::Emit {
+                        job,
+                        state,
+                        attempt,
+                    },
+                );
+            }
+            Err(error) => {
+                tracing::error!(job = %job, attempt, state = state.as_str(), %error,
+                    "could not record the end of a job");
+            }
+        }
+        self.wake_drained();
+    }
+
+    pub(super) fn wake_drained(&mut self) {
+        if let Some(core) = self.core.as_mut() {
+            if core.draining && core.active.is_empty() {
+                for tx in core.drained.drain(..) {
+                    if tx.send(()).is_err() {
+                        tracing::debug!("drain waiter left before the node drained");
+                    }
+                }
+            }
+        }
+    }
+
+    /// A worker is gone: every lease it held is revoked at once, leased and running alike.
+    pub(super) fn worker_lost(&mut self, ctx: &mut Ctx, worker: WorkerId, reason: String) {
+        let Some(core) = self.core.as_mut() else {
+            return;
+        };
+        if core.workers.remove(&worker).is_none() {
+            return;
+        }
+        metrics::counter!(m::WORKER_DEATHS).increment(1);
+        metrics::gauge!(m::WORKERS).set(core.workers.len() as f64);
+        if let Some(health) = self.config.health.get() {
+            if let Err(error) = health.forget.try_send(ForgetWorker { worker }) {
+                tracing::warn!(worker = %worker, %error,
+                    "health monitor did not take a forget: it may declare this worker dead again");
+                metrics::counter!(m::WORKER_SEND_FAILURES, "msg" => "forget").increment(1);
+            }
+        }
+        let revoked = core.leases.revoke_worker(worker);
+        let mut jobs: Vec<JobId> = revoked.iter().map(|l| l.job).collect();
+        match core.placer.remove_worker(worker) {
+            Ok(held) => jobs.extend(held),
+            Err(error) => {
+                tracing::error!(worker = %worker, %error, "worker missing from the capacity table");
+            }
+        }
+        jobs.sort_unstable();
+        jobs.dedup();
+        tracing::error!(worker = %worker, %reason, leases = revoked.len(), jobs = jobs.len(),
+            "worker dead: its leases are revoked and its jobs lost");
+        if let Some(callbacks) = &self.config.callbacks {
+            callbacks.emit(NodeEvent::WorkerDied {
+                worker,
+                reason: reason.clone(),
+            });
+        }
+        for job in jobs {
+            self.lose(ctx, job, format!("worker {worker} died: {reason}"));
+        }
+        self.schedule(ctx);
+    }
+}
+
+pub(super) enum TaskResult {
+    End(JobState, Outcome),
+    Lost(String),
+}
+
+pub(super) fn task_result(end: &TaskEnd, cancelled: bool) -> TaskResult {
+    if cancelled {
+        return TaskResult::End(JobState::Cancelled, Outcome::default());
+    }
+    match end {
+        TaskEnd::Exited { code } => TaskResult::End(
+            if *code == 0 {
+                JobState::Succeeded
+            } else {
+                JobState::Failed
+            },
+            Outcome {
+                exit_code: Some(*code),
+                ..Outcome::default()
+            },
+        ),
+        TaskEnd::Signalled { signal } => TaskResult::Lost(format!(
+            "its process was killed by signal {signal} from outside cadre"
+        )),
+        TaskEnd::TimedOut => TaskResult::End(
+            JobState::TimedOut,
+            Outcome {
+                error: Some("its timeout ran out".to_owned()),
+                ..Outcome::default()
+            },
+        ),
+        TaskEnd::Killed { reason } => {
+            TaskResult::Lost(format!("its task was stopped ({})", reason.as_str()))
+        }
+        TaskEnd::Completed { .. } => TaskResult::End(JobState::Succeeded, Outcome::default()),
+        TaskEnd::StartFailed { error }
+        | TaskEnd::Error { error }
+        | TaskEnd::WorkloadFailed { error } => TaskResult::End(
+            JobState::Failed,
+            Outcome {
+                error: Some(error.clone()),
+                ..Outcome::default()
+            },
+        ),
+    }
+}
+
+impl Scheduler {
+    /// Ends the attempt's hold on the node: it leaves the active set and gives back its leases
+    /// and its reservation. `None` when the job holds no attempt.
+    pub(super) fn take_active(&mut self, job: JobId) -> Option<Active> {
+        let core = self.core.as_mut()?;
+        let active = core.active.remove(&job)?;
+        core.running.set(core.active.len() as f64);
+        core.leases.release_job(job);
+        core.placer.release(job);
+        Some(active)
+    }
+
+    /// Every task of the attempt has ended: record how the job ended (or that the attempt was
+    /// lost), release its reservation, and place what now fits.
+    pub(super) fn end_attempt(&mut self, ctx: &mut Ctx, job: JobId) {
+        let Some(active) = self.take_active(job) else {
+            return;
+        };
+        if let Some(reason) = active.lost.clone() {
+            // Every task has ended already: nothing is left to stop.
+            let mut active = active;
+            active.tasks.clear();
+            if let Some(core) = self.core.as_mut() {
+                core.active.insert(job, active);
+            }
+            self.lose(ctx, job, reason);
+            self.wake_drained();
+            return;
+        }
+        let attempt = active.attempt;
+        let (state, outcome) = match active.end {
+            Some(end) => end,
+            None if active.cancel => (JobState::Cancelled, Outcome::default()),
+            None => (
+                JobState::Succeeded,
+                Outcome {
+                    exit_code: active.result.is_none().then_some(0),
+                    result: active.result.clone(),
+                    ..Outcome::default()
+                },
+            ),
+        };
+        // A job that never reported its start cannot succeed or time out: it failed to start.
+        let state = if !active.started && matches!(state, JobState::Succeeded | JobState::TimedOut)
+        {
+            JobState::Failed
+        } else {
+            state
+        };
+        self.commit(
+            ctx,
+            Record::Ended {
+                job,
+                attempt,
+                state,
+                outcome,
+            },
+            move |act, ctx, result| {
+                act.finished_record(ctx, job, attempt, state, result);
+                act.schedule(ctx);
+            },
+        );
+    }
+}

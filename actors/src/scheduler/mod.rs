@@ -1,0 +1,386 @@
+//! The scheduler actor: owns the job store, the placer and the lease table, and is the one
+//! place a job's state changes.
+//!
+//! Rules it keeps:
+//! - **Journal first.** Every change is committed to the [`Store`] (applied to the table and
+//!   queued to the journal in one synchronous step) and nobody hears of it (an API reply, an
+//!   assignment to a worker, an event) before the record is durable.
+//! - **Leases and tokens.** A placement grants one lease per task with a fresh fencing token; a
+//!   worker's `Started`, `Finished` and `Renew` are checked against the live lease, so a zombie
+//!   attempt is refused, logged and counted. Lease expiry and worker death make the attempt
+//!   lost: queued again with attempt + 1 while retries remain, failed after.
+//! - **Resources** are reserved at placement and released on every end path: finished,
+//!   cancelled, timed out, lost. A cancelled or lost attempt keeps its reservation until its
+//!   worker confirms the task is gone or the lease runs out (the worker kills a task whose
+//!   lease it could not renew before that), so a GPU is never handed out twice.
+//! - **Restart from disk.** The actor has no state the journal does not hold: a restarted
+//!   instance reopens the store, and recovery turns every attempt that was leased or running
+//!   into a lost one (workers fence theirs, since their renewals are now refused). Workers
+//!   register again when their renewal names an unknown worker.
+//!
+//! Commits normally take a journal slot without waiting ([`Store::try_commit`]). When the
+//! journal's queue is full, the record waits in order in `deferred` and the actor blocks its
+//! mailbox (`ctx.wait`) until the journal has room, so back-pressure reaches clients without
+//! reordering or losing a change.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actix::prelude::*;
+use cadre_cpu::IoEngine;
+use cadre_supervisor::{CallbackRunner, SupervisedContext};
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, oneshot};
+use tokio::time::Instant;
+
+use crate::backpressure::Hysteresis;
+use crate::error::Error;
+use crate::ids::{FencingToken, WorkerId};
+use crate::job::{JobId, JobSpec, JobState};
+use crate::lease::{LeaseTable, RenewOutcome};
+use crate::metrics as m;
+use crate::protocol::{
+    Assign, Backpressure, Finished, ForgetWorker, GpuHealth, JobEvent, JobStalled, JobsProgressed,
+    Kill, KillReason, NodeEvent, ProgressAck, ProgressFlush, Register, Renew, RenewReply, Started,
+    TaskEnd, TaskProgress, UnwatchJob, WatchJob, WorkerDead, WorkerLink,
+};
+use crate::sched::{
+    CapacitySummary, Grant, Placer, PlacerConfig, QueuedJob, Waiting, WorkerCapacity,
+};
+use crate::store::{Durable, Outcome, Record, Recovery, Store, StoreOptions, Submission};
+
+mod api;
+mod commit;
+mod jobs;
+mod workers;
+
+pub use api::{
+    CancelJob, CancelOutcome, CloseStore, ClusterView, Drain, GetJob, JobView, ListJobs, NodeView,
+    Nodes, Ready, Submit,
+};
+use commit::AfterDurable;
+use jobs::{task_result, TaskResult};
+pub use workers::EVENT_CAPACITY;
+
+type Ctx = SupervisedContext<Scheduler>;
+type Then = Box<dyn FnOnce(&mut Scheduler, &mut Ctx, Result<Durable, Error>)>;
+
+/// How long a restarted scheduler keeps trying to reopen a journal whose previous owner is
+/// still closing it.
+const REOPEN_TRIES: u32 = 50;
+const REOPEN_PAUSE: Duration = Duration::from_millis(100);
+
+/// What the scheduler needs; shared by every instance the supervisor creates.
+pub struct SchedulerConfig {
+    /// The journal's directory.
+    pub journal_dir: PathBuf,
+    /// The I/O engine the journal writes through.
+    pub engine: IoEngine,
+    /// Journal and snapshot options.
+    pub store: StoreOptions,
+    /// Placement options.
+    pub placer: PlacerConfig,
+    /// A lease's time to live.
+    pub lease_ttl: Duration,
+    /// Where job events go (the API's event stream subscribes here).
+    pub events: broadcast::Sender<JobEvent>,
+    /// A store opened before the tree started (so a node whose data directory is unusable
+    /// fails at once, with the reason); the first instance takes it, a restarted one reopens.
+    pub handoff: Mutex<Option<(Store, Recovery)>>,
+    /// Extension callbacks: job state changes, lease expiries, worker deaths.
+    pub callbacks: Option<CallbackRunner<NodeEvent>>,
+    /// The health monitor, set once the tree is declared (the two refer to each other).
+    pub health: OnceLock<HealthLink>,
+    /// Why this node has no GPUs (no driver, no device), when it has none: shown with every
+    /// GPU job that cannot be placed, and in the node's status.
+    pub gpus_absent: Option<String>,
+}
+
+/// How the scheduler reaches the health monitor for job-level suspicion.
+#[derive(Debug, Clone)]
+pub struct HealthLink {
+    /// Start watching a task.
+    pub watch: Recipient<WatchJob>,
+    /// Stop watching a task.
+    pub unwatch: Recipient<UnwatchJob>,
+    /// Tasks that made progress.
+    pub progressed: Recipient<JobsProgressed>,
+    /// A worker's registration is gone.
+    pub forget: Recipient<ForgetWorker>,
+}
+
+/// The scheduler actor (see the module comment).
+pub struct Scheduler {
+    config: Arc<SchedulerConfig>,
+    core: Option<Core>,
+    /// Records waiting to be durable, in journal order, each with what to do once it is.
+    durables: VecDeque<(Durable, AfterDurable)>,
+    /// Whether the one future that drains `durables` is spawned.
+    draining_durables: bool,
+}
+
+struct Core {
+    store: Option<Store>,
+    deferred: VecDeque<(Record, Then)>,
+    reschedule: bool,
+    placer: Placer,
+    leases: LeaseTable,
+    workers: BTreeMap<WorkerId, WorkerEntry>,
+    next_worker: u64,
+    active: FxHashMap<JobId, Active>,
+    expiry: Option<(Instant, SpawnHandle)>,
+    draining: bool,
+    drained: Vec<oneshot::Sender<()>>,
+    pressure: Hysteresis,
+    /// `cadre_jobs_running`, looked up once: it changes with every placement and end.
+    running: metrics::Gauge,
+    /// `cadre_jobs_finished_total{state}` for the common end, looked up once.
+    succeeded: metrics::Counter,
+}
+
+struct WorkerEntry {
+    name: String,
+    capacity: WorkerCapacity,
+    link: WorkerLink,
+    registered_ms: u64,
+}
+
+/// An attempt that holds leases: leased or running.
+struct Active {
+    attempt: u32,
+    tasks: Vec<(Grant, FencingToken)>,
+    left: usize,
+    started: bool,
+    end: Option<(JobState, Outcome)>,
+    cancel: bool,
+    lost: Option<String>,
+    result: Option<serde_json::Value>,
+    /// The health monitor watches its tasks' progress (the job has a progress deadline).
+    watched: bool,
+}
+
+/// The instant, on this process's clock, a job accepted at `submitted_ms` (wall clock) has
+/// waited since: a restart keeps the age a queued job earned toward aging, so a low-priority job
+/// that was about to overtake newer ones does not go back to the end of the line (as Slurm's
+/// age factor counts from submission). A submission time ahead of the wall clock counts as now.
+fn queued_since(now: Instant, wall_ms: u64, submitted_ms: u64) -> Instant {
+    let waited = Duration::from_millis(wall_ms.saturating_sub(submitted_ms));
+    match now.checked_sub(waited) {
+        Some(at) => at,
+        // Only past the clock's range (centuries back on Linux): the job counts as queued now,
+        // behind older ones of its priority, which keep their places by id.
+        None => now,
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Delivers what the scheduler decided for a worker, past a full mailbox (a full mailbox is a
+/// busy worker, not a dead one, and the decision is already durable); `false` only when the
+/// mailbox is closed.
+fn deliver<M>(to: &Recipient<M>, msg: M) -> bool
+where
+    M: Message + Send + 'static,
+    M::Result: Send,
+{
+    match to.try_send(msg) {
+        Ok(()) => true,
+        Err(SendError::Full(msg)) => {
+            to.do_send(msg);
+            true
+        }
+        Err(SendError::Closed(_)) => false,
+    }
+}
+
+/// Gives a submission's jobs their ids: consecutive from the table's next id. Done where the
+/// record enters the store, so ids follow journal order whatever waited before.
+fn number(store: &Store, record: &mut Record) {
+    if let Record::Submitted { jobs } = record {
+        let first = store.table().next_id().0;
+        for (i, s) in jobs.iter_mut().enumerate() {
+            s.job = JobId(first + i as u64);
+        }
+    }
+}
+
+fn refuse(op: &'static str, reason: &'static str) {
+    metrics::counter!(m::SCHEDULER_REFUSALS, "op" => op, "reason" => reason).increment(1);
+}
+
+impl Scheduler {
+    /// A scheduler that opens (or takes over) its store when it starts.
+    pub fn new(config: Arc<SchedulerConfig>) -> Scheduler {
+        Scheduler {
+            config,
+            core: None,
+            durables: VecDeque::new(),
+            draining_durables: false,
+        }
+    }
+
+    fn core(&mut self) -> Result<&mut Core, Error> {
+        self.core.as_mut().ok_or_else(|| Error::Unavailable {
+            reason: "the scheduler is still opening its journal".to_owned(),
+        })
+    }
+
+    fn install(&mut self, ctx: &mut Ctx, store: Store, recovery: Recovery) {
+        let now = Instant::now();
+        let wall_ms = now_ms();
+        let mut placer = Placer::new(self.config.placer, now);
+        let floor = store.table().token_high_water();
+        let mut queued = 0usize;
+        for (id, entry) in store.table().iter() {
+            if entry.status.state == JobState::Queued {
+                queued += 1;
+                placer.enqueue(QueuedJob {
+                    job: *id,
+                    priority: entry.spec.priority,
+                    resources: entry.spec.resources,
+                    gang: entry.spec.gang.max(1),
+                    // A first attempt keeps the age it earned since submission; a retry
+                    // (including one the restart itself caused) queues afresh, as it does
+                    // while the node runs, so an earlier attempt's run time is no age.
+                    enqueued_at: if entry.status.attempt > 1 {
+                        now
+                    } else {
+                        queued_since(now, wall_ms, entry.submitted_ms)
+                    },
+                });
+            }
+        }
+        tracing::info!(jobs = recovery.jobs, queued, requeued = recovery.requeued.len(),
+            failed = recovery.failed.len(), records = recovery.records, snapshot = recovery.snapshot,
+            token_floor = %floor, path = ctx.path(), "scheduler ready");
+        self.core = Some(Core {
+            store: Some(store),
+            deferred: VecDeque::new(),
+            reschedule: false,
+            placer,
+            leases: LeaseTable::new(self.config.lease_ttl, floor),
+            workers: BTreeMap::new(),
+            next_worker: 1,
+            active: FxHashMap::default(),
+            expiry: None,
+            draining: false,
+            drained: Vec::new(),
+            pressure: Hysteresis::new(),
+            running: metrics::gauge!(m::JOBS_RUNNING),
+            succeeded: metrics::counter!(m::JOBS_FINISHED, "state" => JobState::Succeeded.as_str()),
+        });
+        metrics::gauge!(m::JOBS_RUNNING).set(0.0);
+        metrics::gauge!(m::WORKERS).set(0.0);
+    }
+
+    fn emit(&self, job: JobId, state: JobState, attempt: u32) {
+        // Nobody to tell (no callbacks, no stream subscriber): no event to build, no clock read.
+        if self.config.callbacks.is_none() && self.config.events.receiver_count() == 0 {
+            return;
+        }
+        let event = JobEvent {
+            job,
+            state,
+            attempt,
+            at_ms: now_ms(),
+            progress: None,
+        };
+        if let Some(callbacks) = &self.config.callbacks {
+            callbacks.emit(NodeEvent::JobState {
+                change: event.clone(),
+            });
+        }
+        self.publish(event);
+    }
+
+    fn publish(&self, event: JobEvent) {
+        // No subscriber is the normal case when nobody watches the stream.
+        if self.config.events.receiver_count() > 0 && self.config.events.send(event).is_err() {
+            tracing::debug!("job event had no subscriber left");
+        }
+    }
+
+    fn unwatch(&self, tokens: impl IntoIterator<Item = FencingToken>) {
+        let Some(health) = self.config.health.get() else {
+            return;
+        };
+        for token in tokens {
+            if let Err(error) = health.unwatch.try_send(UnwatchJob { token }) {
+                tracing::warn!(lease = %token, %error, "health monitor did not take an unwatch");
+                metrics::counter!(m::WORKER_SEND_FAILURES, "msg" => "unwatch").increment(1);
+            }
+        }
+    }
+}
+
+impl Actor for Scheduler {
+    type Context = Ctx;
+
+    fn started(&mut self, ctx: &mut Ctx) {
+        let handed = match self.config.handoff.lock() {
+            Ok(mut slot) => slot.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some((store, recovery)) = handed {
+            self.install(ctx, store, recovery);
+            self.schedule(ctx);
+            return;
+        }
+        let config = Arc::clone(&self.config);
+        let path = ctx.path().to_owned();
+        ctx.wait(
+            async move {
+                let mut tries = 0;
+                loop {
+                    tries += 1;
+                    match Store::open(
+                        &config.journal_dir,
+                        config.engine.clone(),
+                        config.store.clone(),
+                    )
+                    .await
+                    {
+                        Ok(opened) => return Ok(opened),
+                        Err(error) if tries < REOPEN_TRIES => {
+                            tracing::debug!(%error, tries, path, "reopening the journal: retrying");
+                            tokio::time::sleep(REOPEN_PAUSE).await;
+                        }
+                        Err(error) => return Err(error),
+                    }
+                }
+            }
+            .into_actor(self)
+            .map(|result, act, ctx| match result {
+                Ok((store, recovery)) => {
+                    act.install(ctx, store, recovery);
+                    act.schedule(ctx);
+                }
+                Err(error) => ctx.fail(format!("cannot reopen the job journal: {error}")),
+            }),
+        );
+    }
+}
+
+impl Scheduler {
+    /// A worker's link to the scheduler at `addr` (in-process).
+    pub fn link(
+        addr: &Addr<Scheduler>,
+        target: impl Into<String>,
+    ) -> crate::protocol::SchedulerLink {
+        crate::protocol::SchedulerLink {
+            target: target.into(),
+            register: addr.clone().recipient(),
+            renew: addr.clone().recipient(),
+            started: addr.clone().recipient(),
+            finished: addr.clone().recipient(),
+            progress: addr.clone().recipient(),
+        }
+    }
+}
