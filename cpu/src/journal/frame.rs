@@ -398,7 +398,10 @@ mod tests {
                 let (pos, damage) = damage.expect("a flipped length is caught");
                 assert_eq!(pos, at);
                 let verdict = judge_tail(&bad, Some(Format::V2), pos, &damage, 1 << 20);
-                assert!(matches!(verdict, Verdict::Corrupt(_)), "bit {bit}: {verdict:?}");
+                assert!(
+                    matches!(verdict, Verdict::Corrupt(_)),
+                    "bit {bit}: {verdict:?}"
+                );
             }
         }
     }
@@ -426,7 +429,10 @@ mod tests {
             let (_, damage) = parse_frames(short, Format::V2, 1 << 20);
             let (pos, damage) = damage.unwrap();
             let verdict = judge_tail(short, Some(Format::V2), pos, &damage, 1 << 20);
-            assert!(matches!(verdict, Verdict::Torn(_)), "cut {cut}: {verdict:?}");
+            assert!(
+                matches!(verdict, Verdict::Torn(_)),
+                "cut {cut}: {verdict:?}"
+            );
         }
         let mut zeros = data.clone();
         zeros.extend_from_slice(&[0u8; 4096]);

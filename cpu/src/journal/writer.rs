@@ -241,7 +241,8 @@ impl Writer {
                 "journal write failed: the journal stalls and retries with backoff; nothing after it is durable until it goes through");
             metrics::counter!(m::JOURNAL_ERRORS, "kind" => kind).increment(1);
         }
-        self.health.send_replace(JournalHealth::Stalled(stall.clone()));
+        self.health
+            .send_replace(JournalHealth::Stalled(stall.clone()));
         stall
     }
 
@@ -309,7 +310,8 @@ impl Writer {
         let dest = self.dir.join(snapshot_name(base));
         fs::rename(&tmp, &dest).map_err(|e| CpuError::io("rename", &tmp, e))?;
         self.engine.sync_all(&self.dir_file).await?;
-        let entries = fs::read_dir(&self.dir).map_err(|e| CpuError::io("read dir", &self.dir, e))?;
+        let entries =
+            fs::read_dir(&self.dir).map_err(|e| CpuError::io("read dir", &self.dir, e))?;
         for entry in entries {
             let entry = entry.map_err(|e| CpuError::io("read dir", &self.dir, e))?;
             let name = entry.file_name();
