@@ -10,20 +10,24 @@
 //!   the child's output rate: the next read of the pipe waits for the write of the last chunk.
 //!   A failed log write is logged and counted once; the pipe is then still drained (so the child
 //!   never blocks on a full pipe) but nothing more is written.
+//! - With [`CommandSpec::log_cap`], each stream keeps at most that many bytes on disk: its head
+//!   and its latest tail, the layout described in [`crate::joblog`]; the report counts the bytes
+//!   dropped in between.
 //! - A job lives as long as its main process: once the direct child has exited, whatever is left
 //!   of its process group is killed with `SIGKILL`, so no orphan outlives it.
 //! - Dropping a [`RunningProcess`] that was not waited for kills its group; tokio reaps the
 //!   direct child in the background, and the capture tasks finish writing the logs on their own
 //!   (a process that left the group with `setsid` and kept a pipe open keeps its task alive).
 //!
-//! Costs: two tokio tasks per process (one per stream), one engine write per chunk read, and a
-//! 50 ms poll per [`LogFollower`] while it waits for more output.
+//! Costs: two tokio tasks per process (one per stream), one engine write per chunk read, a
+//! listing of the log directory per stream at spawn (to clear segments a previous run left),
+//! and a 50 ms poll per [`LogFollower`] while it waits for more output.
 
 use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -31,10 +35,12 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::engine::{IoEngine, IoFile, OpenMode};
+use crate::engine::IoEngine;
 use crate::error::{CpuError, Result};
-use crate::joblog::{capture, Capture, CaptureDone, Captured};
-pub use crate::joblog::{LogFollower, LogReader, CAPTURE_CHUNK, CAPTURE_FIRST_CHUNK, FOLLOW_POLL};
+use crate::joblog::{capture, Capture, CaptureDone, Captured, LogSink, StreamProgress};
+pub use crate::joblog::{
+    LogChunks, LogFollower, LogReader, CAPTURE_CHUNK, CAPTURE_FIRST_CHUNK, FOLLOW_POLL, MIN_LOG_CAP,
+};
 use crate::metrics as m;
 
 /// How long [`RunningProcess::wait`] lets capture drain once the whole process group is gone.
@@ -73,10 +79,14 @@ pub struct CommandSpec {
     pub limits: ResourceLimits,
     /// CPUs the child may run on (`sched_setaffinity`); unrestricted when `None`.
     pub cpu_set: Option<Vec<usize>>,
-    /// The file stdout is captured to, created or truncated at spawn.
+    /// The file stdout is captured to, created or truncated at spawn (with a cap, the head;
+    /// tail segments a previous run left beside it are removed).
     pub stdout_log: PathBuf,
     /// The file stderr is captured to, created or truncated at spawn; not the stdout log.
     pub stderr_log: PathBuf,
+    /// The most bytes each stream keeps on disk, at least [`MIN_LOG_CAP`]: its first quarter
+    /// and its latest bytes, the rest dropped (see [`crate::joblog`]). `None` keeps everything.
+    pub log_cap: Option<u64>,
 }
 
 impl CommandSpec {
@@ -97,7 +107,8 @@ impl CommandSpec {
 
     /// Checks the spec against a machine with `cpu_count` CPUs: a non-empty argv without NUL
     /// bytes, environment keys that are non-empty and hold neither `=` nor NUL, values without
-    /// NUL, a non-empty CPU set of existing CPUs, and two distinct, non-empty log paths.
+    /// NUL, a non-empty CPU set of existing CPUs, two distinct, non-empty log paths, and a log
+    /// cap of at least [`MIN_LOG_CAP`].
     pub fn validate(&self, cpu_count: usize) -> Result<()> {
         let invalid =
             |field: &'static str, reason: String| Err(CpuError::Invalid { field, reason });
@@ -162,6 +173,14 @@ impl CommandSpec {
                 ),
             );
         }
+        if let Some(cap) = self.log_cap {
+            if cap < MIN_LOG_CAP {
+                return invalid(
+                    "log_cap",
+                    format!("{cap} bytes is below the smallest cap, {MIN_LOG_CAP} bytes"),
+                );
+            }
+        }
         Ok(())
     }
 }
@@ -205,8 +224,13 @@ pub struct ExitReport {
     pub stdout_bytes: u64,
     /// Bytes the process wrote to stderr.
     pub stderr_bytes: u64,
+    /// Bytes of stdout the log cap dropped (0 when uncapped).
+    pub stdout_dropped_bytes: u64,
+    /// Bytes of stderr the log cap dropped (0 when uncapped).
+    pub stderr_dropped_bytes: u64,
     /// Every byte of both streams reached the log files (false after a log write error, or when
-    /// capture was abandoned after [`CAPTURE_DRAIN_GRACE`]).
+    /// capture was abandoned after [`CAPTURE_DRAIN_GRACE`]). Bytes the cap dropped do not make
+    /// the logs incomplete.
     pub logs_complete: bool,
 }
 
@@ -236,8 +260,9 @@ impl Launcher {
         LogReader::new(self.engine.clone())
     }
 
-    /// Starts `spec` for job `job_id`: validates it, creates (truncates) both log files, spawns
-    /// the process in its own group and starts capturing its output. Needs a tokio runtime.
+    /// Starts `spec` for job `job_id`: validates it, creates (truncates) both log files (and
+    /// removes tail segments a previous run left), spawns the process in its own group and starts
+    /// capturing its output. Needs a tokio runtime.
     pub fn spawn(&self, spec: &CommandSpec, job_id: &str) -> Result<RunningProcess> {
         let fail = |err: CpuError, program: &str, path: Option<&Path>| {
             let kind = err.kind();
@@ -263,9 +288,9 @@ impl Launcher {
         let fail = |err: CpuError, path: Option<&Path>| fail(err, &program, path);
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| fail(CpuError::NoRuntime, None))?;
-        let stdout_file = IoFile::open(&spec.stdout_log, OpenMode::create_truncate())
+        let stdout_sink = LogSink::create(&spec.stdout_log, spec.log_cap)
             .map_err(|e| fail(e, Some(&spec.stdout_log)))?;
-        let stderr_file = IoFile::open(&spec.stderr_log, OpenMode::create_truncate())
+        let stderr_sink = LogSink::create(&spec.stderr_log, spec.log_cap)
             .map_err(|e| fail(e, Some(&spec.stderr_log)))?;
 
         let mut cmd = Command::new(&program);
@@ -317,27 +342,27 @@ impl Launcher {
             remaining: AtomicUsize::new(2),
             tx: done_tx,
         });
-        let stdout_bytes = Arc::new(AtomicU64::new(0));
-        let stderr_bytes = Arc::new(AtomicU64::new(0));
+        let stdout_progress = Arc::new(StreamProgress::default());
+        let stderr_progress = Arc::new(StreamProgress::default());
         let stdout_task = runtime.spawn(capture(Capture {
             pipe: stdout,
             engine: self.engine.clone(),
-            file: stdout_file,
+            sink: stdout_sink,
             job_id: job_id.clone(),
             pid,
             stream: "stdout",
             done: done.clone(),
-            bytes: stdout_bytes.clone(),
+            progress: stdout_progress.clone(),
         }));
         let stderr_task = runtime.spawn(capture(Capture {
             pipe: stderr,
             engine: self.engine.clone(),
-            file: stderr_file,
+            sink: stderr_sink,
             job_id: job_id.clone(),
             pid,
             stream: "stderr",
             done: done.clone(),
-            bytes: stderr_bytes.clone(),
+            progress: stderr_progress.clone(),
         }));
         tracing::debug!(job_id = %job_id, pid, program = %program, "command job spawned");
         Ok(RunningProcess {
@@ -351,8 +376,8 @@ impl Launcher {
             stderr_task: Some(stderr_task),
             stdout_captured: None,
             stderr_captured: None,
-            stdout_bytes,
-            stderr_bytes,
+            stdout_progress,
+            stderr_progress,
             done,
             done_rx,
             outcome: None,
@@ -378,9 +403,9 @@ pub struct RunningProcess {
     stderr_task: Option<JoinHandle<Captured>>,
     stdout_captured: Option<Captured>,
     stderr_captured: Option<Captured>,
-    /// Bytes read so far from each pipe, kept by the capture tasks.
-    stdout_bytes: Arc<AtomicU64>,
-    stderr_bytes: Arc<AtomicU64>,
+    /// Bytes read from each pipe and dropped by the cap so far, kept by the capture tasks.
+    stdout_progress: Arc<StreamProgress>,
+    stderr_progress: Arc<StreamProgress>,
     done: Arc<CaptureDone>,
     done_rx: watch::Receiver<bool>,
     /// Set once the direct child has been reaped.
@@ -524,22 +549,26 @@ impl RunningProcess {
             killed: self.killed,
             stdout_bytes: stdout.bytes,
             stderr_bytes: stderr.bytes,
+            stdout_dropped_bytes: stdout.dropped,
+            stderr_dropped_bytes: stderr.dropped,
             logs_complete: stdout.complete && stderr.complete,
         };
         self.report = Some(report);
         tracing::debug!(job_id = %self.job_id, pid = self.pid, ?outcome,
-            stdout_bytes = stdout.bytes, stderr_bytes = stderr.bytes, "command job finished");
+            stdout_bytes = stdout.bytes, stderr_bytes = stderr.bytes,
+            stdout_dropped_bytes = stdout.dropped, stderr_dropped_bytes = stderr.dropped,
+            "command job finished");
         Ok(report)
     }
 
     async fn join_capture(&mut self, is_stdout: bool) -> Result<Captured> {
-        let (slot, task, path, stream, bytes) = if is_stdout {
+        let (slot, task, path, stream, progress) = if is_stdout {
             (
                 &mut self.stdout_captured,
                 &mut self.stdout_task,
                 &self.stdout_log,
                 "stdout",
-                &self.stdout_bytes,
+                &self.stdout_progress,
             )
         } else {
             (
@@ -547,7 +576,7 @@ impl RunningProcess {
                 &mut self.stderr_task,
                 &self.stderr_log,
                 "stderr",
-                &self.stderr_bytes,
+                &self.stderr_progress,
             )
         };
         if let Some(captured) = *slot {
@@ -584,7 +613,8 @@ impl RunningProcess {
                 metrics::counter!(m::LAUNCHER_ERRORS, "kind" => "capture").increment(1);
                 self.done.finish_one();
                 Captured {
-                    bytes: bytes.load(Ordering::Acquire),
+                    bytes: progress.read.load(Ordering::Acquire),
+                    dropped: progress.dropped.load(Ordering::Acquire),
                     complete: false,
                 }
             }

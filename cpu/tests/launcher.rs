@@ -8,9 +8,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cadre_cpu::launcher::{CommandSpec, ExitOutcome, Launcher, ResourceLimits};
+use cadre_cpu::launcher::{CommandSpec, ExitOutcome, Launcher, ResourceLimits, CAPTURE_CHUNK};
 use cadre_cpu::{BackendSetting, CpuError, IoEngine};
-use common::{engines, Scratch};
+use common::{launchers, Scratch};
 use tokio::sync::RwLock;
 
 /// The descriptor-count test needs the process to itself: it takes this for writing, every other
@@ -34,14 +34,6 @@ impl SpecIn for Scratch {
 
 fn std_launcher() -> Launcher {
     Launcher::new(IoEngine::new(BackendSetting::Std).unwrap())
-}
-
-/// Both backends; io_uring prints SKIP where this kernel or sandbox refuses it.
-fn launchers() -> Vec<(&'static str, Launcher)> {
-    engines()
-        .into_iter()
-        .map(|e| (e.backend().as_str(), Launcher::new(e)))
-        .collect()
 }
 
 /// The state letter of `/proc/<pid>/stat` and the parent pid, or `None` when the pid is gone.
@@ -559,17 +551,41 @@ async fn tail_returns_the_last_bytes() {
     let dir = Scratch::new("tail");
     let reader = std_launcher().log_reader();
     let path = dir.path().join("log");
+    let tail = |n: u64| {
+        let (reader, path) = (reader.clone(), path.clone());
+        async move {
+            reader
+                .tail(&path, n)
+                .await
+                .unwrap()
+                .collect(1 << 30)
+                .await
+                .unwrap()
+        }
+    };
     let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(&path, &data).unwrap();
-    assert_eq!(
-        reader.tail(&path, 10).await.unwrap(),
-        &data[data.len() - 10..]
-    );
-    assert_eq!(reader.tail(&path, 150_000).await.unwrap(), &data[50_000..]);
-    assert_eq!(reader.tail(&path, 1 << 40).await.unwrap(), data);
-    assert_eq!(reader.tail(&path, 0).await.unwrap(), Vec::<u8>::new());
+    assert_eq!(tail(10).await, &data[data.len() - 10..]);
+    assert_eq!(tail(150_000).await, &data[50_000..]);
+    assert_eq!(tail(1 << 40).await, data);
+    assert_eq!(tail(0).await, Vec::<u8>::new());
+
+    // In chunks no larger than CAPTURE_CHUNK, at the offsets they say.
+    let mut chunks = reader.tail(&path, 150_000).await.unwrap();
+    assert_eq!((chunks.offset(), chunks.end()), (50_000, 200_000));
+    let mut seen = Vec::new();
+    while let Some(chunk) = chunks.next_chunk().await.unwrap() {
+        assert!(!chunk.is_empty() && chunk.len() <= CAPTURE_CHUNK);
+        seen.extend_from_slice(&chunk);
+        assert_eq!(chunks.offset(), 50_000 + seen.len() as u64);
+    }
+    assert_eq!(seen, &data[50_000..]);
+    // collect stops at its bound.
+    let bounded = reader.tail(&path, 1 << 40).await.unwrap();
+    assert_eq!(bounded.collect(1000).await.unwrap(), &data[..1000]);
+
     std::fs::write(&path, b"").unwrap();
-    assert_eq!(reader.tail(&path, 10).await.unwrap(), Vec::<u8>::new());
+    assert_eq!(tail(10).await, Vec::<u8>::new());
     assert!(matches!(
         reader.tail(dir.path().join("missing"), 10).await,
         Err(CpuError::Io { op: "open", .. })

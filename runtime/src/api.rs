@@ -437,9 +437,28 @@ async fn logs(
     if query.follow != Some(true) || job.state.is_terminal() {
         let tail = query.tail.unwrap_or(1 << 20);
         return match state.log_reader.tail(&file, tail).await {
-            Ok(bytes) => HttpResponse::Ok()
-                .content_type("text/plain; charset=utf-8")
-                .body(bytes),
+            // Streamed chunk by chunk: the tail is never held whole in memory.
+            Ok(chunks) => {
+                let stream = futures_util::stream::unfold(Some(chunks), |chunks| async move {
+                    let mut chunks = chunks?;
+                    match chunks.next_chunk().await {
+                        Ok(Some(chunk)) => Some((
+                            Ok::<_, actix_web::Error>(web::Bytes::from(chunk)),
+                            Some(chunks),
+                        )),
+                        Ok(None) => None,
+                        Err(e) => Some((
+                            Ok(web::Bytes::from(format!(
+                                "\n[cadre: log read failed: {e}]\n"
+                            ))),
+                            None,
+                        )),
+                    }
+                });
+                HttpResponse::Ok()
+                    .content_type("text/plain; charset=utf-8")
+                    .streaming(stream)
+            }
             Err(e) => fail(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 ROUTE,

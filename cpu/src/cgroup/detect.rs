@@ -84,8 +84,7 @@ pub(super) fn detect(root: &Path) -> Result<Layout, String> {
                     layout
                         .dirs
                         .first()
-                        .map(|d| d.display().to_string())
-                        .unwrap_or_default()
+                        .map_or_else(|| "its group".to_owned(), |d| d.display().to_string())
                 ))
             }
             Ok(layout) => return Ok(layout),

@@ -145,9 +145,10 @@ struct Tear {
 
 /// Where a torn tail cut from `segment` at `offset` is kept.
 fn torn_path(segment: &Path, offset: usize) -> PathBuf {
-    let mut name = segment.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".torn-{offset}"));
-    segment.with_file_name(name)
+    let name = segment
+        .file_name()
+        .map_or_else(|| "segment".into(), |n| n.to_string_lossy().into_owned());
+    segment.with_file_name(format!("{name}.torn-{offset}"))
 }
 
 /// Writes the torn bytes to a file of their own (synced), then cuts them off the segment.

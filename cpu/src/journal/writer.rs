@@ -227,7 +227,14 @@ impl Writer {
             CpuError::Io { source, .. } if crate::disk::is_out_of_space(source) => "no_space",
             _ => "io",
         };
-        let space = crate::disk::space(&self.dir).ok();
+        let space = match crate::disk::space(&self.dir) {
+            Ok(space) => Some(space),
+            Err(e) => {
+                // Only the message loses its free space; the stall itself is reported below.
+                tracing::debug!(dir = %self.dir.display(), error = %e, "free space of the journal's disk unknown");
+                None
+            }
+        };
         let stall = Stall {
             kind,
             dir: self.dir.clone(),

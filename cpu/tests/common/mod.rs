@@ -1,9 +1,11 @@
-//! Helpers shared by the cpu crate's tests: scratch directories and the list of backends.
+//! Helpers shared by the cpu crate's tests: scratch directories, the list of backends and a
+//! launcher on each.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use cadre_cpu::launcher::Launcher;
 use cadre_cpu::{BackendSetting, IoEngine};
 
 /// A directory removed when dropped.
@@ -47,4 +49,13 @@ pub fn engines() -> Vec<IoEngine> {
         }
     }
     out
+}
+
+/// A launcher on each backend, named by it; io_uring prints SKIP where this kernel or sandbox
+/// refuses it.
+pub fn launchers() -> Vec<(&'static str, Launcher)> {
+    engines()
+        .into_iter()
+        .map(|e| (e.backend().as_str(), Launcher::new(e)))
+        .collect()
 }
