@@ -9,7 +9,6 @@
 mod common;
 
 use std::fs;
-use std::ops::Deref;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,6 +16,7 @@ use std::time::Duration;
 use cadre_cpu::cgroup::{CgroupLimits, CgroupVersion, Cgroups, Controller, TaskCgroup};
 use cadre_cpu::metrics as m;
 use cadre_cpu::CpuError;
+use common::cgroup::real;
 use common::Scratch;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use tokio::process::Command;
@@ -25,79 +25,6 @@ const MIB: u64 = 1 << 20;
 
 // ---------------------------------------------------------------------------------------------
 // Real cgroups.
-
-/// The parent group of one real test, swept and removed when dropped (on a thread with a
-/// runtime of its own, so a failed test still cleans up).
-struct Parent(Option<Cgroups>);
-
-impl Deref for Parent {
-    type Target = Cgroups;
-    fn deref(&self) -> &Cgroups {
-        self.0.as_ref().unwrap()
-    }
-}
-
-impl Parent {
-    /// Sweeps and removes the parent, asserting both worked.
-    async fn finish(mut self) {
-        let cg = self.0.take().unwrap();
-        cg.sweep().await.unwrap();
-        let dirs: Vec<PathBuf> = Controller::ALL
-            .iter()
-            .map(|c| cg.path(*c).to_path_buf())
-            .collect();
-        cg.remove().await.unwrap();
-        for dir in dirs {
-            assert!(!dir.exists(), "{} is left", dir.display());
-        }
-    }
-}
-
-impl Drop for Parent {
-    fn drop(&mut self) {
-        if let Some(cg) = self.0.take() {
-            let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_time()
-                    .build()
-                    .unwrap();
-                rt.block_on(async {
-                    if let Err(e) = cg.sweep().await {
-                        eprintln!("cleanup sweep of {}: {e}", cg.parent());
-                    }
-                    if let Err(e) = cg.remove().await {
-                        eprintln!("cleanup remove: {e}");
-                    }
-                });
-            })
-            .join();
-        }
-    }
-}
-
-/// Opens a parent group unique to this process and test, or says SKIP (fails where
-/// `CADRE_REQUIRE_CGROUPS=1`) when cgroups are unavailable here.
-fn real(test: &str) -> Option<Parent> {
-    let name = format!("cadre-test-{}-{test}", std::process::id());
-    match Cgroups::open(&name) {
-        Ok(cg) => {
-            println!(
-                "{test}: cgroup {} at {}",
-                cg.version(),
-                cg.path(Controller::Memory).display()
-            );
-            Some(Parent(Some(cg)))
-        }
-        Err(CpuError::CgroupUnavailable { reason }) => {
-            if std::env::var("CADRE_REQUIRE_CGROUPS").as_deref() == Ok("1") {
-                panic!("cgroups required (CADRE_REQUIRE_CGROUPS=1) but unavailable: {reason}");
-            }
-            println!("SKIP: {test}: cgroups are unavailable: {reason}");
-            None
-        }
-        Err(e) => panic!("opening cgroups: {e}"),
-    }
-}
 
 fn read(path: impl AsRef<Path>) -> String {
     let path = path.as_ref();

@@ -237,6 +237,8 @@ pub struct ExitReport {
     /// capture was abandoned after [`CAPTURE_DRAIN_GRACE`]). Bytes the cap dropped do not make
     /// the logs incomplete.
     pub logs_complete: bool,
+    /// The kernel killed a process of the job for passing its cgroup's memory limit.
+    pub oom_killed: bool,
 }
 
 /// Spawns command jobs. Cheap to clone.
@@ -269,6 +271,20 @@ impl Launcher {
     /// removes tail segments a previous run left), spawns the process in its own group and starts
     /// capturing its output. Needs a tokio runtime.
     pub fn spawn(&self, spec: &CommandSpec, job_id: &str) -> Result<RunningProcess> {
+        self.spawn_in(spec, job_id, None)
+    }
+
+    /// [`Launcher::spawn`] inside `cgroup`: the child joins it between fork and exec, before
+    /// it can start anything, so every process of the job is in it. The process then lives and
+    /// dies with the group: once the direct child has exited (or is stopped) whatever is left
+    /// in the group is killed, nothing escapes by `setsid`, the report says whether the kernel
+    /// killed it for memory, and the group is removed at the end.
+    pub fn spawn_in(
+        &self,
+        spec: &CommandSpec,
+        job_id: &str,
+        cgroup: Option<crate::cgroup::TaskCgroup>,
+    ) -> Result<RunningProcess> {
         let fail = |err: CpuError, program: &str, path: Option<&Path>| {
             let kind = err.kind();
             match path {
@@ -311,6 +327,9 @@ impl Launcher {
         cmd.envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         if let Some(cwd) = &spec.cwd {
             cmd.current_dir(cwd);
+        }
+        if let Some(group) = &cgroup {
+            group.join_on_exec(&mut cmd);
         }
         install_child_setup(
             &mut cmd,
@@ -390,6 +409,8 @@ impl Launcher {
             killed: false,
             timed_out: false,
             report: None,
+            cgroup,
+            oom_killed: false,
         })
     }
 }

@@ -43,6 +43,10 @@ pub struct RunningProcess {
     pub(super) killed: bool,
     pub(super) timed_out: bool,
     pub(super) report: Option<ExitReport>,
+    /// The job's cgroup, until it has been emptied and removed.
+    pub(super) cgroup: Option<crate::cgroup::TaskCgroup>,
+    /// Its cgroup counted an OOM kill.
+    pub(super) oom_killed: bool,
 }
 
 impl RunningProcess {
@@ -108,6 +112,7 @@ impl RunningProcess {
                     tracing::warn!(job_id = %self.job_id, pid = self.pid, grace_ms = grace.as_millis() as u64,
                         "process outlived the grace after SIGTERM; sending SIGKILL to its group");
                     self.signal_group(libc::SIGKILL, "SIGKILL")?;
+                    self.kill_cgroup().await;
                     let status = self.child.wait().await;
                     self.reaped(status)?;
                 }
@@ -162,6 +167,40 @@ impl RunningProcess {
         Ok(())
     }
 
+    /// Kills whatever is left in the job's cgroup (processes that left its process group).
+    async fn kill_cgroup(&mut self) {
+        let Some(group) = &self.cgroup else {
+            return;
+        };
+        match group.kill_all().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(job_id = %self.job_id, cgroup = group.name(), processes = n,
+                "killed what was left in the job's cgroup"),
+            // Logged and counted by the cgroup module, where it failed.
+            Err(error) => {
+                tracing::debug!(job_id = %self.job_id, %error, "the job's cgroup could not be emptied")
+            }
+        }
+    }
+
+    /// Empties the job's cgroup, reads its OOM count and removes it.
+    async fn finish_cgroup(&mut self) {
+        self.kill_cgroup().await;
+        let Some(group) = self.cgroup.take() else {
+            return;
+        };
+        match group.oom_kills() {
+            Ok(n) => self.oom_killed = n > 0,
+            Err(error) => {
+                tracing::warn!(job_id = %self.job_id, cgroup = group.name(), %error,
+                    "cannot tell whether the job was killed for memory");
+            }
+        }
+        if let Err(error) = group.remove().await {
+            tracing::debug!(job_id = %self.job_id, %error, "the job's cgroup was not removed");
+        }
+    }
+
     /// Waits for both capture tasks (at most [`CAPTURE_DRAIN_GRACE`] once the group is gone)
     /// and builds the report.
     async fn finish_capture(&mut self) -> Result<ExitReport> {
@@ -169,6 +208,9 @@ impl RunningProcess {
             let e = io::Error::other("capture finished before the process was reaped");
             return Err(self.fail("wait", CpuError::io("wait", &self.program, e)));
         };
+        // Nothing of the job outlives its main process: what is left in its cgroup goes before
+        // the capture drains (a leftover holding a pipe would otherwise hold the capture).
+        self.finish_cgroup().await;
         let stdout = self.join_capture(true).await?;
         let stderr = self.join_capture(false).await?;
         let report = ExitReport {
@@ -181,6 +223,7 @@ impl RunningProcess {
             stdout_dropped_bytes: stdout.dropped,
             stderr_dropped_bytes: stderr.dropped,
             logs_complete: stdout.complete && stderr.complete,
+            oom_killed: self.oom_killed,
         };
         self.report = Some(report);
         tracing::debug!(job_id = %self.job_id, pid = self.pid, ?outcome,
@@ -286,6 +329,27 @@ impl Drop for RunningProcess {
                     tracing::warn!(job_id = %self.job_id, pgid = self.pid, error = %e,
                         "process dropped before it was waited for; killing its group failed");
                     metrics::counter!(m::LAUNCHER_ERRORS, "kind" => "signal").increment(1);
+                }
+            }
+        }
+        // What left the process group is still in the job's cgroup: it goes too, off this
+        // thread (emptying a group takes a freeze and a few polls).
+        if let Some(group) = self.cgroup.take() {
+            let job_id = Arc::clone(&self.job_id);
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(async move {
+                        if let Err(error) = group.kill_all().await {
+                            tracing::debug!(job_id = %job_id, %error, "a dropped job's cgroup could not be emptied");
+                        } else if let Err(error) = group.remove().await {
+                            tracing::debug!(job_id = %job_id, %error, "a dropped job's cgroup was not removed");
+                        }
+                    });
+                }
+                Err(_) => {
+                    tracing::warn!(job_id = %job_id, cgroup = group.name(),
+                        "process dropped outside a runtime: its cgroup is left for the next sweep");
+                    metrics::counter!(m::LAUNCHER_ERRORS, "kind" => "cgroup").increment(1);
                 }
             }
         }
