@@ -64,9 +64,21 @@ pub struct SubmitArgs {
     /// Priority, -1000 ..= 1000.
     #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     pub priority: i16,
-    /// Retries after a lost attempt.
+    /// Retries after the job fails on its own (non-zero exit, timeout), with backoff.
     #[arg(long, default_value_t = 0)]
     pub retries: u32,
+    /// The first pause before such a retry, in seconds (doubling per retry, at most 600).
+    #[arg(long, default_value_t = cadre_actors::job::DEFAULT_RETRY_BACKOFF_SECS)]
+    pub retry_backoff: u64,
+    /// Times a lost attempt (node restart, worker death, lease lost) is run again.
+    #[arg(long, default_value_t = cadre_actors::job::DEFAULT_MAX_REQUEUES)]
+    pub requeues: u32,
+    /// Never run the job twice: a lost attempt fails it instead of running it again.
+    #[arg(long)]
+    pub no_requeue: bool,
+    /// Start from the node's whole environment instead of the documented base.
+    #[arg(long)]
+    pub inherit_env: bool,
     /// Wall-clock limit of one attempt, in seconds.
     #[arg(long)]
     pub timeout: Option<u64>,
@@ -506,27 +518,30 @@ fn spec_from_args(args: &SubmitArgs) -> Result<JobSpec, CliError> {
             .file_name()
             .map_or_else(|| "job".to_owned(), |n| n.to_string_lossy().into_owned())
     });
-    Ok(JobSpec {
+    let mut spec = JobSpec::new(
         name,
-        kind: JobKind::Command(CommandJob {
+        JobKind::Command(CommandJob {
             program: program.clone(),
             args: rest.to_vec(),
             env,
             workdir: args.workdir.clone(),
+            inherit_env: args.inherit_env,
         }),
-        resources: Resources {
-            cpu_millis: (args.cpus * 1000.0).round() as u32,
-            memory_bytes: args.memory,
-            gpus: args.gpus,
-        },
-        priority: args.priority,
-        max_retries: args.retries,
-        timeout_secs: args.timeout,
-        // Only workload jobs report progress (use --file for those).
-        progress_deadline_secs: None,
-        gang: args.gang,
-        labels: BTreeMap::new(),
-    })
+    );
+    spec.resources = Resources {
+        cpu_millis: (args.cpus * 1000.0).round() as u32,
+        memory_bytes: args.memory,
+        gpus: args.gpus,
+    };
+    spec.priority = args.priority;
+    spec.max_retries = args.retries;
+    spec.retry_backoff_secs = args.retry_backoff;
+    spec.max_requeues = args.requeues;
+    spec.requeue = !args.no_requeue;
+    spec.timeout_secs = args.timeout;
+    // Only workload jobs report progress (use --file for those).
+    spec.gang = args.gang;
+    Ok(spec)
 }
 
 fn read_spec_file(path: &Path) -> Result<Value, CliError> {

@@ -89,7 +89,7 @@ fn the_checksum_workload_returns_the_files_crc_and_reports_progress() {
         &json!({"name": "x", "kind": {"workload": {"name": "nope", "params": {}}}}),
     );
     assert_eq!(status, 400);
-    assert_eq!(body["field"], "workload.name", "{body}");
+    assert_eq!(body["field"], "kind.workload.name", "{body}");
 }
 
 #[test]
@@ -143,7 +143,7 @@ fn a_task_without_progress_past_its_deadline_is_stopped_and_retried() {
     // One progress report, then 20 s of silence against a 1 s deadline.
     let mut spec = checksum_job(file.to_str().unwrap(), json!({"delay_ms": 20_000}));
     spec["progress_deadline_secs"] = json!(1);
-    spec["max_retries"] = json!(1);
+    spec["max_requeues"] = json!(1);
     let id = submit(&node, &spec);
     wait_for("second attempt", LONG, || node.job(id)["attempt"] == 2);
     let job = node.job(id);
@@ -156,7 +156,7 @@ fn a_task_without_progress_past_its_deadline_is_stopped_and_retried() {
         job["outcome"]["error"]
             .as_str()
             .unwrap()
-            .contains("no retries left"),
+            .contains("no requeues left"),
         "{job}"
     );
     let metrics = node.metrics_text();

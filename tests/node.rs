@@ -93,7 +93,8 @@ fn a_job_killed_from_outside_is_retried() {
         "if [ \"$CADRE_ATTEMPT\" = 1 ]; then echo $$ > {}; exec sleep 60; fi; exit 0",
         pidfile.display()
     );
-    let id = node.submit(&["--retries", "1"], &["/bin/sh", "-c", &script]);
+    // A kill from outside is the node's trouble, not the job's: a lost attempt, requeued.
+    let id = node.submit(&["--requeues", "1"], &["/bin/sh", "-c", &script]);
     node.wait_state(id, "running", LONG);
     wait_for("pid file", LONG, || {
         std::fs::read_to_string(&pidfile).is_ok_and(|s| s.ends_with('\n'))
@@ -110,10 +111,10 @@ fn a_job_killed_from_outside_is_retried() {
         job["last_loss"].as_str().unwrap().contains("signal 9"),
         "{job}"
     );
-    // Without retries left, the same loss fails the job.
+    // Without requeues left, the same loss fails the job.
     let pidfile = dir.path().join("pid2");
     let script = format!("echo $$ > {}; exec sleep 60", pidfile.display());
-    let id = node.submit(&[], &["/bin/sh", "-c", &script]);
+    let id = node.submit(&["--requeues", "0"], &["/bin/sh", "-c", &script]);
     node.wait_state(id, "running", LONG);
     wait_for("pid file", LONG, || {
         std::fs::read_to_string(&pidfile).is_ok_and(|s| s.ends_with('\n'))
@@ -129,7 +130,7 @@ fn a_job_killed_from_outside_is_retried() {
         job["outcome"]["error"]
             .as_str()
             .unwrap()
-            .contains("no retries left"),
+            .contains("no requeues left"),
         "{job}"
     );
 }
@@ -386,7 +387,9 @@ fn invalid_specs_get_field_errors_exit_2_and_nothing_is_stored() {
         .map(|e| e["field"].as_str().unwrap())
         .collect();
     assert!(
-        fields.contains(&"name") && fields.contains(&"gang") && fields.contains(&"command.workdir"),
+        fields.contains(&"name")
+            && fields.contains(&"gang")
+            && fields.contains(&"kind.command.workdir"),
         "{body}"
     );
     assert!(

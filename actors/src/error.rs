@@ -130,4 +130,17 @@ pub enum Error {
         /// What went wrong (mailbox closed, full, timed out).
         reason: String,
     },
+    /// The job store's disk refuses writes (full, or failing): nothing new can be recorded
+    /// until it takes writes again, which the node notices by itself.
+    #[error("the job store is read-only: {reason}")]
+    StoreUnwritable {
+        /// Why, naming the disk and its free space.
+        reason: String,
+    },
+    /// The job ended long enough ago that the retention policy removed it.
+    #[error("job {job} was pruned by retention")]
+    Pruned {
+        /// The job.
+        job: JobId,
+    },
 }

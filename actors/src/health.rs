@@ -8,7 +8,8 @@
 //! A worker that has sent fewer than two heartbeats is judged against the expected interval.
 //!
 //! Job-level suspicion: the scheduler asks the monitor to watch each started task whose job has
-//! a progress deadline. A task with no progress within its deadline is suspected (a warning and
+//! a progress deadline; a monitor that (re)starts asks the scheduler for every such watch again,
+//! so a restart forgets none. A task with no progress within its deadline is suspected (a warning and
 //! `cadre_jobs_suspected_total`); still none after a further half deadline, it is reported
 //! stalled and the scheduler stops it and loses the attempt (requeued per its retries). Progress
 //! clears a suspicion; a worker's death clears the suspicions of all its tasks (their leases are
@@ -25,7 +26,8 @@ use crate::ids::{FencingToken, WorkerId};
 use crate::job::JobId;
 use crate::metrics as m;
 use crate::protocol::{
-    ForgetWorker, Heartbeat, JobStalled, JobsProgressed, UnwatchJob, WatchJob, WorkerDead,
+    ForgetWorker, Heartbeat, JobStalled, JobsProgressed, ResendWatches, UnwatchJob, WatchJob,
+    WorkerDead,
 };
 
 type Ctx = SupervisedContext<HealthMonitor>;
@@ -49,6 +51,9 @@ pub struct HealthConfig {
     pub min_std: Duration,
     /// A pause added to the mean (GC, a busy arbiter).
     pub acceptable_pause: Duration,
+    /// Where the monitor asks, when it starts, for the watches of tasks already running: a
+    /// restarted monitor has lost them, and without them no stalled job would be suspected.
+    pub resend: Option<Recipient<ResendWatches>>,
 }
 
 /// Phi for a heartbeat `elapsed` after the last one, given the inter-arrival `mean` and `std`
@@ -183,6 +188,13 @@ impl Actor for HealthMonitor {
     type Context = Ctx;
 
     fn started(&mut self, ctx: &mut Ctx) {
+        if let Some(resend) = &self.config.resend {
+            if let Err(error) = resend.try_send(ResendWatches) {
+                tracing::error!(%error, path = ctx.path(),
+                    "health monitor could not ask for the watches of running tasks: stalls of jobs started before it went unnoticed");
+                metrics::counter!(m::WORKER_SEND_FAILURES, "msg" => "resend_watches").increment(1);
+            }
+        }
         ctx.run_interval(self.config.check_every, |act, ctx| {
             act.check(ctx);
             act.check_tasks(ctx);

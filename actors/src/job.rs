@@ -33,7 +33,13 @@ pub enum JobKind {
 }
 
 /// A command job: the program, its arguments, environment and working directory.
+///
+/// Its environment is not the node's: a job gets a small documented base (`PATH`, `HOME`,
+/// `LANG`, `TMPDIR` and the `CADRE_*` variables, see the worker), then `env`; with
+/// `inherit_env` it starts from the node's whole environment instead (Slurm's
+/// `--export=ALL`), with the base and `env` set over it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CommandJob {
     /// The program: a path, or a name looked up in the worker's `PATH`.
     pub program: String,
@@ -43,13 +49,19 @@ pub struct CommandJob {
     /// Environment variables set for it.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
-    /// Its working directory (absolute); the worker's data directory when absent.
+    /// Its working directory: an absolute path to an existing directory. When absent, a
+    /// scratch directory of its own under the node's data directory
+    /// (`<data>/scratch/<job>.<task>`), removed with the job's logs when the job is pruned.
     #[serde(default)]
     pub workdir: Option<String>,
+    /// Start from the node's whole environment instead of the documented base.
+    #[serde(default)]
+    pub inherit_env: bool,
 }
 
 /// A workload job: the registered workload's name and its parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WorkloadJob {
     /// The name the extension registered the workload under.
     pub name: String,
@@ -59,11 +71,17 @@ pub struct WorkloadJob {
 }
 
 /// What a job needs from a machine while it runs. Reserved when it is leased, released on every
-/// way it ends.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// way it ends, and enforced on command jobs through their cgroup where the node has cgroups.
+///
+/// A job that says nothing gets one CPU ([`DEFAULT_CPU_MILLIS`]), as `cadre submit` always
+/// gave: without a default every job would reserve nothing and all would start at once. A job
+/// that only waits (a sleep, a poll) may ask for `cpu_millis: 0` explicitly; it then reserves
+/// no CPU and runs at the lowest CPU weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Resources {
-    /// CPU in millicores (1000 = one core).
-    #[serde(default)]
+    /// CPU in millicores (1000 = one core); one core when absent.
+    #[serde(default = "default_cpu_millis")]
     pub cpu_millis: u32,
     /// Memory in bytes.
     #[serde(default)]
@@ -73,8 +91,46 @@ pub struct Resources {
     pub gpus: u32,
 }
 
+/// The CPU a job reserves when its spec does not say: one core.
+pub const DEFAULT_CPU_MILLIS: u32 = 1000;
+
+fn default_cpu_millis() -> u32 {
+    DEFAULT_CPU_MILLIS
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Resources {
+            cpu_millis: DEFAULT_CPU_MILLIS,
+            memory_bytes: 0,
+            gpus: 0,
+        }
+    }
+}
+
+/// Lost attempts retried by default: as Ray retries a task after a system failure.
+pub const DEFAULT_MAX_REQUEUES: u32 = 3;
+/// The first pause before a retry after a job's own failure, by default; it doubles with every
+/// further retry, up to [`MAX_RETRY_BACKOFF_SECS`].
+pub const DEFAULT_RETRY_BACKOFF_SECS: u64 = 10;
+/// The longest pause before a retry after a job's own failure (Kubernetes caps its pod backoff
+/// at 6 minutes; Nomad's restart delay is 15 s).
+pub const MAX_RETRY_BACKOFF_SECS: u64 = 600;
+
 /// A job as submitted.
+///
+/// **Retries.** Two budgets, kept apart so that the node's troubles never spend the budget
+/// meant for the job's own:
+/// - a *lost* attempt (its node restarted, its worker died, its lease ran out, it stalled) is
+///   run again by default, up to `max_requeues` times, unless `requeue` is false (a job that
+///   must never run twice); as Slurm requeues batch jobs on node failure and Ray retries tasks
+///   after system failures.
+/// - a *failed* attempt (non-zero exit, its timeout, a workload error, it could not start) is
+///   run again only if `max_retries` says so (default 0), after a backoff of
+///   `retry_backoff_secs` doubling per retry up to 10 minutes, as Nomad's restart policy and
+///   Kubernetes' `backoffLimit` do. A cancelled job is never retried.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct JobSpec {
     /// A human-readable name (not unique).
     pub name: String,
@@ -86,14 +142,15 @@ pub struct JobSpec {
     /// -1000 (last) ..= 1000 (first); 0 by default.
     #[serde(default)]
     pub priority: i16,
-    /// How many times a lost attempt is run again before the job fails.
+    /// How many times the job is run again after failing on its own (non-zero exit, timeout,
+    /// workload error, start failure); 0 by default.
     #[serde(default)]
     pub max_retries: u32,
     /// Wall-clock limit of one attempt in seconds; none when absent.
     #[serde(default)]
     pub timeout_secs: Option<u64>,
     /// Longest a running task may go without reporting progress before it is suspected, then
-    /// stopped and the attempt lost (requeued per `max_retries`); none when absent.
+    /// stopped and the attempt lost (requeued per `requeue`); none when absent.
     #[serde(default)]
     pub progress_deadline_secs: Option<u64>,
     /// Tasks that start together or not at all (1 for an ordinary job).
@@ -102,10 +159,71 @@ pub struct JobSpec {
     /// Free-form labels for selection and display.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Whether a lost attempt is run again (true by default; false for a job that must never
+    /// run twice).
+    #[serde(default = "yes")]
+    pub requeue: bool,
+    /// How many lost attempts are run again before the job fails.
+    #[serde(default = "default_max_requeues")]
+    pub max_requeues: u32,
+    /// The first pause before a retry after a failure, in seconds; doubling per retry.
+    #[serde(default = "default_retry_backoff_secs")]
+    pub retry_backoff_secs: u64,
 }
 
 fn one() -> u32 {
     1
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_max_requeues() -> u32 {
+    DEFAULT_MAX_REQUEUES
+}
+
+fn default_retry_backoff_secs() -> u64 {
+    DEFAULT_RETRY_BACKOFF_SECS
+}
+
+impl JobSpec {
+    /// A spec running `kind`, named `name`, with every other field at its default.
+    pub fn new(name: impl Into<String>, kind: JobKind) -> JobSpec {
+        JobSpec {
+            name: name.into(),
+            kind,
+            resources: Resources::default(),
+            priority: 0,
+            max_retries: 0,
+            timeout_secs: None,
+            progress_deadline_secs: None,
+            gang: 1,
+            labels: BTreeMap::new(),
+            requeue: true,
+            max_requeues: DEFAULT_MAX_REQUEUES,
+            retry_backoff_secs: DEFAULT_RETRY_BACKOFF_SECS,
+        }
+    }
+
+    /// The pause before the retry that follows failure number `failures` (1 for the first):
+    /// `retry_backoff_secs` doubled per earlier failure, at most [`MAX_RETRY_BACKOFF_SECS`].
+    pub fn retry_backoff(&self, failures: u32) -> std::time::Duration {
+        let doublings = failures.saturating_sub(1).min(20);
+        let secs = self
+            .retry_backoff_secs
+            .saturating_mul(1u64 << doublings)
+            .min(MAX_RETRY_BACKOFF_SECS);
+        std::time::Duration::from_secs(secs)
+    }
+
+    /// Migrates a spec journaled before lost attempts and failures had budgets of their own:
+    /// its `max_retries` was the number of lost attempts run again, and nothing else retried.
+    pub fn migrate_from_v0(&mut self) {
+        self.requeue = true;
+        self.max_requeues = self.max_retries;
+        self.max_retries = 0;
+    }
 }
 
 /// One violated field: its path in the spec (`command.args[3]`, `labels.team`) and why.
@@ -189,6 +307,8 @@ pub trait Registry {
     fn program_found(&self, program: &str) -> bool;
     /// Whether an extension registered a workload named `name`.
     fn workload_registered(&self, name: &str) -> bool;
+    /// Whether `path` (absolute) is a directory the node can enter.
+    fn dir_exists(&self, path: &str) -> bool;
 }
 
 /// Priorities a job may have.
@@ -261,10 +381,10 @@ impl JobSpec {
             JobKind::Command(cmd) => self.check_command(&mut c, cmd, registry),
             JobKind::Workload(w) => {
                 if w.name.is_empty() {
-                    c.fail("workload.name", "is empty");
+                    c.fail("kind.workload.name", "is empty");
                 } else if !registry.workload_registered(&w.name) {
                     c.fail(
-                        "workload.name",
+                        "kind.workload.name",
                         format!("no workload {:?} is registered", w.name),
                     );
                 }
@@ -272,7 +392,7 @@ impl JobSpec {
                 if bytes > c.limits.params_bytes {
                     let max = c.limits.params_bytes;
                     c.fail(
-                        "workload.params",
+                        "kind.workload.params",
                         format!("is {bytes} bytes of JSON; at most {max}"),
                     );
                 }
@@ -306,6 +426,22 @@ impl JobSpec {
         if self.max_retries > c.limits.max_retries {
             let max = c.limits.max_retries;
             c.fail("max_retries", format!("{} exceeds {max}", self.max_retries));
+        }
+        if self.max_requeues > c.limits.max_retries {
+            let max = c.limits.max_retries;
+            c.fail(
+                "max_requeues",
+                format!("{} exceeds {max}", self.max_requeues),
+            );
+        }
+        if self.retry_backoff_secs > MAX_RETRY_BACKOFF_SECS {
+            c.fail(
+                "retry_backoff_secs",
+                format!(
+                    "{} exceeds {MAX_RETRY_BACKOFF_SECS}",
+                    self.retry_backoff_secs
+                ),
+            );
         }
         if let Some(t) = self.progress_deadline_secs {
             if matches!(self.kind, JobKind::Command(_)) {
@@ -359,12 +495,12 @@ impl JobSpec {
     fn check_command(&self, c: &mut Check<'_>, cmd: &CommandJob, registry: &dyn Registry) {
         let max_arg = c.limits.arg_bytes;
         if cmd.program.is_empty() {
-            c.fail("command.program", "is empty");
+            c.fail("kind.command.program", "is empty");
         } else {
-            c.text("command.program", &cmd.program, max_arg);
+            c.text("kind.command.program", &cmd.program, max_arg);
             if !cmd.program.contains('\0') && !registry.program_found(&cmd.program) {
                 c.fail(
-                    "command.program",
+                    "kind.command.program",
                     format!(
                         "{:?} is not an executable file here or in PATH",
                         cmd.program
@@ -375,17 +511,17 @@ impl JobSpec {
         if cmd.args.len() > c.limits.args {
             let max = c.limits.args;
             c.fail(
-                "command.args",
+                "kind.command.args",
                 format!("{} arguments; at most {max}", cmd.args.len()),
             );
         }
         for (i, a) in cmd.args.iter().enumerate() {
-            c.text(&format!("command.args[{i}]"), a, max_arg);
+            c.text(&format!("kind.command.args[{i}]"), a, max_arg);
         }
         if cmd.env.len() > c.limits.env_vars {
             let max = c.limits.env_vars;
             c.fail(
-                "command.env",
+                "kind.command.env",
                 format!("{} variables; at most {max}", cmd.env.len()),
             );
         }
@@ -393,20 +529,25 @@ impl JobSpec {
         for (k, v) in &cmd.env {
             if !env_key_ok(k) {
                 c.fail(
-                    format!("command.env.{k}"),
+                    format!("kind.command.env.{k}"),
                     "name must be a letter or '_' then letters, digits or '_'",
                 );
             }
-            c.text(&format!("command.env.{k}"), v, max_value);
+            c.text(&format!("kind.command.env.{k}"), v, max_value);
         }
         if let Some(dir) = &cmd.workdir {
             if !dir.starts_with('/') {
                 c.fail(
-                    "command.workdir",
+                    "kind.command.workdir",
                     format!("{dir:?} is not an absolute path"),
                 );
+            } else if !dir.contains('\0') && !registry.dir_exists(dir) {
+                c.fail(
+                    "kind.command.workdir",
+                    format!("{dir:?} is not a directory on this node"),
+                );
             }
-            c.text("command.workdir", dir, 4096);
+            c.text("kind.command.workdir", dir, 4096);
         }
     }
 }
@@ -474,6 +615,9 @@ impl JobState {
                 | (Running, Lost)
                 | (Lost, Queued)
                 | (Lost, Failed)
+                // A failed attempt with retries left is queued again (after its backoff).
+                | (Leased, Queued)
+                | (Running, Queued)
         )
     }
 }
@@ -532,17 +676,23 @@ impl JobStatus {
                 .increment(1);
             return Err(err);
         }
-        if self.state == JobState::Lost && to == JobState::Queued {
+        // Back to the queue is a new attempt, whether the last one was lost or failed.
+        if to == JobState::Queued {
             self.attempt += 1;
         }
         self.state = to;
         Ok(())
     }
 
-    /// What a lost attempt becomes: queued again while retries remain (`attempt` counts the
-    /// first run, so `max_retries` retries allow `max_retries + 1` attempts), failed after.
-    pub fn after_loss(&mut self, max_retries: u32) -> Result<JobState, IllegalTransition> {
-        let next = if self.attempt <= max_retries {
+    /// What a lost attempt becomes: queued again when the job may be requeued and fewer than
+    /// `max_requeues` attempts were lost before this one (`lost_before`), failed otherwise.
+    pub fn after_loss(
+        &mut self,
+        requeue: bool,
+        max_requeues: u32,
+        lost_before: u32,
+    ) -> Result<JobState, IllegalTransition> {
+        let next = if requeue && lost_before < max_requeues {
             JobState::Queued
         } else {
             JobState::Failed

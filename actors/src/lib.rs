@@ -7,6 +7,7 @@
 //! single-node runtime.
 
 pub mod backpressure;
+pub mod clock;
 pub mod error;
 pub mod health;
 pub mod ids;

@@ -80,6 +80,19 @@ pub const JOBS_STALLED: &str = "cadre_jobs_stalled_total";
 /// Counter of GPU health reports applied by the scheduler: `{state}` (`healthy`, `unhealthy`,
 /// `unknown_worker`, `refused`).
 pub const GPU_HEALTH_CHANGES: &str = "cadre_gpu_health_changes_total";
+/// Gauge, 1 while the job store takes writes and 0 while its disk refuses them (submissions
+/// are refused meanwhile).
+pub const STORE_WRITABLE: &str = "cadre_store_writable";
+/// Counter of failed attempts queued again for a retry (the job's `max_retries`): `{state}`
+/// (`failed`, `timed_out`).
+pub const JOBS_RETRIED: &str = "cadre_jobs_retried_total";
+/// Counter of ended jobs removed by the retention policy.
+pub const JOBS_PRUNED: &str = "cadre_jobs_pruned_total";
+/// Gauge of ended jobs the node keeps (bounded by the retention policy).
+pub const JOBS_KEPT_ENDED: &str = "cadre_jobs_kept_ended";
+/// Counter of failures cleaning up after pruned jobs (their log files, scratch directories):
+/// `{what}`.
+pub const PRUNE_CLEANUP_ERRORS: &str = "cadre_prune_cleanup_errors_total";
 
 /// Describes every metric of this crate (help text and unit) to the installed recorder, so
 /// an exporter prints `# HELP` for each. Call once at start-up.
@@ -192,5 +205,25 @@ pub fn describe() {
     metrics::describe_counter!(
         GPU_HEALTH_CHANGES,
         "Counter of GPU health reports applied by the scheduler: `{state}` (`healthy`, `unhealthy`, `unknown_worker`, `refused`)."
+    );
+    metrics::describe_gauge!(
+        STORE_WRITABLE,
+        "Gauge, 1 while the job store takes writes and 0 while its disk refuses them (submissions are refused meanwhile)."
+    );
+    metrics::describe_counter!(
+        JOBS_RETRIED,
+        "Counter of failed attempts queued again for a retry (the job's `max_retries`): `{state}`."
+    );
+    metrics::describe_counter!(
+        JOBS_PRUNED,
+        "Counter of ended jobs removed by the retention policy."
+    );
+    metrics::describe_gauge!(
+        JOBS_KEPT_ENDED,
+        "Gauge of ended jobs the node keeps (bounded by the retention policy)."
+    );
+    metrics::describe_counter!(
+        PRUNE_CLEANUP_ERRORS,
+        "Counter of failures cleaning up after pruned jobs (their log files, scratch directories): `{what}`."
     );
 }

@@ -210,6 +210,11 @@ pub enum TaskEnd {
         /// The error.
         error: String,
     },
+    /// The kernel killed it for passing its memory limit (its cgroup counted an OOM kill).
+    OutOfMemory {
+        /// The limit it passed, in bytes.
+        limit_bytes: u64,
+    },
 }
 
 impl TaskEnd {
@@ -234,6 +239,9 @@ pub struct Finished {
     pub token: FencingToken,
     /// How it ended.
     pub end: TaskEnd,
+    /// What became of its output, when not all of it was kept (over its cap, not written).
+    #[serde(default)]
+    pub output: Option<crate::store::LogsNote>,
 }
 
 /// Health monitor to scheduler: the worker is dead; revoke every lease it holds.
@@ -389,6 +397,12 @@ pub struct ForgetWorker {
     /// The worker.
     pub worker: WorkerId,
 }
+
+/// Health monitor to scheduler: send me the watch of every running task that has a progress
+/// deadline again (a restarted monitor has forgotten them all).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, Message)]
+#[rtype(result = "()")]
+pub struct ResendWatches;
 
 /// Scheduler to health monitor: these tasks made progress.
 #[derive(Debug, Clone, Serialize, Deserialize, Message)]

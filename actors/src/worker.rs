@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use actix::prelude::*;
+use cadre_cpu::cgroup::{CgroupLimits, Cgroups};
 use cadre_cpu::launcher::{CommandSpec, ExitOutcome, ExitReport, Launcher, RunningProcess};
 use cadre_cpu::ledger::ProcessLedger;
 use cadre_supervisor::SupervisedContext;
@@ -45,6 +46,7 @@ use crate::protocol::{
     ProgressUpdate, Register, Renew, SchedulerLink, Started, TaskEnd, WorkerLink,
 };
 use crate::sched::WorkerCapacity;
+use crate::store::LogsNote;
 use crate::workload::{CancelSignal, ProgressReporter, Run};
 
 type Ctx = SupervisedContext<Worker>;
@@ -85,6 +87,21 @@ pub struct WorkerConfig {
     /// The record of running process groups, swept when the node starts (see
     /// [`cadre_cpu::ledger`]); `None` runs without one.
     pub ledger: Option<Mutex<ProcessLedger>>,
+    /// The node's cgroup parent: each command task runs in a group of its own below it, with
+    /// its CPU and memory as limits. `None` where cgroups are unavailable (the node said why
+    /// once): tasks then run in process groups only.
+    pub cgroups: Option<Cgroups>,
+    /// The most processes (and threads) one command task may have, through its cgroup.
+    pub max_pids: Option<u64>,
+    /// Where a command task without a `workdir` runs: `<scratch_dir>/<job>.<task>`, created
+    /// when it starts, removed when the job is pruned.
+    pub scratch_dir: PathBuf,
+    /// The environment every command job starts from (`PATH`, `HOME`, `LANG`), unless it asks
+    /// to inherit the node's (`inherit_env`).
+    pub base_env: Vec<(String, String)>,
+    /// The most bytes kept of each output stream of a command task (head and tail; the middle
+    /// is dropped with a marker); `None` keeps everything.
+    pub log_cap: Option<u64>,
 }
 
 impl WorkerConfig {
@@ -111,6 +128,11 @@ impl WorkerConfig {
             self.log_dir.join(format!("{job}.{task}.out")),
             self.log_dir.join(format!("{job}.{task}.err")),
         )
+    }
+
+    /// The scratch directory of a task (its working directory unless its spec names one).
+    pub fn scratch_path(&self, job: JobId, task: u32) -> PathBuf {
+        self.scratch_dir.join(format!("{job}.{task}"))
     }
 }
 
@@ -152,13 +174,19 @@ struct TaskDone {
     job: JobId,
     token: FencingToken,
     end: TaskEnd,
+    output: Option<LogsNote>,
 }
 
 impl Handler<TaskDone> for Worker {
     type Result = ();
 
     fn handle(&mut self, msg: TaskDone, ctx: &mut Ctx) {
-        let TaskDone { job, token, end } = msg;
+        let TaskDone {
+            job,
+            token,
+            end,
+            output,
+        } = msg;
         if self.tasks.remove(&token).is_none() {
             return;
         }
@@ -176,6 +204,7 @@ impl Handler<TaskDone> for Worker {
             job,
             token,
             end,
+            output,
         };
         // Straight into the scheduler's mailbox when there is room: no task and no reply
         // channel per job (a refusal, such as a stale token, is logged and counted by the
@@ -316,7 +345,9 @@ impl Worker {
             metrics::counter!(m::SELF_FENCES).increment(1);
             self.kill(token, KillReason::LeaseLost);
         }
-        if self.renewing || self.tasks.is_empty() {
+        // Also with nothing to renew: an empty renewal is how an idle worker learns that the
+        // scheduler no longer knows it (it restarted) and registers again.
+        if self.renewing {
             return;
         }
         self.renewing = true;
@@ -531,6 +562,11 @@ struct TaskRun {
     timeout: Option<Duration>,
     /// The GPUs its grant names, resolved to devices.
     gpus: Vec<GpuDevice>,
+    /// The job's name (`CADRE_JOB_NAME`).
+    name: String,
+    /// What its grant holds: the limits of its cgroup.
+    cpu_millis: u32,
+    memory_bytes: u64,
 }
 
 impl TaskRun {
@@ -553,7 +589,11 @@ impl TaskRun {
         }
     }
 
-    async fn command(self, command: CommandJob, kill_rx: oneshot::Receiver<KillReason>) -> TaskEnd {
+    async fn command(
+        self,
+        command: CommandJob,
+        kill_rx: oneshot::Receiver<KillReason>,
+    ) -> (TaskEnd, Option<LogsNote>) {
         let config = Arc::clone(&self.config);
         let (out, err) = config.log_paths(self.job, self.task);
         let mut spec = CommandSpec::new(
@@ -561,15 +601,34 @@ impl TaskRun {
             out,
             err,
         );
-        spec.env = command.env.into_iter().collect();
+        // Its own scratch directory: its TMPDIR, and where it runs unless it names a workdir.
+        let scratch = config.scratch_path(self.job, self.task);
+        if let Err(e) = std::fs::create_dir_all(&scratch) {
+            tracing::error!(worker = %self.worker, job = %self.job, path = %scratch.display(), error = %e,
+                "cannot create the task's scratch directory");
+            metrics::counter!(m::WORKER_ERRORS, "kind" => "scratch").increment(1);
+            let error = format!(
+                "its scratch directory {} could not be created: {e}",
+                scratch.display()
+            );
+            return (TaskEnd::Error { error }, None);
+        }
+        let scratch_text = scratch.display().to_string();
+        // The documented environment, not the node's (unless the job asks to inherit it):
+        // the base, then the job's own variables, then cadre's, which the job cannot override.
+        spec.clear_env = !command.inherit_env;
+        spec.env = config.base_env.clone();
+        spec.env.push(("TMPDIR".to_owned(), scratch_text.clone()));
+        spec.env.extend(command.env);
         spec.env.extend([
             ("CADRE_JOB_ID".to_owned(), self.job.to_string()),
+            ("CADRE_JOB_NAME".to_owned(), self.name.clone()),
             ("CADRE_ATTEMPT".to_owned(), self.attempt.to_string()),
             ("CADRE_TASK".to_owned(), self.task.to_string()),
             ("CADRE_GANG_SIZE".to_owned(), self.gang.to_string()),
+            ("CADRE_SCRATCH".to_owned(), scratch_text),
             // Exactly the granted devices, by UUID (ordinals can be renumbered); none for a
-            // job that asked for none, so it cannot reach a device another job holds. Set
-            // last, over anything the job's own env said.
+            // job that asked for none, so it cannot reach a device another job holds.
             (
                 "CUDA_VISIBLE_DEVICES".to_owned(),
                 self.gpus
@@ -579,39 +638,110 @@ impl TaskRun {
                     .join(","),
             ),
         ]);
-        spec.cwd = command.workdir.map(PathBuf::from);
-        let mut process = match config.launcher.spawn(&spec, &self.job.to_string()) {
+        spec.cwd = Some(command.workdir.map_or(scratch, PathBuf::from));
+        spec.log_cap = config.log_cap;
+        let cgroup = match &config.cgroups {
+            None => None,
+            Some(cgroups) => {
+                let limits = CgroupLimits {
+                    cpu_millis: self.cpu_millis,
+                    memory_bytes: self.memory_bytes,
+                    pids: config.max_pids,
+                };
+                let name = format!("{}.{}.{}", self.job, self.task, self.token.0);
+                match cgroups.create(&name, &limits) {
+                    Ok(group) => Some(group),
+                    // Logged and counted by the cgroup module; the job must not run unconfined.
+                    Err(e) => {
+                        let error = format!("its cgroup could not be created: {e}");
+                        return (TaskEnd::Error { error }, None);
+                    }
+                }
+            }
+        };
+        let mut process = match config
+            .launcher
+            .spawn_in(&spec, &self.job.to_string(), cgroup)
+        {
             Ok(p) => p,
             // The launcher logged and counted it.
             Err(error) => {
-                return TaskEnd::StartFailed {
-                    error: error.to_string(),
-                }
+                return (
+                    TaskEnd::StartFailed {
+                        error: error.to_string(),
+                    },
+                    None,
+                )
             }
         };
         // Recorded so that a node killed outright has this group killed when it starts again,
         // instead of leaving it running unaccounted beside the job's next attempt.
         let pgid = process.pgid();
         config.ledger(self.job, pgid, true);
-        let end = self.supervise(&mut process, kill_rx).await;
+        let (end, report) = self.supervise(&mut process, kill_rx).await;
         config.ledger(self.job, pgid, false);
-        end
+        let Some(report) = report else {
+            return (end, None);
+        };
+        let end = match end {
+            // Killed by the kernel at its memory limit, not by cadre: the job's own failure,
+            // named as such (as Slurm's ConstrainRAMSpace reports an OOM).
+            TaskEnd::Signalled { .. } | TaskEnd::Exited { .. } if report.oom_killed => {
+                TaskEnd::OutOfMemory {
+                    limit_bytes: self.memory_bytes,
+                }
+            }
+            end => end,
+        };
+        (end, self.output_note(&report))
     }
 
+    /// What became of the task's output, when not all of it was kept.
+    fn output_note(&self, report: &ExitReport) -> Option<LogsNote> {
+        let dropped_bytes = report.stdout_dropped_bytes + report.stderr_dropped_bytes;
+        if dropped_bytes == 0 && report.logs_complete {
+            return None;
+        }
+        let write_error = (!report.logs_complete).then(|| {
+            let dir = &self.config.log_dir;
+            match cadre_cpu::disk::space(dir) {
+                Ok(space) => format!(
+                    "some output could not be written to {} ({space}); see the node's log",
+                    dir.display()
+                ),
+                Err(_) => format!(
+                    "some output could not be written to {}; see the node's log",
+                    dir.display()
+                ),
+            }
+        });
+        Some(LogsNote {
+            dropped_bytes,
+            write_error,
+        })
+    }
+
+    /// Runs a spawned process to its end (or its kill); the report when it was waited for.
     async fn supervise(
         &self,
         process: &mut RunningProcess,
         mut kill_rx: oneshot::Receiver<KillReason>,
-    ) -> TaskEnd {
+    ) -> (TaskEnd, Option<ExitReport>) {
         let config = Arc::clone(&self.config);
         if !self.report_start().await {
             return match process.terminate(config.term_grace).await {
-                Ok(_) => TaskEnd::Killed {
-                    reason: KillReason::LeaseLost,
-                },
-                Err(error) => TaskEnd::Error {
-                    error: error.to_string(),
-                },
+                Ok(report) => (
+                    TaskEnd::Killed {
+                        reason: KillReason::LeaseLost,
+                    },
+                    Some(report),
+                ),
+                Err(error) => (
+                    TaskEnd::Error {
+                        error: error.to_string(),
+                    },
+                    None,
+                ),
             };
         }
         let waited = {
@@ -628,17 +758,23 @@ impl TaskRun {
             }
         };
         match waited {
-            Waited::Done(Ok(report)) => report_end(report),
-            Waited::Done(Err(error)) => TaskEnd::Error {
-                error: error.to_string(),
-            },
-            Waited::Kill(reason) => match process.terminate(config.term_grace).await {
-                Ok(report) if report.terminated => TaskEnd::Killed { reason },
-                // It ended on its own just before the kill: report how.
-                Ok(report) => report_end(report),
-                Err(error) => TaskEnd::Error {
+            Waited::Done(Ok(report)) => (report_end(report), Some(report)),
+            Waited::Done(Err(error)) => (
+                TaskEnd::Error {
                     error: error.to_string(),
                 },
+                None,
+            ),
+            Waited::Kill(reason) => match process.terminate(config.term_grace).await {
+                Ok(report) if report.terminated => (TaskEnd::Killed { reason }, Some(report)),
+                // It ended on its own just before the kill: report how.
+                Ok(report) => (report_end(report), Some(report)),
+                Err(error) => (
+                    TaskEnd::Error {
+                        error: error.to_string(),
+                    },
+                    None,
+                ),
             },
         }
     }
@@ -759,33 +895,37 @@ impl Handler<Assign> for Worker {
             gang: msg.spec.gang.max(1),
             timeout: msg.spec.timeout_secs.map(Duration::from_secs),
             gpus,
+            name: msg.spec.name,
+            cpu_millis: msg.grant.cpu_millis,
+            memory_bytes: msg.grant.memory_bytes,
         };
         let mut progress = None;
-        let fut: std::pin::Pin<Box<dyn std::future::Future<Output = TaskEnd>>> =
-            match (unknown_gpu, msg.spec.kind) {
-                (Some(index), _) => {
-                    let error =
-                        format!("the grant names GPU {index} which this worker does not own");
-                    Box::pin(async move { TaskEnd::StartFailed { error } })
-                }
-                (None, JobKind::Command(command)) => Box::pin(run.command(command, kill_rx)),
-                (None, JobKind::Workload(workload)) => {
-                    match self.config.workloads.get(&workload.name) {
-                        Some(actor) => {
-                            let reporter = ProgressReporter::new();
-                            progress = Some((reporter.clone(), 0));
-                            Box::pin(run.workload(workload, actor.clone(), reporter, kill_rx))
-                        }
-                        None => {
-                            let error = format!(
-                                "workload {:?} is not registered on this worker",
-                                workload.name
-                            );
-                            Box::pin(async move { TaskEnd::StartFailed { error } })
-                        }
+        type TaskFuture =
+            std::pin::Pin<Box<dyn std::future::Future<Output = (TaskEnd, Option<LogsNote>)>>>;
+        let fut: TaskFuture = match (unknown_gpu, msg.spec.kind) {
+            (Some(index), _) => {
+                let error = format!("the grant names GPU {index} which this worker does not own");
+                Box::pin(async move { (TaskEnd::StartFailed { error }, None) })
+            }
+            (None, JobKind::Command(command)) => Box::pin(run.command(command, kill_rx)),
+            (None, JobKind::Workload(workload)) => {
+                match self.config.workloads.get(&workload.name) {
+                    Some(actor) => {
+                        let reporter = ProgressReporter::new();
+                        progress = Some((reporter.clone(), 0));
+                        let run = run.workload(workload, actor.clone(), reporter, kill_rx);
+                        Box::pin(async move { (run.await, None) })
+                    }
+                    None => {
+                        let error = format!(
+                            "workload {:?} is not registered on this worker",
+                            workload.name
+                        );
+                        Box::pin(async move { (TaskEnd::StartFailed { error }, None) })
                     }
                 }
-            };
+            }
+        };
         self.tasks.insert(
             token,
             Task {
@@ -803,8 +943,13 @@ impl Handler<Assign> for Worker {
         // message. Dropping the worker (a restart) aborts them, which kills their processes.
         let addr = ctx.address();
         let handle = actix::spawn(async move {
-            let end = fut.await;
-            addr.do_send(TaskDone { job, token, end });
+            let (end, output) = fut.await;
+            addr.do_send(TaskDone {
+                job,
+                token,
+                end,
+                output,
+            });
         });
         if let Some(task) = self.tasks.get_mut(&token) {
             task.abort = Some(handle.abort_handle());

@@ -105,6 +105,7 @@ async fn health_rig() -> HealthRig {
         window: 100,
         min_std: BEAT / 4,
         acceptable_pause: BEAT,
+        resend: None,
     };
     let monitor_spec = WorkerSpec::new("health", move || HealthMonitor::new(config.clone()))
         .mailbox_capacity(1024);

@@ -24,6 +24,9 @@ impl Registry for Node {
     fn workload_registered(&self, name: &str) -> bool {
         name == "checksum"
     }
+    fn dir_exists(&self, path: &str) -> bool {
+        path == "/tmp"
+    }
 }
 
 fn command(program: &str) -> JobSpec {
@@ -34,6 +37,7 @@ fn command(program: &str) -> JobSpec {
             args: vec!["-c".into(), "print(1)".into()],
             env: BTreeMap::from([("RUST_LOG".into(), "info".into())]),
             workdir: Some("/tmp".into()),
+            inherit_env: false,
         }),
         resources: Resources {
             cpu_millis: 2000,
@@ -46,6 +50,9 @@ fn command(program: &str) -> JobSpec {
         progress_deadline_secs: None,
         gang: 1,
         labels: BTreeMap::from([("team".into(), "infra".into())]),
+        requeue: true,
+        max_requeues: 3,
+        retry_backoff_secs: 10,
     }
 }
 
@@ -88,6 +95,7 @@ fn every_violated_field_is_named_with_its_reason() {
             args: vec!["ok".into(), "nul\0byte".into()],
             env: BTreeMap::from([("1BAD".into(), "v".into())]),
             workdir: Some("relative/dir".into()),
+            inherit_env: false,
         }),
         resources: Resources {
             cpu_millis: 5_000_000,
@@ -100,19 +108,24 @@ fn every_violated_field_is_named_with_its_reason() {
         progress_deadline_secs: None,
         gang: 0,
         labels: BTreeMap::from([("Bad Key".into(), "v".into())]),
+        requeue: true,
+        max_requeues: 1000,
+        retry_backoff_secs: 100_000,
     };
     let err = spec.validate(&Limits::default(), &Node).unwrap_err();
     let fields: Vec<&str> = err.0.iter().map(|e| e.field.as_str()).collect();
     for want in [
         "name",
-        "command.program",
-        "command.args[1]",
-        "command.env.1BAD",
-        "command.workdir",
+        "kind.command.program",
+        "kind.command.args[1]",
+        "kind.command.env.1BAD",
+        "kind.command.workdir",
         "resources.cpu_millis",
         "resources.gpus",
         "priority",
         "max_retries",
+        "max_requeues",
+        "retry_backoff_secs",
         "timeout_secs",
         "gang",
         "labels.Bad Key",
@@ -120,7 +133,7 @@ fn every_violated_field_is_named_with_its_reason() {
         assert!(fields.contains(&want), "{want} missing from {fields:?}");
     }
     assert!(
-        !fields.contains(&"command.args[0]"),
+        !fields.contains(&"kind.command.args[0]"),
         "a good field is not reported"
     );
     for e in &err.0 {
@@ -138,7 +151,7 @@ fn workloads_must_be_registered_and_limits_are_configurable() {
     });
     let err = spec.validate(&Limits::default(), &Node).unwrap_err();
     assert_eq!(err.0.len(), 1);
-    assert_eq!(err.0[0].field, "workload.name");
+    assert_eq!(err.0[0].field, "kind.workload.name");
     spec.kind = JobKind::Workload(WorkloadJob {
         name: "checksum".into(),
         params: serde_json::json!({"path": "/data/x"}),
@@ -149,7 +162,7 @@ fn workloads_must_be_registered_and_limits_are_configurable() {
         ..Limits::default()
     };
     let err = spec.validate(&tight, &Node).unwrap_err();
-    assert_eq!(err.0[0].field, "workload.params");
+    assert_eq!(err.0[0].field, "kind.workload.params");
     assert!(PRIORITY_RANGE.contains(&-1000) && !PRIORITY_RANGE.contains(&1001));
 }
 
@@ -181,6 +194,8 @@ fn the_transition_table_is_exactly_the_documented_one() {
         (Running, Lost),
         (Lost, Queued),
         (Lost, Failed),
+        (Leased, Queued),
+        (Running, Queued),
     ];
     for from in ALL {
         for to in ALL {
@@ -203,22 +218,89 @@ fn the_transition_table_is_exactly_the_documented_one() {
 }
 
 #[test]
-fn a_lost_job_is_requeued_while_retries_remain_then_failed() {
+fn a_lost_job_is_requeued_while_requeues_remain_then_failed() {
     let mut s = JobStatus::queued(JobId(7));
-    for attempt in 1..=3 {
-        assert_eq!(s.attempt, attempt);
+    for lost_before in 0..3 {
+        assert_eq!(s.attempt, lost_before + 1);
         s.transition(JobState::Leased).unwrap();
         s.transition(JobState::Running).unwrap();
         s.transition(JobState::Lost).unwrap();
-        let next = s.after_loss(2).unwrap();
-        if attempt < 3 {
+        let next = s.after_loss(true, 2, lost_before).unwrap();
+        if lost_before < 2 {
             assert_eq!(next, JobState::Queued);
         } else {
-            assert_eq!(next, JobState::Failed, "two retries: three attempts");
+            assert_eq!(next, JobState::Failed, "two requeues: three attempts");
         }
     }
     assert_eq!(s.state, JobState::Failed);
     assert_eq!(s.attempt, 3);
+    // A job that must not run twice fails at its first loss, whatever its budget.
+    let mut once = JobStatus::queued(JobId(8));
+    once.transition(JobState::Leased).unwrap();
+    once.transition(JobState::Lost).unwrap();
+    assert_eq!(once.after_loss(false, 5, 0).unwrap(), JobState::Failed);
+}
+
+#[test]
+fn a_failed_attempt_goes_back_to_the_queue_as_a_new_attempt() {
+    let mut s = JobStatus::queued(JobId(9));
+    s.transition(JobState::Leased).unwrap();
+    s.transition(JobState::Running).unwrap();
+    s.transition(JobState::Queued).unwrap();
+    assert_eq!((s.state, s.attempt), (JobState::Queued, 2));
+    s.transition(JobState::Leased).unwrap();
+    s.transition(JobState::Queued).unwrap();
+    assert_eq!(s.attempt, 3, "a start failure is retried the same way");
+}
+
+#[test]
+fn defaults_reserve_a_cpu_and_requeue_lost_attempts_and_retry_with_backoff() {
+    let spec: JobSpec =
+        serde_json::from_str(r#"{"name":"x","kind":{"command":{"program":"true"}}}"#).unwrap();
+    assert_eq!(spec.resources.cpu_millis, 1000, "one CPU, as the CLI gives");
+    assert!(spec.requeue);
+    assert_eq!((spec.max_requeues, spec.max_retries), (3, 0));
+    let zero: JobSpec = serde_json::from_str(
+        r#"{"name":"x","kind":{"command":{"program":"true"}},"resources":{"cpu_millis":0}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        zero.resources.cpu_millis, 0,
+        "a job that only waits may ask for none"
+    );
+    let partial: JobSpec = serde_json::from_str(
+        r#"{"name":"x","kind":{"command":{"program":"true"}},"resources":{"memory_bytes":5}}"#,
+    )
+    .unwrap();
+    assert_eq!(partial.resources.cpu_millis, 1000);
+    let backoff: Vec<u64> = (1..=8).map(|n| spec.retry_backoff(n).as_secs()).collect();
+    assert_eq!(backoff, [10, 20, 40, 80, 160, 320, 600, 600]);
+}
+
+#[test]
+fn unknown_fields_are_refused_at_every_level() {
+    for bad in [
+        r#"{"name":"x","kind":{"command":{"program":"true"}},"timeout_sec":5}"#,
+        r#"{"name":"x","kind":{"command":{"program":"true"}},"max_retry":1}"#,
+        r#"{"name":"x","kind":{"command":{"program":"true"}},"resources":{"cpus":2}}"#,
+        r#"{"name":"x","kind":{"command":{"program":"true","shell":true}}}"#,
+        r#"{"name":"x","kind":{"workload":{"name":"w","param":{}}}}"#,
+    ] {
+        let err = serde_json::from_str::<JobSpec>(bad).unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn a_workdir_that_does_not_exist_is_refused_with_its_path() {
+    let mut spec = command("python3");
+    if let JobKind::Command(c) = &mut spec.kind {
+        c.workdir = Some("/no/such/dir".into());
+    }
+    let err = spec.validate(&Limits::default(), &Node).unwrap_err();
+    assert_eq!(err.0.len(), 1, "{err}");
+    assert_eq!(err.0[0].field, "kind.command.workdir");
+    assert!(err.0[0].reason.contains("not a directory"), "{err}");
 }
 
 #[derive(Clone, Default)]

@@ -1144,6 +1144,42 @@ fn backfill_depth_bounds_how_far_a_decision_looks() {
     ));
 }
 
+/// A node starting with many jobs no worker can hold said so once per job (two million lines
+/// for a million jobs); a pass says it once, with a count and the first few ids.
+#[test]
+fn parking_many_jobs_is_one_line_per_pass_not_one_per_job() {
+    let (events, _guard) = subscribed();
+    let t0 = Instant::now();
+    let mut p = placer(
+        PlacerConfig::default(),
+        t0,
+        &[(1, cap(4000, 16 * GIB, &[]))],
+    );
+    for job in 1..=1000 {
+        p.enqueue(qj(job, 0, res(1000, GIB, 1), 1, t0));
+    }
+    while !p.queue().is_empty() {
+        assert!(p.decide(t0).is_none(), "no worker has a GPU");
+    }
+    p.report();
+    let warned = events.at(Level::WARN);
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert_eq!(warned[0].get("jobs").map(String::as_str), Some("1000"));
+    assert_eq!(
+        warned[0].get("first").map(String::as_str),
+        Some("1, 2, 3, 4, 5, ...")
+    );
+    p.add_worker(WorkerId(2), &cap(4000, 16 * GIB, &[0]))
+        .unwrap();
+    assert_eq!(
+        p.queue().len(),
+        1000,
+        "capacity arrived: all of them rejoin"
+    );
+    p.report();
+    assert_eq!(events.at(Level::WARN).len(), 1, "rejoining is no warning");
+}
+
 #[test]
 fn an_unplaceable_job_is_parked_without_blocking_and_rejoins_when_capacity_arrives() {
     let (events, _guard) = subscribed();
@@ -1170,11 +1206,13 @@ fn an_unplaceable_job_is_parked_without_blocking_and_rejoins_when_capacity_arriv
         !p.enqueue(qj(1, 100, res(1000, GIB, 1), 1, t0)),
         "already parked"
     );
+    p.report();
     let warned = events.at(Level::WARN);
     assert!(
         warned
             .iter()
-            .any(|f| f.get("job").map(String::as_str) == Some("1")),
+            .any(|f| f.get("jobs").map(String::as_str) == Some("1")
+                && f.get("first").map(String::as_str) == Some("1")),
         "{warned:?}"
     );
     assert_eq!(placed(p.decide(t0 + secs(3601))), 3);

@@ -250,7 +250,7 @@ fn scheduler_drops_the_earlier_registration_of_a_worker_that_registers_again() {
         let rig = SchedRig::start(LONG_TTL, 1).await;
         let first = rig.register_gpus(0, 4000, vec![0]).await;
         let mut gpu = gpu_job("gpu", 1);
-        gpu.max_retries = 1;
+        gpu.max_requeues = 1;
         let [gpu, cpu] = rig.submit(vec![gpu, sched_job("cpu-no-retry", 0)]).await[..] else {
             panic!("two ids");
         };

@@ -167,7 +167,7 @@ fn scheduler_renewed_lease_lives_and_an_expired_one_is_requeued_with_a_larger_to
         assert!(view
             .outcome
             .and_then(|o| o.error)
-            .is_some_and(|e| e.contains("no retries left")),);
+            .is_some_and(|e| e.contains("no requeues left")),);
         sleep(ttl * 3).await;
         assert_eq!(
             rig.fake(0).assigns().len(),

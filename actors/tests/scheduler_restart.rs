@@ -30,16 +30,8 @@ async fn journal_with_an_old_and_a_new_job(journal: &Scratch, old_was_leased: bo
     let mut new = sched_job("new", 0);
     new.priority = 50;
     let jobs = vec![
-        Submission {
-            job: JobId(1),
-            spec: sched_job("old", 1),
-            submitted_ms: now_ms - 120_000,
-        },
-        Submission {
-            job: JobId(2),
-            spec: new,
-            submitted_ms: now_ms,
-        },
+        Submission::new(JobId(1), sched_job("old", 1), now_ms - 120_000),
+        Submission::new(JobId(2), new, now_ms),
     ];
     store
         .commit(Record::Submitted { jobs })

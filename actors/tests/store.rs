@@ -52,11 +52,14 @@ fn spec(name: &str, retries: u32) -> JobSpec {
             gpus: 0,
         },
         priority: 3,
-        max_retries: retries,
+        max_retries: 0,
         timeout_secs: Some(10),
         progress_deadline_secs: None,
         gang: 1,
         labels: [("team".to_string(), "infra".to_string())].into(),
+        requeue: true,
+        max_requeues: retries,
+        retry_backoff_secs: 10,
     }
 }
 
@@ -172,7 +175,7 @@ async fn interrupted_jobs_are_requeued_or_failed_per_retries_and_tokens_persist(
         .error
         .as_deref()
         .unwrap()
-        .contains("no retries"));
+        .contains("no requeues left"));
     assert_eq!(
         store.table().get(ids[2]).unwrap().status.state,
         JobState::Queued
@@ -235,6 +238,7 @@ async fn refused_records_change_nothing_and_are_not_journaled() {
             attempt: 1,
             state: JobState::Running,
             outcome: Outcome::default(),
+            ended_ms: 1,
         })
         .await
         .err()
@@ -300,6 +304,7 @@ async fn records_committed_without_waiting_are_all_durable_in_order() {
                         exit_code: Some(0),
                         ..Outcome::default()
                     },
+                    ended_ms: 1,
                 })
                 .await
                 .unwrap(),
@@ -342,6 +347,7 @@ async fn a_snapshot_replaces_replay_and_later_records_apply_on_top() {
             attempt: 1,
             state: JobState::Cancelled,
             outcome: Outcome::default(),
+            ended_ms: 1,
         },
     )
     .await;
@@ -382,6 +388,7 @@ async fn pages_follow_ids_and_filter_by_state() {
                 attempt: 1,
                 state: JobState::Cancelled,
                 outcome: Outcome::default(),
+                ended_ms: 1,
             },
         )
         .await;

@@ -47,6 +47,7 @@ fn print_visible_devices() -> JobSpec {
         ],
         env: BTreeMap::from([("CUDA_VISIBLE_DEVICES".to_owned(), "all".to_owned())]),
         workdir: None,
+        inherit_env: false,
     });
     spec
 }

@@ -370,7 +370,10 @@ pub fn run(quick: bool, report: &Reporter) -> Result<(), BenchError> {
 fn noop_jobs(quick: bool, report: &Reporter, cores: u64) -> Result<(), BenchError> {
     let dir = scratch("noop")?;
     let node = RunningNode::start(&dir, cores * 1000)?;
-    let noop = json!({"name": "noop", "kind": {"workload": {"name": "noop", "params": null}}});
+    // A no-op only waits on nothing: it reserves no CPU (`cpu_millis: 0`), as before jobs
+    // got one CPU by default.
+    let noop = json!({"name": "noop", "kind": {"workload": {"name": "noop", "params": null}},
+        "resources": {"cpu_millis": 0}});
     let warm = drive(&node.api, &noop, 2, 1_000, 2)?;
     eprintln!("scheduler: e2e warm-up: 2,000 no-op jobs in {warm:.2} s");
     let batches = if quick { 20 } else { 200 };

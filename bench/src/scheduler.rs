@@ -203,20 +203,16 @@ fn decisions(
 }
 
 fn noop_spec(i: u64) -> JobSpec {
-    JobSpec {
-        name: format!("noop-{i}"),
-        kind: JobKind::Workload(WorkloadJob {
+    let mut spec = JobSpec::new(
+        format!("noop-{i}"),
+        JobKind::Workload(WorkloadJob {
             name: "noop".into(),
             params: serde_json::Value::Null,
         }),
-        resources: Resources::default(),
-        priority: 0,
-        max_retries: 0,
-        timeout_secs: None,
-        progress_deadline_secs: None,
-        gang: 1,
-        labels: Default::default(),
-    }
+    );
+    // A no-op reserves no CPU, as the end-to-end no-op jobs ask (`cpu_millis: 0`).
+    spec.resources.cpu_millis = 0;
+    spec
 }
 
 fn queued_memory(plan: &Plan, report: &Reporter) -> Result<(), BenchError> {
@@ -229,11 +225,7 @@ fn queued_memory(plan: &Plan, report: &Reporter) -> Result<(), BenchError> {
     let mut next = 1u64;
     while next <= plan.queued_jobs {
         let jobs: Vec<Submission> = (next..next + batch)
-            .map(|i| Submission {
-                job: JobId(i),
-                spec: noop_spec(i),
-                submitted_ms: 1_700_000_000_000 + i,
-            })
+            .map(|i| Submission::new(JobId(i), noop_spec(i), 1_700_000_000_000 + i))
             .collect();
         table
             .apply_owned(Record::Submitted { jobs })
@@ -242,7 +234,10 @@ fn queued_memory(plan: &Plan, report: &Reporter) -> Result<(), BenchError> {
             placer.enqueue(QueuedJob {
                 job: JobId(i),
                 priority: 0,
-                resources: Resources::default(),
+                resources: Resources {
+                    cpu_millis: 0,
+                    ..Resources::default()
+                },
                 gang: 1,
                 enqueued_at: epoch,
             });
@@ -383,6 +378,7 @@ async fn store_replay(quick: bool, report: &Reporter) -> Result<(), BenchError> 
                         exit_code: Some(0),
                         ..Outcome::default()
                     },
+                    ended_ms: 1_700_000_000_000,
                 },
             ] {
                 pending.push_back(store.commit(record).await.map_err(fail)?);

@@ -63,6 +63,89 @@ pub struct Config {
     pub gpu_health_every_ms: u64,
     /// The die temperature above which a GPU is unhealthy, in degrees Celsius.
     pub gpu_max_temperature_celsius: u32,
+    /// How long a request body may take to arrive, in seconds: a client that stalls halfway
+    /// is answered 408 and its buffer freed.
+    pub body_timeout_secs: u64,
+    /// The most request-body bytes the API holds at once over all requests; a request that
+    /// would pass it is answered 503 (retry later) instead of being buffered.
+    pub max_body_bytes_in_flight: usize,
+    /// How long the first placement waits for the local worker to register, in milliseconds.
+    pub registration_grace_ms: u64,
+    /// How long ended jobs are kept (the `[retention]` table).
+    pub retention: RetentionConfig,
+    /// Job output (the `[logs]` table).
+    pub logs: LogsConfig,
+    /// Confinement of command jobs (the `[cgroups]` table).
+    pub cgroups: CgroupsConfig,
+}
+
+/// `[retention]`: ended jobs are removed (table, journal, logs) once they ended `max_age_secs`
+/// ago, or once more than `max_jobs` ended jobs are kept, the oldest first. The defaults keep a
+/// day (Slurm's `MinJobAge` is 5 minutes, which loses what happened overnight) and at most
+/// 100,000 ended jobs (Slurm's `MaxJobCount` default is 10,000): about 60 MB of memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Seconds an ended job is kept (default 86,400: 24 h).
+    pub max_age_secs: u64,
+    /// Ended jobs kept at most (default 100,000).
+    pub max_jobs: usize,
+    /// How often the policy is applied, in milliseconds (default 1,000).
+    pub every_ms: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            max_age_secs: 24 * 3600,
+            max_jobs: 100_000,
+            every_ms: 1000,
+        }
+    }
+}
+
+/// `[logs]`: each output stream of a command task keeps at most `max_bytes_per_stream` bytes
+/// on disk: its first quarter and its last three quarters, with a marker line where the middle
+/// was dropped (default 64 MiB; a job printing 200 MB keeps its head and its tail).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogsConfig {
+    /// Bytes kept per stream (at least 64 KiB).
+    pub max_bytes_per_stream: u64,
+}
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        LogsConfig {
+            max_bytes_per_stream: 64 << 20,
+        }
+    }
+}
+
+/// Whether command jobs run in cgroups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CgroupMode {
+    /// Where the node can use cgroups (root, or a delegated group); process groups otherwise,
+    /// said once at start.
+    #[default]
+    Auto,
+    /// Never: process groups only.
+    Off,
+    /// Always: a node that cannot use cgroups does not start.
+    Required,
+}
+
+/// `[cgroups]`: each command task in a cgroup of its own (v2, or v1 where only v1 is mounted),
+/// with its CPU and memory as limits and a kill nothing escapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct CgroupsConfig {
+    /// `auto` (default), `off` or `required`.
+    pub mode: CgroupMode,
+    /// The most processes and threads one task may have (none by default: training jobs start
+    /// many threads).
+    pub max_pids: Option<u64>,
 }
 
 impl Default for Config {
@@ -87,6 +170,12 @@ impl Default for Config {
             api_threads: 2,
             gpu_health_every_ms: 5_000,
             gpu_max_temperature_celsius: 90,
+            body_timeout_secs: 30,
+            max_body_bytes_in_flight: 64 << 20,
+            registration_grace_ms: 5_000,
+            retention: RetentionConfig::default(),
+            logs: LogsConfig::default(),
+            cgroups: CgroupsConfig::default(),
         }
     }
 }
@@ -191,6 +280,43 @@ impl Config {
         if let Some(v) = parse_env(env, "CADRE_GPU_MAX_TEMPERATURE_CELSIUS")? {
             config.gpu_max_temperature_celsius = v;
         }
+        if let Some(v) = parse_env(env, "CADRE_BODY_TIMEOUT_SECS")? {
+            config.body_timeout_secs = v;
+        }
+        if let Some(v) = parse_env(env, "CADRE_MAX_BODY_BYTES_IN_FLIGHT")? {
+            config.max_body_bytes_in_flight = v;
+        }
+        if let Some(v) = parse_env(env, "CADRE_REGISTRATION_GRACE_MS")? {
+            config.registration_grace_ms = v;
+        }
+        if let Some(v) = parse_env(env, "CADRE_RETENTION_MAX_AGE_SECS")? {
+            config.retention.max_age_secs = v;
+        }
+        if let Some(v) = parse_env(env, "CADRE_RETENTION_MAX_JOBS")? {
+            config.retention.max_jobs = v;
+        }
+        if let Some(v) = parse_env(env, "CADRE_RETENTION_EVERY_MS")? {
+            config.retention.every_ms = v;
+        }
+        if let Some(v) = parse_env(env, "CADRE_LOGS_MAX_BYTES_PER_STREAM")? {
+            config.logs.max_bytes_per_stream = v;
+        }
+        if let Some(v) = env("CADRE_CGROUPS") {
+            config.cgroups.mode = match v.as_str() {
+                "auto" => CgroupMode::Auto,
+                "off" => CgroupMode::Off,
+                "required" => CgroupMode::Required,
+                other => {
+                    return Err(invalid(
+                        "CADRE_CGROUPS",
+                        format!("{other:?}: expected auto, off or required"),
+                    ))
+                }
+            };
+        }
+        if let Some(v) = parse_env(env, "CADRE_CGROUPS_MAX_PIDS")? {
+            config.cgroups.max_pids = Some(v);
+        }
         if let Some(v) = &flags.data_dir {
             config.data_dir = v.clone();
         }
@@ -266,7 +392,41 @@ impl Config {
         if self.api_threads == 0 {
             return Err(invalid("api_threads", "must be at least 1"));
         }
+        if self.body_timeout_secs == 0 {
+            return Err(invalid("body_timeout_secs", "must be at least 1"));
+        }
+        if self.max_body_bytes_in_flight < self.max_body_bytes {
+            return Err(invalid(
+                "max_body_bytes_in_flight",
+                "must be at least max_body_bytes (one largest body must fit)",
+            ));
+        }
+        if self.retention.max_age_secs == 0 {
+            return Err(invalid("retention.max_age_secs", "must be at least 1"));
+        }
+        if self.retention.every_ms == 0 {
+            return Err(invalid("retention.every_ms", "must be at least 1"));
+        }
+        if self.logs.max_bytes_per_stream < cadre_cpu::joblog::MIN_LOG_CAP {
+            return Err(invalid(
+                "logs.max_bytes_per_stream",
+                format!("must be at least {}", cadre_cpu::joblog::MIN_LOG_CAP),
+            ));
+        }
+        if self.cgroups.max_pids == Some(0) {
+            return Err(invalid("cgroups.max_pids", "must be at least 1"));
+        }
         Ok(())
+    }
+
+    /// The retention policy as the scheduler takes it.
+    pub fn retention(&self) -> cadre_actors::scheduler::Retention {
+        cadre_actors::scheduler::Retention {
+            max_age: Duration::from_secs(self.retention.max_age_secs),
+            max_jobs: self.retention.max_jobs,
+            every: Duration::from_millis(self.retention.every_ms),
+            ..cadre_actors::scheduler::Retention::default()
+        }
     }
 
     /// The lease time to live.

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod config;
+pub mod confine;
 pub mod error;
 pub mod extensions;
 pub mod gpu;

@@ -85,6 +85,9 @@ impl Node {
         tracing::info!(dir = %journal_dir.display(), jobs = opened.1.jobs,
             requeued = opened.1.requeued.len(), failed = opened.1.failed.len(), "journal recovered");
         let gpus = crate::gpu::discover().await;
+        let scratch_dir = data_dir.join("scratch");
+        std::fs::create_dir_all(&scratch_dir).map_err(|e| data_dir_error(&scratch_dir, e))?;
+        let cgroups = crate::confine::open_cgroups(&config, &data_dir).await?;
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let (callbacks, callbacks_spec) = CallbackRunner::<NodeEvent>::new();
         let scheduler_config = Arc::new(SchedulerConfig {
@@ -99,6 +102,12 @@ impl Node {
             callbacks: (!extensions.callbacks.is_empty()).then(|| callbacks.clone()),
             health: OnceLock::new(),
             gpus_absent: gpus.absent.clone(),
+            retention: config.retention(),
+            janitor: Some(crate::confine::janitor(
+                log_dir.clone(),
+                scratch_dir.clone(),
+            )),
+            registration_grace: Duration::from_millis(config.registration_grace_ms),
         });
         let sc = Arc::clone(&scheduler_config);
         let scheduler_spec = WorkerSpec::new("scheduler", move || Scheduler::new(Arc::clone(&sc)))
@@ -115,6 +124,7 @@ impl Node {
             window: 100,
             min_std: renew_every / 4,
             acceptable_pause: renew_every,
+            resend: Some(scheduler.clone().recipient()),
         };
         let health_spec =
             WorkerSpec::new("health", move || HealthMonitor::new(health_config.clone()))
@@ -218,6 +228,11 @@ impl Node {
             fence_margin: Duration::from_millis(config.fence_margin_ms),
             term_grace: Duration::from_millis(config.kill_grace_ms),
             ledger,
+            cgroups,
+            max_pids: config.cgroups.max_pids,
+            scratch_dir,
+            base_env: crate::confine::base_env(&|k| std::env::var(k).ok()),
+            log_cap: Some(config.logs.max_bytes_per_stream),
         });
         let wc = Arc::clone(&worker_config);
         let worker_spec =
@@ -255,6 +270,11 @@ impl Node {
             max_batch_jobs: config.max_batch_jobs,
             log_reader: Launcher::new(engine).log_reader(),
             max_body_bytes: config.max_body_bytes,
+            body_timeout: Duration::from_secs(config.body_timeout_secs),
+            bodies_in_flight: Arc::new(tokio::sync::Semaphore::new(
+                config.max_body_bytes_in_flight,
+            )),
+            max_body_bytes_in_flight: config.max_body_bytes_in_flight,
         };
         let (api_server, api_handle) = api::server(
             state,
@@ -277,23 +297,22 @@ impl Node {
         })
     }
 
-    /// Serves until SIGTERM or SIGINT (or until the tree stops on its own), then shuts down.
+    /// Serves until SIGTERM, SIGINT or SIGHUP (or until the tree stops on its own), then shuts
+    /// down. Signals:
+    /// - `SIGTERM`, `SIGINT` (Ctrl-C), `SIGHUP` (the terminal went away): drain (accept nothing
+    ///   new, let running jobs finish within the grace), flush the journal, stop in order. A
+    ///   node is not reconfigured by `SIGHUP`: it has nothing to reload, and a node started
+    ///   from a terminal that closes should stop cleanly rather than die without a log line.
+    /// - a second `SIGTERM` or `SIGINT` during the drain: stop waiting for running jobs (they
+    ///   are stopped and requeued at the next start), then flush and stop as above.
+    /// - `SIGKILL`: nothing runs; the next start recovers from the journal and requeues what
+    ///   was running.
+    /// - `SIGPIPE` is ignored (Rust's default), so a client that hangs up is only an error on
+    ///   that connection.
     pub async fn run(self) -> Result<(), Error> {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|e| Error::Listen {
-                what: "signal handler",
-                addr: "SIGTERM".to_owned(),
-                source: e,
-            })?;
+        let mut signals = Signals::new()?;
         let ended = tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); None }
-            signal = tokio::signal::ctrl_c() => {
-                if let Err(error) = signal {
-                    tracing::error!(%error, "cannot listen for SIGINT; shutting down");
-                }
-                tracing::info!("SIGINT: shutting down");
-                None
-            }
+            name = signals.next() => { tracing::info!(signal = name, "shutting down"); None }
             result = self.root.wait() => Some(result),
         };
         if let Some(result) = ended {
@@ -305,18 +324,33 @@ impl Node {
             self.metrics.stop(true).await;
             return result.map_err(Error::from);
         }
-        self.shutdown().await
+        self.shutdown_with(Some(signals)).await
     }
 
     /// Stop accepting, let running jobs finish within the grace period, flush the journal,
     /// stop the tree in reverse order, stop the servers.
     pub async fn shutdown(self) -> Result<(), Error> {
-        match tokio::time::timeout(self.grace, self.scheduler.send(Drain)).await {
-            Ok(Ok(Ok(()))) => tracing::info!("drained: no job is running"),
-            Ok(Ok(Err(error))) => tracing::error!(%error, "drain refused"),
-            Ok(Err(error)) => tracing::error!(%error, "scheduler unreachable while draining"),
-            Err(_) => tracing::warn!(grace_secs = self.grace.as_secs(),
-                "grace period over with jobs still running: they are stopped and requeued at next start"),
+        self.shutdown_with(None).await
+    }
+
+    async fn shutdown_with(self, signals: Option<Signals>) -> Result<(), Error> {
+        let drain = tokio::time::timeout(self.grace, self.scheduler.send(Drain));
+        let second = async {
+            match signals {
+                Some(mut s) => s.next().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            drained = drain => match drained {
+                Ok(Ok(Ok(()))) => tracing::info!("drained: no job is running"),
+                Ok(Ok(Err(error))) => tracing::error!(%error, "drain refused"),
+                Ok(Err(error)) => tracing::error!(%error, "scheduler unreachable while draining"),
+                Err(_) => tracing::warn!(grace_secs = self.grace.as_secs(),
+                    "grace period over with jobs still running: they are stopped now, and run again at the next start"),
+            },
+            name = second => tracing::warn!(signal = name,
+                "second signal: not waiting for running jobs; they are stopped now, and run again at the next start"),
         }
         if let Err(error) = self.scheduler.send(CloseStore).await {
             tracing::error!(%error, "scheduler unreachable to flush the journal");
@@ -333,5 +367,39 @@ impl Node {
         }
         tracing::info!("cadre node stopped");
         result.map_err(Error::from)
+    }
+}
+
+/// The signals that stop a node (see [`Node::run`]).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Signals, Error> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let listen = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|source| Error::Listen {
+                what: "signal handler",
+                addr: name.to_owned(),
+                source,
+            })
+        };
+        Ok(Signals {
+            term: listen(SignalKind::terminate(), "SIGTERM")?,
+            int: listen(SignalKind::interrupt(), "SIGINT")?,
+            hup: listen(SignalKind::hangup(), "SIGHUP")?,
+        })
+    }
+
+    /// The name of the next stopping signal.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+            _ = self.hup.recv() => "SIGHUP",
+        }
     }
 }

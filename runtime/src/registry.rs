@@ -1,5 +1,6 @@
 //! What validation asks of this node: whether a program exists and is executable (a path, or a
-//! name on the node's `PATH`), and whether a workload is registered.
+//! name on the node's `PATH`), whether a working directory exists, and whether a workload is
+//! registered.
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
@@ -51,5 +52,9 @@ impl Registry for NodeRegistry {
 
     fn workload_registered(&self, name: &str) -> bool {
         self.workloads.contains(name)
+    }
+
+    fn dir_exists(&self, path: &str) -> bool {
+        std::fs::metadata(path).is_ok_and(|m| m.is_dir())
     }
 }

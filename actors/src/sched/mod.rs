@@ -74,6 +74,13 @@ pub enum Waiting {
         /// What it needs against what there is.
         reason: String,
     },
+    /// Its last attempt failed and it runs again once its backoff is over.
+    Retry {
+        /// The earliest it may be placed, in milliseconds since the Unix epoch.
+        not_before_ms: u64,
+        /// Attempts failed so far.
+        failures: u32,
+    },
 }
 
 /// The queue, the capacity table and the decision rule over them.
@@ -83,10 +90,54 @@ pub struct Placer {
     queue: JobQueue,
     capacity: CapacityTable,
     parked: FxHashMap<JobId, (QueuedJob, String)>,
+    /// Jobs parked and jobs that rejoined since the last [`Placer::report`], for one log line
+    /// per pass instead of one per job.
+    parked_since: Tally,
+    rejoined_since: Tally,
     /// `cadre_scheduler_queue_depth` and `cadre_scheduler_decision_seconds`, looked up once:
     /// they change on every decision.
     depth: metrics::Gauge,
     decisions: metrics::Histogram,
+}
+
+/// A count of jobs with the first few of them, for a log line.
+#[derive(Debug, Default)]
+struct Tally {
+    count: usize,
+    first: Vec<JobId>,
+    reason: Option<String>,
+}
+
+impl Tally {
+    const SHOWN: usize = 5;
+
+    fn add(&mut self, job: JobId, reason: Option<&str>) {
+        self.count += 1;
+        if self.first.len() < Self::SHOWN {
+            self.first.push(job);
+        }
+        if self.reason.is_none() {
+            self.reason = reason.map(str::to_owned);
+        }
+    }
+
+    fn take(&mut self) -> Option<Tally> {
+        (self.count > 0).then(|| std::mem::take(self))
+    }
+
+    /// The first ids, `1, 2, 3` (with `...` when there are more).
+    fn ids(&self) -> String {
+        let mut text = self
+            .first
+            .iter()
+            .map(JobId::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        if self.count > self.first.len() {
+            text.push_str(", ...");
+        }
+        text
+    }
 }
 
 /// Whether `a` needs at least as much as `b` in every dimension (then `a` cannot fit where `b`
@@ -103,6 +154,8 @@ impl Placer {
             queue: JobQueue::new(config.aging, epoch),
             capacity: CapacityTable::new(),
             parked: FxHashMap::default(),
+            parked_since: Tally::default(),
+            rejoined_since: Tally::default(),
             depth: metrics::gauge!(m::QUEUE_DEPTH),
             decisions: metrics::histogram!(m::DECISION_SECONDS),
         }
@@ -173,7 +226,7 @@ impl Placer {
         ready.sort_unstable();
         for job in ready {
             if let Some((q, _)) = self.parked.remove(&job) {
-                tracing::info!(job = %job, "capacity arrived: parked job rejoins the queue");
+                self.rejoined_since.add(job, None);
                 self.queue.push(q);
             }
         }
@@ -221,6 +274,19 @@ impl Placer {
         self.queue
             .position(job)
             .map(|position| Waiting::Queued { position })
+    }
+
+    /// Logs, in one line each, the jobs parked and the jobs that rejoined the queue since the
+    /// last call (the scheduler calls it once per pass): a count and the first few ids, never
+    /// a line per job (a node starting with a million queued jobs would write two million).
+    pub fn report(&mut self) {
+        if let Some(t) = self.parked_since.take() {
+            tracing::warn!(jobs = t.count, first = %t.ids(), reason = t.reason.as_deref().unwrap_or(""),
+                total_parked = self.parked.len(), "jobs parked: no registered worker can hold them");
+        }
+        if let Some(t) = self.rejoined_since.take() {
+            tracing::info!(jobs = t.count, first = %t.ids(), "capacity arrived: parked jobs rejoin the queue");
+        }
     }
 
     /// Jobs waiting, parked ones included.
@@ -293,7 +359,7 @@ impl Placer {
         }
         for (job, reason) in to_park {
             if let Some(q) = self.queue.remove(job) {
-                tracing::warn!(job = %job, reason = %reason, "job parked: no worker can hold it");
+                self.parked_since.add(job, Some(&reason));
                 self.parked.insert(job, (q, reason));
             }
         }

@@ -21,10 +21,20 @@ impl Handler<Submit> for Scheduler {
             Ok(core) if core.draining => Some(Error::Unavailable {
                 reason: "the node is shutting down and accepts no new jobs".to_owned(),
             }),
-            Ok(_) => None,
+            Ok(core) => core
+                .unwritable
+                .clone()
+                .or_else(|| core.store.as_ref().and_then(Store::unwritable_reason))
+                .map(|reason| Error::StoreUnwritable { reason }),
         };
         if let Some(error) = refused {
-            refuse("submit", "unavailable");
+            let why = if matches!(error, Error::StoreUnwritable { .. }) {
+                "unwritable"
+            } else {
+                "unavailable"
+            };
+            refuse("submit", why);
+            tracing::debug!(%error, "submission refused");
             return Box::pin(async move { Err(error) });
         }
         let count = msg.specs.len() as u64;
@@ -40,11 +50,7 @@ impl Handler<Submit> for Scheduler {
             jobs: msg
                 .specs
                 .into_iter()
-                .map(|spec| Submission {
-                    job: JobId(0),
-                    spec,
-                    submitted_ms,
-                })
+                .map(|spec| Submission::new(JobId(0), spec, submitted_ms))
                 .collect(),
         };
         self.commit(ctx, record, move |act, ctx, result| {
@@ -122,6 +128,18 @@ pub struct JobView {
     /// Why its last attempt was lost, if one was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_loss: Option<String>,
+    /// How its last failed attempt ended, when a failure was retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<Outcome>,
+    /// Attempts lost so far (each run again per `requeue` and `max_requeues`).
+    #[serde(default)]
+    pub requeues: u32,
+    /// Attempts failed so far and run again (per `max_retries`).
+    #[serde(default)]
+    pub failures: u32,
+    /// When it ended, in milliseconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_ms: Option<u64>,
     /// The spec as submitted.
     pub spec: JobSpec,
 }
@@ -137,7 +155,14 @@ impl Scheduler {
             attempt: entry.status.attempt,
             submitted_ms: entry.submitted_ms,
             waiting: if entry.status.state == JobState::Queued {
-                match (core.placer.waiting(job), &self.config.gpus_absent) {
+                let placer = match core.delayed_at.get(&job) {
+                    Some(_) => Some(Waiting::Retry {
+                        not_before_ms: entry.retry_at_ms,
+                        failures: entry.failures,
+                    }),
+                    None => core.placer.waiting(job),
+                };
+                match (placer, &self.config.gpus_absent) {
                     (Some(Waiting::Unplaceable { reason }), Some(absent))
                         if entry.spec.resources.gpus > 0 =>
                     {
@@ -153,8 +178,27 @@ impl Scheduler {
             grants: entry.grants.clone(),
             outcome: entry.outcome.clone(),
             last_loss: entry.last_loss.clone(),
+            last_failure: entry.last_failure.as_deref().cloned(),
+            requeues: entry.requeues,
+            failures: entry.failures,
+            ended_ms: (entry.status.state.is_terminal() && entry.ended_ms > 0)
+                .then_some(entry.ended_ms),
             spec: entry.spec.clone(),
         })
+    }
+
+    /// Why a job is not in the table: pruned by retention, or never known.
+    fn missing(&self, job: JobId) -> Error {
+        let pruned = self
+            .core
+            .as_ref()
+            .and_then(|c| c.store.as_ref())
+            .is_some_and(|s| s.table().was_pruned(job));
+        if pruned {
+            Error::Pruned { job }
+        } else {
+            Error::UnknownJob { job }
+        }
     }
 }
 
@@ -168,7 +212,7 @@ impl Handler<GetJob> for Scheduler {
 
     fn handle(&mut self, msg: GetJob, _: &mut Ctx) -> Self::Result {
         self.core()?;
-        self.view(msg.0).ok_or(Error::UnknownJob { job: msg.0 })
+        self.view(msg.0).ok_or_else(|| self.missing(msg.0))
     }
 }
 
@@ -232,17 +276,25 @@ impl Handler<CancelJob> for Scheduler {
                 .and_then(|s| s.table().get(job))
                 .map(|e| (e.status.state, e.status.attempt)),
         };
-        let result = match state {
-            None => Err(Error::UnknownJob { job }),
-            Some((state, _)) if state.is_terminal() => Err(Error::Conflict {
+        let unwritable = self.core.as_ref().and_then(|c| c.unwritable.clone());
+        let result = match (state, unwritable) {
+            (None, _) => Err(self.missing(job)),
+            (Some((state, _)), _) if state.is_terminal() => Err(Error::Conflict {
                 job,
                 reason: format!("it has already ended ({state})"),
             }),
-            Some((JobState::Queued, attempt)) => {
+            // Nothing could record the cancel: refused now rather than held until the disk
+            // takes writes again.
+            (Some((JobState::Queued, _)), Some(reason)) => {
+                refuse("cancel", "unwritable");
+                Err(Error::StoreUnwritable { reason })
+            }
+            (Some((JobState::Queued, attempt)), None) => {
                 let (tx, rx) = oneshot::channel();
                 if let Some(core) = self.core.as_mut() {
                     core.placer.cancel(job);
                 }
+                self.undelay(job);
                 self.commit(
                     ctx,
                     Record::Ended {
@@ -250,6 +302,7 @@ impl Handler<CancelJob> for Scheduler {
                         attempt,
                         state: JobState::Cancelled,
                         outcome: Outcome::default(),
+                        ended_ms: now_ms(),
                     },
                     move |act, ctx, result| {
                         let reply = match &result {
@@ -279,7 +332,7 @@ impl Handler<CancelJob> for Scheduler {
                     })?
                 });
             }
-            Some(_) => {
+            (Some(_), _) => {
                 if let Some(active) = self.core.as_mut().and_then(|c| c.active.get_mut(&job)) {
                     active.cancel = true;
                 }
@@ -325,6 +378,12 @@ pub struct ClusterView {
     /// Why this node has no GPUs, when it has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpus_absent: Option<String>,
+    /// Why the job store takes no writes, while it does not (a full disk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_unwritable: Option<String>,
+    /// Ended jobs kept (bounded by the retention policy).
+    #[serde(default)]
+    pub ended: usize,
 }
 
 /// API: the node's workers and totals.
@@ -336,7 +395,9 @@ impl Handler<Nodes> for Scheduler {
     type Result = Result<ClusterView, Error>;
 
     fn handle(&mut self, _: Nodes, _: &mut Ctx) -> Self::Result {
-        let core = self.core()?;
+        let core = self.core.as_ref().ok_or_else(|| Error::Unavailable {
+            reason: "the scheduler is still opening its journal".to_owned(),
+        })?;
         Ok(ClusterView {
             workers: core
                 .workers
@@ -355,6 +416,8 @@ impl Handler<Nodes> for Scheduler {
             jobs: core.store.as_ref().map_or(0, |s| s.table().len()),
             draining: core.draining,
             gpus_absent: self.config.gpus_absent.clone(),
+            store_unwritable: core.unwritable.clone(),
+            ended: core.store.as_ref().map_or(0, |s| s.table().ended_len()),
         })
     }
 }
@@ -392,16 +455,29 @@ impl Handler<Drain> for Scheduler {
     }
 }
 
-/// Readiness: whether the scheduler has its journal open.
+/// Readiness: whether the node can run what it accepts now: its journal is open and takes
+/// writes, it is not draining, and a worker is registered. `Err` says why not.
 #[derive(Debug, Message)]
-#[rtype(result = "bool")]
+#[rtype(result = "Result<(), String>")]
 pub struct Ready;
 
 impl Handler<Ready> for Scheduler {
-    type Result = bool;
+    type Result = Result<(), String>;
 
-    fn handle(&mut self, _: Ready, _: &mut Ctx) -> bool {
-        self.core.as_ref().is_some_and(|c| !c.draining)
+    fn handle(&mut self, _: Ready, _: &mut Ctx) -> Self::Result {
+        let Some(core) = self.core.as_ref() else {
+            return Err("the scheduler is opening its journal".to_owned());
+        };
+        if core.draining {
+            return Err("the node is draining (shutting down)".to_owned());
+        }
+        if let Some(why) = &core.unwritable {
+            return Err(format!("the job store is read-only: {why}"));
+        }
+        if core.workers.is_empty() {
+            return Err("no worker is registered: jobs would wait".to_owned());
+        }
+        Ok(())
     }
 }
 
@@ -414,7 +490,10 @@ impl Handler<CloseStore> for Scheduler {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, _: CloseStore, _: &mut Ctx) -> Self::Result {
-        let store = self.core.as_mut().and_then(|c| c.store.take());
+        let store = self.core.as_mut().and_then(|c| {
+            c.closing = true;
+            c.store.take()
+        });
         Box::pin(async move {
             if let Some(store) = store {
                 store.close().await;

@@ -14,6 +14,8 @@ pub(super) enum AfterDurable {
     },
     /// Publish the lease and send the job to its workers.
     Assign { job: JobId, attempt: u32 },
+    /// Nothing but the wait: later records' continuations run after it.
+    Nothing,
     /// Anything else.
     Run(Continuation),
 }
@@ -33,6 +35,7 @@ impl AfterDurable {
                 act.emit(job, JobState::Leased, attempt);
                 act.assign(ctx, job);
             }
+            AfterDurable::Nothing => {}
             AfterDurable::Run(then) => then(act, ctx),
         }
     }
@@ -68,6 +71,15 @@ impl actix::fut::ActorFuture<Scheduler> for DrainDurables {
             };
             match result {
                 Ok(()) => then.run(act, ctx),
+                Err(error) if act.core.as_ref().is_some_and(|c| c.closing) => {
+                    // The store was closed on a disk that refused writes: nothing of this was
+                    // acknowledged, and the next start finds the jobs as the journal has them.
+                    tracing::warn!(%error, path = ctx.path(), pending = act.durables.len() + 1,
+                        "records still waiting for the disk at shutdown were not made durable");
+                    act.durables.clear();
+                    act.draining_durables = false;
+                    return Poll::Ready(());
+                }
                 Err(error) => {
                     tracing::error!(%error, path = ctx.path(),
                         "a job record did not become durable; the scheduler restarts to recover");
@@ -98,7 +110,8 @@ impl Scheduler {
             );
             return;
         };
-        if !core.deferred.is_empty() {
+        // Behind records already waiting, and while the disk refuses writes: in order, later.
+        if !core.deferred.is_empty() || core.unwritable.is_some() {
             core.deferred.push_back((record, Box::new(then)));
             return;
         }
@@ -119,9 +132,74 @@ impl Scheduler {
                 }
             }
             Err(record) => {
+                // A full queue: waiting blocks the mailbox, which is right for a busy disk
+                // but not for one that refuses writes (its watch may not have told us yet).
+                let stalled = store.unwritable_reason();
                 core.deferred.push_back((record, Box::new(then)));
-                self.wait_for_journal(ctx);
+                match stalled {
+                    Some(reason) => self.set_unwritable(ctx, Some(reason)),
+                    None => self.wait_for_journal(ctx),
+                }
             }
+        }
+    }
+
+    /// Follows the journal's health: the store turns read-only while its disk refuses writes,
+    /// and carries on with what waited once it takes them again.
+    pub(super) fn watch_journal(
+        &mut self,
+        ctx: &mut Ctx,
+        mut health: tokio::sync::watch::Receiver<cadre_cpu::journal::JournalHealth>,
+    ) {
+        ctx.spawn(
+            async move {
+                let changed = health.changed().await.is_ok();
+                (health, changed)
+            }
+            .into_actor(self)
+            .map(|(health, changed), act, ctx| {
+                if !changed {
+                    // The journal is gone (closed or its writer exited): the store says so on
+                    // the next commit.
+                    return;
+                }
+                let reason = match &*health.borrow() {
+                    cadre_cpu::journal::JournalHealth::Writable => None,
+                    cadre_cpu::journal::JournalHealth::Stalled(stall) => Some(stall.to_string()),
+                };
+                act.set_unwritable(ctx, reason);
+                act.watch_journal(ctx, health);
+            }),
+        );
+    }
+
+    /// The store turns read-only (`Some(why)`) or writable again (`None`). Said once per
+    /// change (the journal logged the failure itself, once), and the gauge follows.
+    pub(super) fn set_unwritable(&mut self, ctx: &mut Ctx, reason: Option<String>) {
+        let Some(core) = self.core.as_mut() else {
+            return;
+        };
+        let was = core.unwritable.is_some();
+        match (&reason, was) {
+            (Some(why), false) => {
+                tracing::warn!(reason = %why, path = ctx.path(), waiting = core.deferred.len(),
+                    "job store read-only: submissions are refused and changes wait until its disk takes writes again");
+                metrics::gauge!(m::STORE_WRITABLE).set(0.0);
+            }
+            (None, true) => {
+                tracing::info!(
+                    path = ctx.path(),
+                    waiting = core.deferred.len(),
+                    "job store writable again: the changes that waited are being recorded"
+                );
+                metrics::gauge!(m::STORE_WRITABLE).set(1.0);
+            }
+            _ => {}
+        }
+        core.unwritable = reason;
+        if core.unwritable.is_none() && was {
+            self.drain_deferred(ctx);
+            self.schedule(ctx);
         }
     }
 
@@ -163,6 +241,9 @@ impl Scheduler {
             let Some(core) = self.core.as_mut() else {
                 return;
             };
+            if core.unwritable.is_some() {
+                return;
+            }
             let Some(store) = core.store.as_mut() else {
                 return;
             };
@@ -193,8 +274,9 @@ impl Scheduler {
         let Some(core) = self.core.as_mut() else {
             return;
         };
-        let due =
-            core.deferred.is_empty() && core.store.as_ref().is_some_and(Store::compaction_due);
+        let due = core.deferred.is_empty()
+            && core.unwritable.is_none()
+            && core.store.as_ref().is_some_and(Store::compaction_due);
         if !due {
             return;
         }
@@ -216,8 +298,10 @@ impl Scheduler {
                 match result {
                     Ok(()) => tracing::info!(jobs, took_ms = took.as_millis() as u64, path = ctx.path(),
                         "job store snapshot written"),
-                    // The store counted it and refuses everything now: the restart recovers.
-                    Err(error) => tracing::error!(jobs, %error, path = ctx.path(), "job store snapshot failed"),
+                    // The journal is whole without it (its records stay in their segments);
+                    // the store tries again later.
+                    Err(error) => tracing::error!(jobs, %error, path = ctx.path(),
+                        "job store snapshot failed; the journal keeps its records and it is tried again later"),
                 }
                 act.check_store(ctx);
                 act.drain_deferred(ctx);

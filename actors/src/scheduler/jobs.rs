@@ -11,7 +11,7 @@ impl Scheduler {
             let Some(core) = self.core.as_mut() else {
                 return;
             };
-            if core.store.is_none() || !core.deferred.is_empty() {
+            if core.store.is_none() || !core.deferred.is_empty() || core.unwritable.is_some() {
                 core.reschedule = true;
                 return;
             }
@@ -20,6 +20,11 @@ impl Scheduler {
                 return;
             }
             let now = Instant::now();
+            // Right after start, with no worker yet: wait for one (or the grace) instead of
+            // parking every queued job as unplaceable.
+            if core.workers.is_empty() && core.grace_until.is_some_and(|until| now < until) {
+                return;
+            }
             let Some(placement) = core.placer.decide(now) else {
                 break;
             };
@@ -74,6 +79,7 @@ impl Scheduler {
                     lost: None,
                     result: None,
                     watched: false,
+                    logs: None,
                 },
             );
             core.running.set(core.active.len() as f64);
@@ -90,6 +96,9 @@ impl Scheduler {
                     }
                 }
             });
+        }
+        if let Some(core) = self.core.as_mut() {
+            core.placer.report();
         }
         self.arm_expiry(ctx);
     }
@@ -126,6 +135,7 @@ impl Scheduler {
                         attempt,
                         state: JobState::Failed,
                         outcome,
+                        ended_ms: now_ms(),
                     },
                     move |act, ctx, result| {
                         act.finished_record(ctx, job, attempt, JobState::Failed, result)
@@ -323,6 +333,7 @@ impl Scheduler {
                         )),
                         ..Outcome::default()
                     },
+                    ended_ms: now_ms(),
                 },
                 move |act, ctx, result| {
                     act.finished_record(ctx, job, attempt, JobState::Cancelled, result);
@@ -339,6 +350,7 @@ impl Scheduler {
                 job,
                 attempt,
                 reason,
+                at_ms: now_ms(),
             },
             move |act, ctx, result| {
                 let durable = match result {
@@ -506,9 +518,20 @@ pub(super) fn task_result(end: &TaskEnd, cancelled: bool) -> TaskResult {
             TaskResult::Lost(format!("its task was stopped ({})", reason.as_str()))
         }
         TaskEnd::Completed { .. } => TaskResult::End(JobState::Succeeded, Outcome::default()),
-        TaskEnd::StartFailed { error }
-        | TaskEnd::Error { error }
-        | TaskEnd::WorkloadFailed { error } => TaskResult::End(
+        TaskEnd::OutOfMemory { limit_bytes } => TaskResult::End(
+            JobState::Failed,
+            Outcome {
+                signal: Some(9),
+                error: Some(format!(
+                    "out of memory: the kernel killed it at its limit of {limit_bytes} bytes (resources.memory_bytes)"
+                )),
+                ..Outcome::default()
+            },
+        ),
+        // The worker lost track of the task, or could not confine it: the node's trouble, not
+        // the job's, so the attempt is lost (requeued), not failed.
+        TaskEnd::Error { error } => TaskResult::Lost(format!("its worker failed it: {error}")),
+        TaskEnd::StartFailed { error } | TaskEnd::WorkloadFailed { error } => TaskResult::End(
             JobState::Failed,
             Outcome {
                 error: Some(error.clone()),
@@ -548,7 +571,7 @@ impl Scheduler {
             return;
         }
         let attempt = active.attempt;
-        let (state, outcome) = match active.end {
+        let (state, mut outcome) = match active.end {
             Some(end) => end,
             None if active.cancel => (JobState::Cancelled, Outcome::default()),
             None => (
@@ -560,6 +583,7 @@ impl Scheduler {
                 },
             ),
         };
+        outcome.logs = active.logs;
         // A job that never reported its start cannot succeed or time out: it failed to start.
         let state = if !active.started && matches!(state, JobState::Succeeded | JobState::TimedOut)
         {
@@ -567,6 +591,12 @@ impl Scheduler {
         } else {
             state
         };
+        if matches!(state, JobState::Failed | JobState::TimedOut) && !active.cancel {
+            if let Some(backoff) = self.retry_backoff(job) {
+                self.retry(ctx, job, attempt, state, outcome, backoff);
+                return;
+            }
+        }
         self.commit(
             ctx,
             Record::Ended {
@@ -574,11 +604,224 @@ impl Scheduler {
                 attempt,
                 state,
                 outcome,
+                ended_ms: now_ms(),
             },
             move |act, ctx, result| {
                 act.finished_record(ctx, job, attempt, state, result);
                 act.schedule(ctx);
             },
         );
+    }
+
+    /// The pause before the next attempt of a job whose attempt failed on its own, if it has
+    /// retries left (`max_retries`).
+    fn retry_backoff(&self, job: JobId) -> Option<Duration> {
+        let entry = self.core.as_ref()?.store.as_ref()?.table().get(job)?;
+        (entry.failures < entry.spec.max_retries)
+            .then(|| entry.spec.retry_backoff(entry.failures + 1))
+    }
+
+    /// Queues a failed job again for its next attempt, placed once `backoff` has passed.
+    fn retry(
+        &mut self,
+        ctx: &mut Ctx,
+        job: JobId,
+        attempt: u32,
+        state: JobState,
+        outcome: Outcome,
+        backoff: Duration,
+    ) {
+        let retry_at_ms = now_ms().saturating_add(backoff.as_millis() as u64);
+        let why = outcome
+            .error
+            .clone()
+            .or_else(|| outcome.exit_code.map(|c| format!("exit code {c}")))
+            .unwrap_or_else(|| state.as_str().to_owned());
+        self.commit(
+            ctx,
+            Record::Retry {
+                job,
+                attempt,
+                state,
+                outcome,
+                retry_at_ms,
+            },
+            move |act, ctx, result| {
+                let durable = match result {
+                    Ok(d) => d,
+                    Err(error) => {
+                        tracing::error!(job = %job, attempt, %error, "could not record a retry");
+                        return;
+                    }
+                };
+                metrics::counter!(m::JOBS_RETRIED, "state" => state.as_str()).increment(1);
+                let queued = act.queued_job(job);
+                let failures = act
+                    .core
+                    .as_ref()
+                    .and_then(|c| c.store.as_ref())
+                    .and_then(|s| s.table().get(job))
+                    .map_or(0, |e| e.failures);
+                tracing::info!(job = %job, attempt, state = state.as_str(), reason = %why, failures,
+                    backoff_ms = backoff.as_millis() as u64, "attempt failed: the job runs again after its backoff");
+                act.after_durable(ctx, durable, move |act, _| {
+                    act.emit(job, JobState::Queued, attempt + 1);
+                });
+                if let Some(q) = queued {
+                    act.delay(ctx, q, Instant::now() + backoff);
+                }
+                act.schedule(ctx);
+            },
+        );
+    }
+
+    /// The queue entry of a queued job, from its spec.
+    pub(super) fn queued_job(&self, job: JobId) -> Option<QueuedJob> {
+        let entry = self.core.as_ref()?.store.as_ref()?.table().get(job)?;
+        Some(QueuedJob {
+            job,
+            priority: entry.spec.priority,
+            resources: entry.spec.resources,
+            gang: entry.spec.gang.max(1),
+            enqueued_at: Instant::now(),
+        })
+    }
+
+    /// Holds a queued job back until `at` (a retry's backoff), then queues it.
+    pub(super) fn delay(&mut self, ctx: &mut Ctx, q: QueuedJob, at: Instant) {
+        let Some(core) = self.core.as_mut() else {
+            return;
+        };
+        if let Some(old) = core.delayed_at.insert(q.job, at) {
+            core.delayed.remove(&(old, q.job));
+        }
+        core.delayed.insert((at, q.job), q);
+        self.arm_delayed(ctx);
+    }
+
+    /// Takes a job out of the backoff queue (it was cancelled); whether it was there.
+    pub(super) fn undelay(&mut self, job: JobId) -> bool {
+        let Some(core) = self.core.as_mut() else {
+            return false;
+        };
+        match core.delayed_at.remove(&job) {
+            Some(at) => core.delayed.remove(&(at, job)).is_some(),
+            None => false,
+        }
+    }
+
+    fn arm_delayed(&mut self, ctx: &mut Ctx) {
+        let Some(core) = self.core.as_mut() else {
+            return;
+        };
+        let Some(&(next, _)) = core.delayed.keys().next() else {
+            if let Some((_, handle)) = core.delay_timer.take() {
+                ctx.cancel_future(handle);
+            }
+            return;
+        };
+        if let Some((at, handle)) = core.delay_timer {
+            if at <= next {
+                return;
+            }
+            ctx.cancel_future(handle);
+        }
+        let pause = next.saturating_duration_since(Instant::now());
+        let handle = ctx.run_later(pause, |act, ctx| {
+            if let Some(core) = act.core.as_mut() {
+                core.delay_timer = None;
+            }
+            act.release_delayed(ctx);
+        });
+        core.delay_timer = Some((next, handle));
+    }
+
+    /// Queues every delayed job whose backoff is over.
+    fn release_delayed(&mut self, ctx: &mut Ctx) {
+        let now = Instant::now();
+        if let Some(core) = self.core.as_mut() {
+            while let Some(entry) = core.delayed.first_entry() {
+                if entry.key().0 > now {
+                    break;
+                }
+                let q = entry.remove();
+                core.delayed_at.remove(&q.job);
+                core.placer.enqueue(QueuedJob {
+                    enqueued_at: now,
+                    ..q
+                });
+            }
+        }
+        self.arm_delayed(ctx);
+        self.schedule(ctx);
+    }
+
+    /// Applies the retention policy: the oldest ended jobs beyond it are removed by one
+    /// journaled record per batch; once durable, the janitor removes their files.
+    pub(super) fn prune(&mut self, ctx: &mut Ctx) {
+        let retention = self.config.retention;
+        // Enough batches to keep up with a node ending jobs at its full rate, bounded so one
+        // pass does not hold the actor long.
+        for _ in 0..64 {
+            let Some(core) = self.core.as_ref() else {
+                return;
+            };
+            if core.unwritable.is_some() || !core.deferred.is_empty() || core.closing {
+                return;
+            }
+            let Some(store) = core.store.as_ref() else {
+                return;
+            };
+            let table = store.table();
+            let jobs = table.prunable(
+                now_ms(),
+                retention.max_age.as_millis() as u64,
+                retention.max_jobs,
+                retention.batch.max(1),
+            );
+            if jobs.is_empty() {
+                return;
+            }
+            let full = jobs.len() >= retention.batch.max(1);
+            let pruned: Vec<PrunedJob> = jobs
+                .iter()
+                .filter_map(|&job| {
+                    table.get(job).map(|e| PrunedJob {
+                        job,
+                        tasks: e.spec.gang.max(1),
+                        command: matches!(e.spec.kind, crate::job::JobKind::Command(_)),
+                    })
+                })
+                .collect();
+            let count = jobs.len() as u64;
+            self.commit(ctx, Record::Pruned { jobs }, move |act, ctx, result| {
+                let durable = match result {
+                    Ok(d) => d,
+                    Err(error) => {
+                        tracing::error!(jobs = count, %error, "could not record pruned jobs");
+                        return;
+                    }
+                };
+                metrics::counter!(m::JOBS_PRUNED).increment(count);
+                if let Some(kept) = act
+                    .core
+                    .as_ref()
+                    .and_then(|c| c.store.as_ref())
+                    .map(|s| s.table().ended_len())
+                {
+                    metrics::gauge!(m::JOBS_KEPT_ENDED).set(kept as f64);
+                }
+                act.after_durable(ctx, durable, move |act, _| {
+                    tracing::debug!(jobs = count, first = %pruned.first().map_or(JobId(0), |p| p.job),
+                        "ended jobs pruned by retention");
+                    if let Some(janitor) = &act.config.janitor {
+                        janitor(pruned);
+                    }
+                });
+            });
+            if !full {
+                return;
+            }
+        }
     }
 }

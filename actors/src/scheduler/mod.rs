@@ -18,15 +18,24 @@
 //!   into a lost one (workers fence theirs, since their renewals are now refused). Workers
 //!   register again when their renewal names an unknown worker.
 //!
+//! - **Retries.** A lost attempt is queued again while its job may be requeued; a failed one
+//!   (non-zero exit, timeout) only while its `max_retries` last, after a backoff, held in a
+//!   timer queue of its own (`delayed`) until it may be placed.
+//! - **Retention.** Ended jobs beyond the policy (age, count) are pruned by a journaled record,
+//!   a batch at a time on a timer; once it is durable the janitor removes their files.
+//!
 //! Commits normally take a journal slot without waiting ([`Store::try_commit`]). When the
 //! journal's queue is full, the record waits in order in `deferred` and the actor blocks its
 //! mailbox (`ctx.wait`) until the journal has room, so back-pressure reaches clients without
-//! reordering or losing a change.
+//! reordering or losing a change. When the journal's disk refuses writes (full, failing), the
+//! store is read-only: submissions are refused with the reason, other records wait in order in
+//! `deferred` without blocking the mailbox (reads, renewals and progress go on, and running
+//! jobs keep their leases), and everything continues by itself once the journal is writable.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use actix::prelude::*;
 use cadre_cpu::IoEngine;
@@ -44,8 +53,8 @@ use crate::lease::{LeaseTable, RenewOutcome};
 use crate::metrics as m;
 use crate::protocol::{
     Assign, Backpressure, Finished, ForgetWorker, GpuHealth, JobEvent, JobStalled, JobsProgressed,
-    Kill, KillReason, NodeEvent, ProgressAck, ProgressFlush, Register, Renew, RenewReply, Started,
-    TaskEnd, TaskProgress, UnwatchJob, WatchJob, WorkerDead, WorkerLink,
+    Kill, KillReason, NodeEvent, ProgressAck, ProgressFlush, Register, Renew, RenewReply,
+    ResendWatches, Started, TaskEnd, TaskProgress, UnwatchJob, WatchJob, WorkerDead, WorkerLink,
 };
 use crate::sched::{
     CapacitySummary, Grant, Placer, PlacerConfig, QueuedJob, Waiting, WorkerCapacity,
@@ -97,6 +106,56 @@ pub struct SchedulerConfig {
     /// Why this node has no GPUs (no driver, no device), when it has none: shown with every
     /// GPU job that cannot be placed, and in the node's status.
     pub gpus_absent: Option<String>,
+    /// How long ended jobs are kept.
+    pub retention: Retention,
+    /// Removes what pruned jobs left on disk (logs, scratch directories), after their
+    /// `Pruned` record is durable; runs on the actor thread, so it must hand slow work off.
+    pub janitor: Option<Janitor>,
+    /// How long after start the first placement waits for a worker to register (placing with
+    /// no worker would park every queued job, then bring each back). A registration ends it
+    /// at once.
+    pub registration_grace: Duration,
+}
+
+/// What the janitor is told about each pruned job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrunedJob {
+    /// The job.
+    pub job: JobId,
+    /// Its number of tasks (each has its own logs).
+    pub tasks: u32,
+    /// Whether it was a command job (which leaves logs and a scratch directory behind).
+    pub command: bool,
+}
+
+/// Cleans up after pruned jobs (see [`SchedulerConfig::janitor`]).
+pub type Janitor = Arc<dyn Fn(Vec<PrunedJob>) + Send + Sync>;
+
+/// The retention policy of ended jobs, as Slurm's `MinJobAge` and `MaxJobCount` and Nomad's
+/// `job_gc_threshold`: an ended job is removed (table, journal, logs) once it ended `max_age`
+/// ago, or once more than `max_jobs` ended jobs are kept (the oldest go first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// How long an ended job is kept (default 24 h: a day to look at what happened).
+    pub max_age: Duration,
+    /// How many ended jobs are kept at most (default 100,000: about 60 MB of memory and
+    /// 15 MB of snapshot).
+    pub max_jobs: usize,
+    /// How often the policy is applied (default 1 s).
+    pub every: Duration,
+    /// The most jobs one `Pruned` record removes (default 10,000; more go in the next).
+    pub batch: usize,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            max_age: Duration::from_secs(24 * 3600),
+            max_jobs: 100_000,
+            every: Duration::from_secs(1),
+            batch: 10_000,
+        }
+    }
 }
 
 /// How the scheduler reaches the health monitor for job-level suspicion.
@@ -139,6 +198,18 @@ struct Core {
     running: metrics::Gauge,
     /// `cadre_jobs_finished_total{state}` for the common end, looked up once.
     succeeded: metrics::Counter,
+    /// Whether the journal takes writes (see the module comment); when not, why.
+    unwritable: Option<String>,
+    /// Queued jobs waiting out a retry backoff, by when they may be placed.
+    delayed: BTreeMap<(Instant, JobId), QueuedJob>,
+    /// Where each delayed job waits, by job.
+    delayed_at: FxHashMap<JobId, Instant>,
+    /// The timer of the earliest delayed job.
+    delay_timer: Option<(Instant, SpawnHandle)>,
+    /// Until when the first placement waits for a worker to register.
+    grace_until: Option<Instant>,
+    /// Set by `CloseStore`: records that fail to become durable after it are the close's doing.
+    closing: bool,
 }
 
 struct WorkerEntry {
@@ -160,6 +231,8 @@ struct Active {
     result: Option<serde_json::Value>,
     /// The health monitor watches its tasks' progress (the job has a progress deadline).
     watched: bool,
+    /// What became of its tasks' output, when not all of it was kept.
+    logs: Option<crate::store::LogsNote>,
 }
 
 /// The instant, on this process's clock, a job accepted at `submitted_ms` (wall clock) has
@@ -176,11 +249,7 @@ fn queued_since(now: Instant, wall_ms: u64, submitted_ms: u64) -> Instant {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+use crate::clock::now_ms;
 
 /// Delivers what the scheduler decided for a worker, past a full mailbox (a full mailbox is a
 /// busy worker, not a dead one, and the decision is already durable); `false` only when the
@@ -238,10 +307,11 @@ impl Scheduler {
         let mut placer = Placer::new(self.config.placer, now);
         let floor = store.table().token_high_water();
         let mut queued = 0usize;
+        let mut delayed = Vec::new();
         for (id, entry) in store.table().iter() {
             if entry.status.state == JobState::Queued {
                 queued += 1;
-                placer.enqueue(QueuedJob {
+                let q = QueuedJob {
                     job: *id,
                     priority: entry.spec.priority,
                     resources: entry.spec.resources,
@@ -254,12 +324,23 @@ impl Scheduler {
                     } else {
                         queued_since(now, wall_ms, entry.submitted_ms)
                     },
-                });
+                };
+                if entry.retry_at_ms > wall_ms {
+                    // Still in its backoff after a failure: it waits out what is left.
+                    let left = Duration::from_millis(entry.retry_at_ms - wall_ms);
+                    delayed.push((q, now + left));
+                } else {
+                    placer.enqueue(q);
+                }
             }
         }
         tracing::info!(jobs = recovery.jobs, queued, requeued = recovery.requeued.len(),
             failed = recovery.failed.len(), records = recovery.records, snapshot = recovery.snapshot,
             token_floor = %floor, path = ctx.path(), "scheduler ready");
+        let health = store.health();
+        let unwritable = store.unwritable_reason();
+        metrics::gauge!(m::STORE_WRITABLE).set(if unwritable.is_none() { 1.0 } else { 0.0 });
+        metrics::gauge!(m::JOBS_KEPT_ENDED).set(store.table().ended_len() as f64);
         self.core = Some(Core {
             store: Some(store),
             deferred: VecDeque::new(),
@@ -275,9 +356,33 @@ impl Scheduler {
             pressure: Hysteresis::new(),
             running: metrics::gauge!(m::JOBS_RUNNING),
             succeeded: metrics::counter!(m::JOBS_FINISHED, "state" => JobState::Succeeded.as_str()),
+            unwritable,
+            delayed: BTreeMap::new(),
+            delayed_at: FxHashMap::default(),
+            delay_timer: None,
+            grace_until: Some(now + self.config.registration_grace),
+            closing: false,
         });
         metrics::gauge!(m::JOBS_RUNNING).set(0.0);
         metrics::gauge!(m::WORKERS).set(0.0);
+        // The records that made interrupted jobs lost: nothing is said of those jobs before
+        // they are durable.
+        for durable in recovery.pending {
+            self.after_durable_do(ctx, durable, AfterDurable::Nothing);
+        }
+        for (q, at) in delayed {
+            self.delay(ctx, q, at);
+        }
+        self.watch_journal(ctx, health);
+        let every = self.config.retention.every;
+        ctx.run_interval(every, |act, ctx| act.prune(ctx));
+        let grace = self.config.registration_grace;
+        ctx.run_later(grace, |act, ctx| {
+            if let Some(core) = act.core.as_mut() {
+                core.grace_until = None;
+            }
+            act.schedule(ctx);
+        });
     }
 
     fn emit(&self, job: JobId, state: JobState, attempt: u32) {

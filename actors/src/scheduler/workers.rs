@@ -43,8 +43,57 @@ impl Handler<Register> for Scheduler {
             },
         );
         metrics::gauge!(m::WORKERS).set(core.workers.len() as f64);
+        // A worker is here: the first placement need not wait any longer.
+        core.grace_until = None;
         self.schedule(ctx);
         Ok(worker)
+    }
+}
+
+impl Handler<ResendWatches> for Scheduler {
+    type Result = ();
+
+    /// A restarted health monitor has forgotten every watch: send it the watch of every task
+    /// of a started attempt whose job has a progress deadline.
+    fn handle(&mut self, _: ResendWatches, ctx: &mut Ctx) {
+        let (Some(core), Some(health)) = (self.core.as_ref(), self.config.health.get()) else {
+            return;
+        };
+        let Some(store) = core.store.as_ref() else {
+            // A waited commit holds the store; ask again once it is back.
+            ctx.notify_later(ResendWatches, Duration::from_millis(10));
+            return;
+        };
+        let mut sent = 0usize;
+        for (job, active) in core.active.iter().filter(|(_, a)| a.watched && a.started) {
+            let Some(secs) = store
+                .table()
+                .get(*job)
+                .and_then(|e| e.spec.progress_deadline_secs)
+            else {
+                continue;
+            };
+            for (grant, token) in &active.tasks {
+                let watch = WatchJob {
+                    job: *job,
+                    worker: grant.worker,
+                    token: *token,
+                    deadline: Duration::from_secs(secs),
+                };
+                if let Err(error) = health.watch.try_send(watch) {
+                    tracing::warn!(job = %job, lease = %token, %error,
+                        "health monitor did not take a watch again: this task is not checked for progress");
+                    metrics::counter!(m::WORKER_SEND_FAILURES, "msg" => "watch").increment(1);
+                } else {
+                    sent += 1;
+                }
+            }
+        }
+        tracing::info!(
+            watches = sent,
+            path = ctx.path(),
+            "watches sent again to the health monitor"
+        );
     }
 }
 
@@ -150,6 +199,13 @@ impl Handler<Finished> for Scheduler {
             return Ok(());
         };
         active.left = active.left.saturating_sub(1);
+        if let Some(note) = msg.output {
+            let logs = active.logs.get_or_insert_with(Default::default);
+            logs.dropped_bytes += note.dropped_bytes;
+            if logs.write_error.is_none() {
+                logs.write_error = note.write_error;
+            }
+        }
         if let TaskEnd::Completed { result } = &msg.end {
             if active.result.is_none() {
                 active.result = Some(result.clone());

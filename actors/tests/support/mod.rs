@@ -24,7 +24,9 @@ use cadre_actors::protocol::{
     ProgressFlush, Register, Renew, RenewReply, SchedulerLink, Started, TaskEnd, WorkerLink,
 };
 use cadre_actors::sched::{Grant, PlacerConfig, WorkerCapacity};
-use cadre_actors::scheduler::{CloseStore, GetJob, JobView, Scheduler, SchedulerConfig, Submit};
+use cadre_actors::scheduler::{
+    CloseStore, GetJob, JobView, Retention, Scheduler, SchedulerConfig, Submit,
+};
 use cadre_actors::store::StoreOptions;
 use cadre_actors::worker::{Resolver, Worker, WorkerConfig};
 use cadre_actors::workload::{Run, WorkloadError};
@@ -190,24 +192,19 @@ pub fn ms(n: u64) -> Duration {
 }
 
 pub fn workload_spec(name: &str, params: serde_json::Value) -> JobSpec {
-    JobSpec {
-        name: name.to_owned(),
-        kind: JobKind::Workload(WorkloadJob {
+    let mut spec = JobSpec::new(
+        name,
+        JobKind::Workload(WorkloadJob {
             name: "test".to_owned(),
             params,
         }),
-        resources: Resources {
-            cpu_millis: 1000,
-            memory_bytes: 1 << 20,
-            gpus: 0,
-        },
-        priority: 0,
-        max_retries: 0,
-        timeout_secs: None,
-        progress_deadline_secs: None,
-        gang: 1,
-        labels: BTreeMap::new(),
-    }
+    );
+    spec.resources = Resources {
+        cpu_millis: 1000,
+        memory_bytes: 1 << 20,
+        gpus: 0,
+    };
+    spec
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -497,6 +494,14 @@ pub fn worker_config(
         fence_margin: FENCE_MARGIN,
         term_grace: TERM_GRACE,
         ledger: None,
+        cgroups: None,
+        max_pids: None,
+        scratch_dir: log_dir.join("scratch"),
+        base_env: vec![(
+            "PATH".to_owned(),
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".to_owned()),
+        )],
+        log_cap: None,
     })
 }
 
@@ -713,6 +718,9 @@ impl SchedRig {
             callbacks: None,
             health: OnceLock::new(),
             gpus_absent,
+            retention: Retention::default(),
+            janitor: None,
+            registration_grace: Duration::ZERO,
         });
         let sched_spec = WorkerSpec::new("scheduler", move || Scheduler::new(Arc::clone(&config)))
             .mailbox_capacity(1024);
@@ -845,6 +853,7 @@ impl SchedRig {
                 job,
                 token,
                 end,
+                output: None,
             })
             .await
             .unwrap()
@@ -886,9 +895,10 @@ pub fn gpu_job(name: &str, gpus: u32) -> JobSpec {
     spec
 }
 
-pub fn sched_job(name: &str, retries: u32) -> JobSpec {
+/// A job whose lost attempts are run again `requeues` times.
+pub fn sched_job(name: &str, requeues: u32) -> JobSpec {
     let mut spec = workload_spec(name, json!({}));
-    spec.max_retries = retries;
+    spec.max_requeues = requeues;
     spec
 }
 

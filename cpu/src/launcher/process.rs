@@ -76,7 +76,7 @@ impl RunningProcess {
     }
 
     /// Becomes `true` once the capture of both streams has finished: every byte the process
-    /// wrote is in its log (or was given up on). Give it to [`LogReader::follow`].
+    /// wrote is in its log (or was given up on). Give it to [`crate::joblog::LogReader::follow`].
     pub fn log_watch(&self) -> watch::Receiver<bool> {
         self.done_rx.clone()
     }

@@ -17,368 +17,40 @@
 //! change ([`Error::StoreFailed`]) until the node restarts and recovers.
 //!
 //! At start-up, jobs that were leased or running when the node stopped are lost: they are
-//! queued again for their next attempt, or failed when their retries are spent, and those
-//! records are durable before [`Store::open`] returns.
+//! queued again for their next attempt, or failed when they may not be requeued. Those records
+//! are committed before [`Store::open`] returns and their durability is handed to the caller
+//! ([`Recovery::pending`]), so a node on a full disk still opens and serves reads while they
+//! wait.
+//!
+//! A disk that refuses writes stalls the journal (see `cadre_cpu::journal`); the store then
+//! says so through [`Store::health`] and its caller stops committing (the scheduler refuses
+//! submissions and holds other records back) until it is writable again. A record too large
+//! for the journal is refused before it changes the table.
+//!
+//! **Encoding.** Records and snapshots are MessagePack with struct fields by position: a field
+//! added to a journaled type goes last with `#[serde(default)]`, and none is skipped when
+//! serializing (a `#[serde(skip)]` in-memory index is the one exception, never written).
 
-use std::collections::BTreeMap;
+mod table;
+
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 use std::task::Poll;
 
-use cadre_cpu::journal::{Journal, JournalOptions, JournalSlot, PendingRecord, TornTail};
+use cadre_cpu::journal::{
+    Journal, JournalHealth, JournalOptions, JournalSlot, PendingRecord, TornTail,
+};
 use cadre_cpu::IoEngine;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::error::Error;
-use crate::ids::FencingToken;
-use crate::job::{JobId, JobSpec, JobState, JobStatus};
+use crate::job::{JobId, JobSpec, JobState};
 use crate::metrics as m;
-use crate::sched::Grant;
-
-/// How a finished attempt ended, as far as its worker could tell.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Outcome {
-    /// A command's exit code.
-    pub exit_code: Option<i32>,
-    /// The signal that ended a command.
-    pub signal: Option<i32>,
-    /// What went wrong, for failures, timeouts and cancellations.
-    pub error: Option<String>,
-    /// A workload's result.
-    pub result: Option<serde_json::Value>,
-}
-
-/// One accepted job in a [`Record::Submitted`] batch.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Submission {
-    /// The id the store gave it.
-    pub job: JobId,
-    /// The validated spec.
-    pub spec: JobSpec,
-    /// When it was accepted, in milliseconds since the Unix epoch (for display only).
-    pub submitted_ms: u64,
-}
-
-/// A change to the job table, as journaled.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Record {
-    /// Jobs accepted, in id order.
-    Submitted {
-        /// The jobs.
-        jobs: Vec<Submission>,
-    },
-    /// An attempt got its reservation and leases (one token per task).
-    Leased {
-        /// The job.
-        job: JobId,
-        /// Its current attempt.
-        attempt: u32,
-        /// What each task holds where.
-        grants: Vec<Grant>,
-        /// The leases' fencing tokens, each above every token before.
-        tokens: Vec<FencingToken>,
-    },
-    /// The attempt started on its worker.
-    Started {
-        /// The job.
-        job: JobId,
-        /// Its current attempt.
-        attempt: u32,
-    },
-    /// The job ended for good: succeeded, failed, cancelled or timed out.
-    Ended {
-        /// The job.
-        job: JobId,
-        /// Its current attempt.
-        attempt: u32,
-        /// The terminal state.
-        state: JobState,
-        /// How it ended.
-        outcome: Outcome,
-    },
-    /// The attempt's lease was lost (worker died, lease expired, job stalled, node restarted):
-    /// the job is queued for its next attempt, or failed when its retries are spent.
-    Lost {
-        /// The job.
-        job: JobId,
-        /// The attempt that was lost.
-        attempt: u32,
-        /// Why.
-        reason: String,
-    },
-}
-
-impl Record {
-    /// The jobs it is about, for log lines: a submission's ids are consecutive, so first and
-    /// last name them all without collecting them on the hot path.
-    fn jobs(&self) -> JobSpan {
-        match self {
-            Record::Submitted { jobs } => JobSpan {
-                first: jobs.first().map(|s| s.job),
-                last: jobs.last().map(|s| s.job),
-            },
-            Record::Leased { job, .. }
-            | Record::Started { job, .. }
-            | Record::Ended { job, .. }
-            | Record::Lost { job, .. } => JobSpan {
-                first: Some(*job),
-                last: Some(*job),
-            },
-        }
-    }
-
-    fn op(&self) -> &'static str {
-        match self {
-            Record::Submitted { .. } => "submitted",
-            Record::Leased { .. } => "leased",
-            Record::Started { .. } => "started",
-            Record::Ended { .. } => "ended",
-            Record::Lost { .. } => "lost",
-        }
-    }
-}
-
-/// The consecutive job ids a record is about (`7`, `7..=1006`, or `none`).
-#[derive(Debug, Clone, Copy)]
-struct JobSpan {
-    first: Option<JobId>,
-    last: Option<JobId>,
-}
-
-impl std::fmt::Display for JobSpan {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match (self.first, self.last) {
-            (Some(a), Some(b)) if a == b => write!(f, "{a}"),
-            (Some(a), Some(b)) => write!(f, "{a}..={b}"),
-            _ => f.write_str("none"),
-        }
-    }
-}
-
-/// A job as the store keeps it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JobEntry {
-    /// The spec as accepted.
-    pub spec: JobSpec,
-    /// State and attempt.
-    pub status: JobStatus,
-    /// When it was accepted (ms since the Unix epoch).
-    pub submitted_ms: u64,
-    /// What the current attempt holds, while leased or running.
-    pub grants: Vec<Grant>,
-    /// The current attempt's lease tokens, while leased or running.
-    pub tokens: Vec<FencingToken>,
-    /// How it ended, once it has.
-    pub outcome: Option<Outcome>,
-    /// Why its last attempt was lost, if one was.
-    pub last_loss: Option<String>,
-}
-
-/// Every job the node has accepted, with the highest id and fencing token given so far.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct JobTable {
-    /// Boxed: B-tree nodes hold 11 slots and are half full after in-order inserts, so an inline
-    /// entry would cost twice its size.
-    jobs: BTreeMap<JobId, Box<JobEntry>>,
-    next_id: u64,
-    token_high_water: u64,
-}
-
-impl JobTable {
-    /// The job, if known.
-    pub fn get(&self, job: JobId) -> Option<&JobEntry> {
-        self.jobs.get(&job).map(|e| &**e)
-    }
-
-    /// All jobs in id order.
-    pub fn iter(&self) -> impl Iterator<Item = (&JobId, &JobEntry)> {
-        self.jobs.iter().map(|(id, e)| (id, &**e))
-    }
-
-    /// Jobs with an id above `after`, in id order, optionally only in one state: one page of a
-    /// listing.
-    pub fn page(
-        &self,
-        state: Option<JobState>,
-        after: Option<JobId>,
-        limit: usize,
-    ) -> Vec<(JobId, &JobEntry)> {
-        let start = match after {
-            Some(JobId(id)) => std::ops::Bound::Excluded(JobId(id)),
-            None => std::ops::Bound::Unbounded,
-        };
-        self.jobs
-            .range((start, std::ops::Bound::Unbounded))
-            .filter(|(_, e)| state.is_none_or(|s| e.status.state == s))
-            .take(limit)
-            .map(|(id, e)| (*id, &**e))
-            .collect()
-    }
-
-    /// How many jobs are known.
-    pub fn len(&self) -> usize {
-        self.jobs.len()
-    }
-
-    /// Whether none is.
-    pub fn is_empty(&self) -> bool {
-        self.jobs.is_empty()
-    }
-
-    /// The id the next accepted job gets.
-    pub fn next_id(&self) -> JobId {
-        JobId(self.next_id.max(1))
-    }
-
-    /// The highest fencing token ever recorded: a lease table restarted from this table starts
-    /// above it.
-    pub fn token_high_water(&self) -> FencingToken {
-        FencingToken(self.token_high_water)
-    }
-
-    /// The job's entry, if `attempt` is its current attempt: one lookup, shared by the checks
-    /// and the change of a record.
-    fn entry_mut(
-        jobs: &mut BTreeMap<JobId, Box<JobEntry>>,
-        job: JobId,
-        attempt: u32,
-    ) -> Result<&mut JobEntry, Error> {
-        let entry = jobs.get_mut(&job).ok_or(Error::UnknownJob { job })?;
-        if entry.status.attempt != attempt {
-            return Err(Error::StaleAttempt {
-                job,
-                attempt,
-                current: entry.status.attempt,
-            });
-        }
-        Ok(entry)
-    }
-
-    /// [`JobTable::apply`], taking the record: its parts (a submission's specs, grants,
-    /// tokens, outcomes) move into the table instead of being copied.
-    pub fn apply_owned(&mut self, record: Record) -> Result<(), Error> {
-        match record {
-            Record::Submitted { jobs } => {
-                let next = self.check_submitted(&jobs)?;
-                for s in jobs {
-                    self.insert_submitted(s.job, s.spec, s.submitted_ms);
-                }
-                self.next_id = next;
-            }
-            Record::Leased {
-                job,
-                attempt,
-                grants,
-                tokens,
-            } => {
-                let entry = Self::entry_mut(&mut self.jobs, job, attempt)?;
-                // Checked on a copy first: a refused record changes nothing.
-                let mut status = entry.status;
-                status.transition(JobState::Leased)?;
-                let mut high = self.token_high_water;
-                for t in &tokens {
-                    if t.0 <= high {
-                        return Err(Error::Rejected {
-                            reason: format!(
-                                "job {job}: fencing token {t} does not grow (highest so far {high})"
-                            ),
-                        });
-                    }
-                    high = t.0;
-                }
-                self.token_high_water = high;
-                entry.status = status;
-                entry.grants = grants;
-                entry.tokens = tokens;
-            }
-            Record::Started { job, attempt } => {
-                let entry = Self::entry_mut(&mut self.jobs, job, attempt)?;
-                entry.status.transition(JobState::Running)?;
-            }
-            Record::Ended {
-                job,
-                attempt,
-                state,
-                outcome,
-            } => {
-                if !state.is_terminal() {
-                    return Err(Error::Rejected {
-                        reason: format!("job {job}: {state} is not an end state"),
-                    });
-                }
-                let entry = Self::entry_mut(&mut self.jobs, job, attempt)?;
-                entry.status.transition(state)?;
-                entry.grants.clear();
-                entry.tokens.clear();
-                entry.outcome = Some(outcome);
-            }
-            Record::Lost {
-                job,
-                attempt,
-                reason,
-            } => {
-                let entry = Self::entry_mut(&mut self.jobs, job, attempt)?;
-                let mut status = entry.status;
-                status.transition(JobState::Lost)?;
-                let next = status.after_loss(entry.spec.max_retries)?;
-                entry.status = status;
-                entry.grants.clear();
-                entry.tokens.clear();
-                if next == JobState::Failed {
-                    entry.outcome = Some(Outcome {
-                        error: Some(format!(
-                            "lost on attempt {attempt} with no retries left: {reason}"
-                        )),
-                        ..Outcome::default()
-                    });
-                }
-                entry.last_loss = Some(reason);
-            }
-        }
-        Ok(())
-    }
-
-    /// Checks a submission's ids; returns the next id after them.
-    fn check_submitted(&self, jobs: &[Submission]) -> Result<u64, Error> {
-        let mut next = self.next_id.max(1);
-        for s in jobs {
-            if s.job.0 < next {
-                return Err(Error::Rejected {
-                    reason: format!(
-                        "job id {} is not above the last one given ({})",
-                        s.job,
-                        next - 1
-                    ),
-                });
-            }
-            next = s.job.0 + 1;
-        }
-        Ok(next)
-    }
-
-    fn insert_submitted(&mut self, job: JobId, spec: JobSpec, submitted_ms: u64) {
-        self.jobs.insert(
-            job,
-            Box::new(JobEntry {
-                spec,
-                status: JobStatus::queued(job),
-                submitted_ms,
-                grants: Vec::new(),
-                tokens: Vec::new(),
-                outcome: None,
-                last_loss: None,
-            }),
-        );
-    }
-
-    /// Checks `record` against the table and applies it, or refuses it with nothing changed.
-    pub fn apply(&mut self, record: &Record) -> Result<(), Error> {
-        self.apply_owned(record.clone())
-    }
-}
+use table::JobSpan;
+pub use table::{JobEntry, JobTable, LogsNote, Outcome, Record, Submission, FORMAT_VERSION};
 
 /// How the store journals and snapshots.
 #[derive(Debug, Clone)]
@@ -413,8 +85,11 @@ pub struct Recovery {
     pub requeued: Vec<JobId>,
     /// Jobs that were leased or running and failed, their retries spent.
     pub failed: Vec<JobId>,
-    /// The torn end of the journal that was cut off, if there was one.
+    /// The torn end of the journal that was set aside, if there was one.
     pub torn_tail: Option<TornTail>,
+    /// The records that made interrupted jobs lost, committed but not yet durable: nothing may
+    /// be said about those jobs before they are (the scheduler awaits them in order).
+    pub pending: Vec<Durable>,
 }
 
 /// Completes once a committed record is durable; only then may the change be acknowledged. A
@@ -510,7 +185,10 @@ impl Store {
         let mut table = match &recovered.snapshot {
             Some(bytes) => {
                 recovery.snapshot = true;
-                decode::<JobTable>(bytes, "snapshot").inspect_err(|e| store_error("recover", e))?
+                let mut table = decode::<JobTable>(bytes, "snapshot")
+                    .inspect_err(|e| store_error("recover", e))?;
+                table.after_load();
+                table
             }
             None => JobTable::default(),
         };
@@ -541,16 +219,17 @@ impl Store {
             .filter(|(_, e)| matches!(e.status.state, JobState::Leased | JobState::Running))
             .map(|(id, e)| (*id, e.status.attempt, e.status.state))
             .collect();
-        let mut pending = Vec::with_capacity(interrupted.len());
+        let at_ms = crate::clock::now_ms();
         for (job, attempt, state) in interrupted {
             let durable = store
                 .commit(Record::Lost {
                     job,
                     attempt,
                     reason: format!("the node stopped while the job was {state}"),
+                    at_ms,
                 })
                 .await?;
-            pending.push(durable);
+            recovery.pending.push(durable);
             let now = store.table.get(job).map(|e| e.status.state);
             if now == Some(JobState::Queued) {
                 recovery.requeued.push(job);
@@ -565,9 +244,6 @@ impl Store {
                 now = now.map_or("unknown", JobState::as_str),
                 "job interrupted by a node stop: lost");
         }
-        for durable in pending {
-            durable.await?;
-        }
         recovery.jobs = store.table.len();
         Ok((store, recovery))
     }
@@ -575,6 +251,24 @@ impl Store {
     /// The table, as of every commit so far (durable or about to be).
     pub fn table(&self) -> &JobTable {
         &self.table
+    }
+
+    /// Whether the journal takes writes, as a watch that changes when that does.
+    pub fn health(&self) -> watch::Receiver<JournalHealth> {
+        self.journal.health()
+    }
+
+    /// Whether the journal takes writes right now.
+    pub fn writable(&self) -> bool {
+        self.journal.health().borrow().is_writable()
+    }
+
+    /// Why the journal takes no writes right now, if it does not.
+    pub fn unwritable_reason(&self) -> Option<String> {
+        match &*self.journal.health().borrow() {
+            JournalHealth::Writable => None,
+            JournalHealth::Stalled(stall) => Some(stall.to_string()),
+        }
     }
 
     /// Accepts validated specs: gives them ids and commits one [`Record::Submitted`].
@@ -587,11 +281,7 @@ impl Store {
         let jobs: Vec<Submission> = specs
             .into_iter()
             .enumerate()
-            .map(|(i, spec)| Submission {
-                job: JobId(first + i as u64),
-                spec,
-                submitted_ms,
-            })
+            .map(|(i, spec)| Submission::new(JobId(first + i as u64), spec, submitted_ms))
             .collect();
         let ids = jobs.iter().map(|s| s.job).collect();
         let durable = self.commit(Record::Submitted { jobs }).await?;
@@ -649,6 +339,19 @@ impl Store {
         let op = record.op();
         let jobs = record.jobs();
         let payload = encode(&record, op).inspect_err(|e| store_error("encode", e))?;
+        let limit = self.options.journal.max_record_bytes as usize;
+        if payload.len() > limit {
+            // Refused before the table changes: the store carries on.
+            let err = Error::Rejected {
+                reason: format!(
+                    "{op} record of {} bytes exceeds the journal's {limit}-byte record limit",
+                    payload.len()
+                ),
+            };
+            tracing::warn!(op, job = %jobs, error = %err, "job store refused a record");
+            metrics::counter!(m::STORE_ERRORS, "op" => "too_large").increment(1);
+            return Err(err);
+        }
         if let Err(e) = self.table.apply_owned(record) {
             // An illegal transition was already logged and counted by `JobStatus::transition`;
             // every other refusal is reported here, once.
@@ -721,11 +424,14 @@ impl Store {
         let pending = slot.compact(snapshot);
         self.since_snapshot = 0;
         pending.await.map_err(|source| {
+            // The journal is still whole (its records stay in their segments): try again
+            // after half the interval, not at every record.
+            self.since_snapshot = self.options.snapshot_every / 2;
             let err = Error::Store {
                 op: "compact",
                 source,
             };
-            self.fail(&err);
+            metrics::counter!(m::STORE_ERRORS, "op" => "compact").increment(1);
             err
         })
     }
@@ -739,16 +445,22 @@ impl Store {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-    use super::*;
-    use crate::ids::WorkerId;
+    use std::collections::BTreeMap;
 
-    fn every_record() -> Vec<Record> {
-        let spec: JobSpec = serde_json::from_value(serde_json::json!({
+    use super::*;
+    use crate::ids::{FencingToken, WorkerId};
+    use crate::sched::Grant;
+
+    fn spec() -> JobSpec {
+        serde_json::from_value(serde_json::json!({
             "name": "a", "priority": 5, "max_retries": 2, "labels": {"team": "x"},
             "resources": {"cpu_millis": 500, "memory_bytes": 1024, "gpus": 1},
             "kind": {"workload": {"name": "checksum", "params": {"path": "/etc/hostname", "n": [1, 2.5, null]}}}
         }))
-        .unwrap();
+        .unwrap()
+    }
+
+    fn every_record() -> Vec<Record> {
         let grant = Grant {
             worker: WorkerId(3),
             task: 0,
@@ -756,39 +468,63 @@ mod tests {
             memory_bytes: 1024,
             gpus: vec![1],
         };
+        let leased = |attempt, token| Record::Leased {
+            job: JobId(1),
+            attempt,
+            grants: vec![grant.clone()],
+            tokens: vec![FencingToken(token)],
+        };
         vec![
             Record::Submitted {
-                jobs: vec![Submission {
-                    job: JobId(1),
-                    spec,
-                    submitted_ms: 1_700_000_000_000,
-                }],
+                jobs: vec![
+                    Submission::new(JobId(1), spec(), 1_700_000_000_000),
+                    Submission::new(JobId(2), spec(), 1_700_000_000_001),
+                ],
             },
-            Record::Leased {
-                job: JobId(1),
-                attempt: 1,
-                grants: vec![grant],
-                tokens: vec![FencingToken(9)],
-            },
+            leased(1, 9),
             Record::Started {
                 job: JobId(1),
                 attempt: 1,
             },
-            Record::Ended {
+            Record::Retry {
                 job: JobId(1),
                 attempt: 1,
+                state: JobState::Failed,
+                outcome: Outcome {
+                    exit_code: Some(3),
+                    ..Outcome::default()
+                },
+                retry_at_ms: 1_700_000_010_000,
+            },
+            leased(2, 10),
+            Record::Started {
+                job: JobId(1),
+                attempt: 2,
+            },
+            Record::Ended {
+                job: JobId(1),
+                attempt: 2,
                 state: JobState::Succeeded,
                 outcome: Outcome {
                     exit_code: Some(0),
                     signal: None,
                     error: None,
                     result: Some(serde_json::json!({"crc32c": 12345, "ok": true})),
+                    logs: Some(LogsNote {
+                        dropped_bytes: 7,
+                        write_error: Some("disk full".into()),
+                    }),
                 },
+                ended_ms: 1_700_000_020_000,
+            },
+            Record::Pruned {
+                jobs: vec![JobId(1)],
             },
             Record::Lost {
                 job: JobId(2),
                 attempt: 3,
                 reason: "worker 3 died".to_owned(),
+                at_ms: 1_700_000_030_000,
             },
         ]
     }
@@ -808,9 +544,126 @@ mod tests {
                 table.apply(&record).unwrap();
             }
         }
+        assert!(table.was_pruned(JobId(1)) && !table.was_pruned(JobId(2)));
+        assert!(!table.was_pruned(JobId(3)), "never given out");
         let compact = encode(&table, "snapshot").unwrap();
         let named = rmp_serde::to_vec_named(&table).unwrap();
-        assert_eq!(decode::<JobTable>(&compact, "snapshot").unwrap(), table);
-        assert_eq!(decode::<JobTable>(&named, "snapshot").unwrap(), table);
+        for bytes in [compact, named] {
+            let mut read = decode::<JobTable>(&bytes, "snapshot").unwrap();
+            read.after_load();
+            assert_eq!(read, table);
+        }
+    }
+
+    /// The spec as the first versions wrote it: nine fields, `max_retries` counting lost
+    /// attempts run again.
+    #[derive(Serialize)]
+    struct SpecV0 {
+        name: String,
+        kind: crate::job::JobKind,
+        resources: crate::job::Resources,
+        priority: i16,
+        max_retries: u32,
+        timeout_secs: Option<u64>,
+        progress_deadline_secs: Option<u64>,
+        gang: u32,
+        labels: BTreeMap<String, String>,
+    }
+
+    #[derive(Serialize)]
+    struct SubmissionV0 {
+        job: JobId,
+        spec: SpecV0,
+        submitted_ms: u64,
+    }
+
+    #[derive(Serialize)]
+    #[serde(rename_all = "snake_case")]
+    enum RecordV0 {
+        Submitted { jobs: Vec<SubmissionV0> },
+    }
+
+    #[derive(Serialize)]
+    struct EntryV0 {
+        spec: SpecV0,
+        status: crate::job::JobStatus,
+        submitted_ms: u64,
+        grants: Vec<Grant>,
+        tokens: Vec<FencingToken>,
+        outcome: Option<Outcome>,
+        last_loss: Option<String>,
+    }
+
+    #[derive(Serialize)]
+    struct TableV0 {
+        jobs: BTreeMap<JobId, EntryV0>,
+        next_id: u64,
+        token_high_water: u64,
+    }
+
+    fn spec_v0() -> SpecV0 {
+        let s = spec();
+        SpecV0 {
+            name: s.name,
+            kind: s.kind,
+            resources: s.resources,
+            priority: s.priority,
+            max_retries: 2,
+            timeout_secs: None,
+            progress_deadline_secs: None,
+            gang: 1,
+            labels: s.labels,
+        }
+    }
+
+    /// A journal of the first versions: its `max_retries: 2` meant two lost attempts run
+    /// again, and nothing else; replayed today, the job keeps exactly that budget.
+    #[test]
+    fn journals_written_before_retry_budgets_keep_their_meaning() {
+        let old = RecordV0::Submitted {
+            jobs: vec![SubmissionV0 {
+                job: JobId(1),
+                spec: spec_v0(),
+                submitted_ms: 5,
+            }],
+        };
+        for bytes in [
+            rmp_serde::to_vec(&old).unwrap(),
+            rmp_serde::to_vec_named(&old).unwrap(),
+        ] {
+            let record: Record = decode(&bytes, "old").unwrap();
+            let mut table = JobTable::default();
+            table.apply_owned(record).unwrap();
+            let spec = &table.get(JobId(1)).unwrap().spec;
+            assert_eq!(
+                (spec.requeue, spec.max_requeues, spec.max_retries),
+                (true, 2, 0)
+            );
+        }
+        let mut jobs = BTreeMap::new();
+        let mut status = crate::job::JobStatus::queued(JobId(1));
+        status.attempt = 3;
+        jobs.insert(
+            JobId(1),
+            EntryV0 {
+                spec: spec_v0(),
+                status,
+                submitted_ms: 5,
+                grants: Vec::new(),
+                tokens: Vec::new(),
+                outcome: None,
+                last_loss: Some("lost twice".into()),
+            },
+        );
+        let old = TableV0 {
+            jobs,
+            next_id: 2,
+            token_high_water: 7,
+        };
+        let mut table: JobTable = decode(&rmp_serde::to_vec(&old).unwrap(), "old").unwrap();
+        table.after_load();
+        let entry = table.get(JobId(1)).unwrap();
+        assert_eq!((entry.spec.max_requeues, entry.spec.max_retries), (2, 0));
+        assert_eq!(entry.requeues, 2, "two attempts were lost before");
     }
 }

@@ -1,0 +1,385 @@
+//! The HTTP/JSON API under `/v1`, plus `/healthz` and `/readyz`.
+//!
+//! Errors are `{"error": ..., "field": ..., "reason": ...}` with a fitting status: 400 invalid
+//! input (the field's path, e.g. `resources.cpu_millis`, and why), 404 unknown job (or one
+//! "pruned by retention"), 405 a method a route does not take (with `Allow`), 408 a request
+//! body that did not arrive in time, 409 wrong state, 413 body too large, 503 not ready,
+//! draining, or too many request bodies held at once, 507 the job store's disk is full (the
+//! reason names it and its free space), 500 the node failed; an invalid spec also lists every
+//! violated field in `errors`. Specs are validated here, before the scheduler sees them, so
+//! nothing invalid is stored.
+//!
+//! A refusal is the client's, not the node's: 4xx, 503 and 507 are logged at debug and
+//! counted (`cadre_api_errors_total{route,status}`); only a 500 is an error event.
+//!
+//! No authorization on loopback, the default address; a node listening elsewhere should sit
+//! behind a proxy that authenticates.
+
+mod body;
+mod jobs;
+mod logs;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Addr;
+use actix_web::http::{Method, StatusCode};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use cadre_actors::job::{FieldError, JobId, Limits};
+use cadre_actors::protocol::JobEvent;
+use cadre_actors::scheduler::{Nodes, Ready, Scheduler};
+use cadre_actors::worker::WorkerConfig;
+use cadre_cpu::launcher::LogReader;
+use cadre_supervisor::FailureJournal;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, Semaphore};
+
+use crate::error::Error;
+use crate::registry::NodeRegistry;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The scheduler.
+    pub scheduler: Addr<Scheduler>,
+    /// Validation's view of the node.
+    pub registry: Arc<NodeRegistry>,
+    /// Validation limits.
+    pub limits: Limits,
+    /// The supervision tree's failure journal.
+    pub failures: FailureJournal,
+    /// Job events.
+    pub events: broadcast::Sender<JobEvent>,
+    /// The worker's settings (for log paths).
+    pub worker: Arc<WorkerConfig>,
+    /// Jobs one batch may hold.
+    pub max_batch_jobs: usize,
+    /// Reads job logs.
+    pub log_reader: LogReader,
+    /// The largest request body taken, in bytes.
+    pub max_body_bytes: usize,
+    /// How long a request body may take to arrive.
+    pub body_timeout: Duration,
+    /// Bytes of request bodies the API may hold at once, over all requests.
+    pub bodies_in_flight: Arc<Semaphore>,
+    /// The size of that budget.
+    pub max_body_bytes_in_flight: usize,
+}
+
+/// An error body.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ApiError {
+    /// What failed, in a few words.
+    pub error: String,
+    /// The field at fault, when one is.
+    pub field: Option<String>,
+    /// Why.
+    pub reason: String,
+    /// Every violated field of an invalid spec.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+fn fail(
+    status: StatusCode,
+    route: &'static str,
+    error: &str,
+    field: Option<&str>,
+    reason: impl Into<String>,
+) -> HttpResponse {
+    let reason = reason.into();
+    metrics::counter!("cadre_api_errors_total", "route" => route, "status" => status.as_str().to_owned()).increment(1);
+    if status == StatusCode::INTERNAL_SERVER_ERROR {
+        tracing::error!(route, status = status.as_u16(), error, field, %reason, "API request failed");
+    } else {
+        tracing::debug!(route, status = status.as_u16(), error, field, %reason, "API request refused");
+    }
+    HttpResponse::build(status).json(ApiError {
+        error: error.to_owned(),
+        field: field.map(str::to_owned),
+        reason,
+        errors: Vec::new(),
+    })
+}
+
+fn actors_error(route: &'static str, error: cadre_actors::Error) -> HttpResponse {
+    use cadre_actors::Error as E;
+    match &error {
+        E::UnknownJob { .. } => fail(
+            StatusCode::NOT_FOUND,
+            route,
+            "unknown job",
+            Some("id"),
+            error.to_string(),
+        ),
+        E::Pruned { .. } => fail(
+            StatusCode::NOT_FOUND,
+            route,
+            "pruned by retention",
+            Some("id"),
+            error.to_string(),
+        ),
+        E::Conflict { .. } => fail(
+            StatusCode::CONFLICT,
+            route,
+            "wrong state",
+            Some("state"),
+            error.to_string(),
+        ),
+        E::Unavailable { .. } | E::Mailbox { .. } => fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            route,
+            "unavailable",
+            None,
+            error.to_string(),
+        ),
+        E::StoreUnwritable { reason } => fail(
+            StatusCode::INSUFFICIENT_STORAGE,
+            route,
+            "insufficient storage",
+            None,
+            format!("the job store is read-only: {reason}"),
+        ),
+        _ => fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            route,
+            "internal",
+            None,
+            error.to_string(),
+        ),
+    }
+}
+
+fn mailbox(route: &'static str, error: actix::MailboxError) -> HttpResponse {
+    fail(
+        StatusCode::SERVICE_UNAVAILABLE,
+        route,
+        "unavailable",
+        None,
+        format!("the scheduler did not answer ({error}); it may be restarting"),
+    )
+}
+
+#[allow(
+    clippy::result_large_err,
+    reason = "the refusal is the response the handler returns at once"
+)]
+fn parse_id(route: &'static str, raw: &str) -> Result<JobId, HttpResponse> {
+    raw.parse::<u64>().map(JobId).map_err(|_| {
+        fail(
+            StatusCode::BAD_REQUEST,
+            route,
+            "invalid input",
+            Some("id"),
+            format!("{raw:?} is not a job id (a positive integer)"),
+        )
+    })
+}
+
+/// Query of the events route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    job: Option<u64>,
+}
+
+async fn events(state: web::Data<ApiState>, query: web::Query<EventsQuery>) -> HttpResponse {
+    let only = query.job.map(JobId);
+    let rx = state.events.subscribe();
+    let stream = futures_util::stream::unfold(rx, move |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(event) if only.is_none_or(|j| j == event.job) => {
+                    let line = match serde_json::to_string(&event) {
+                        Ok(json) => format!("event: state\ndata: {json}\n\n"),
+                        Err(e) => format!(
+                            "event: error\ndata: {{\"error\":\"encode\",\"reason\":\"{e}\"}}\n\n"
+                        ),
+                    };
+                    return Some((Ok::<_, actix_web::Error>(web::Bytes::from(line)), rx));
+                }
+                Ok(_) => continue,
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "event stream subscriber fell behind");
+                    metrics::counter!("cadre_api_errors_total", "route" => "events", "status" => "lagged").increment(1);
+                    let line = format!("event: lagged\ndata: {{\"missed\":{n}}}\n\n");
+                    return Some((Ok(web::Bytes::from(line)), rx));
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("cache-control", "no-cache"))
+        .streaming(stream.boxed_local())
+}
+
+async fn nodes(state: web::Data<ApiState>) -> HttpResponse {
+    match state.scheduler.send(Nodes).await {
+        Ok(Ok(view)) => HttpResponse::Ok().json(view),
+        Ok(Err(e)) => actors_error("nodes", e),
+        Err(e) => mailbox("nodes", e),
+    }
+}
+
+async fn failures(state: web::Data<ApiState>) -> HttpResponse {
+    let records: Vec<serde_json::Value> = state
+        .failures
+        .records()
+        .into_iter()
+        .map(|r| {
+            serde_json::json!({
+                "seq": r.seq,
+                "at_ms": r.at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+                "path": r.path,
+                "actor": r.actor,
+                "kind": r.kind.as_str(),
+                "message": r.message,
+                "restart_count": r.restart_count,
+                "context": r.context,
+            })
+        })
+        .collect();
+    HttpResponse::Ok()
+        .json(serde_json::json!({"failures": records, "total": state.failures.total()}))
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+/// 200 when the node can run what it accepts now; 503 with the reason otherwise (starting,
+/// draining, no worker registered, the job store read-only).
+async fn readyz(state: web::Data<ApiState>) -> HttpResponse {
+    match state.scheduler.send(Ready).await {
+        Ok(Ok(())) => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
+        Ok(Err(reason)) => fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "readyz",
+            "not ready",
+            None,
+            reason,
+        ),
+        Err(e) => mailbox("readyz", e),
+    }
+}
+
+async fn not_found(req: HttpRequest) -> HttpResponse {
+    fail(
+        StatusCode::NOT_FOUND,
+        "unknown",
+        "not found",
+        Some("path"),
+        format!("no route {} {}", req.method(), req.path()),
+    )
+}
+
+/// A route that exists but does not take the request's method: 405 with `Allow`.
+fn not_allowed(allow: &'static [Method]) -> actix_web::Route {
+    web::to(move |req: HttpRequest| {
+        let allowed = allow
+            .iter()
+            .map(Method::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut response = fail(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method",
+            "method not allowed",
+            Some("method"),
+            format!("{} takes {allowed}, not {}", req.path(), req.method()),
+        );
+        if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&allowed) {
+            response
+                .headers_mut()
+                .insert(actix_web::http::header::ALLOW, value);
+        }
+        async move { response }
+    })
+}
+
+/// A route's resource: its handlers by method, and 405 for any other method.
+fn resource(
+    path: &str,
+    allow: &'static [Method],
+    routes: Vec<actix_web::Route>,
+) -> actix_web::Resource {
+    let mut r = web::resource(path);
+    for route in routes {
+        r = r.route(route);
+    }
+    r.default_service(not_allowed(allow))
+}
+
+const GET: &[Method] = &[Method::GET];
+
+/// The API server on `addr`; request bodies over `max_body` bytes get 413.
+pub fn server(
+    state: ApiState,
+    addr: SocketAddr,
+    max_body: usize,
+    threads: usize,
+) -> Result<(actix_web::dev::Server, actix_web::dev::ServerHandle), Error> {
+    let data = web::Data::new(state);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .app_data(web::PayloadConfig::new(max_body))
+            .app_data(web::JsonConfig::default().limit(max_body))
+            .app_data(web::QueryConfig::default().error_handler(|e, _| {
+                let reason = e.to_string();
+                actix_web::error::InternalError::from_response(
+                    e,
+                    fail(
+                        StatusCode::BAD_REQUEST,
+                        "query",
+                        "invalid input",
+                        Some("query"),
+                        reason,
+                    ),
+                )
+                .into()
+            }))
+            .service(resource("/healthz", GET, vec![web::get().to(healthz)]))
+            .service(resource("/readyz", GET, vec![web::get().to(readyz)]))
+            .service(resource(
+                "/v1/jobs",
+                &[Method::GET, Method::POST],
+                vec![web::post().to(jobs::submit), web::get().to(jobs::list)],
+            ))
+            .service(resource(
+                "/v1/jobs/{id}",
+                &[Method::GET, Method::DELETE],
+                vec![web::get().to(jobs::get), web::delete().to(jobs::cancel)],
+            ))
+            .service(resource(
+                "/v1/jobs/{id}/cancel",
+                &[Method::POST],
+                vec![web::post().to(jobs::cancel)],
+            ))
+            .service(resource(
+                "/v1/jobs/{id}/logs",
+                GET,
+                vec![web::get().to(logs::logs)],
+            ))
+            .service(resource("/v1/events", GET, vec![web::get().to(events)]))
+            .service(resource("/v1/nodes", GET, vec![web::get().to(nodes)]))
+            .service(resource("/v1/failures", GET, vec![web::get().to(failures)]))
+            .default_service(web::to(not_found))
+    })
+    .workers(threads)
+    .disable_signals()
+    .shutdown_timeout(5)
+    .bind(addr)
+    .map_err(|source| Error::Listen {
+        what: "API",
+        addr: addr.to_string(),
+        source,
+    })?
+    .run();
+    let handle = server.handle();
+    Ok((server, handle))
+}
