@@ -1,5 +1,7 @@
-//! The real scheduler restarted on an existing journal: an interrupted job requeued afresh (not
-//! with its age) and a queued job keeping the age it earned.
+//! Restarts: the real scheduler restarted on an existing journal (an interrupted job requeued
+//! afresh, not with its age; a queued job keeping the age it earned), a scheduler restarted
+//! under an idle worker (which registers again and runs the next job), and a health monitor
+//! restarted under a running job (which it still watches for progress).
 //!
 //! Time only moves through `tokio::time` on a paused clock, so every "not before" and "within"
 //! below is about virtual time and is deterministic.
@@ -8,12 +10,14 @@
 
 mod support;
 
+use cadre_actors::job::JobState;
 use cadre_actors::sched::Grant;
 use cadre_actors::store::{Record, Store, StoreOptions, Submission};
 use cadre_actors::{FencingToken, JobId, WorkerId};
 use cadre_cpu::{BackendSetting, IoEngine};
+use serde_json::json;
 
-use support::{run, sched_job, SchedRig, Scratch, LONG_TTL};
+use support::{run, sched_job, workload_spec, SchedRig, Scratch, LONG_TTL};
 
 /// Writes a journal in `journal` holding a priority-0 job accepted two minutes ago (leased
 /// when the node stopped, if `old_was_leased`; else still queued) and a priority-50 job
@@ -89,6 +93,67 @@ fn scheduler_restart_keeps_the_age_a_queued_job_earned() {
         rig.register(0, 1000).await;
         let first = rig.until_assigns(0, 1).await.remove(0);
         assert_eq!(first.job, JobId(1));
+        rig.stop().await;
+    });
+}
+
+/// An idle worker used to skip its renewals, so it never learned that a restarted scheduler
+/// had forgotten it: no worker was registered again and every later job waited forever.
+#[test]
+fn an_idle_worker_registers_again_after_the_scheduler_restarts_and_runs_the_next_job() {
+    let obs = run(|_| async {
+        let rig = SchedRig::start(LONG_TTL, 0).await;
+        let (_seen, _logs) = rig.add_real_worker().await;
+        let [first] = rig
+            .submit(vec![workload_spec("first", json!({ "steps": 2 }))])
+            .await[..]
+        else {
+            panic!("one id");
+        };
+        rig.until_state(first, JobState::Succeeded).await;
+        // The worker is idle now; the scheduler restarts and forgets every registration.
+        rig.root.terminate_child("scheduler").await.unwrap();
+        rig.root.restart_child("scheduler").await.unwrap();
+        let [next] = rig
+            .submit(vec![workload_spec("next", json!({ "steps": 2 }))])
+            .await[..]
+        else {
+            panic!("one id");
+        };
+        rig.until_state(next, JobState::Succeeded).await;
+        rig.stop().await;
+    });
+    let said = obs.events.with(
+        tracing::Level::WARN,
+        "scheduler no longer knows this worker: its tasks stop and it registers again",
+    );
+    assert_eq!(
+        said.len(),
+        1,
+        "the worker said once why it registered again"
+    );
+}
+
+/// A restarted health monitor used to forget every watch: a job that had stopped progressing
+/// was never suspected again and ran on forever.
+#[test]
+fn a_restarted_health_monitor_still_stalls_a_job_that_stopped_progressing() {
+    run(|_| async {
+        let rig = SchedRig::start_with_health(LONG_TTL).await;
+        let (_seen, _logs) = rig.add_real_worker().await;
+        // One report every ten minutes against a one-second deadline: it stalls.
+        let mut spec = workload_spec("silent", json!({ "every_ms": 600_000 }));
+        spec.progress_deadline_secs = Some(1);
+        spec.max_requeues = 0;
+        let [job] = rig.submit(vec![spec]).await[..] else {
+            panic!("one id");
+        };
+        rig.until_state(job, JobState::Running).await;
+        rig.root.terminate_child("health").await.unwrap();
+        rig.root.restart_child("health").await.unwrap();
+        let view = rig.until_state(job, JobState::Failed).await;
+        let error = view.outcome.and_then(|o| o.error).expect("an error");
+        assert!(error.contains("no progress"), "{error}");
         rig.stop().await;
     });
 }

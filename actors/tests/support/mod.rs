@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use actix::prelude::*;
+use cadre_actors::health::{HealthConfig, HealthMonitor};
 use cadre_actors::job::{JobKind, JobSpec, JobState, Resources, WorkloadJob};
 use cadre_actors::protocol::{
     Assign, Backpressure, Finished, GpuDevice, GpuHealth, Kill, KillReason, ProgressAck,
@@ -25,7 +26,7 @@ use cadre_actors::protocol::{
 };
 use cadre_actors::sched::{Grant, PlacerConfig, WorkerCapacity};
 use cadre_actors::scheduler::{
-    CloseStore, GetJob, JobView, Retention, Scheduler, SchedulerConfig, Submit,
+    CloseStore, GetJob, HealthLink, JobView, Retention, Scheduler, SchedulerConfig, Submit,
 };
 use cadre_actors::store::StoreOptions;
 use cadre_actors::worker::{Resolver, Worker, WorkerConfig};
@@ -707,6 +708,22 @@ impl SchedRig {
         fakes: usize,
         gpus_absent: Option<String>,
     ) -> SchedRig {
+        SchedRig::start_full(journal, ttl, fakes, gpus_absent, false).await
+    }
+
+    /// As [`SchedRig::start`], with a health monitor child named `health` (heartbeats every
+    /// 100 ms), linked both ways as on a node.
+    pub async fn start_with_health(ttl: Duration) -> SchedRig {
+        SchedRig::start_full(Scratch::new("journal"), ttl, 0, None, true).await
+    }
+
+    async fn start_full(
+        journal: Scratch,
+        ttl: Duration,
+        fakes: usize,
+        gpus_absent: Option<String>,
+        with_health: bool,
+    ) -> SchedRig {
         let config = Arc::new(SchedulerConfig {
             journal_dir: journal.path().to_owned(),
             engine: IoEngine::new(BackendSetting::Std).unwrap(),
@@ -722,10 +739,37 @@ impl SchedRig {
             janitor: None,
             registration_grace: Duration::ZERO,
         });
-        let sched_spec = WorkerSpec::new("scheduler", move || Scheduler::new(Arc::clone(&config)))
+        let sc = Arc::clone(&config);
+        let sched_spec = WorkerSpec::new("scheduler", move || Scheduler::new(Arc::clone(&sc)))
             .mailbox_capacity(1024);
         let sched = sched_spec.addr();
         let mut tree = SupervisorSpec::one_for_one().child(sched_spec);
+        if with_health {
+            let beat = ms(100);
+            let health_config = HealthConfig {
+                dead: sched.clone().recipient(),
+                stalled: sched.clone().recipient(),
+                expected_interval: beat,
+                check_every: beat / 2,
+                threshold: 8.0,
+                window: 100,
+                min_std: beat / 4,
+                acceptable_pause: beat,
+                resend: Some(sched.clone().recipient()),
+            };
+            let health_spec =
+                WorkerSpec::new("health", move || HealthMonitor::new(health_config.clone()))
+                    .mailbox_capacity(1024);
+            let health = health_spec.addr();
+            let link = HealthLink {
+                watch: health.clone().recipient(),
+                unwatch: health.clone().recipient(),
+                progressed: health.clone().recipient(),
+                forget: health.recipient(),
+            };
+            assert!(config.health.set(link).is_ok());
+            tree = tree.child(health_spec);
+        }
         let mut workers = Vec::new();
         for i in 0..fakes {
             let fake = FakeWorker::default();
