@@ -138,7 +138,7 @@ pub enum CgroupMode {
 
 /// `[cgroups]`: each command task in a cgroup of its own (v2, or v1 where only v1 is mounted),
 /// with its CPU and memory as limits and a kill nothing escapes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct CgroupsConfig {
     /// `auto` (default), `off` or `required`.
@@ -146,6 +146,9 @@ pub struct CgroupsConfig {
     /// The most processes and threads one task may have (none by default: training jobs start
     /// many threads).
     pub max_pids: Option<u64>,
+    /// Where `/proc/self/mountinfo`, `/proc/self/cgroup` and `/sys/fs/cgroup` are read from
+    /// (default `/`): for a node in a container that mounts the host's elsewhere, and for tests.
+    pub root: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -316,6 +319,9 @@ impl Config {
         }
         if let Some(v) = parse_env(env, "CADRE_CGROUPS_MAX_PIDS")? {
             config.cgroups.max_pids = Some(v);
+        }
+        if let Some(v) = env("CADRE_CGROUPS_ROOT") {
+            config.cgroups.root = Some(PathBuf::from(v));
         }
         if let Some(v) = &flags.data_dir {
             config.data_dir = v.clone();

@@ -68,7 +68,11 @@ pub async fn open_cgroups(config: &Config, data_dir: &Path) -> Result<Option<Cgr
         return Ok(None);
     }
     let name = parent_name(data_dir);
-    match Cgroups::open(&name) {
+    let opened = match &config.cgroups.root {
+        Some(root) => Cgroups::open_at(root, &name),
+        None => Cgroups::open(&name),
+    };
+    match opened {
         Ok(cgroups) => {
             match cgroups.sweep().await {
                 Ok(left) if !left.is_empty() => {
