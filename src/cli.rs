@@ -231,10 +231,25 @@ impl Client {
             println!("name      {}", b["name"].as_str().unwrap_or(""));
             println!("state     {}", b["state"].as_str().unwrap_or(""));
             println!("attempt   {}", b["attempt"]);
+            println!("resources {}", resources_text(&b["spec"]["resources"]));
+            let (requeues, failures) = (
+                b["requeues"].as_u64().unwrap_or(0),
+                b["failures"].as_u64().unwrap_or(0),
+            );
+            if requeues > 0 || failures > 0 {
+                println!("retried   {requeues} lost, {failures} failed");
+            }
             if let Some(w) = b.get("waiting") {
-                match w.get("reason").and_then(Value::as_str) {
-                    Some(reason) => println!("waiting   unplaceable: {reason}"),
-                    None => println!("waiting   queued, {} ahead", w["position"]),
+                match (
+                    w.get("kind").and_then(Value::as_str),
+                    w.get("reason").and_then(Value::as_str),
+                ) {
+                    (Some("retry"), _) => println!(
+                        "waiting   retry after failure {}, not before {} ms since the epoch",
+                        w["failures"], w["not_before_ms"]
+                    ),
+                    (_, Some(reason)) => println!("waiting   unplaceable: {reason}"),
+                    _ => println!("waiting   queued, {} ahead", w["position"]),
                 }
             }
             if let Some(o) = b.get("outcome") {
@@ -246,6 +261,9 @@ impl Client {
                 }
                 if let Some(error) = o.get("error").and_then(Value::as_str) {
                     println!("error     {error}");
+                }
+                if let Some(note) = logs_note(o) {
+                    println!("output    {note}");
                 }
             }
             if let Some(loss) = b.get("last_loss").and_then(Value::as_str) {
@@ -271,15 +289,9 @@ impl Client {
         }
         let reply = self.get(&path)?;
         if !self.print_json(&reply) {
-            println!("{:>8}  {:<10}  {:>7}  NAME", "ID", "STATE", "ATTEMPT");
+            println!("{}", list_header());
             for j in reply.body["jobs"].as_array().map_or(&[][..], Vec::as_slice) {
-                println!(
-                    "{:>8}  {:<10}  {:>7}  {}",
-                    j["id"],
-                    j["state"].as_str().unwrap_or(""),
-                    j["attempt"],
-                    j["name"].as_str().unwrap_or("")
-                );
+                println!("{}", list_row(j));
             }
             if let Some(next) = reply.body.get("next").filter(|n| !n.is_null()) {
                 println!("more: --after {next}");
@@ -324,6 +336,12 @@ impl Client {
                 .map_err(|e| CliError::other(format!("writing logs: {e}")))?;
             out.flush()
                 .map_err(|e| CliError::other(format!("writing logs: {e}")))?;
+        }
+        // Say so when the output was not kept whole (over its cap, or a disk that refused it).
+        if let Ok(reply) = self.get(&format!("/v1/jobs/{id}")) {
+            if let Some(note) = logs_note(&reply.body["outcome"]) {
+                eprintln!("cadre: {note}");
+            }
         }
         Ok(())
     }
@@ -489,6 +507,56 @@ pub fn progress_bar(fraction: f64, width: usize) -> String {
         "#".repeat(done),
         ".".repeat(width - done),
         fraction * 100.0
+    )
+}
+
+/// What a job reserves, for `cadre status`.
+pub fn resources_text(r: &Value) -> String {
+    let cpu = r["cpu_millis"].as_u64().unwrap_or(0);
+    let cpu = if cpu == 0 {
+        "no CPU reserved (cpu_millis 0: the lowest CPU weight)".to_owned()
+    } else {
+        format!("{} CPU ({cpu} millicores)", cpu as f64 / 1000.0)
+    };
+    let memory = match r["memory_bytes"].as_u64().unwrap_or(0) {
+        0 => "no memory limit".to_owned(),
+        bytes => format!("{bytes} bytes of memory"),
+    };
+    format!(
+        "{cpu}, {memory}, {} GPU(s)",
+        r["gpus"].as_u64().unwrap_or(0)
+    )
+}
+
+/// What became of a job's output when not all of it was kept, from its outcome.
+pub fn logs_note(outcome: &Value) -> Option<String> {
+    let logs = outcome.get("logs").filter(|l| !l.is_null())?;
+    let mut parts = Vec::new();
+    if let Some(dropped) = logs["dropped_bytes"].as_u64().filter(|&d| d > 0) {
+        parts.push(format!(
+            "{dropped} bytes of output dropped past the per-stream cap (its head and tail are kept)"
+        ));
+    }
+    if let Some(error) = logs["write_error"].as_str() {
+        parts.push(format!("output incomplete: {error}"));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
+/// The header of `cadre list`.
+pub fn list_header() -> String {
+    format!("{:>8}  {:<10}  {:>7}  NAME", "ID", "STATE", "ATTEMPT")
+}
+
+/// One row of `cadre list`, aligned with [`list_header`] (numbers as numbers: a JSON value's
+/// own formatting ignores widths).
+pub fn list_row(j: &Value) -> String {
+    format!(
+        "{:>8}  {:<10}  {:>7}  {}",
+        j["id"].as_u64().unwrap_or(0),
+        j["state"].as_str().unwrap_or(""),
+        j["attempt"].as_u64().unwrap_or(0),
+        j["name"].as_str().unwrap_or("")
     )
 }
 

@@ -1,7 +1,10 @@
-//! The CLI's pure pieces: the progress bar and the live view `cadre watch` draws, and its exit
-//! code for a flag it refuses without asking the API.
+//! The CLI's pure pieces: the progress bar and the live view `cadre watch` draws, the rows of
+//! `cadre list`, what `cadre status` says of resources and of output not kept whole, and its
+//! exit code for a flag it refuses without asking the API.
 
-use cadre::cli::{event_line, progress_bar, redraw, WatchView};
+use cadre::cli::{
+    event_line, list_header, list_row, logs_note, progress_bar, redraw, resources_text, WatchView,
+};
 use serde_json::json;
 
 #[test]
@@ -164,4 +167,37 @@ fn a_progress_note_cannot_drive_the_terminal() {
     assert!(rows[0].ends_with("a [2Jb c"), "{rows:?}");
     assert!(!rows[0].chars().any(char::is_control));
     assert!(!event_line(&sneaky).chars().any(char::is_control));
+}
+
+/// A JSON value's own formatting ignores widths: ids and attempts printed through it left the
+/// columns ragged.
+#[test]
+fn list_rows_line_up_with_the_header_whatever_the_widths() {
+    let header = list_header();
+    let state_at = header.find("STATE").unwrap();
+    for (id, attempt) in [(1, 1), (12, 3), (123_456, 10)] {
+        let row = list_row(&json!({"id": id, "state": "running", "attempt": attempt, "name": "x"}));
+        assert_eq!(row.find("running"), Some(state_at), "{header}\n{row}");
+        assert_eq!(row.len(), header.len() - "NAME".len() + 1, "{row}");
+    }
+}
+
+#[test]
+fn status_names_what_a_job_reserves_and_output_not_kept_whole() {
+    assert_eq!(
+        resources_text(&json!({"cpu_millis": 1500, "memory_bytes": 0, "gpus": 1})),
+        "1.5 CPU (1500 millicores), no memory limit, 1 GPU(s)"
+    );
+    assert!(
+        resources_text(&json!({"cpu_millis": 0, "memory_bytes": 5, "gpus": 0}))
+            .starts_with("no CPU reserved")
+    );
+    assert_eq!(logs_note(&json!({"exit_code": 0, "logs": null})), None);
+    assert_eq!(logs_note(&json!({"exit_code": 0})), None);
+    let note =
+        logs_note(&json!({"logs": {"dropped_bytes": 7, "write_error": "disk full"}})).unwrap();
+    assert!(
+        note.contains("7 bytes of output dropped") && note.contains("disk full"),
+        "{note}"
+    );
 }
