@@ -26,7 +26,7 @@ use cadre_actors::protocol::{
 };
 use cadre_actors::sched::{Grant, PlacerConfig, WorkerCapacity};
 use cadre_actors::scheduler::{
-    CloseStore, GetJob, HealthLink, JobView, Retention, Scheduler, SchedulerConfig, Submit,
+    CloseStore, GetJob, HealthLink, Janitor, JobView, Retention, Scheduler, SchedulerConfig, Submit,
 };
 use cadre_actors::store::StoreOptions;
 use cadre_actors::worker::{Resolver, Worker, WorkerConfig};
@@ -684,6 +684,19 @@ impl FakeWorker {
     }
 }
 
+/// How a [`SchedRig`] differs from the default node.
+#[derive(Default)]
+pub struct RigOptions {
+    /// Why the node has no GPUs, if it has none.
+    pub gpus_absent: Option<String>,
+    /// With a health monitor child named `health`.
+    pub with_health: bool,
+    /// The retention policy.
+    pub retention: Retention,
+    /// Who cleans up after pruned jobs.
+    pub janitor: Option<Janitor>,
+}
+
 pub struct SchedRig {
     pub sched: Addr<Scheduler>,
     pub workers: Vec<(FakeWorker, Addr<FakeWorker>)>,
@@ -708,22 +721,36 @@ impl SchedRig {
         fakes: usize,
         gpus_absent: Option<String>,
     ) -> SchedRig {
-        SchedRig::start_full(journal, ttl, fakes, gpus_absent, false).await
+        let options = RigOptions {
+            gpus_absent,
+            ..RigOptions::default()
+        };
+        SchedRig::start_full(journal, ttl, fakes, options).await
     }
 
     /// As [`SchedRig::start`], with a health monitor child named `health` (heartbeats every
     /// 100 ms), linked both ways as on a node.
     pub async fn start_with_health(ttl: Duration) -> SchedRig {
-        SchedRig::start_full(Scratch::new("journal"), ttl, 0, None, true).await
+        let options = RigOptions {
+            with_health: true,
+            ..RigOptions::default()
+        };
+        SchedRig::start_full(Scratch::new("journal"), ttl, 0, options).await
     }
 
-    async fn start_full(
+    /// As [`SchedRig::start_in`], with `options`.
+    pub async fn start_full(
         journal: Scratch,
         ttl: Duration,
         fakes: usize,
-        gpus_absent: Option<String>,
-        with_health: bool,
+        options: RigOptions,
     ) -> SchedRig {
+        let RigOptions {
+            gpus_absent,
+            with_health,
+            retention,
+            janitor,
+        } = options;
         let config = Arc::new(SchedulerConfig {
             journal_dir: journal.path().to_owned(),
             engine: IoEngine::new(BackendSetting::Std).unwrap(),
@@ -735,8 +762,8 @@ impl SchedRig {
             callbacks: None,
             health: OnceLock::new(),
             gpus_absent,
-            retention: Retention::default(),
-            janitor: None,
+            retention,
+            janitor,
             registration_grace: Duration::ZERO,
         });
         let sc = Arc::clone(&config);

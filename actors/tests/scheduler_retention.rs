@@ -1,0 +1,146 @@
+//! Retention on the real scheduler: ended jobs beyond the policy (count, age) are pruned by a
+//! journaled record, answered "pruned by retention" afterwards (also after a restart, which
+//! replays the pruning), their files handed to the janitor once the record is durable, and a
+//! job that has not ended is never pruned.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cadre_actors::job::JobState;
+use cadre_actors::protocol::TaskEnd;
+use cadre_actors::scheduler::{GetJob, Janitor, PrunedJob, Retention};
+use cadre_actors::{Error, JobId};
+use tokio::time::sleep;
+
+use support::{lock, run, sched_job, RigOptions, SchedRig, Scratch, LONG_TTL};
+
+fn janitor() -> (Janitor, Arc<Mutex<Vec<PrunedJob>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = Arc::clone(&seen);
+    let janitor: Janitor = Arc::new(move |jobs: Vec<PrunedJob>| lock(&s).extend(jobs));
+    (janitor, seen)
+}
+
+fn keep(max_jobs: usize, max_age: Duration) -> Retention {
+    Retention {
+        max_age,
+        max_jobs,
+        every: Duration::from_millis(100),
+        batch: 4,
+    }
+}
+
+/// Runs `n` jobs to success on fake worker 0.
+async fn run_jobs(rig: &SchedRig, n: usize, already: usize) -> Vec<JobId> {
+    let w = rig.register(0, 64_000).await;
+    let specs = (0..n).map(|i| sched_job(&format!("j{i}"), 0)).collect();
+    let ids = rig.submit(specs).await;
+    let assigns = rig.until_assigns(0, already + n).await;
+    for a in &assigns[already..] {
+        rig.started(w, a).await.unwrap();
+        rig.finished(w, a.job, a.token, TaskEnd::Exited { code: 0 })
+            .await
+            .unwrap();
+    }
+    for &id in &ids {
+        rig.until_state(id, JobState::Succeeded).await;
+    }
+    ids
+}
+
+#[test]
+fn ended_jobs_beyond_the_count_are_pruned_and_stay_pruned_across_a_restart() {
+    let obs = run(|_| async {
+        let (janitor, cleaned) = janitor();
+        let options = RigOptions {
+            retention: keep(5, Duration::from_secs(24 * 3600)),
+            janitor: Some(janitor),
+            ..RigOptions::default()
+        };
+        let rig = SchedRig::start_full(Scratch::new("journal"), LONG_TTL, 1, options).await;
+        let ids = run_jobs(&rig, 12, 0).await;
+        // A job that has not ended is never pruned, whatever the count.
+        let [waiting] = rig.submit(vec![sched_job("queued", 0)]).await[..] else {
+            panic!("one id");
+        };
+        sleep(Duration::from_millis(500)).await;
+        let mut pruned = Vec::new();
+        let mut kept = Vec::new();
+        for &id in &ids {
+            match rig.sched.send(GetJob(id)).await.unwrap() {
+                Err(Error::Pruned { job }) => pruned.push(job),
+                Ok(view) => kept.push(view.id),
+                Err(other) => panic!("job {id}: {other}"),
+            }
+        }
+        assert_eq!(kept, ids[7..], "the newest five ended jobs are kept");
+        assert_eq!(pruned, ids[..7], "the oldest go first");
+        assert_eq!(
+            rig.view(waiting).await.state,
+            JobState::Leased,
+            "placed, not pruned"
+        );
+        let mut janitored: Vec<JobId> = lock(&cleaned).iter().map(|p| p.job).collect();
+        janitored.sort();
+        assert_eq!(
+            janitored, pruned,
+            "the janitor heard of each pruned job once"
+        );
+        // An id never given out is unknown, not pruned.
+        assert!(matches!(
+            rig.sched.send(GetJob(JobId(10_000))).await.unwrap(),
+            Err(Error::UnknownJob { .. })
+        ));
+
+        // The pruning is journaled: a restarted scheduler does not bring them back.
+        rig.root.terminate_child("scheduler").await.unwrap();
+        rig.root.restart_child("scheduler").await.unwrap();
+        for &id in &pruned {
+            assert!(
+                matches!(
+                    rig.sched.send(GetJob(id)).await.unwrap(),
+                    Err(Error::Pruned { .. })
+                ),
+                "job {id} came back"
+            );
+        }
+        for &id in &kept {
+            assert_eq!(rig.view(id).await.state, JobState::Succeeded);
+        }
+        rig.stop().await;
+    });
+    assert_eq!(obs.counter("cadre_jobs_pruned_total", &[]), 7);
+}
+
+#[test]
+fn ended_jobs_older_than_the_age_are_pruned() {
+    run(|_| async {
+        let (janitor, cleaned) = janitor();
+        let options = RigOptions {
+            // Any job that has ended is old enough: wall-clock milliseconds pass meanwhile.
+            retention: keep(1_000, Duration::from_millis(1)),
+            janitor: Some(janitor),
+            ..RigOptions::default()
+        };
+        let rig = SchedRig::start_full(Scratch::new("journal"), LONG_TTL, 1, options).await;
+        let ids = run_jobs(&rig, 6, 0).await;
+        std::thread::sleep(Duration::from_millis(5));
+        sleep(Duration::from_millis(500)).await;
+        for &id in &ids {
+            assert!(
+                matches!(
+                    rig.sched.send(GetJob(id)).await.unwrap(),
+                    Err(Error::Pruned { .. })
+                ),
+                "job {id} is older than the policy allows"
+            );
+        }
+        assert_eq!(lock(&cleaned).len(), 6);
+        assert!(lock(&cleaned).iter().all(|p| p.tasks == 1 && !p.command));
+        rig.stop().await;
+    });
+}
