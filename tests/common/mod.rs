@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod tmpfs;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_cadre");
 
 /// A scratch directory removed on drop.
@@ -73,12 +75,21 @@ impl Server {
 
     /// Starts `bin serve` (a node binary with extensions).
     pub fn start_bin(bin: &Path, dir: &Path, env: &[(&str, &str)]) -> Server {
+        Server::start_bin_in(bin, dir, &dir.join("data"), env)
+    }
+
+    /// Starts a node with its data directory at `data_dir` (its log stays in `dir`).
+    pub fn start_in(dir: &Path, data_dir: &Path, env: &[(&str, &str)]) -> Server {
+        Server::start_bin_in(Path::new(BIN), dir, data_dir, env)
+    }
+
+    fn start_bin_in(bin: &Path, dir: &Path, data_dir: &Path, env: &[(&str, &str)]) -> Server {
         let mut server = Server {
             child: None,
             bin: bin.to_path_buf(),
             api: String::new(),
             metrics: String::new(),
-            data_dir: dir.join("data"),
+            data_dir: data_dir.to_path_buf(),
             log: dir.join("server.log"),
             env: env
                 .iter()
@@ -252,6 +263,25 @@ impl Server {
         self.child.as_ref().unwrap().id()
     }
 
+    /// SIGTERM, and waits (up to a minute) for the node to drain and exit 0.
+    pub fn stop(&mut self) {
+        let mut child = self.child.take().unwrap();
+        signal(child.id(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(
+                    status.success(),
+                    "node exited with {status}; log:\n{}",
+                    self.log_text()
+                );
+                return;
+            }
+            assert!(Instant::now() < deadline, "node did not stop within 60 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn kill9(&mut self) {
         let mut child = self.child.take().unwrap();
         child.kill().unwrap();
@@ -290,6 +320,253 @@ pub fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !f() {
         assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A reply read off a raw connection ([`read_reply`]): the status, the headers (names in
+/// lowercase) and the body as JSON (or as a string when it is not JSON).
+#[derive(Debug)]
+pub struct RawReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Value,
+}
+
+impl RawReply {
+    /// The first header called `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl Server {
+    /// The API's `host:port`, for raw connections.
+    pub fn api_addr(&self) -> &str {
+        self.api.trim_start_matches("http://")
+    }
+
+    /// Opens a connection to the API and writes `method path` with `Content-Length: declared`
+    /// (when given), then only `body`: a client that declares more than it sends stalls the
+    /// node's read of the rest. Read the answer with [`read_reply`].
+    pub fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        declared: Option<usize>,
+        body: &[u8],
+    ) -> std::net::TcpStream {
+        use std::io::Write;
+        let mut stream = std::net::TcpStream::connect(self.api_addr()).unwrap();
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n",
+            self.api_addr()
+        );
+        if let Some(n) = declared {
+            head.push_str(&format!("Content-Length: {n}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(body).unwrap();
+        stream.flush().unwrap();
+        stream
+    }
+
+    /// Sends a whole request with any method (and `body`, when given) and reads the reply.
+    pub fn request(&self, method: &str, path: &str, body: Option<&Value>) -> RawReply {
+        let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+        let mut stream = self.raw(method, path, Some(bytes.len()), &bytes);
+        read_reply(&mut stream)
+    }
+
+    /// Waits (at most `within`) for the process to exit, and returns its status.
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        let child = self.child.as_mut().unwrap();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node did not exit within {within:?}; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Reads one HTTP/1.1 reply off `stream` (each read waits at most 30 s): the head, then a body
+/// of `Content-Length` bytes, a chunked body, or what comes until the node closes.
+pub fn read_reply(stream: &mut std::net::TcpStream) -> RawReply {
+    use std::io::{BufRead, BufReader, Read};
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP status line: {line:?}"));
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+        }
+    }
+    let find = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let mut body = Vec::new();
+    if let Some(n) = find("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        body.resize(n, 0);
+        reader.read_exact(&mut body).unwrap();
+    } else if find("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size).unwrap();
+            let n = usize::from_str_radix(size.trim(), 16).unwrap();
+            let mut chunk = vec![0; n + 2];
+            reader.read_exact(&mut chunk).unwrap();
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    } else {
+        let _ = reader.read_to_end(&mut body);
+    }
+    let text = String::from_utf8_lossy(&body).into_owned();
+    RawReply {
+        status,
+        headers,
+        body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    }
+}
+
+/// Waits until `path` holds a pid and its newline (`echo $$ > path`), and returns the pid.
+pub fn wait_pid_file(path: &Path, within: Duration) -> u32 {
+    wait_for(&format!("pid file {}", path.display()), within, || {
+        std::fs::read_to_string(path).is_ok_and(|s| s.ends_with('\n'))
+    });
+    std::fs::read_to_string(path)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Whether this machine lets jobs run in cgroups (root with a writable cgroup tree). Where it
+/// does not, prints `SKIP: <test>: <reason>` and returns false, or fails where
+/// `CADRE_REQUIRE_CGROUPS=1`.
+pub fn cgroups_or_skip(test: &str) -> bool {
+    let tree = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        Path::new("/sys/fs/cgroup")
+    } else {
+        Path::new("/sys/fs/cgroup/memory")
+    };
+    let probe = tree.join(format!("cadre-probe-{}-{test}", std::process::id()));
+    let reason = match std::fs::create_dir(&probe) {
+        Ok(()) => {
+            let _ = std::fs::remove_dir(&probe);
+            return true;
+        }
+        Err(e) => format!("{} is not writable: {e}", tree.display()),
+    };
+    if std::env::var("CADRE_REQUIRE_CGROUPS").as_deref() == Ok("1") {
+        panic!("cgroups required (CADRE_REQUIRE_CGROUPS=1) but unavailable: {reason}");
+    }
+    println!("SKIP: {test}: {reason}");
+    false
+}
+
+/// Removes, best effort, the (empty) cgroup parent a stopped node named in its log
+/// (`parent=cadre-...`): a node leaves it behind when it stops.
+pub fn remove_node_cgroups(log: &str) {
+    let Some(parent) = log
+        .split("parent=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .filter(|p| p.starts_with("cadre-"))
+    else {
+        return;
+    };
+    // This process's own group per hierarchy (`id:controllers:/path`), where the node made it.
+    for line in std::fs::read_to_string("/proc/self/cgroup")
+        .unwrap_or_default()
+        .lines()
+    {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(own)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let mount = if controllers.is_empty() {
+            "/sys/fs/cgroup".to_owned()
+        } else {
+            format!("/sys/fs/cgroup/{}", controllers.trim_start_matches("name="))
+        };
+        let _ = std::fs::remove_dir(
+            Path::new(&mount)
+                .join(own.trim_start_matches('/'))
+                .join(parent),
+        );
+    }
+}
+
+/// `env`'s output as a map.
+pub fn env_map(text: &str) -> std::collections::BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// Runs `cmd` to its end with its output in `log`, killing it and failing when it is still
+/// running after `within`; returns its status and output.
+pub fn run_within(
+    cmd: &mut Command,
+    log: &Path,
+    within: Duration,
+) -> (std::process::ExitStatus, String) {
+    let file = std::fs::File::create(log).unwrap();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status, std::fs::read_to_string(log).unwrap_or_default());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{cmd:?} still running after {within:?}; output:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
