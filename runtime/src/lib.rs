@@ -18,11 +18,21 @@ pub use error::Error;
 pub use extensions::Extensions;
 pub use node::Node;
 
+/// What the HTTP layer logs of a connection that is not HTTP (a malformed head, a reset): a
+/// client's error, which actix logs at ERROR. It is off unless `CADRE_LOG` names `actix_http`;
+/// the request itself is answered 400.
+const HTTP_LAYER_OFF: &str = "actix_http::h1::dispatcher=off";
+
 /// Installs the log subscriber: readable lines, or JSON objects; `CADRE_LOG` filters
 /// (default `info`). Logs go to stderr.
 pub fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CADRE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let mut directives = std::env::var("CADRE_LOG").unwrap_or_else(|_| "info".to_owned());
+    if !directives.contains("actix_http") {
+        directives.push(',');
+        directives.push_str(HTTP_LAYER_OFF);
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("info,{HTTP_LAYER_OFF}")));
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

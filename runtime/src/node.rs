@@ -47,6 +47,8 @@ pub struct Node {
     metrics: actix_web::dev::ServerHandle,
     servers: Vec<actix_rt::task::JoinHandle<std::io::Result<()>>>,
     grace: Duration,
+    /// The node's cgroup parent, removed once the tree has stopped.
+    cgroups: Option<cadre_cpu::cgroup::Cgroups>,
 }
 
 fn data_dir_error(path: &std::path::Path, e: std::io::Error) -> Error {
@@ -228,7 +230,7 @@ impl Node {
             fence_margin: Duration::from_millis(config.fence_margin_ms),
             term_grace: Duration::from_millis(config.kill_grace_ms),
             ledger,
-            cgroups,
+            cgroups: cgroups.clone(),
             max_pids: config.cgroups.max_pids,
             scratch_dir,
             base_env: crate::confine::base_env(&|k| std::env::var(k).ok()),
@@ -294,6 +296,7 @@ impl Node {
             metrics: metrics_handle,
             servers,
             grace: Duration::from_secs(config.shutdown_grace_secs),
+            cgroups,
         })
     }
 
@@ -357,6 +360,20 @@ impl Node {
         }
         self.api.stop(true).await;
         let result = self.root.stop().await;
+        // Every job has stopped with the tree: the node's cgroup parent goes too (a node killed
+        // outright leaves it for the next start on this data directory to sweep).
+        if let Some(cgroups) = self.cgroups {
+            match cgroups.sweep().await {
+                Ok(left) if !left.is_empty() => {
+                    tracing::warn!(groups = left.len(), "killed job cgroups left at shutdown")
+                }
+                Ok(_) => {}
+                Err(error) => tracing::debug!(%error, "job cgroups not swept at shutdown"),
+            }
+            if let Err(error) = cgroups.remove().await {
+                tracing::debug!(%error, "the node's cgroup parent was not removed");
+            }
+        }
         self.metrics.stop(true).await;
         for server in self.servers {
             match server.await {

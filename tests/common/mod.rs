@@ -295,6 +295,8 @@ impl Drop for Server {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // A node killed outright leaves its cgroup parent (a clean stop removes it).
+        remove_node_cgroups(&self.log_text());
     }
 }
 
@@ -380,7 +382,7 @@ impl Server {
     pub fn request(&self, method: &str, path: &str, body: Option<&Value>) -> RawReply {
         let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
         let mut stream = self.raw(method, path, Some(bytes.len()), &bytes);
-        read_reply(&mut stream)
+        read_reply_to(&mut stream, method)
     }
 
     /// Waits (at most `within`) for the process to exit, and returns its status.
@@ -405,6 +407,12 @@ impl Server {
 /// Reads one HTTP/1.1 reply off `stream` (each read waits at most 30 s): the head, then a body
 /// of `Content-Length` bytes, a chunked body, or what comes until the node closes.
 pub fn read_reply(stream: &mut std::net::TcpStream) -> RawReply {
+    read_reply_to(stream, "GET")
+}
+
+/// [`read_reply`] to a request of `method`: a reply to `HEAD` has no body, whatever its
+/// `Content-Length` says.
+pub fn read_reply_to(stream: &mut std::net::TcpStream, method: &str) -> RawReply {
     use std::io::{BufRead, BufReader, Read};
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
@@ -436,7 +444,9 @@ pub fn read_reply(stream: &mut std::net::TcpStream) -> RawReply {
             .map(|(_, v)| v.clone())
     };
     let mut body = Vec::new();
-    if let Some(n) = find("content-length").and_then(|v| v.parse::<usize>().ok()) {
+    if method == "HEAD" {
+        // No body follows.
+    } else if let Some(n) = find("content-length").and_then(|v| v.parse::<usize>().ok()) {
         body.resize(n, 0);
         reader.read_exact(&mut body).unwrap();
     } else if find("transfer-encoding").is_some_and(|v| v.contains("chunked")) {

@@ -10,7 +10,11 @@
 //! nothing invalid is stored.
 //!
 //! A refusal is the client's, not the node's: 4xx, 503 and 507 are logged at debug and
-//! counted (`cadre_api_errors_total{route,status}`); only a 500 is an error event.
+//! counted (`cadre_api_errors_total{route,status}`); only a 500 is an error event. A request
+//! that is not HTTP at all (a malformed head) is answered 400 by the HTTP layer before any
+//! route sees it, and not logged (`CADRE_LOG=actix_http=debug` shows those).
+//!
+//! Every `GET` route also answers `HEAD` (RFC 9110), without a body.
 //!
 //! No authorization on loopback, the default address; a node listening elsewhere should sit
 //! behind a proxy that authenticates.
@@ -314,7 +318,12 @@ fn resource(
     r.default_service(not_allowed(allow))
 }
 
-const GET: &[Method] = &[Method::GET];
+const GET: &[Method] = &[Method::GET, Method::HEAD];
+
+/// A route for `GET` and `HEAD` (whose response the HTTP layer sends without its body).
+fn get() -> actix_web::Route {
+    web::route().guard(actix_web::guard::Any(actix_web::guard::Get()).or(actix_web::guard::Head()))
+}
 
 /// The API server on `addr`; request bodies over `max_body` bytes get 413.
 pub fn server(
@@ -343,17 +352,17 @@ pub fn server(
                 )
                 .into()
             }))
-            .service(resource("/healthz", GET, vec![web::get().to(healthz)]))
-            .service(resource("/readyz", GET, vec![web::get().to(readyz)]))
+            .service(resource("/healthz", GET, vec![get().to(healthz)]))
+            .service(resource("/readyz", GET, vec![get().to(readyz)]))
             .service(resource(
                 "/v1/jobs",
-                &[Method::GET, Method::POST],
-                vec![web::post().to(jobs::submit), web::get().to(jobs::list)],
+                &[Method::GET, Method::HEAD, Method::POST],
+                vec![web::post().to(jobs::submit), get().to(jobs::list)],
             ))
             .service(resource(
                 "/v1/jobs/{id}",
-                &[Method::GET, Method::DELETE],
-                vec![web::get().to(jobs::get), web::delete().to(jobs::cancel)],
+                &[Method::GET, Method::HEAD, Method::DELETE],
+                vec![get().to(jobs::get), web::delete().to(jobs::cancel)],
             ))
             .service(resource(
                 "/v1/jobs/{id}/cancel",
@@ -363,11 +372,11 @@ pub fn server(
             .service(resource(
                 "/v1/jobs/{id}/logs",
                 GET,
-                vec![web::get().to(logs::logs)],
+                vec![get().to(logs::logs)],
             ))
-            .service(resource("/v1/events", GET, vec![web::get().to(events)]))
-            .service(resource("/v1/nodes", GET, vec![web::get().to(nodes)]))
-            .service(resource("/v1/failures", GET, vec![web::get().to(failures)]))
+            .service(resource("/v1/events", GET, vec![get().to(events)]))
+            .service(resource("/v1/nodes", GET, vec![get().to(nodes)]))
+            .service(resource("/v1/failures", GET, vec![get().to(failures)]))
             .default_service(web::to(not_found))
     })
     .workers(threads)
