@@ -611,3 +611,56 @@ async fn queued_records_resolve_in_order_once_durable_and_fail_once_the_journal_
         );
     }
 }
+
+#[tokio::test]
+async fn a_snapshot_written_in_chunks_replaces_the_records_before_its_cut() {
+    for engine in engines() {
+        let dir = Scratch::new("journal-chunked-snapshot");
+        let (j, _) = Journal::open(dir.path(), engine.clone(), small())
+            .await
+            .unwrap();
+        for i in 0..50 {
+            j.append(format!("before-{i}").into_bytes()).await.unwrap();
+        }
+        let cut = j.slot().await.unwrap().cut().await.unwrap();
+        // Records after the cut go on while the snapshot is written.
+        for i in 0..10 {
+            j.append(format!("after-{i}").into_bytes()).await.unwrap();
+        }
+        // Abandoned: nothing changes, the temporary file goes.
+        let mut abandoned = j.snapshot_file(engine.clone(), cut).await.unwrap();
+        abandoned.write(b"half".to_vec()).await.unwrap();
+        let tmp = abandoned.path().to_path_buf();
+        drop(abandoned);
+        assert!(!tmp.exists());
+        let mut snapshot = j.snapshot_file(engine.clone(), cut).await.unwrap();
+        snapshot.write(b"state-one|".to_vec()).await.unwrap();
+        snapshot.write(vec![7u8; 100_000]).await.unwrap();
+        snapshot.write(b"|state-two".to_vec()).await.unwrap();
+        snapshot.install().await.unwrap();
+        let old: Vec<_> = files(dir.path(), "seg")
+            .into_iter()
+            .filter(|p| {
+                let stem = p.file_stem().unwrap().to_str().unwrap();
+                stem.parse::<u64>().unwrap() < cut.segment
+            })
+            .collect();
+        assert!(
+            old.is_empty(),
+            "segments before the cut are deleted: {old:?}"
+        );
+        j.append(b"last".to_vec()).await.unwrap();
+        j.close().await;
+        let (j, rec) = Journal::open(dir.path(), engine.clone(), small())
+            .await
+            .unwrap();
+        let mut want = b"state-one|".to_vec();
+        want.extend_from_slice(&[7u8; 100_000]);
+        want.extend_from_slice(b"|state-two");
+        assert_eq!(rec.snapshot.as_deref(), Some(&want[..]));
+        let mut after: Vec<Vec<u8>> = (0..10).map(|i| format!("after-{i}").into_bytes()).collect();
+        after.push(b"last".to_vec());
+        assert_eq!(rec.records, after);
+        j.close().await;
+    }
+}

@@ -267,46 +267,20 @@ impl Scheduler {
         }
     }
 
-    /// Writes a snapshot once enough records have accumulated since the last one, so start-up
-    /// reads the snapshot and a bounded tail of records. The mailbox waits meanwhile; commits
-    /// made by continuations wait in `deferred`, in order.
+    /// Starts a snapshot once enough records have accumulated since the last one, so start-up
+    /// reads the snapshot and a bounded tail of records. It is written a chunk at a time
+    /// between messages (see `snapshot.rs`): the mailbox never waits for it.
     pub(super) fn maybe_compact(&mut self, ctx: &mut Ctx) {
         let Some(core) = self.core.as_mut() else {
             return;
         };
         let due = core.deferred.is_empty()
             && core.unwritable.is_none()
+            && core.snapshot.is_none()
             && core.store.as_ref().is_some_and(Store::compaction_due);
-        if !due {
-            return;
+        if due {
+            self.start_snapshot(ctx, None);
         }
-        let Some(mut store) = core.store.take() else {
-            return;
-        };
-        let jobs = store.table().len();
-        ctx.wait(
-            async move {
-                let started = Instant::now();
-                let result = store.compact().await;
-                (store, result, started.elapsed())
-            }
-            .into_actor(self)
-            .map(move |(store, result, took), act, ctx| {
-                if let Some(core) = act.core.as_mut() {
-                    core.store = Some(store);
-                }
-                match result {
-                    Ok(()) => tracing::info!(jobs, took_ms = took.as_millis() as u64, path = ctx.path(),
-                        "job store snapshot written"),
-                    // The journal is whole without it (its records stay in their segments);
-                    // the store tries again later.
-                    Err(error) => tracing::error!(jobs, %error, path = ctx.path(),
-                        "job store snapshot failed; the journal keeps its records and it is tried again later"),
-                }
-                act.check_store(ctx);
-                act.drain_deferred(ctx);
-            }),
-        );
     }
 
     /// A store that has failed accepts nothing more: the actor fails, and its restart reopens

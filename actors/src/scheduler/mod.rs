@@ -64,6 +64,7 @@ use crate::store::{Durable, Outcome, Record, Recovery, Store, StoreOptions, Subm
 mod api;
 mod commit;
 mod jobs;
+mod snapshot;
 mod workers;
 
 pub use api::{
@@ -72,6 +73,7 @@ pub use api::{
 };
 use commit::AfterDurable;
 use jobs::{task_result, TaskResult};
+pub use snapshot::{SnapshotDone, TakeSnapshot, STEP_ENTRIES};
 pub use workers::EVENT_CAPACITY;
 
 type Ctx = SupervisedContext<Scheduler>;
@@ -210,6 +212,8 @@ struct Core {
     grace_until: Option<Instant>,
     /// Set by `CloseStore`: records that fail to become durable after it are the close's doing.
     closing: bool,
+    /// The snapshot being written, if one is.
+    snapshot: Option<snapshot::SnapshotRun>,
 }
 
 struct WorkerEntry {
@@ -362,6 +366,7 @@ impl Scheduler {
             delay_timer: None,
             grace_until: Some(now + self.config.registration_grace),
             closing: false,
+            snapshot: None,
         });
         metrics::gauge!(m::JOBS_RUNNING).set(0.0);
         metrics::gauge!(m::WORKERS).set(0.0);

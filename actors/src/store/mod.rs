@@ -436,6 +436,58 @@ impl Store {
         })
     }
 
+    /// Starts a snapshot written a chunk at a time: takes the table's view as of now and queues
+    /// the journal's cut in the same step (see `cadre_cpu::journal::SnapshotFile`). The
+    /// returned future resolves with the cut once the journal has rolled; `Ok(None)` when the
+    /// journal's queue is full right now (try again later).
+    pub fn begin_snapshot(&mut self) -> Result<Option<cadre_cpu::journal::PendingCut>, Error> {
+        if let Some(reason) = &self.failed {
+            return Err(Error::StoreFailed {
+                reason: reason.clone(),
+            });
+        }
+        let slot = match self.journal.try_slot() {
+            Ok(Some(slot)) => slot,
+            Ok(None) => return Ok(None),
+            Err(source) => {
+                let err = Error::Store {
+                    op: "snapshot",
+                    source,
+                };
+                self.fail(&err);
+                return Err(err);
+            }
+        };
+        self.table.begin_cut();
+        self.since_snapshot = 0;
+        Ok(Some(slot.cut()))
+    }
+
+    /// The next chunk of the snapshot in progress: at most `max_entries` entries, and whether
+    /// it is the last.
+    pub fn snapshot_chunk(&mut self, max_entries: usize) -> Result<(Vec<u8>, bool), Error> {
+        let mut out = Vec::with_capacity(max_entries * 256);
+        let done = self
+            .table
+            .encode_cut(&mut out, max_entries)
+            .inspect_err(|e| store_error("snapshot", e))?;
+        Ok((out, done))
+    }
+
+    /// Ends the snapshot in progress (written, or given up after a failure, which is tried
+    /// again after half the interval).
+    pub fn end_snapshot(&mut self, written: bool) {
+        self.table.end_cut();
+        if !written {
+            self.since_snapshot = self.options.snapshot_every / 2;
+        }
+    }
+
+    /// The journal, for the snapshot's file.
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
     /// Finishes what is queued and closes the journal (its directory lock is released).
     pub async fn close(self) {
         self.journal.close().await;
@@ -553,6 +605,85 @@ mod tests {
             read.after_load();
             assert_eq!(read, table);
         }
+    }
+
+    /// A snapshot written in chunks is byte for byte the table at its cut, whatever changes
+    /// (and prunings) come between the chunks.
+    #[test]
+    fn a_chunked_snapshot_is_the_table_at_its_cut() {
+        let mut table = JobTable::default();
+        let jobs = (1..=50)
+            .map(|i| Submission::new(JobId(i), spec(), i))
+            .collect();
+        table.apply_owned(Record::Submitted { jobs }).unwrap();
+        for i in 1..=20 {
+            for record in [
+                Record::Leased {
+                    job: JobId(i),
+                    attempt: 1,
+                    grants: Vec::new(),
+                    tokens: vec![FencingToken(i)],
+                },
+                Record::Started {
+                    job: JobId(i),
+                    attempt: 1,
+                },
+                Record::Ended {
+                    job: JobId(i),
+                    attempt: 1,
+                    state: JobState::Succeeded,
+                    outcome: Outcome::default(),
+                    ended_ms: i,
+                },
+            ] {
+                table.apply_owned(record).unwrap();
+            }
+        }
+        let at_cut = table.clone();
+        let whole = encode(&at_cut, "snapshot").unwrap();
+        table.begin_cut();
+        let mut streamed = Vec::new();
+        let mut changes = 21u64;
+        let mut prune = 1u64;
+        loop {
+            let done = table.encode_cut(&mut streamed, 7).unwrap();
+            // Between chunks: entries not written yet change, some are pruned, new ones come.
+            if changes <= 45 {
+                table
+                    .apply_owned(Record::Leased {
+                        job: JobId(changes),
+                        attempt: 1,
+                        grants: Vec::new(),
+                        tokens: vec![FencingToken(100 + changes)],
+                    })
+                    .unwrap();
+                changes += 3;
+            }
+            if prune <= 20 {
+                table
+                    .apply_owned(Record::Pruned {
+                        jobs: vec![JobId(prune)],
+                    })
+                    .unwrap();
+                prune += 2;
+            }
+            let next = table.next_id().0;
+            table
+                .apply_owned(Record::Submitted {
+                    jobs: vec![Submission::new(JobId(next), spec(), 9)],
+                })
+                .unwrap();
+            if done {
+                break;
+            }
+        }
+        table.end_cut();
+        assert_eq!(streamed, whole, "the chunks are the table as of the cut");
+        let mut read = decode::<JobTable>(&streamed, "snapshot").unwrap();
+        read.after_load();
+        let mut want = at_cut;
+        want.after_load();
+        assert_eq!(read, want);
     }
 
     /// The spec as the first versions wrote it: nine fields, `max_retries` counting lost

@@ -268,6 +268,30 @@ pub struct JobTable {
     /// loading ([`JobTable::after_load`]), never serialized.
     #[serde(skip)]
     ended: BTreeSet<(u64, JobId)>,
+    /// A snapshot being written a chunk at a time, if one is (never serialized).
+    #[serde(skip)]
+    cut: Option<Cut>,
+}
+
+/// The table as of a snapshot's cut, kept entry by entry while the snapshot is written in
+/// chunks: an entry about to change (or to be pruned) before the snapshot has written it is
+/// copied first, so the snapshot is exactly the table at its cut however long it takes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Cut {
+    /// Ids below it were given out before the cut; the rest came after and are not in it.
+    next_id: u64,
+    token_high_water: u64,
+    version: u32,
+    /// Entries in the table at the cut.
+    count: usize,
+    /// Whether the header (array and map lengths) is written.
+    started: bool,
+    /// The last id written: entries up to it are done.
+    done_to: Option<JobId>,
+    /// Entries written so far.
+    written: usize,
+    /// Entries as they were at the cut, for those changed or pruned since and not yet written.
+    saved: BTreeMap<JobId, Box<JobEntry>>,
 }
 
 impl Default for JobTable {
@@ -278,6 +302,7 @@ impl Default for JobTable {
             token_high_water: 0,
             version: FORMAT_VERSION,
             ended: BTreeSet::new(),
+            cut: None,
         }
     }
 }
@@ -388,6 +413,114 @@ impl JobTable {
         out
     }
 
+    /// Starts a snapshot of the table as it is now (see [`Cut`]); [`JobTable::encode_cut`]
+    /// writes it out, a chunk at a time.
+    pub(crate) fn begin_cut(&mut self) {
+        self.cut = Some(Cut {
+            next_id: self.next_id.max(1),
+            token_high_water: self.token_high_water,
+            version: self.version,
+            count: self.jobs.len(),
+            ..Cut::default()
+        });
+    }
+
+    /// Drops the snapshot in progress, written or abandoned.
+    pub(crate) fn end_cut(&mut self) {
+        self.cut = None;
+    }
+
+    /// Entries kept for the snapshot in progress (changed since its cut, not yet written).
+    pub fn cut_saved(&self) -> usize {
+        self.cut.as_ref().map_or(0, |c| c.saved.len())
+    }
+
+    /// Appends the next at most `max` entries of the snapshot in progress to `out`, encoded
+    /// exactly as [`super::encode`] encodes the whole table; `Ok(true)` once all of it is.
+    pub(crate) fn encode_cut(&mut self, out: &mut Vec<u8>, max: usize) -> Result<bool, Error> {
+        let JobTable { jobs, cut, .. } = self;
+        let Some(cut) = cut.as_mut() else {
+            return Err(Error::Rejected {
+                reason: "no snapshot is being written".to_owned(),
+            });
+        };
+        let codec = |e: std::fmt::Arguments<'_>| Error::Codec {
+            what: "snapshot".to_owned(),
+            reason: e.to_string(),
+        };
+        if !cut.started {
+            // The table's fields by position: jobs, next_id, token_high_water, version.
+            rmp::encode::write_array_len(out, 4).map_err(|e| codec(format_args!("{e}")))?;
+            rmp::encode::write_map_len(out, cut.count as u32)
+                .map_err(|e| codec(format_args!("{e}")))?;
+            cut.started = true;
+        }
+        let from = match cut.done_to {
+            Some(j) => std::ops::Bound::Excluded(j),
+            None => std::ops::Bound::Unbounded,
+        };
+        let until = std::ops::Bound::Excluded(JobId(cut.next_id));
+        let mut live = jobs.range((from, until)).peekable();
+        let mut saved = cut.saved.range((from, until)).peekable();
+        let mut n = 0;
+        let mut last = None;
+        while n < max {
+            // In id order over both; an entry kept at the cut wins over its live successor.
+            let next = match (live.peek(), saved.peek()) {
+                (None, None) => break,
+                (Some((a, _)), Some((b, _))) if b <= a => {
+                    if a == b {
+                        live.next();
+                    }
+                    saved.next()
+                }
+                (Some(_), _) => live.next(),
+                (None, Some(_)) => saved.next(),
+            };
+            let Some((id, entry)) = next else { break };
+            rmp_serde::encode::write(out, id).map_err(|e| codec(format_args!("{e}")))?;
+            rmp_serde::encode::write(out, &**entry).map_err(|e| codec(format_args!("{e}")))?;
+            last = Some(*id);
+            n += 1;
+        }
+        let done = live.peek().is_none() && saved.peek().is_none();
+        cut.written += n;
+        if let Some(last) = last {
+            cut.done_to = Some(last);
+            cut.saved = cut.saved.split_off(&JobId(last.0 + 1));
+        }
+        if !done {
+            return Ok(false);
+        }
+        if cut.written != cut.count {
+            return Err(codec(format_args!(
+                "{} entries written for the {} the table held at the cut",
+                cut.written, cut.count
+            )));
+        }
+        rmp_serde::encode::write(out, &cut.next_id).map_err(|e| codec(format_args!("{e}")))?;
+        rmp_serde::encode::write(out, &cut.token_high_water)
+            .map_err(|e| codec(format_args!("{e}")))?;
+        rmp_serde::encode::write(out, &cut.version).map_err(|e| codec(format_args!("{e}")))?;
+        Ok(true)
+    }
+
+    /// Keeps the entry of `job` as it is now for the snapshot in progress, if the snapshot has
+    /// it and has not written it yet (and it was not kept already).
+    fn preserve(cut: &mut Option<Cut>, jobs: &BTreeMap<JobId, Box<JobEntry>>, job: JobId) {
+        let Some(cut) = cut.as_mut() else {
+            return;
+        };
+        if job.0 >= cut.next_id || cut.done_to.is_some_and(|d| job <= d) {
+            return;
+        }
+        if let std::collections::btree_map::Entry::Vacant(slot) = cut.saved.entry(job) {
+            if let Some(entry) = jobs.get(&job) {
+                slot.insert(entry.clone());
+            }
+        }
+    }
+
     /// The job's entry, if `attempt` is its current attempt: one lookup, shared by the checks
     /// and the change of a record.
     fn entry_mut(
@@ -427,6 +560,7 @@ impl JobTable {
                 grants,
                 tokens,
             } => {
+                Self::preserve(&mut self.cut, &self.jobs, job);
                 let entry = Self::entry_mut(&mut self.jobs, job, attempt)?;
                 // Checked on a copy first: a refused record changes nothing.
                 let mut status = entry.status;
@@ -449,6 +583,7 @@ impl JobTable {
                 entry.retry_at_ms = 0;
             }
             Record::Started { job, attempt } => {
+                Self::preserve(&mut self.cut, &self.jobs, job);
                 let entry = Self::entry_mut(&mut self.jobs, job, attempt)?;
                 entry.status.transition(JobState::Running)?;
             }
@@ -459,6 +594,7 @@ impl JobTable {
                 outcome,
                 ended_ms,
             } => {
+                Self::preserve(&mut self.cut, &self.jobs, job);
                 if !state.is_terminal() {
                     return Err(Error::Rejected {
                         reason: format!("job {job}: {state} is not an end state"),
@@ -479,6 +615,7 @@ impl JobTable {
                 reason,
                 at_ms,
             } => {
+                Self::preserve(&mut self.cut, &self.jobs, job);
                 let entry = Self::entry_mut(&mut self.jobs, job, attempt)?;
                 let mut status = entry.status;
                 status.transition(JobState::Lost)?;
@@ -516,6 +653,7 @@ impl JobTable {
                 outcome,
                 retry_at_ms,
             } => {
+                Self::preserve(&mut self.cut, &self.jobs, job);
                 if !matches!(state, JobState::Failed | JobState::TimedOut) {
                     return Err(Error::Rejected {
                         reason: format!("job {job}: a retry follows a failure, not {state}"),
@@ -553,6 +691,7 @@ impl JobTable {
                     }
                 }
                 for job in jobs {
+                    Self::preserve(&mut self.cut, &self.jobs, job);
                     if let Some(entry) = self.jobs.remove(&job) {
                         self.ended.remove(&(entry.end_key(), job));
                     }

@@ -20,8 +20,10 @@
 //! journal is closed while stalled, in which case every waiting record gets
 //! [`CpuError::JournalStopped`].
 //!
-//! **Compaction.** [`Journal::compact`] takes a snapshot of the caller's state covering every
-//! record appended before it: the writer rolls to a new segment, writes the snapshot to
+//! **Compaction.** A snapshot replaces the records before it. A large one is written a chunk at
+//! a time ([`snapshot`]: a cut among the appends, then chunks, then an install), so its writer
+//! never holds its whole state at once; [`Journal::compact`] takes a small one whole. Either
+//! way the snapshot covers every record appended before it: the writer rolls to a new segment, writes the snapshot to
 //! `snapshot.tmp`, syncs it, renames it to `NNN.snap` (covering all segments below `NNN`),
 //! syncs the directory, then deletes the older segments and snapshots. A compaction that fails
 //! (a full disk) changes nothing the journal relies on: its temporary file is removed and the
@@ -38,6 +40,7 @@
 
 pub mod frame;
 mod recover;
+mod snapshot;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -50,6 +53,7 @@ use crate::error::{CpuError, Result};
 use crate::metrics as m;
 
 pub use frame::{encode_frame, encode_frame_v1, legacy_segment, FRAME_HEADER, FRAME_HEADER_V1};
+pub use snapshot::{Cut, PendingCut, SnapshotFile};
 
 /// Tuning of a journal. The defaults suit the job store: records of a few hundred bytes,
 /// thousands per second.
@@ -208,6 +212,15 @@ enum Cmd {
     },
     Close {
         reply: oneshot::Sender<()>,
+    },
+    /// Roll to a fresh segment and say where: a streamed snapshot's cut.
+    Cut {
+        reply: oneshot::Sender<Result<Cut>>,
+    },
+    /// Install `snapshot.tmp` as the snapshot of everything before `segment`.
+    Install {
+        segment: u64,
+        reply: oneshot::Sender<Result<()>>,
     },
 }
 

@@ -104,6 +104,23 @@ impl Writer {
                     }
                 }
                 Cmd::Close { reply } => return Some(reply),
+                Cmd::Cut { reply } => {
+                    let res = self.cut().await;
+                    if reply.send(res).is_err() {
+                        tracing::debug!(dir = %self.dir.display(), "snapshot cut answered after its caller left");
+                    }
+                }
+                Cmd::Install { segment, reply } => {
+                    let res =
+                        super::snapshot::install(&self.dir, &self.engine, &self.dir_file, segment)
+                            .await;
+                    if let Err(e) = &res {
+                        journal_error(&self.dir, "snapshot", e);
+                    }
+                    if reply.send(res).is_err() {
+                        tracing::debug!(dir = %self.dir.display(), "snapshot install answered after its caller left");
+                    }
+                }
             }
         }
     }
@@ -279,6 +296,23 @@ impl Writer {
         Ok(())
     }
 
+    /// A streamed snapshot's cut: everything written so far stays in older segments.
+    async fn cut(&mut self) -> Result<super::Cut> {
+        if let Some(reason) = &self.stopped {
+            return Err(CpuError::JournalStopped {
+                dir: self.dir.clone(),
+                reason: reason.clone(),
+            });
+        }
+        if self.offset > 0 {
+            self.roll().await?;
+        }
+        Ok(super::Cut {
+            segment: self.segment,
+            next_seq: self.seq,
+        })
+    }
+
     async fn compact(&mut self, snapshot: Vec<u8>) -> Result<()> {
         if let Some(reason) = &self.stopped {
             return Err(CpuError::JournalStopped {
@@ -317,20 +351,7 @@ impl Writer {
         let dest = self.dir.join(snapshot_name(base));
         fs::rename(&tmp, &dest).map_err(|e| CpuError::io("rename", &tmp, e))?;
         self.engine.sync_all(&self.dir_file).await?;
-        let entries =
-            fs::read_dir(&self.dir).map_err(|e| CpuError::io("read dir", &self.dir, e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| CpuError::io("read dir", &self.dir, e))?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            let old = name
-                .strip_suffix(".seg")
-                .or_else(|| name.strip_suffix(".snap"))
-                .and_then(|stem| stem.parse::<u64>().ok());
-            if old.is_some_and(|i| i < base) {
-                remove_file(&entry.path()).await?;
-            }
-        }
+        remove_before(&self.dir, base).await?;
         self.engine.sync_all(&self.dir_file).await?;
         tracing::info!(dir = %self.dir.display(), snapshot = %dest.display(), "journal compacted");
         Ok(())
@@ -352,4 +373,22 @@ fn answer(reply: oneshot::Sender<Result<Lsn>>, res: Result<Lsn>) {
         // The caller stopped waiting; the record's fate is already decided on disk.
         tracing::debug!("journal append answered after its caller left");
     }
+}
+
+/// Deletes the segments and snapshots below `base` (a snapshot at `base` replaces them).
+pub(super) async fn remove_before(dir: &std::path::Path, base: u64) -> Result<()> {
+    let entries = fs::read_dir(dir).map_err(|e| CpuError::io("read dir", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| CpuError::io("read dir", dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let old = name
+            .strip_suffix(".seg")
+            .or_else(|| name.strip_suffix(".snap"))
+            .and_then(|stem| stem.parse::<u64>().ok());
+        if old.is_some_and(|i| i < base) {
+            remove_file(&entry.path()).await?;
+        }
+    }
+    Ok(())
 }
