@@ -321,7 +321,7 @@ fn true_jobs(
     Ok(())
 }
 
-fn scratch(name: &str) -> Result<PathBuf, BenchError> {
+pub(crate) fn scratch(name: &str) -> Result<PathBuf, BenchError> {
     scratch_in(&std::env::temp_dir(), name)
 }
 

@@ -12,6 +12,7 @@ mod gpu;
 mod io;
 mod report;
 mod scheduler;
+mod snapshot;
 mod supervisor;
 
 use std::process::ExitCode;

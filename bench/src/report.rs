@@ -97,6 +97,15 @@ pub fn median(values: &[f64]) -> f64 {
     }
 }
 
+/// The `q` quantile (0..=1) of sorted `values`, by the nearest rank; 0 when empty.
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
 /// The median of integer samples (sorts them in place); NaN when empty.
 pub fn p50(samples: &mut [u64]) -> f64 {
     samples.sort_unstable();

@@ -18,6 +18,8 @@
 //!   (the default distance between snapshots; 100,000 with `--quick`): a job's leased, started
 //!   and ended records, 3 per job, then `Store::open` timed. This is the start-up bound the
 //!   snapshots keep.
+//! - `snapshot_pause`: the longest the scheduler stops answering while a snapshot of 1,000,000
+//!   jobs is written (see `snapshot.rs`; target <= 10 ms).
 //! - `e2e_noop`, `e2e_true`, `node_queued_memory`: a real node over its API (see `e2e.rs`).
 
 use std::collections::VecDeque;
@@ -94,6 +96,9 @@ pub fn run(quick: bool) -> Result<(), BenchError> {
         Ok::<(), BenchError>(())
     })?;
     drop(rt);
+    if selected("snapshot_pause") {
+        crate::snapshot::run(quick, &report)?;
+    }
     crate::e2e::run(quick, &report)
 }
 
@@ -202,7 +207,7 @@ fn decisions(
     Ok(pct(0.99))
 }
 
-fn noop_spec(i: u64) -> JobSpec {
+pub(crate) fn noop_spec(i: u64) -> JobSpec {
     let mut spec = JobSpec::new(
         format!("noop-{i}"),
         JobKind::Workload(WorkloadJob {

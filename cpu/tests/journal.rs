@@ -628,12 +628,12 @@ async fn a_snapshot_written_in_chunks_replaces_the_records_before_its_cut() {
             j.append(format!("after-{i}").into_bytes()).await.unwrap();
         }
         // Abandoned: nothing changes, the temporary file goes.
-        let mut abandoned = j.snapshot_file(engine.clone(), cut).await.unwrap();
+        let mut abandoned = j.snapshot_file(cut).await.unwrap();
         abandoned.write(b"half".to_vec()).await.unwrap();
         let tmp = abandoned.path().to_path_buf();
         drop(abandoned);
         assert!(!tmp.exists());
-        let mut snapshot = j.snapshot_file(engine.clone(), cut).await.unwrap();
+        let mut snapshot = j.snapshot_file(cut).await.unwrap();
         snapshot.write(b"state-one|".to_vec()).await.unwrap();
         snapshot.write(vec![7u8; 100_000]).await.unwrap();
         snapshot.write(b"|state-two".to_vec()).await.unwrap();

@@ -81,7 +81,6 @@ impl Scheduler {
         ctx: &mut Ctx,
         waiter: Option<oneshot::Sender<Result<SnapshotDone, Error>>>,
     ) {
-        let engine = self.config.engine.clone();
         let Some(core) = self.core.as_mut() else {
             return;
         };
@@ -129,7 +128,7 @@ impl Scheduler {
         ctx.spawn(
             async move {
                 let cut = cut.await?;
-                journal.snapshot_file(engine, cut).await
+                journal.snapshot_file(cut).await
             }
             .into_actor(self)
             .map(|result, act, ctx| match result {

@@ -7,7 +7,7 @@
 //!    later, so the caller must take its own view of its state in the same synchronous step as
 //!    it queues the cut (as it does for records).
 //! 2. [`Journal::snapshot_file`] opens `snapshot.tmp`; [`SnapshotFile::write`] appends chunks
-//!    (written through the engine, off the caller's thread, not synced one by one).
+//!    (written on tokio's blocking pool, off the caller's thread, synced every 32 MiB).
 //! 3. [`SnapshotFile::install`] writes the frame header (length, and a CRC32C combined from the
 //!    chunks' CRCs), syncs the file, and has the writer rename it to `NNN.snap`, sync the
 //!    directory and delete the segments and snapshots it replaces.
@@ -17,12 +17,13 @@
 //! by a crash is removed at the next open.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
 use super::frame::{FRAME_HEADER_V1, SNAPSHOT_MAGIC};
 use super::{writer_answer, Cmd, Journal, JournalSlot, SNAPSHOT_TMP};
-use crate::engine::{IoBuf, IoEngine, IoFile, OpenMode};
+use crate::engine::{IoEngine, IoFile};
 use crate::error::{CpuError, Result};
 
 /// Where a cut put the journal: records before it are in segments below `segment`.
@@ -47,33 +48,46 @@ impl JournalSlot {
     }
 }
 
-/// A snapshot being written (see the module comment).
+/// A snapshot being written (see the module comment). Its writes go through tokio's blocking
+/// pool (plain `pwrite`), never the caller's thread: a few hundred MB written at once meet the
+/// kernel's dirty-page throttling, which would stall whichever thread submitted them. Every
+/// [`SYNC_EVERY`] bytes it syncs what it wrote, so the data goes to disk as it comes instead of
+/// all at once at the end.
 #[derive(Debug)]
 pub struct SnapshotFile {
     journal: Journal,
-    engine: IoEngine,
-    file: Option<IoFile>,
+    file: Option<Arc<std::fs::File>>,
     path: PathBuf,
     cut: Cut,
     /// Bytes of the frame's payload written so far.
     len: u64,
+    /// Bytes written since the last sync.
+    unsynced: u64,
     /// CRC32C of the payload so far.
     crc: u32,
     installed: bool,
 }
 
+/// How many bytes a snapshot writes between two syncs.
+pub const SYNC_EVERY: u64 = 32 << 20;
+
 impl Journal {
     /// Opens `snapshot.tmp` for the snapshot of state as of `cut` (see the module comment).
-    pub async fn snapshot_file(&self, engine: IoEngine, cut: Cut) -> Result<SnapshotFile> {
+    pub async fn snapshot_file(&self, cut: Cut) -> Result<SnapshotFile> {
         let path = self.dir.join(SNAPSHOT_TMP);
-        let file = IoFile::open(&path, OpenMode::create_truncate())?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| CpuError::io("open", &path, e))?;
         let mut snapshot = SnapshotFile {
             journal: self.clone(),
-            engine,
-            file: Some(file),
+            file: Some(Arc::new(file)),
             path,
             cut,
             len: 0,
+            unsynced: 0,
             crc: 0,
             installed: false,
         };
@@ -85,9 +99,30 @@ impl Journal {
     }
 }
 
+/// `pwrite`s `bytes` at `at` (and syncs after, when `sync`) on tokio's blocking pool.
+async fn write_at(
+    file: Arc<std::fs::File>,
+    path: &Path,
+    bytes: Vec<u8>,
+    at: u64,
+    sync: bool,
+) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let written = tokio::task::spawn_blocking(move || {
+        file.write_all_at(&bytes, at)?;
+        if sync {
+            file.sync_data()?;
+        }
+        Ok::<(), std::io::Error>(())
+    })
+    .await
+    .map_err(|e| CpuError::io("write", path, std::io::Error::other(e.to_string())))?;
+    written.map_err(|e| CpuError::io("write", path, e))
+}
+
 impl SnapshotFile {
-    fn file(&self) -> Result<&IoFile> {
-        self.file.as_ref().ok_or_else(|| CpuError::JournalStopped {
+    fn file(&self) -> Result<Arc<std::fs::File>> {
+        self.file.clone().ok_or_else(|| CpuError::JournalStopped {
             dir: self.journal.dir.to_path_buf(),
             reason: "the snapshot file was already closed".into(),
         })
@@ -95,15 +130,17 @@ impl SnapshotFile {
 
     /// Appends `chunk` to the snapshot's state.
     pub async fn write(&mut self, chunk: Vec<u8>) -> Result<()> {
-        let n = chunk.len();
+        let n = chunk.len() as u64;
         let crc = crc32c::crc32c(&chunk);
         let at = FRAME_HEADER_V1 as u64 + self.len;
-        let file = self.file()?;
-        self.engine
-            .write_all_at(file, IoBuf::from(chunk), at)
-            .await?;
-        self.crc = crc32c::crc32c_combine(self.crc, crc, n);
-        self.len += n as u64;
+        self.unsynced += n;
+        let sync = self.unsynced >= SYNC_EVERY;
+        write_at(self.file()?, &self.path, chunk, at, sync).await?;
+        if sync {
+            self.unsynced = 0;
+        }
+        self.crc = crc32c::crc32c_combine(self.crc, crc, n as usize);
+        self.len += n;
         Ok(())
     }
 
@@ -129,10 +166,7 @@ impl SnapshotFile {
         let mut header = Vec::with_capacity(FRAME_HEADER_V1);
         header.extend_from_slice(&len_bytes);
         header.extend_from_slice(&crc.to_le_bytes());
-        let file = self.file()?;
-        self.engine
-            .write_all_sync_at(file, IoBuf::from(header), 0)
-            .await?;
+        write_at(self.file()?, &self.path, header, 0, true).await?;
         self.file = None;
         let (reply, rx) = oneshot::channel();
         let cmd = Cmd::Install {
@@ -178,7 +212,12 @@ pub(super) async fn install(
 ) -> Result<()> {
     let tmp = dir.join(SNAPSHOT_TMP);
     let dest = dir.join(super::snapshot_name(segment));
-    std::fs::rename(&tmp, &dest).map_err(|e| CpuError::io("rename", &tmp, e))?;
+    // Replacing an older snapshot of that name unlinks it: off the writer's thread.
+    let (from, to) = (tmp.clone(), dest.clone());
+    tokio::task::spawn_blocking(move || std::fs::rename(&from, &to))
+        .await
+        .map_err(|e| CpuError::io("rename", &tmp, std::io::Error::other(e.to_string())))?
+        .map_err(|e| CpuError::io("rename", &tmp, e))?;
     engine.sync_all(dir_file).await?;
     super::writer::remove_before(dir, segment).await?;
     engine.sync_all(dir_file).await?;

@@ -375,20 +375,32 @@ fn answer(reply: oneshot::Sender<Result<Lsn>>, res: Result<Lsn>) {
     }
 }
 
-/// Deletes the segments and snapshots below `base` (a snapshot at `base` replaces them).
+/// Deletes the segments and snapshots below `base` (a snapshot at `base` replaces them), on
+/// tokio's blocking pool: unlinking a large segment frees its extents, which takes milliseconds
+/// the writer's thread (shared with its caller's actor) should not spend.
 pub(super) async fn remove_before(dir: &std::path::Path, base: u64) -> Result<()> {
-    let entries = fs::read_dir(dir).map_err(|e| CpuError::io("read dir", dir, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| CpuError::io("read dir", dir, e))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let old = name
-            .strip_suffix(".seg")
-            .or_else(|| name.strip_suffix(".snap"))
-            .and_then(|stem| stem.parse::<u64>().ok());
-        if old.is_some_and(|i| i < base) {
-            remove_file(&entry.path()).await?;
+    let dir = dir.to_path_buf();
+    let d = dir.clone();
+    tokio::task::spawn_blocking(move || {
+        let entries = fs::read_dir(&d).map_err(|e| CpuError::io("read dir", &d, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| CpuError::io("read dir", &d, e))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let old = name
+                .strip_suffix(".seg")
+                .or_else(|| name.strip_suffix(".snap"))
+                .and_then(|stem| stem.parse::<u64>().ok());
+            if old.is_some_and(|i| i < base) {
+                match fs::remove_file(entry.path()) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(CpuError::io("remove", entry.path(), e)),
+                }
+            }
         }
-    }
-    Ok(())
+        Ok(())
+    })
+    .await
+    .map_err(|e| CpuError::io("remove", &dir, std::io::Error::other(e.to_string())))?
 }
