@@ -8,7 +8,10 @@
 //! - `log_capture`: a child writing 1 GiB (64 MiB quick) of zeros to stdout, captured to a log
 //!   file by the launcher: MiB/s, and the process's peak RSS while it ran.
 //! - `spawn_reap`: `/bin/true` spawned and reaped through the launcher vs
-//!   `std::process::Command` directly: spawns/s and the ratio.
+//!   `std::process::Command` directly: spawns/s and the ratio; and the launcher again with
+//!   its logs in a directory that already holds 100,000 other jobs' log files (20,000 quick),
+//!   as a node's does after months: `launcher_crowded_vs_launcher` (target >= 0.9: starting a
+//!   job must not cost more as the logs pile up).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,6 +33,7 @@ struct Plan {
     capture_rounds: usize,
     spawn_rounds: usize,
     spawns_per_round: usize,
+    crowd: usize,
 }
 
 const APPENDERS: usize = 64;
@@ -45,6 +49,7 @@ fn plan(quick: bool) -> Plan {
             capture_rounds: 1,
             spawn_rounds: 2,
             spawns_per_round: 100,
+            crowd: 20_000,
         }
     } else {
         Plan {
@@ -55,6 +60,7 @@ fn plan(quick: bool) -> Plan {
             capture_rounds: 3,
             spawn_rounds: 6,
             spawns_per_round: 500,
+            crowd: 100_000,
         }
     }
 }
@@ -367,6 +373,8 @@ async fn capture(plan: &Plan, report: &Reporter, engine: &IoEngine) -> Result<()
 enum Spawner {
     /// The launcher: process group, null stdin, two pipes captured to two log files.
     Launcher,
+    /// The launcher, its logs among many other jobs' log files.
+    LauncherCrowded,
     /// `std::process::Command::status()`: inherited stdio, blocking wait.
     Std,
     /// `std::process::Command` doing the same job the simplest way: process group, null stdin,
@@ -378,6 +386,7 @@ impl Spawner {
     fn name(self) -> &'static str {
         match self {
             Spawner::Launcher => "launcher",
+            Spawner::LauncherCrowded => "launcher_crowded",
             Spawner::Std => "std_command",
             Spawner::StdLogs => "std_command_logs",
         }
@@ -394,7 +403,7 @@ async fn spawn_once(
     use std::os::unix::process::CommandExt;
     let name = format!("t{}", i % 8);
     let ok = match how {
-        Spawner::Launcher => {
+        Spawner::Launcher | Spawner::LauncherCrowded => {
             let mut p = launcher.spawn(&spec(&["/bin/true"], dir, &name), "bench-spawn")?;
             p.wait().await?.outcome.success()
         }
@@ -426,18 +435,34 @@ async fn spawn_once(
 /// each round).
 async fn spawn_reap(plan: &Plan, report: &Reporter, engine: &IoEngine) -> Result<(), BenchError> {
     let scratch = Scratch::new("spawn")?;
+    let crowded = Scratch::new("spawn-crowded")?;
+    for i in 0..plan.crowd {
+        for stream in ["out", "err"] {
+            std::fs::File::create(crowded.0.join(format!("{}.0.{stream}", 1_000_000 + i)))?;
+        }
+    }
     let launcher = Launcher::new(engine.clone());
-    let all = [Spawner::Std, Spawner::Launcher, Spawner::StdLogs];
+    let all = [
+        Spawner::Std,
+        Spawner::Launcher,
+        Spawner::StdLogs,
+        Spawner::LauncherCrowded,
+    ];
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); all.len()];
-    let (mut vs_std, mut vs_logs) = (Vec::new(), Vec::new());
+    let (mut vs_std, mut vs_logs, mut crowded_vs) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..=plan.spawn_rounds {
-        let mut this = [0.0f64; 3];
+        let mut this = [0.0f64; 4];
         for k in 0..all.len() {
             let idx = (k + round) % all.len();
             let how = all[idx];
+            let dir = if how == Spawner::LauncherCrowded {
+                &crowded.0
+            } else {
+                &scratch.0
+            };
             let start = Instant::now();
             for i in 0..plan.spawns_per_round {
-                spawn_once(how, &launcher, &scratch.0, i).await?;
+                spawn_once(how, &launcher, dir, i).await?;
             }
             this[idx] = plan.spawns_per_round as f64 / start.elapsed().as_secs_f64();
             if round > 0 {
@@ -452,6 +477,7 @@ async fn spawn_reap(plan: &Plan, report: &Reporter, engine: &IoEngine) -> Result
         if round > 0 {
             vs_std.push(this[1] / this[0]);
             vs_logs.push(this[1] / this[2]);
+            crowded_vs.push(this[3] / this[1]);
         }
     }
     for (idx, how) in all.iter().enumerate() {
@@ -475,6 +501,13 @@ async fn spawn_reap(plan: &Plan, report: &Reporter, engine: &IoEngine) -> Result
         "launcher_vs_std_logs",
         "spawns_ratio",
         median(&vs_logs),
+        "ratio",
+    )?;
+    report.emit(
+        "spawn_reap",
+        "launcher_crowded_vs_launcher",
+        "spawns_ratio",
+        median(&crowded_vs),
         "ratio",
     )?;
     Ok(())

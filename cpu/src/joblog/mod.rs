@@ -40,7 +40,8 @@
 //! [`LogReader::tail`] or [`LogReader::read_from`] (skipped while the head is shorter than any
 //! head can be), and a follower idle at the end of what is there stats the name of the next
 //! segment each [`FOLLOW_POLL`] and lists the directory at most once per [`FOLLOW_RELIST`].
-//! [`remove_stream`] and spawning a capture each list the directory once.
+//! [`remove_stream`] and spawning a capture list the directory only for a stream long enough
+//! to have tail segments; otherwise they stat the head and nothing more.
 
 mod capture;
 mod read;
@@ -172,8 +173,13 @@ pub fn remove_stream(path: impl AsRef<Path>) -> Result<u64> {
 }
 
 /// Removes the pieces of the stream at `path`, the head too when `with_head`: the bytes freed.
+/// The head goes last, so a removal cut short never leaves segments without their head, and
+/// a stream with no head (or a head too short for any segment to follow) is dealt with
+/// without listing the directory: spawning a job and pruning one cost the same with ten log
+/// files in the directory as with a million.
 fn remove_pieces(path: &Path, with_head: bool) -> Result<u64> {
-    let pieces = list(path, false).map_err(|e| CpuError::io("list", path, e))?;
+    let mut pieces = list(path, true).map_err(|e| CpuError::io("list", path, e))?;
+    pieces.sort_by_key(|p| p.head);
     let mut freed = 0;
     for piece in pieces.into_iter().filter(|p| with_head || !p.head) {
         match fs::remove_file(&piece.path) {
@@ -185,8 +191,9 @@ fn remove_pieces(path: &Path, with_head: bool) -> Result<u64> {
     Ok(freed)
 }
 
-/// Lists the pieces of the stream at `path`. With `quick`, a head shorter than any head can be
-/// (so that no segment can follow it) is returned alone, without listing the directory.
+/// Lists the pieces of the stream at `path`. With `quick`, the directory is not listed when no
+/// segment can exist: there is no head (segments are only written after their head, and
+/// removed before it), or the head is shorter than any head can be.
 fn list(path: &Path, quick: bool) -> io::Result<Vec<LogPiece>> {
     let mut out = Vec::new();
     match fs::metadata(path) {
@@ -201,6 +208,7 @@ fn list(path: &Path, quick: bool) -> io::Result<Vec<LogPiece>> {
                 return Ok(out);
             }
         }
+        Err(e) if e.kind() == io::ErrorKind::NotFound && quick => return Ok(out),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
