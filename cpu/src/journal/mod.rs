@@ -21,7 +21,7 @@
 //! [`CpuError::JournalStopped`].
 //!
 //! **Compaction.** A snapshot replaces the records before it. A large one is written a chunk at
-//! a time ([`snapshot`]: a cut among the appends, then chunks, then an install), so its writer
+//! a time (the `snapshot` module: a cut among the appends, then chunks, then an install), so its writer
 //! never holds its whole state at once; [`Journal::compact`] takes a small one whole. Either
 //! way the snapshot covers every record appended before it: the writer rolls to a new segment, writes the snapshot to
 //! `snapshot.tmp`, syncs it, renames it to `NNN.snap` (covering all segments below `NNN`),

@@ -51,7 +51,7 @@ impl JournalSlot {
 /// A snapshot being written (see the module comment). Its writes go through tokio's blocking
 /// pool (plain `pwrite`), never the caller's thread: a few hundred MB written at once meet the
 /// kernel's dirty-page throttling, which would stall whichever thread submitted them. Every
-/// [`SYNC_EVERY`] bytes it syncs what it wrote, so the data goes to disk as it comes instead of
+/// `SYNC_EVERY` (32 MiB) bytes it syncs what it wrote, so the data goes to disk as it comes instead of
 /// all at once at the end.
 #[derive(Debug)]
 pub struct SnapshotFile {
