@@ -539,6 +539,44 @@ enum Waited<T> {
     Kill(KillReason),
 }
 
+/// The blocking half of starting a command task: its scratch directory, its cgroup (where
+/// the node has them) and the spawn. Each failure is logged and counted where it happens and
+/// comes back as the task's end.
+fn prepare_command(
+    config: &WorkerConfig,
+    worker: WorkerId,
+    job: JobId,
+    scratch: &std::path::Path,
+    spec: &CommandSpec,
+    group: &str,
+    limits: &CgroupLimits,
+) -> Result<RunningProcess, TaskEnd> {
+    if let Err(e) = std::fs::create_dir_all(scratch) {
+        tracing::error!(worker = %worker, job = %job, path = %scratch.display(), error = %e,
+            "cannot create the task's scratch directory");
+        metrics::counter!(m::WORKER_ERRORS, "kind" => "scratch").increment(1);
+        let error = format!(
+            "its scratch directory {} could not be created: {e}",
+            scratch.display()
+        );
+        return Err(TaskEnd::Error { error });
+    }
+    let cgroup = match &config.cgroups {
+        None => None,
+        // Logged and counted by the cgroup module; the job must not run unconfined.
+        Some(cgroups) => Some(cgroups.create(group, limits).map_err(|e| TaskEnd::Error {
+            error: format!("its cgroup could not be created: {e}"),
+        })?),
+    };
+    // The launcher logs and counts its own failures.
+    config
+        .launcher
+        .spawn_in(spec, &job.to_string(), cgroup)
+        .map_err(|error| TaskEnd::StartFailed {
+            error: error.to_string(),
+        })
+}
+
 fn report_end(report: ExitReport) -> TaskEnd {
     if report.timed_out {
         return TaskEnd::TimedOut;
@@ -603,16 +641,6 @@ impl TaskRun {
         );
         // Its own scratch directory: its TMPDIR, and where it runs unless it names a workdir.
         let scratch = config.scratch_path(self.job, self.task);
-        if let Err(e) = std::fs::create_dir_all(&scratch) {
-            tracing::error!(worker = %self.worker, job = %self.job, path = %scratch.display(), error = %e,
-                "cannot create the task's scratch directory");
-            metrics::counter!(m::WORKER_ERRORS, "kind" => "scratch").increment(1);
-            let error = format!(
-                "its scratch directory {} could not be created: {e}",
-                scratch.display()
-            );
-            return (TaskEnd::Error { error }, None);
-        }
         let scratch_text = scratch.display().to_string();
         // The documented environment, not the node's (unless the job asks to inherit it):
         // the base, then the job's own variables, then cadre's, which the job cannot override.
@@ -638,42 +666,37 @@ impl TaskRun {
                     .join(","),
             ),
         ]);
-        spec.cwd = Some(command.workdir.map_or(scratch, PathBuf::from));
+        spec.cwd = Some(
+            command
+                .workdir
+                .map_or_else(|| scratch.clone(), PathBuf::from),
+        );
         spec.log_cap = config.log_cap;
-        let cgroup = match &config.cgroups {
-            None => None,
-            Some(cgroups) => {
-                let limits = CgroupLimits {
-                    cpu_millis: self.cpu_millis,
-                    memory_bytes: self.memory_bytes,
-                    pids: config.max_pids,
-                };
-                let name = format!("{}.{}.{}", self.job, self.task, self.token.0);
-                match cgroups.create(&name, &limits) {
-                    Ok(group) => Some(group),
-                    // Logged and counted by the cgroup module; the job must not run unconfined.
-                    Err(e) => {
-                        let error = format!("its cgroup could not be created: {e}");
-                        return (TaskEnd::Error { error }, None);
-                    }
-                }
+        let limits = CgroupLimits {
+            cpu_millis: self.cpu_millis,
+            memory_bytes: self.memory_bytes,
+            pids: config.max_pids,
+        };
+        let group = format!("{}.{}.{}", self.job, self.task, self.token.0);
+        // The directory, the cgroup, the two log files and the fork are a few dozen blocking
+        // filesystem calls: on tokio's blocking pool, so the actors sharing this thread (the
+        // scheduler among them) go on meanwhile. A task dropped while they run drops the
+        // process they return, which kills it and empties its group.
+        let (worker, job) = (self.worker, self.job);
+        let prepare =
+            move || prepare_command(&config, worker, job, &scratch, &spec, &group, &limits);
+        let mut process = match tokio::task::spawn_blocking(prepare).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(end)) => return (end, None),
+            Err(e) => {
+                tracing::error!(worker = %self.worker, job = %self.job, error = %e,
+                    "preparing a command job did not finish");
+                metrics::counter!(m::WORKER_ERRORS, "kind" => "prepare").increment(1);
+                let error = format!("preparing it did not finish: {e}");
+                return (TaskEnd::Error { error }, None);
             }
         };
-        let mut process = match config
-            .launcher
-            .spawn_in(&spec, &self.job.to_string(), cgroup)
-        {
-            Ok(p) => p,
-            // The launcher logged and counted it.
-            Err(error) => {
-                return (
-                    TaskEnd::StartFailed {
-                        error: error.to_string(),
-                    },
-                    None,
-                )
-            }
-        };
+        let config = Arc::clone(&self.config);
         // Recorded so that a node killed outright has this group killed when it starts again,
         // instead of leaving it running unaccounted beside the job's next attempt.
         let pgid = process.pgid();

@@ -13,7 +13,9 @@
 //! Guarantees:
 //! - A child spawned after [`TaskCgroup::join_on_exec`] moves itself into the group between fork
 //!   and exec, before it runs any of the job's code; if it cannot, the spawn fails, so a job never
-//!   runs outside its group.
+//!   runs outside its group. On v1 a thread can instead spawn from inside the group
+//!   ([`TaskCgroup::run_inside`]): the child starts in it, and the spawn needs no fork of the
+//!   node (the launcher does this where it can).
 //! - [`TaskCgroup::kill_all`] freezes the group (v1 freezer, v2 `cgroup.freeze`) so nothing forks
 //!   while it reads the pids and sends `SIGKILL`, then thaws it, and repeats until the group and
 //!   its descendants are empty, in a bounded number of rounds; v2 uses `cgroup.kill` where the
@@ -26,7 +28,8 @@
 //! Not guaranteed: a job running as root can write its pid elsewhere and leave its group; the
 //! group limits resources, it is not a security boundary against root.
 //!
-//! Costs: a handful of small writes to cgroupfs per task group (blocking, each microseconds);
+//! Costs: a handful of small writes to cgroupfs per task group (blocking, each microseconds,
+//! but a move into a group waits for an RCU grace period, ~10 ms, when none happened lately);
 //! the retry sleeps of [`TaskCgroup::kill_all`] and [`TaskCgroup::remove`] run on `tokio::time`
 //! in steps of [`POLL`].
 
@@ -34,6 +37,7 @@ mod detect;
 mod fs;
 mod kill;
 mod limits;
+mod spares;
 
 use std::collections::BTreeSet;
 use std::ffi::CString;
@@ -41,13 +45,17 @@ use std::fmt;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use self::fs::{
     check_name, enable_controllers, fail, invalid, keyed_value, mkdir_error, read_small, rmdir,
-    unavailable, undo_mkdir, write_ctl,
+    unavailable, undo_mkdir, write_ctl, write_file,
 };
 use self::kill::KILL_ROUNDS;
+use self::spares::Spares;
+pub use self::spares::{MAX_RESIDUE_BYTES, MAX_SPARES};
 use crate::error::{CpuError, Result};
 use crate::metrics as m;
 
@@ -143,7 +151,7 @@ pub struct CgroupLimits {
     pub pids: Option<u64>,
 }
 
-/// The node's parent group in each hierarchy it uses. Plain data: share it behind an `Arc`.
+/// The node's parent group in each hierarchy it uses. Clones share its spare task groups.
 #[derive(Debug, Clone)]
 pub struct Cgroups {
     version: CgroupVersion,
@@ -152,6 +160,8 @@ pub struct Cgroups {
     dirs: Vec<PathBuf>,
     /// For each [`Controller`], its hierarchy's index in `dirs`.
     index: [usize; Controller::ALL.len()],
+    /// Emptied task groups kept for the next tasks (v1).
+    spares: Arc<Spares>,
 }
 
 impl Cgroups {
@@ -204,6 +214,7 @@ impl Cgroups {
             parent: parent.to_string(),
             dirs,
             index: layout.index,
+            spares: Arc::new(Spares::default()),
         })
     }
 
@@ -229,6 +240,20 @@ impl Cgroups {
     pub fn create(&self, name: &str, limits: &CgroupLimits) -> Result<TaskCgroup> {
         check_name(name)?;
         let task = self.task(name)?;
+        // A spare (v1) is empty, unlimited by anything of its last task, and renamed to
+        // `name`: only the limits are written.
+        if self.version == CgroupVersion::V1 && self.take_spare(name) {
+            if let Err(e) = task.apply_v1_memory_pids(limits) {
+                undo_mkdir(name, &task.dirs);
+                return Err(e);
+            }
+            return Ok(TaskCgroup {
+                limits: *limits,
+                cpu_pending: AtomicBool::new(true),
+                spares: Some(Arc::clone(&self.spares)),
+                ..task
+            });
+        }
         let mut made = Vec::new();
         let mut reused = false;
         for dir in &task.dirs {
@@ -247,14 +272,19 @@ impl Cgroups {
             Ok(())
         }
         .and_then(|()| match self.version {
-            CgroupVersion::V1 => task.apply_v1(limits),
+            CgroupVersion::V1 => task.apply_v1_memory_pids(limits),
             CgroupVersion::V2 => task.apply_v2(limits),
         });
         if let Err(e) = applied {
             undo_mkdir(name, &made);
             return Err(e);
         }
-        Ok(task)
+        Ok(TaskCgroup {
+            limits: *limits,
+            cpu_pending: AtomicBool::new(self.version == CgroupVersion::V1),
+            spares: (self.version == CgroupVersion::V1).then(|| Arc::clone(&self.spares)),
+            ..task
+        })
     }
 
     /// Kills and removes every task group found under the parent: those a previous node left
@@ -301,11 +331,17 @@ impl Cgroups {
         }
     }
 
-    /// Removes the parent group in every hierarchy (at shutdown, after every task group was
-    /// removed); a parent that still has task groups fails with `EBUSY`.
+    /// Removes the spare task groups, then the parent group in every hierarchy (at shutdown,
+    /// after every task group was released); a parent that still has task groups fails with
+    /// `EBUSY`.
     pub async fn remove(self) -> Result<()> {
+        self.remove_spares().await?;
         for dir in &self.dirs {
-            rmdir(&self.parent, dir).await?;
+            if rmdir(&self.parent, dir).await.is_err() {
+                // A task group released meanwhile may have become a spare: once more.
+                self.remove_spares().await?;
+                rmdir(&self.parent, dir).await?;
+            }
         }
         Ok(())
     }
@@ -326,6 +362,10 @@ impl Cgroups {
             dirs,
             index: self.index,
             procs,
+            limits: CgroupLimits::default(),
+            // v2 writes every limit at creation; v1's CPU limits wait for the first process.
+            cpu_pending: AtomicBool::new(false),
+            spares: None,
         })
     }
 }
@@ -341,6 +381,13 @@ pub struct TaskCgroup {
     index: [usize; Controller::ALL.len()],
     /// `cgroup.procs` of each hierarchy, ready for the child (which must not allocate).
     procs: Vec<CString>,
+    /// The limits it was created with.
+    limits: CgroupLimits,
+    /// Whether the CPU limits are still to be written (v1: see
+    /// [`TaskCgroup::write_cpu_limits`]).
+    cpu_pending: AtomicBool,
+    /// Where [`TaskCgroup::release`] keeps it for a later task (v1 groups made by `create`).
+    spares: Option<Arc<Spares>>,
 }
 
 impl TaskCgroup {
@@ -359,11 +406,66 @@ impl TaskCgroup {
         &self.dirs[self.index[controller as usize]]
     }
 
+    /// Whether [`TaskCgroup::run_inside`] works here: on cgroup v1, where one thread can be
+    /// placed apart from the rest of its process.
+    pub fn can_place_thread(&self) -> bool {
+        // The thread counts against `pids.max` while inside: a limit of one leaves no room
+        // for the job.
+        self.version == CgroupVersion::V1 && self.limits.pids.is_none_or(|n| n >= 2)
+    }
+
+    /// Writes the CPU limits if they are still pending (v1 writes them when a process is about
+    /// to join, or has just joined, the group; v2 at creation). Once per group.
+    pub fn write_cpu_limits(&self) -> Result<()> {
+        if self.cpu_pending.swap(false, Ordering::AcqRel) {
+            self.apply_v1_cpu(&self.limits)?;
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on the calling thread while that thread, not its process, is inside this group
+    /// in every hierarchy (v1's `tasks` files), then moves the thread back to the node's own
+    /// group. A process `f` spawns starts inside the group, as a child always starts in its
+    /// creator's groups, so it never runs outside it, and the spawn can use `posix_spawn`: no
+    /// fork of the node, no copy of its page tables, no write faults afterwards. `f` runs
+    /// charged to the group (its memory and pids limits apply; the CPU limits are written once
+    /// the thread is back, so that they do not throttle the spawn): it should spawn and nothing
+    /// more. Fails (and `f` does not run) where the thread cannot enter, and on v2, which
+    /// places whole processes. A failure to move back is logged and counted and `f`'s result
+    /// returned all the same; a failure to write the CPU limits afterwards is returned (with
+    /// `f`'s result dropped): the caller must then empty the group.
+    pub fn run_inside<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
+        if self.version != CgroupVersion::V1 {
+            return Err(invalid(
+                &self.name,
+                "cgroup v2 places whole processes only: a thread cannot enter a group alone".into(),
+            ));
+        }
+        let entered = self
+            .dirs
+            .iter()
+            .try_for_each(|dir| write_ctl(&self.name, &dir.join("tasks"), "0"));
+        let result = entered.map(|()| f());
+        // Back in every hierarchy, also after a partial entry: the node's own group is the
+        // parent group's parent.
+        for home in self.dirs.iter().filter_map(|d| d.parent()?.parent()) {
+            if let Err(e) = write_file(&home.join("tasks"), "0") {
+                tracing::error!(cgroup = %self.name, path = %home.display(), error = %e,
+                    "a thread of the node could not leave a job's cgroup; it is charged to it");
+                metrics::counter!(m::CGROUP_ERRORS, "op" => "leave").increment(1);
+            }
+        }
+        let result = result?;
+        self.write_cpu_limits()?;
+        Ok(result)
+    }
+
     /// Makes the child spawned from `cmd` move itself into this group, in every hierarchy,
     /// between fork and exec: before it runs the job's code or can fork. If it cannot join, the
     /// spawn fails with the kernel's error. Other pre-exec hooks on `cmd` keep running in the
-    /// order they were installed.
-    pub fn join_on_exec(&self, cmd: &mut tokio::process::Command) {
+    /// order they were installed. Writes the group's pending CPU limits first (an error then).
+    pub fn join_on_exec(&self, cmd: &mut tokio::process::Command) -> Result<()> {
+        self.write_cpu_limits()?;
         let procs = self.procs.clone();
         let hook = move || join_self(&procs);
         // Safety: the hook runs in the forked child before exec. It only calls open, write and
@@ -373,6 +475,7 @@ impl TaskCgroup {
         unsafe {
             cmd.pre_exec(hook);
         }
+        Ok(())
     }
 
     /// How many times the kernel's OOM killer has killed a process of this group (v1: the
@@ -447,8 +550,12 @@ impl TaskCgroup {
         Ok(())
     }
 
-    /// Every pid in the group and the groups inside it, in every hierarchy.
+    /// Every pid in the group and the groups inside it, in every hierarchy. The node's own pid
+    /// is left out: v1 lists a process as soon as one of its threads is in the group, and a
+    /// thread of the node passes through a group to spawn ([`TaskCgroup::run_inside`]); no
+    /// job process can have the node's pid.
     fn pids(&self) -> Result<BTreeSet<i32>> {
+        let own = i32::try_from(std::process::id()).unwrap_or(0);
         let mut pids = BTreeSet::new();
         for dir in &self.dirs {
             for group in self.tree(dir)? {
@@ -462,6 +569,7 @@ impl TaskCgroup {
                 };
                 for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
                     match line.parse::<i32>() {
+                        Ok(pid) if pid == own => {}
                         Ok(pid) if pid > 0 => {
                             pids.insert(pid);
                         }

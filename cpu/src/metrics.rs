@@ -17,10 +17,12 @@ pub const LAUNCHER_SPAWNS: &str = "cadre_launcher_spawns_total";
 /// Counter of inventory failures: `{kind}` (`io`, `inventory`, `no_numa`).
 pub const INVENTORY_ERRORS: &str = "cadre_inventory_errors_total";
 /// Counter of cgroup failures: `{op}` (`open`, `name`, `mkdir`, `read`, `write`, `create`,
-/// `kill`, `freeze`, `thaw`, `remove`, `rmdir`).
+/// `kill`, `freeze`, `thaw`, `remove`, `rmdir`, `rename`, `leave`).
 pub const CGROUP_ERRORS: &str = "cadre_cgroup_errors_total";
 /// Counter of task cgroups a previous node left behind, killed and removed by the sweep.
 pub const CGROUP_SWEPT: &str = "cadre_cgroup_swept_total";
+/// Counter of task cgroups taken from the spares instead of created.
+pub const CGROUP_REUSED: &str = "cadre_cgroup_reused_total";
 
 /// Describes every metric of this crate (help text and unit) to the installed recorder, so
 /// an exporter prints `# HELP` for each. Call once at start-up.
@@ -61,11 +63,15 @@ pub fn describe() {
         CGROUP_ERRORS,
         concat!(
             "Counter of cgroup failures: `{op}` (`open`, `name`, `mkdir`, `read`, `write`, ",
-            "`create`, `kill`, `freeze`, `thaw`, `remove`, `rmdir`)."
+            "`create`, `kill`, `freeze`, `thaw`, `remove`, `rmdir`, `rename`, `leave`)."
         )
     );
     metrics::describe_counter!(
         CGROUP_SWEPT,
         "Counter of task cgroups a previous node left behind, killed and removed by the sweep."
+    );
+    metrics::describe_counter!(
+        CGROUP_REUSED,
+        "Counter of task cgroups taken from the spares (emptied groups of earlier tasks) instead of created."
     );
 }

@@ -45,7 +45,7 @@ fn procs(task: &TaskCgroup, controller: Controller) -> Vec<u32> {
 fn spawn(task: &TaskCgroup, argv: &[&str]) -> tokio::process::Child {
     let mut cmd = Command::new(argv[0]);
     cmd.args(&argv[1..]);
-    task.join_on_exec(&mut cmd);
+    task.join_on_exec(&mut cmd).unwrap();
     cmd.spawn().unwrap()
 }
 
@@ -69,6 +69,13 @@ async fn a_child_joins_its_group_before_exec_and_the_limits_are_written() {
     };
     let task = cg.create("t1", &limits).unwrap();
     assert_eq!(task.name(), "t1");
+    if cg.version() == CgroupVersion::V1 {
+        // v1 writes the CPU limits once a process is about to join: a fresh group is open.
+        let cpu = task.path(Controller::Cpu);
+        assert_eq!(read(cpu.join("cpu.cfs_quota_us")), "-1");
+        assert_eq!(read(cpu.join("cpu.shares")), "1024");
+        task.write_cpu_limits().unwrap();
+    }
     match cg.version() {
         CgroupVersion::V1 => {
             let cpu = task.path(Controller::Cpu);
@@ -131,6 +138,8 @@ async fn zero_limits_are_no_quota_the_lowest_weight_and_no_memory_limit() {
             },
         )
         .unwrap();
+    task.write_cpu_limits().unwrap();
+    small.write_cpu_limits().unwrap();
     match cg.version() {
         CgroupVersion::V1 => {
             assert_eq!(
@@ -299,11 +308,16 @@ async fn a_spawn_fails_when_its_group_is_gone() {
         let _ = fs::remove_dir(task.path(controller));
     }
     let mut cmd = Command::new("true");
-    task.join_on_exec(&mut cmd);
-    let err = cmd
-        .spawn()
-        .expect_err("the child must not run outside its group");
-    assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
+    // v1 writes the pending CPU limits first, and finds the group gone; v2 fails in the child.
+    match task.join_on_exec(&mut cmd) {
+        Err(e) => assert_eq!(e.kind(), "cgroup", "{e}"),
+        Ok(()) => {
+            let err = cmd
+                .spawn()
+                .expect_err("the child must not run outside its group");
+            assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
+        }
+    }
     assert!(task.is_empty().unwrap());
     task.remove().await.unwrap();
     cg.finish().await;
@@ -439,6 +453,13 @@ fn a_v2_root_is_detected_and_its_limits_written() {
     assert_eq!(read(dir.join("pids.max")), "100");
     assert_eq!(task.oom_kills().unwrap(), 2);
     assert!(task.is_empty().unwrap());
+    // v2 places whole processes: the launcher's thread placement is not offered, and refused.
+    assert!(!task.can_place_thread());
+    let mut ran = false;
+    let err = task.run_inside(|| ran = true).unwrap_err();
+    assert!(!ran);
+    assert_eq!(err.kind(), "invalid", "{err}");
+    assert!(!dir.join("tasks").exists());
 
     let idle = cg.create("idle", &CgroupLimits::default()).unwrap();
     let dir = own.join("cadre/idle");
@@ -573,6 +594,9 @@ fn a_hybrid_root_with_only_hugetlb_in_v2_uses_v1() {
     };
     let task = cg.create("t1", &limits).unwrap();
     let cpu = task.path(Controller::Cpu);
+    // Written when a process is about to join, once.
+    assert_eq!(read(cpu.join("cpu.cfs_quota_us")), "");
+    task.write_cpu_limits().unwrap();
     assert_eq!(read(cpu.join("cpu.cfs_period_us")), "100000");
     assert_eq!(read(cpu.join("cpu.cfs_quota_us")), "25000");
     assert_eq!(read(cpu.join("cpu.shares")), "256");

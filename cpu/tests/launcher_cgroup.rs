@@ -22,6 +22,17 @@ fn gone(pid: u32) -> bool {
     }
 }
 
+/// Whether `dir` is gone within 5 s: a job's group is removed after its report, not before.
+async fn removed(dir: &std::path::Path) -> bool {
+    for _ in 0..500 {
+        if !dir.exists() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
 async fn escapee_pid(file: &std::path::Path) -> u32 {
     for _ in 0..200 {
         if let Ok(text) = std::fs::read_to_string(file) {
@@ -82,7 +93,7 @@ async fn a_child_that_leaves_the_process_group_dies_with_the_job_in_its_cgroup()
     assert_eq!(report.outcome, ExitOutcome::Code(0));
     assert!(!report.oom_killed);
     assert!(gone(pid), "the setsid child died with its job");
-    assert!(!group_dir.exists(), "the job's cgroup is removed");
+    assert!(removed(&group_dir).await, "the job's cgroup is removed");
     drop(process);
     parent.finish().await;
 }
@@ -120,5 +131,233 @@ async fn a_job_past_its_memory_limit_is_reported_killed_for_memory() {
         .unwrap();
     assert!(report.oom_killed, "{report:?}");
     drop(process);
+    parent.finish().await;
+}
+
+/// The lines of `/proc/<task>/cgroup` of every thread of this process that name `group`.
+fn own_threads_in(group: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let Ok(text) = std::fs::read_to_string(task.path().join("cgroup")) else {
+            continue; // the thread exited meanwhile
+        };
+        found.extend(
+            text.lines()
+                .filter(|l| l.ends_with(&format!("/{group}")))
+                .map(str::to_owned),
+        );
+    }
+    found
+}
+
+/// A job that prints its own cgroups at once starts inside its group in every hierarchy,
+/// both where the launcher's thread spawns it from inside (v1, no pre-exec work) and where the child
+/// joins between fork and exec (here: it has a limit to set); its CPU limit is in place when the
+/// spawn returns, no thread of the launcher's process is left in the group, and the group is
+/// removed at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_starts_inside_its_group_and_no_thread_of_the_node_stays_there() {
+    let Some(parent) = real("launcher-placed") else {
+        return;
+    };
+    let dir = Scratch::new("launcher-cgroup-placed");
+    let launcher = Launcher::new(IoEngine::new(BackendSetting::Auto).unwrap());
+    for (name, open_files) in [("placed-thread", None), ("placed-exec", Some(256))] {
+        let limits = CgroupLimits {
+            cpu_millis: 250,
+            ..CgroupLimits::default()
+        };
+        let group = parent.create(name, &limits).unwrap();
+        let cpu_dir = group.path(Controller::Cpu).to_path_buf();
+        let dirs: Vec<_> = Controller::ALL
+            .iter()
+            .map(|c| group.path(*c).to_path_buf())
+            .collect();
+        let mut spec = CommandSpec::new(
+            ["/bin/cat", "/proc/self/cgroup"],
+            dir.path().join(format!("{name}.out")),
+            dir.path().join(format!("{name}.err")),
+        );
+        spec.limits.open_files = open_files;
+        let mut process = launcher.spawn_in(&spec, name, Some(group)).unwrap();
+        assert!(own_threads_in(name).is_empty(), "{name}: a thread stayed");
+        // The CPU limit is in place once the spawn returns, on either path.
+        let quota = match std::fs::read_to_string(cpu_dir.join("cpu.cfs_quota_us")) {
+            Ok(v1) => v1,
+            Err(_) => std::fs::read_to_string(cpu_dir.join("cpu.max")).unwrap(),
+        };
+        assert!(quota.trim().starts_with("25000"), "{name}: {quota}");
+        let report = process.wait().await.unwrap();
+        assert_eq!(report.outcome, ExitOutcome::Code(0), "{name}");
+        let out = std::fs::read_to_string(&spec.stdout_log).unwrap();
+        let inside = out
+            .lines()
+            .filter(|l| l.ends_with(&format!("/{name}")))
+            .count();
+        // v1: one line per hierarchy (co-mounted controllers share one); v2: the one line.
+        let hierarchies = {
+            let mut d = dirs.clone();
+            d.sort();
+            d.dedup();
+            d.len()
+        };
+        assert_eq!(inside, hierarchies, "{name}: {out}");
+        for d in &dirs {
+            assert!(removed(d).await, "{name}: {} is left", d.display());
+        }
+        drop(process);
+    }
+    parent.finish().await;
+}
+
+/// A job whose group vanished before the spawn never runs, on either path: the spawn fails
+/// with the kernel's refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_group_is_gone_never_runs() {
+    let Some(parent) = real("launcher-gone") else {
+        return;
+    };
+    let dir = Scratch::new("launcher-cgroup-gone");
+    let launcher = Launcher::new(IoEngine::new(BackendSetting::Auto).unwrap());
+    for (name, open_files) in [("gone-thread", None), ("gone-exec", Some(256))] {
+        let group = parent.create(name, &CgroupLimits::default()).unwrap();
+        for controller in Controller::ALL {
+            let _ = std::fs::remove_dir(group.path(controller));
+        }
+        let marker = dir.path().join(format!("{name}.ran"));
+        let mut spec = CommandSpec::new(
+            ["/bin/touch", marker.to_str().unwrap()],
+            dir.path().join(format!("{name}.out")),
+            dir.path().join(format!("{name}.err")),
+        );
+        spec.limits.open_files = open_files;
+        let Err(err) = launcher.spawn_in(&spec, name, Some(group)) else {
+            panic!("{name}: the job must not run outside its group");
+        };
+        assert!(
+            matches!(err.kind(), "cgroup" | "spawn"),
+            "{name}: {err} ({})",
+            err.kind()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!marker.exists(), "{name}: the job ran");
+        assert!(own_threads_in(name).is_empty(), "{name}: a thread stayed");
+    }
+    parent.finish().await;
+}
+
+/// Polls `what` for up to 5 s.
+async fn within_5s(mut what: impl FnMut() -> bool) -> bool {
+    for _ in 0..500 {
+        if what() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+/// v1: the emptied group of a finished job is kept as a spare and the next job takes it,
+/// renamed and with its own limits written; a group the job left memory charged to is removed
+/// instead (the next job would inherit the charge).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emptied_group_is_reused_for_the_next_job_and_a_charged_one_is_not() {
+    let Some(parent) = real("launcher-spares") else {
+        return;
+    };
+    if parent.version() != cadre_cpu::cgroup::CgroupVersion::V1 {
+        println!("launcher-spares: v2 keeps no spares; nothing to check");
+        return;
+    }
+    let dir = Scratch::new("launcher-cgroup-spares");
+    let launcher = Launcher::new(IoEngine::new(BackendSetting::Auto).unwrap());
+    let spec = |name: &str, argv: &[&str]| {
+        CommandSpec::new(
+            argv.iter().copied(),
+            dir.path().join(format!("{name}.out")),
+            dir.path().join(format!("{name}.err")),
+        )
+    };
+    let first = parent
+        .create(
+            "r1",
+            &CgroupLimits {
+                cpu_millis: 200,
+                memory_bytes: 64 << 20,
+                pids: Some(8),
+            },
+        )
+        .unwrap();
+    let r1: Vec<_> = Controller::ALL
+        .iter()
+        .map(|c| first.path(*c).to_path_buf())
+        .collect();
+    let mut p = launcher
+        .spawn_in(&spec("r1", &["/bin/true"]), "r1", Some(first))
+        .unwrap();
+    assert_eq!(p.wait().await.unwrap().outcome, ExitOutcome::Code(0));
+    drop(p);
+    assert!(
+        within_5s(|| parent.spare_count() == 1).await,
+        "no spare kept"
+    );
+    for d in &r1 {
+        assert!(!d.exists(), "{} kept its name", d.display());
+        let spares = std::fs::read_dir(d.parent().unwrap())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("spare-"))
+            .count();
+        assert_eq!(spares, 1, "{}", d.display());
+    }
+
+    let second = parent
+        .create(
+            "r2",
+            &CgroupLimits {
+                cpu_millis: 300,
+                memory_bytes: 0,
+                pids: Some(16),
+            },
+        )
+        .unwrap();
+    assert_eq!(parent.spare_count(), 0, "the spare was taken");
+    let pids = second.path(Controller::Pids).join("pids.max");
+    let memory = second
+        .path(Controller::Memory)
+        .join("memory.limit_in_bytes");
+    let cpu = second.path(Controller::Cpu).join("cpu.cfs_quota_us");
+    assert_eq!(std::fs::read_to_string(&pids).unwrap().trim(), "16");
+    let unlimited: u64 = std::fs::read_to_string(&memory)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        unlimited > 1 << 60,
+        "the old memory limit stayed: {unlimited}"
+    );
+    let charge = dir.path().join("charged");
+    let argv = [
+        "/bin/sh",
+        "-c",
+        &format!(
+            "cat /proc/self/cgroup; head -c 4000000 /dev/zero > {}",
+            charge.display()
+        ),
+    ];
+    let spec2 = spec("r2", &argv);
+    let mut p = launcher.spawn_in(&spec2, "r2", Some(second)).unwrap();
+    assert_eq!(std::fs::read_to_string(&cpu).unwrap().trim(), "30000");
+    assert_eq!(p.wait().await.unwrap().outcome, ExitOutcome::Code(0));
+    drop(p);
+    let out = std::fs::read_to_string(&spec2.stdout_log).unwrap();
+    assert!(out.lines().any(|l| l.ends_with("/r2")), "{out}");
+    // The file's page cache is charged to r2's memory group: removed, not kept.
+    assert!(
+        within_5s(|| !pids.parent().unwrap().exists()).await,
+        "r2 is left"
+    );
+    assert_eq!(parent.spare_count(), 0, "a charged group was kept");
     parent.finish().await;
 }

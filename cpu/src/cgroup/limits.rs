@@ -2,7 +2,7 @@
 //! pids limit, in v1's or v2's files.
 //!
 //! Invariant: every value is written, including "no limit", so a reused group keeps nothing of
-//! its previous limits; v1's memory-plus-swap limit is lifted before the memory limit is set,
+//! its previous limits (v1's CPU limits once a process joins, the others at creation); v1's memory-plus-swap limit is lifted before the memory limit is set,
 //! since the kernel keeps it at or above the memory limit.
 
 use std::path::Path;
@@ -17,8 +17,10 @@ const V1_MAX_SHARES: u64 = 1 << 18;
 const V2_MAX_WEIGHT: u64 = 10_000;
 
 impl TaskCgroup {
-    /// Writes the v1 limits.
-    pub(super) fn apply_v1(&self, limits: &CgroupLimits) -> Result<()> {
+    /// Writes the v1 CPU limits: quota, period and shares. Written once a process is about to
+    /// join or has joined (see [`TaskCgroup::write_cpu_limits`]), so that the node's thread
+    /// that spawns from inside the group is not throttled by them.
+    pub(super) fn apply_v1_cpu(&self, limits: &CgroupLimits) -> Result<()> {
         let cpu = self.path(Controller::Cpu);
         let quota = match limits.cpu_millis {
             0 => "-1".to_string(),
@@ -34,8 +36,11 @@ impl TaskCgroup {
             &CPU_PERIOD_US.to_string(),
         )?;
         write_ctl(&self.name, &cpu.join("cpu.cfs_quota_us"), &quota)?;
-        write_ctl(&self.name, &cpu.join("cpu.shares"), &shares.to_string())?;
+        write_ctl(&self.name, &cpu.join("cpu.shares"), &shares.to_string())
+    }
 
+    /// Writes the v1 memory and pids limits.
+    pub(super) fn apply_v1_memory_pids(&self, limits: &CgroupLimits) -> Result<()> {
         let memory = self.path(Controller::Memory);
         let memsw = memory.join("memory.memsw.limit_in_bytes");
         let limit = match limits.memory_bytes {

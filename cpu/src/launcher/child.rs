@@ -95,7 +95,7 @@ impl ChildSetup {
         }
     }
 
-    fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.address_space.is_none()
             && self.open_files.is_none()
             && self.cpu_seconds.is_none()

@@ -183,22 +183,33 @@ impl RunningProcess {
         }
     }
 
-    /// Empties the job's cgroup, reads its OOM count and removes it.
+    /// Empties the job's cgroup, reads its OOM count, and has it removed. The group is nearly
+    /// always empty already (its main process is reaped): then emptying is a few reads of
+    /// `cgroup.procs`, done here. The removal (a few `rmdir`s, which can wait on the kernel
+    /// for milliseconds) runs on tokio's blocking pool and is not waited for: the report does
+    /// not depend on it, and a group it cannot remove is logged, counted, and swept at start.
     async fn finish_cgroup(&mut self) {
-        self.kill_cgroup().await;
         let Some(group) = self.cgroup.take() else {
             return;
         };
+        let job_id = Arc::clone(&self.job_id);
+        match group.kill_all().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(job_id = %job_id, cgroup = group.name(), processes = n,
+                "killed what was left in the job's cgroup"),
+            // Logged and counted by the cgroup module, where it failed.
+            Err(error) => {
+                tracing::debug!(job_id = %job_id, %error, "the job's cgroup could not be emptied")
+            }
+        }
         match group.oom_kills() {
             Ok(n) => self.oom_killed = n > 0,
             Err(error) => {
-                tracing::warn!(job_id = %self.job_id, cgroup = group.name(), %error,
+                tracing::warn!(job_id = %job_id, cgroup = group.name(), %error,
                     "cannot tell whether the job was killed for memory");
             }
         }
-        if let Err(error) = group.remove().await {
-            tracing::debug!(job_id = %self.job_id, %error, "the job's cgroup was not removed");
-        }
+        discard_group(group, job_id);
     }
 
     /// Waits for both capture tasks (at most [`CAPTURE_DRAIN_GRACE`] once the group is gone)
@@ -317,6 +328,27 @@ impl RunningProcess {
     }
 }
 
+/// Empties (if anything is left) and releases `group` (kept as a spare or removed:
+/// [`crate::cgroup::TaskCgroup::release`]) on tokio's blocking pool (its retries on the
+/// runtime's timer), without waiting: failures are logged and counted by the cgroup module;
+/// the next start sweeps what is left. Outside a runtime the group is left for that sweep, said
+/// once here.
+pub(super) fn discard_group(group: crate::cgroup::TaskCgroup, job_id: Arc<str>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        tracing::warn!(job_id = %job_id, cgroup = group.name(),
+            "no runtime to remove the job's cgroup: it is left for the next sweep");
+        metrics::counter!(m::LAUNCHER_ERRORS, "kind" => "cgroup").increment(1);
+        return;
+    };
+    let handle = runtime.clone();
+    drop(runtime.spawn_blocking(move || {
+        // Logged and counted by the cgroup module where it failed.
+        if let Err(error) = handle.block_on(group.release()) {
+            tracing::debug!(job_id = %job_id, %error, "a job's cgroup was not released");
+        }
+    }));
+}
+
 impl Drop for RunningProcess {
     fn drop(&mut self) {
         if self.outcome.is_none() {
@@ -336,22 +368,7 @@ impl Drop for RunningProcess {
         // thread (emptying a group takes a freeze and a few polls).
         if let Some(group) = self.cgroup.take() {
             let job_id = Arc::clone(&self.job_id);
-            match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => {
-                    runtime.spawn(async move {
-                        if let Err(error) = group.kill_all().await {
-                            tracing::debug!(job_id = %job_id, %error, "a dropped job's cgroup could not be emptied");
-                        } else if let Err(error) = group.remove().await {
-                            tracing::debug!(job_id = %job_id, %error, "a dropped job's cgroup was not removed");
-                        }
-                    });
-                }
-                Err(_) => {
-                    tracing::warn!(job_id = %job_id, cgroup = group.name(),
-                        "process dropped outside a runtime: its cgroup is left for the next sweep");
-                    metrics::counter!(m::LAUNCHER_ERRORS, "kind" => "cgroup").increment(1);
-                }
-            }
+            discard_group(group, job_id);
         }
         // The capture tasks are left to drain: the group is dead, so the pipes close and they
         // end on their own with the logs complete, signalling `log_watch`.

@@ -1,0 +1,184 @@
+//! Spare task groups (v1): a task's group that is empty and has nothing of its task charged to
+//! it any more is kept under a neutral name (`spare-<n>`) instead of removed, and the next task
+//! takes it, renamed to that task's name, instead of creating one. Creating and removing a v1
+//! group in four hierarchies holds the kernel's cgroup lock for a while each time (a memory
+//! controller to set up, then to tear down); a rename does not, so starting a job waits less.
+//!
+//! Invariants: a spare holds no process, no nested group, no OOM kill, and at most
+//! [`MAX_RESIDUE_BYTES`] of memory charged to it (the kernel objects a task leaves behind, which
+//! the kernel frees in time; a task that leaves its files' page cache charged leaves more), so a
+//! task that takes one starts as in a new group, once its limits are rewritten (all of them, as
+//! for any reused group); at most [`MAX_SPARES`] are kept; a spare that cannot be renamed is
+//! left in place for the next sweep, never handed out half renamed; the parent's removal
+//! removes the spares first. v2 keeps none (it has no rename of groups and places whole
+//! processes, so its spawns fork and the group's cost is a smaller share).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use super::fs::{fail, read_small, rmdir};
+use super::{CgroupVersion, Cgroups, Controller, TaskCgroup, MAX_SMALL_FILE};
+use crate::error::Result;
+use crate::metrics as m;
+
+/// The most spare groups kept: beyond it a released group is removed.
+pub const MAX_SPARES: usize = 256;
+
+/// The most memory still charged to a released group for it to be kept: what an exited task
+/// leaves of kernel objects (about 160 KiB after `/bin/true` here), not its page cache.
+pub const MAX_RESIDUE_BYTES: u64 = 1 << 20;
+
+/// The spare groups of one parent, shared by its handles.
+#[derive(Debug, Default)]
+pub(super) struct Spares {
+    /// Each spare's directory in every hierarchy, in the order of the parent's.
+    free: Mutex<Vec<Vec<PathBuf>>>,
+    /// The number in the next spare's name.
+    next: AtomicU64,
+}
+
+impl Spares {
+    fn pop(&self) -> Option<Vec<PathBuf>> {
+        self.free
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()
+    }
+
+    /// Keeps `dirs`; gives them back when [`MAX_SPARES`] are kept already.
+    fn push(&self, dirs: Vec<PathBuf>) -> std::result::Result<(), Vec<PathBuf>> {
+        let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
+        if free.len() >= MAX_SPARES {
+            return Err(dirs);
+        }
+        free.push(dirs);
+        Ok(())
+    }
+
+    /// How many spares are kept.
+    pub(super) fn len(&self) -> usize {
+        self.free
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Takes every spare out (to remove them).
+    pub(super) fn drain(&self) -> Vec<Vec<PathBuf>> {
+        std::mem::take(&mut *self.free.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// Renames each of `from` to the same parent's `to`; on a failure, the ones done are renamed
+/// back (best effort) and the failure is returned, logged and counted.
+fn rename_all(group: &str, from: &[PathBuf], to: &str) -> Result<Vec<PathBuf>> {
+    let mut done: Vec<(PathBuf, PathBuf)> = Vec::with_capacity(from.len());
+    for dir in from {
+        let target = dir.with_file_name(to);
+        if let Err(e) = std::fs::rename(dir, &target) {
+            for (old, new) in done.iter().rev() {
+                if let Err(e) = std::fs::rename(new, old) {
+                    fail("rename", group, new, e);
+                }
+            }
+            return Err(fail("rename", group, dir, e));
+        }
+        done.push((dir.clone(), target));
+    }
+    Ok(done.into_iter().map(|(_, new)| new).collect())
+}
+
+impl Cgroups {
+    /// Takes a spare group and renames it to `name`: whether one was taken. A spare that cannot
+    /// be renamed is left where it is (the next sweep removes it) and the next is tried.
+    pub(super) fn take_spare(&self, name: &str) -> bool {
+        while let Some(dirs) = self.spares.pop() {
+            if rename_all(name, &dirs, name).is_ok() {
+                metrics::counter!(m::CGROUP_REUSED).increment(1);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// How many spare groups are kept for the next tasks.
+    pub fn spare_count(&self) -> usize {
+        self.spares.len()
+    }
+
+    /// Removes every spare group (at shutdown, before the parent).
+    pub(super) async fn remove_spares(&self) -> Result<()> {
+        let mut first_error = None;
+        for dirs in self.spares.drain() {
+            for dir in &dirs {
+                if let Err(e) = rmdir(&self.parent, dir).await {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl TaskCgroup {
+    /// Empties the group ([`TaskCgroup::kill_all`]) and then keeps it as a spare for a later
+    /// task (v1, when nothing of this task is charged to it any more: no more memory than
+    /// [`MAX_RESIDUE_BYTES`], no OOM kill counted, no group inside it, and fewer than
+    /// [`MAX_SPARES`] kept) or removes it.
+    pub async fn release(self) -> Result<()> {
+        self.kill_all().await?;
+        let Some(spares) = self.spares.clone() else {
+            return self.remove().await;
+        };
+        if !self.reusable() {
+            return self.remove().await;
+        }
+        let spare = format!("spare-{}", spares.next.fetch_add(1, Ordering::Relaxed));
+        let dirs = match rename_all(&self.name, &self.dirs, &spare) {
+            Ok(dirs) => dirs,
+            // Logged and counted; the group keeps its name and is removed.
+            Err(_) => return self.remove().await,
+        };
+        if let Err(dirs) = spares.push(dirs) {
+            let group = TaskCgroup {
+                name: spare,
+                dirs,
+                spares: None,
+                ..self
+            };
+            return group.remove().await;
+        }
+        Ok(())
+    }
+
+    /// Whether the group can serve another task: v1, no OOM kill counted, no more than
+    /// [`MAX_RESIDUE_BYTES`] charged, and no group inside it in any hierarchy. A read that
+    /// fails says no (and is logged).
+    fn reusable(&self) -> bool {
+        if self.version != CgroupVersion::V1 || !self.oom_kills().is_ok_and(|n| n == 0) {
+            return false;
+        }
+        let usage = self.path(Controller::Memory).join("memory.usage_in_bytes");
+        let charged = match read_small(&usage, MAX_SMALL_FILE) {
+            Ok(text) => text
+                .trim()
+                .parse::<u64>()
+                .map_or(true, |n| n > MAX_RESIDUE_BYTES),
+            Err(e) => {
+                fail("read", &self.name, &usage, e);
+                true
+            }
+        };
+        !charged && self.dirs.iter().all(|dir| no_groups_inside(dir))
+    }
+}
+
+/// Whether `dir` holds no directory (no group a job made inside its own).
+fn no_groups_inside(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .all(|e| !e.file_type().is_ok_and(|t| t.is_dir()))
+    })
+}
