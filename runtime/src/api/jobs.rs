@@ -14,7 +14,34 @@ use serde::Deserialize;
 
 use super::{actors_error, body, fail, mailbox, parse_id, ApiError, ApiState};
 
-/// Parses one spec; an error names the field's path under `prefix`, and why.
+/// A batch submission's body: `{"jobs": [...]}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Batch {
+    jobs: Vec<JobSpec>,
+}
+
+/// A body that parses as it is: an array of specs, `{"jobs": [...]}`, or one spec, with
+/// whether it was a batch. The common case takes this path, straight from the bytes to the
+/// specs; a body that does not (any error) goes the slow way, item by item with every field's
+/// path tracked, to name every violated field.
+fn parse_fast(body: &[u8]) -> Option<(bool, Vec<JobSpec>)> {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'[') => serde_json::from_slice::<Vec<JobSpec>>(body)
+            .ok()
+            .map(|specs| (true, specs)),
+        Some(b'{') => match serde_json::from_slice::<Batch>(body) {
+            Ok(batch) => Some((true, batch.jobs)),
+            Err(_) => serde_json::from_slice::<JobSpec>(body)
+                .ok()
+                .map(|spec| (false, vec![spec])),
+        },
+        _ => None,
+    }
+}
+
+/// Parses one spec, tracking the path of each field, so that an error names the field's path
+/// under `prefix`, and why.
 fn parse_spec(value: serde_json::Value, prefix: &str) -> Result<JobSpec, FieldError> {
     serde_path_to_error::deserialize::<_, JobSpec>(value).map_err(|e| {
         let path = e.path().to_string();
@@ -52,6 +79,10 @@ pub(super) async fn submit(
         Ok(b) => b,
         Err(response) => return response,
     };
+    if let Some((batch, specs)) = parse_fast(&body.bytes) {
+        drop(body);
+        return submit_specs(&state, batch, specs).await;
+    }
     let value: serde_json::Value = match serde_json::from_slice(&body.bytes) {
         Ok(v) => v,
         Err(e) => {
@@ -123,26 +154,82 @@ pub(super) async fn submit(
             String::new()
         };
         match parse_spec(item, &prefix) {
-            Ok(spec) => match spec.validate(&state.limits, state.registry.as_ref()) {
-                Ok(()) => specs.push(spec),
-                Err(invalid) => errors.extend(invalid.0.into_iter().map(|e| FieldError {
-                    field: format!("{prefix}{}", e.field),
-                    reason: e.reason,
-                })),
-            },
+            Ok(spec) => {
+                // Validated here too, so one answer names every violated field of every item.
+                if let Err(bad) = spec.validate(&state.limits, state.registry.as_ref()) {
+                    errors.extend(bad.0.into_iter().map(|e| FieldError {
+                        field: format!("{prefix}{}", e.field),
+                        reason: e.reason,
+                    }));
+                }
+                specs.push(spec);
+            }
             Err(e) => errors.push(e),
         }
     }
-    if let Some(first) = errors.first() {
-        metrics::counter!("cadre_api_errors_total", "route" => ROUTE, "status" => "400")
-            .increment(1);
-        tracing::debug!(errors = errors.len(), field = %first.field, reason = %first.reason, "invalid job spec refused");
-        return HttpResponse::BadRequest().json(ApiError {
-            error: "invalid job spec".to_owned(),
-            field: Some(first.field.clone()),
-            reason: first.reason.clone(),
-            errors,
-        });
+    if !errors.is_empty() {
+        return invalid(errors);
+    }
+    submit_specs(&state, batch, specs).await
+}
+
+fn invalid(errors: Vec<FieldError>) -> HttpResponse {
+    const ROUTE: &str = "submit";
+    let (field, reason) = match errors.first() {
+        Some(first) => (first.field.clone(), first.reason.clone()),
+        None => ("body".to_owned(), "invalid".to_owned()),
+    };
+    metrics::counter!("cadre_api_errors_total", "route" => ROUTE, "status" => "400").increment(1);
+    tracing::debug!(errors = errors.len(), field = %field, reason = %reason, "invalid job spec refused");
+    HttpResponse::BadRequest().json(ApiError {
+        error: "invalid job spec".to_owned(),
+        field: Some(field),
+        reason,
+        errors,
+    })
+}
+
+/// Validates parsed specs (every violated field, with its path) and submits them.
+async fn submit_specs(state: &ApiState, batch: bool, specs: Vec<JobSpec>) -> HttpResponse {
+    const ROUTE: &str = "submit";
+    if specs.is_empty() {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            ROUTE,
+            "invalid input",
+            Some("jobs"),
+            "holds no job",
+        );
+    }
+    if specs.len() > state.max_batch_jobs {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            ROUTE,
+            "invalid input",
+            Some("jobs"),
+            format!(
+                "holds {} jobs; at most {}",
+                specs.len(),
+                state.max_batch_jobs
+            ),
+        );
+    }
+    let mut errors = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        if let Err(bad) = spec.validate(&state.limits, state.registry.as_ref()) {
+            let prefix = if batch {
+                format!("jobs[{i}].")
+            } else {
+                String::new()
+            };
+            errors.extend(bad.0.into_iter().map(|e| FieldError {
+                field: format!("{prefix}{}", e.field),
+                reason: e.reason,
+            }));
+        }
+    }
+    if !errors.is_empty() {
+        return invalid(errors);
     }
     match state.scheduler.send(Submit { specs }).await {
         Ok(Ok(ids)) if batch => {
