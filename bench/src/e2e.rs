@@ -56,6 +56,10 @@ fn free_port() -> Result<u16, BenchError> {
 /// A node running on its own thread; stopped (drained, journal flushed) on `stop`.
 pub(crate) struct RunningNode {
     pub(crate) api: String,
+    /// The node's Prometheus endpoint.
+    pub(crate) metrics: String,
+    /// The node's scheduler, for probes that talk to it directly.
+    pub(crate) scheduler: actix::Addr<cadre_actors::scheduler::Scheduler>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<Result<(), String>>>,
 }
@@ -79,10 +83,19 @@ fn exporter() -> Option<cadre_runtime::metrics::Exporter> {
 
 impl RunningNode {
     pub(crate) fn start(dir: &Path, cpu_millis: u64) -> Result<RunningNode, BenchError> {
+        RunningNode::start_with(dir, cpu_millis, |_| {})
+    }
+
+    /// [`RunningNode::start`] with the node's configuration changed by `tweak` first.
+    pub(crate) fn start_with(
+        dir: &Path,
+        cpu_millis: u64,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Result<RunningNode, BenchError> {
         let exporter = exporter();
         let api_port = free_port()?;
         let metrics_port = free_port()?;
-        let config = Config {
+        let mut config = Config {
             data_dir: dir.to_path_buf(),
             api_addr: ([127, 0, 0, 1], api_port).into(),
             metrics_addr: ([127, 0, 0, 1], metrics_port).into(),
@@ -91,6 +104,7 @@ impl RunningNode {
             api_threads: 2,
             ..Config::default()
         };
+        tweak(&mut config);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let thread = std::thread::Builder::new()
@@ -109,7 +123,7 @@ impl RunningNode {
                             return Err(message);
                         }
                     };
-                    if ready_tx.send(Ok(())).is_err() {
+                    if ready_tx.send(Ok(node.scheduler())).is_err() {
                         eprintln!("scheduler: bench left before the node started");
                     }
                     if stop_rx.await.is_err() {
@@ -118,13 +132,15 @@ impl RunningNode {
                     node.shutdown().await.map_err(|e| e.to_string())
                 })
             })?;
-        match ready_rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(Ok(())) => {}
+        let scheduler = match ready_rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(Ok(scheduler)) => scheduler,
             Ok(Err(e)) => return Err(check(format!("node start: {e}"))),
             Err(e) => return Err(check(format!("node start: {e}"))),
-        }
+        };
         Ok(RunningNode {
             api: format!("http://127.0.0.1:{api_port}"),
+            metrics: format!("http://127.0.0.1:{metrics_port}/metrics"),
+            scheduler,
             stop: Some(stop_tx),
             thread: Some(thread),
         })

@@ -13,9 +13,14 @@ mod io;
 mod report;
 mod scheduler;
 mod snapshot;
+mod soak;
 mod supervisor;
 
 use std::process::ExitCode;
+use std::sync::OnceLock;
+
+/// `--minutes N`: how long the soak suite runs.
+static MINUTES: OnceLock<u64> = OnceLock::new();
 
 /// A suite: its name on the command line, a one-line description, and its entry point (the
 /// argument says whether to run the short `--quick` version).
@@ -42,6 +47,11 @@ const SUITES: &[Suite] = &[
         name: "scheduler",
         about: "decisions at 10k workers/100k queued, 1M queued jobs, durable submits, replay, end to end",
         run: scheduler::run,
+    },
+    Suite {
+        name: "soak",
+        about: "a node under steady mixed load for 30 minutes (--minutes N): memory, fds, disk flat, throughput steady",
+        run: |quick| soak::run(quick, MINUTES.get().copied()),
     },
     Suite {
         name: "gpu",
@@ -74,12 +84,13 @@ pub enum BenchError {
 }
 
 fn usage() -> String {
-    let mut text = String::from("usage: cadre-bench SUITE [--quick] [--case NAME]\n\nsuites:\n");
+    let mut text =
+        String::from("usage: cadre-bench SUITE [--quick] [--case NAME] [--minutes N]\n\nsuites:\n");
     for suite in SUITES {
         text.push_str(&format!("  {:<12}{}\n", suite.name, suite.about));
     }
     text.push_str(
-        "\n--quick runs a short version (for CI); --case NAME runs one case of the suite.",
+        "\n--quick runs a short version (for CI); --case NAME runs one case of the suite;\n--minutes N sets how long the soak suite runs (default 30).",
     );
     text
 }
@@ -112,6 +123,21 @@ fn main() -> ExitCode {
                 Some(case) => report::only(case),
                 None => {
                     eprintln!("cadre-bench: --case needs a case name\n\n{}", usage());
+                    return ExitCode::from(2);
+                }
+            },
+            "--minutes" => match args.next().and_then(|n| n.parse::<u64>().ok()) {
+                Some(n) if n >= 3 => {
+                    if MINUTES.set(n).is_err() {
+                        eprintln!("cadre-bench: --minutes given twice");
+                        return ExitCode::from(2);
+                    }
+                }
+                _ => {
+                    eprintln!(
+                        "cadre-bench: --minutes needs a number of minutes, at least 3\n\n{}",
+                        usage()
+                    );
                     return ExitCode::from(2);
                 }
             },

@@ -300,6 +300,11 @@ impl Node {
         })
     }
 
+    /// The node's scheduler (for probes and benchmarks that talk to it directly).
+    pub fn scheduler(&self) -> Addr<Scheduler> {
+        self.scheduler.clone()
+    }
+
     /// Serves until SIGTERM, SIGINT or SIGHUP (or until the tree stops on its own), then shuts
     /// down. Signals:
     /// - `SIGTERM`, `SIGINT` (Ctrl-C), `SIGHUP` (the terminal went away): drain (accept nothing
