@@ -182,6 +182,34 @@ fn with_cgroups_a_child_that_leaves_its_session_dies_with_its_job() {
     remove_node_cgroups(&log);
 }
 
+/// A node stopped cleanly after command jobs removes its cgroup parent and reports nothing
+/// left over: the groups of its last jobs (kept as spares, or still being released off their
+/// threads) are not leftovers of killed jobs, and no cgroup operation failed on the way.
+#[test]
+fn with_cgroups_a_clean_stop_removes_every_group_and_reports_no_leftover() {
+    if !cgroups_or_skip("jobs_clean_stop") {
+        return;
+    }
+    let dir = Scratch::new("jobs-clean-stop");
+    let mut node = Server::start(dir.path(), &[]);
+    let ids: Vec<u64> = (0..6).map(|_| node.submit(&[], &["/bin/true"])).collect();
+    for id in ids {
+        node.wait_state(id, "succeeded", LONG);
+    }
+    let dirs = common::node_cgroup_dirs(&node.log_text());
+    assert!(!dirs.is_empty(), "the log names no cgroup parent");
+    assert!(dirs.iter().any(|d| d.exists()), "no parent made: {dirs:?}");
+    node.stop();
+    let log = node.log_text();
+    assert!(
+        !log.contains("left at shutdown") && !log.contains("cgroup operation failed"),
+        "log:\n{log}"
+    );
+    for d in &dirs {
+        assert!(!d.exists(), "{} is left", d.display());
+    }
+}
+
 #[test]
 fn without_cgroups_the_node_runs_jobs_in_process_groups_and_says_so_once() {
     let dir = Scratch::new("jobs-nocg");

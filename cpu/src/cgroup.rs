@@ -45,7 +45,7 @@ use std::fmt;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -162,6 +162,26 @@ pub struct Cgroups {
     index: [usize; Controller::ALL.len()],
     /// Emptied task groups kept for the next tasks (v1).
     spares: Arc<Spares>,
+    /// Task groups made by [`Cgroups::create`] and not yet removed or kept as spares.
+    live: Arc<AtomicUsize>,
+}
+
+/// Counts one task group in [`Cgroups`]' `live` while it exists as a task's group: from
+/// [`Cgroups::create`] until it is removed, kept as a spare or dropped.
+#[derive(Debug)]
+struct Live(Arc<AtomicUsize>);
+
+impl Live {
+    fn new(count: &Arc<AtomicUsize>) -> Live {
+        count.fetch_add(1, Ordering::AcqRel);
+        Live(Arc::clone(count))
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Cgroups {
@@ -215,6 +235,7 @@ impl Cgroups {
             dirs,
             index: layout.index,
             spares: Arc::new(Spares::default()),
+            live: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -251,6 +272,7 @@ impl Cgroups {
                 limits: *limits,
                 cpu_pending: AtomicBool::new(true),
                 spares: Some(Arc::clone(&self.spares)),
+                _live: Some(Live::new(&self.live)),
                 ..task
             });
         }
@@ -283,14 +305,18 @@ impl Cgroups {
             limits: *limits,
             cpu_pending: AtomicBool::new(self.version == CgroupVersion::V1),
             spares: (self.version == CgroupVersion::V1).then(|| Arc::clone(&self.spares)),
+            _live: Some(Live::new(&self.live)),
             ..task
         })
     }
 
-    /// Kills and removes every task group found under the parent: those a previous node left
-    /// when it was killed. Call it at start, before [`Cgroups::create`]. Returns their names,
-    /// sorted. Every group is tried; the first failure is returned after the others were tried.
+    /// Kills and removes every task group found under the parent: at start, those a previous
+    /// node left when it was killed (call it before [`Cgroups::create`]); at shutdown, those
+    /// still there. The spares kept by this handle are removed first and not counted. Returns
+    /// the names of the groups swept, sorted. Every group is tried; the first failure is
+    /// returned after the others were tried.
     pub async fn sweep(&self) -> Result<Vec<String>> {
+        let spares = self.remove_spares().await;
         let mut names = BTreeSet::new();
         for dir in &self.dirs {
             let entries = std::fs::read_dir(dir).map_err(|e| fail("read", &self.parent, dir, e))?;
@@ -325,10 +351,30 @@ impl Cgroups {
             tracing::info!(cgroup = %self.parent, groups = swept.len(), names = ?swept,
                 "removed task cgroups a previous node left");
         }
-        match first_error {
+        match first_error.or(spares.err()) {
             Some(e) => Err(e),
             None => Ok(swept),
         }
+    }
+
+    /// How many task groups made by [`Cgroups::create`] still exist as a task's group: not yet
+    /// removed or kept as a spare (a release runs off the caller's thread, after the task).
+    pub fn live_count(&self) -> usize {
+        self.live.load(Ordering::Acquire)
+    }
+
+    /// Waits up to `limit` for every task group to be released ([`Cgroups::live_count`] 0), at
+    /// shutdown before [`Cgroups::sweep`], so that the sweep does not race the releases still
+    /// under way: whether they all were.
+    pub async fn wait_released(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.live_count() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        true
     }
 
     /// Removes the spare task groups, then the parent group in every hierarchy (at shutdown,
@@ -365,7 +411,9 @@ impl Cgroups {
             limits: CgroupLimits::default(),
             // v2 writes every limit at creation; v1's CPU limits wait for the first process.
             cpu_pending: AtomicBool::new(false),
+            stuck: AtomicBool::new(false),
             spares: None,
+            _live: None,
         })
     }
 }
@@ -386,8 +434,14 @@ pub struct TaskCgroup {
     /// Whether the CPU limits are still to be written (v1: see
     /// [`TaskCgroup::write_cpu_limits`]).
     cpu_pending: AtomicBool,
+    /// Whether a thread of the node could not leave it ([`TaskCgroup::run_inside`]): it is then
+    /// never frozen (the thread might be the one freezing it) nor kept as a spare.
+    stuck: AtomicBool,
     /// Where [`TaskCgroup::release`] keeps it for a later task (v1 groups made by `create`).
     spares: Option<Arc<Spares>>,
+    /// Counted among the parent's live groups while it exists (groups made by `create`);
+    /// held for its `Drop`.
+    _live: Option<Live>,
 }
 
 impl TaskCgroup {
@@ -431,9 +485,11 @@ impl TaskCgroup {
     /// charged to the group (its memory and pids limits apply; the CPU limits are written once
     /// the thread is back, so that they do not throttle the spawn): it should spawn and nothing
     /// more. Fails (and `f` does not run) where the thread cannot enter, and on v2, which
-    /// places whole processes. A failure to move back is logged and counted and `f`'s result
-    /// returned all the same; a failure to write the CPU limits afterwards is returned (with
-    /// `f`'s result dropped): the caller must then empty the group.
+    /// places whole processes. A failure to move back (tried twice) is logged and counted and
+    /// `f`'s result returned all the same; the group is then marked so that it is never frozen
+    /// (the stuck thread may be the one that would freeze it) nor kept as a spare, and the
+    /// thread leaves it at its next placement. A failure to write the CPU limits afterwards is
+    /// returned (with `f`'s result dropped): the caller must then empty the group.
     pub fn run_inside<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
         if self.version != CgroupVersion::V1 {
             return Err(invalid(
@@ -449,7 +505,9 @@ impl TaskCgroup {
         // Back in every hierarchy, also after a partial entry: the node's own group is the
         // parent group's parent.
         for home in self.dirs.iter().filter_map(|d| d.parent()?.parent()) {
-            if let Err(e) = write_file(&home.join("tasks"), "0") {
+            let tasks = home.join("tasks");
+            if let Err(e) = write_file(&tasks, "0").or_else(|_| write_file(&tasks, "0")) {
+                self.stuck.store(true, Ordering::Release);
                 tracing::error!(cgroup = %self.name, path = %home.display(), error = %e,
                     "a thread of the node could not leave a job's cgroup; it is charged to it");
                 metrics::counter!(m::CGROUP_ERRORS, "op" => "leave").increment(1);
@@ -518,7 +576,8 @@ impl TaskCgroup {
                 write_ctl(&self.name, &kill_file, "1")?;
                 killed.extend(pids);
             } else {
-                let frozen = self.freeze().await;
+                // A group a thread of the node could not leave is killed without a freeze.
+                let frozen = !self.stuck.load(Ordering::Acquire) && self.freeze().await;
                 let result = self.pids().and_then(|pids| self.signal(&pids, &mut killed));
                 let thawed = if frozen { self.thaw() } else { Ok(()) };
                 result?;

@@ -322,6 +322,10 @@ async fn an_emptied_group_is_reused_for_the_next_job_and_a_charged_one_is_not() 
         )
         .unwrap();
     assert_eq!(parent.spare_count(), 0, "the spare was taken");
+    // r1's quota (20 ms per 100 ms) is lifted: it would throttle the thread that places r2's
+    // process from inside the group before r2's own CPU limits are written.
+    let quota = second.path(Controller::Cpu).join("cpu.cfs_quota_us");
+    assert_eq!(std::fs::read_to_string(&quota).unwrap().trim(), "-1");
     let pids = second.path(Controller::Pids).join("pids.max");
     let memory = second
         .path(Controller::Memory)
@@ -359,5 +363,99 @@ async fn an_emptied_group_is_reused_for_the_next_job_and_a_charged_one_is_not() 
         "r2 is left"
     );
     assert_eq!(parent.spare_count(), 0, "a charged group was kept");
+    parent.finish().await;
+}
+
+/// A spawn that fails once its group exists (a missing program, a log file that cannot be
+/// made) leaves no group behind: the group is released (kept as a spare on v1, else removed),
+/// and the parent counts no live group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_spawn_leaves_no_group_behind() {
+    let Some(parent) = real("launcher-failed") else {
+        return;
+    };
+    let dir = Scratch::new("launcher-cgroup-failed");
+    let launcher = Launcher::new(IoEngine::new(BackendSetting::Auto).unwrap());
+    let missing = dir.path().join("no-such-dir");
+    let cases = [
+        (
+            "no-program",
+            CommandSpec::new(
+                ["/nonexistent/program"],
+                dir.path().join("a.out"),
+                dir.path().join("a.err"),
+            ),
+        ),
+        (
+            "no-log-dir",
+            CommandSpec::new(["/bin/true"], missing.join("b.out"), missing.join("b.err")),
+        ),
+    ];
+    for (name, spec) in cases {
+        let group = parent.create(name, &CgroupLimits::default()).unwrap();
+        let dirs: Vec<_> = Controller::ALL
+            .iter()
+            .map(|c| group.path(*c).to_path_buf())
+            .collect();
+        assert!(
+            launcher.spawn_in(&spec, name, Some(group)).is_err(),
+            "{name}: spawned"
+        );
+        assert!(
+            within_5s(|| dirs.iter().all(|d| !d.exists()) && parent.live_count() == 0).await,
+            "{name}: its group is left: {dirs:?}, {} live",
+            parent.live_count()
+        );
+    }
+    parent.finish().await;
+}
+
+/// v1: a spare that cannot be renamed to a task's name (a group of that name is already there)
+/// is left for the sweep, and the other spares stay in the pool for the next tasks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_taken_already_costs_one_spare_not_the_pool() {
+    let Some(parent) = real("launcher-collide") else {
+        return;
+    };
+    if parent.version() != cadre_cpu::cgroup::CgroupVersion::V1 {
+        println!("launcher-collide: v2 keeps no spares; nothing to check");
+        return;
+    }
+    let dir = Scratch::new("launcher-cgroup-collide");
+    let launcher = Launcher::new(IoEngine::new(BackendSetting::Auto).unwrap());
+    let mut running = Vec::new();
+    for name in ["s1", "s2", "s3"] {
+        let group = parent.create(name, &CgroupLimits::default()).unwrap();
+        let spec = CommandSpec::new(
+            ["/bin/true"],
+            dir.path().join(format!("{name}.out")),
+            dir.path().join(format!("{name}.err")),
+        );
+        running.push(launcher.spawn_in(&spec, name, Some(group)).unwrap());
+    }
+    for p in &mut running {
+        assert_eq!(p.wait().await.unwrap().outcome, ExitOutcome::Code(0));
+    }
+    drop(running);
+    assert!(
+        within_5s(|| parent.spare_count() == 3).await,
+        "{} spares kept",
+        parent.spare_count()
+    );
+    // A group named `taken` exists in every hierarchy already (a node killed while making it).
+    for c in Controller::ALL {
+        let taken = parent.path(c).join("taken");
+        if !taken.exists() {
+            std::fs::create_dir(&taken).unwrap();
+        }
+    }
+    let group = parent.create("taken", &CgroupLimits::default()).unwrap();
+    assert!(group.is_empty().unwrap());
+    assert_eq!(
+        parent.spare_count(),
+        2,
+        "one spare was tried for `taken`; the others stay"
+    );
+    drop(group);
     parent.finish().await;
 }

@@ -61,6 +61,10 @@ fn data_dir_error(path: &std::path::Path, e: std::io::Error) -> Error {
 /// The one worker's actor path: how the scheduler and the GPU monitor name it.
 pub const WORKER_PATH: &str = "cadre/workers/cpu-0";
 
+/// How long a stopping node waits for the cgroups of its last jobs to be released (each takes a
+/// freeze and a few polls at most) before it sweeps what is left.
+const CGROUP_RELEASE_WAIT: Duration = Duration::from_secs(5);
+
 impl Node {
     /// Opens the data directory, starts the tree (with `extensions` registered) and both HTTP
     /// servers. Must run inside an actix `System`.
@@ -368,6 +372,15 @@ impl Node {
         // Every job has stopped with the tree: the node's cgroup parent goes too (a node killed
         // outright leaves it for the next start on this data directory to sweep).
         if let Some(cgroups) = self.cgroups {
+            // The groups of the last jobs are released off their threads: wait for that, so
+            // that the sweep neither races them nor takes their groups for leftovers.
+            if !cgroups.wait_released(CGROUP_RELEASE_WAIT).await {
+                tracing::warn!(
+                    groups = cgroups.live_count(),
+                    wait_secs = CGROUP_RELEASE_WAIT.as_secs(),
+                    "job cgroups still being released at shutdown; the sweep takes them"
+                );
+            }
             match cgroups.sweep().await {
                 Ok(left) if !left.is_empty() => {
                     tracing::warn!(groups = left.len(), "killed job cgroups left at shutdown")

@@ -508,18 +508,19 @@ pub fn cgroups_or_skip(test: &str) -> bool {
     false
 }
 
-/// Removes, best effort, the (empty) cgroup parent a stopped node named in its log
-/// (`parent=cadre-...`): a node leaves it behind when it stops.
-pub fn remove_node_cgroups(log: &str) {
+/// Where the cgroup parent a node named in its log (`parent=cadre-...`) is, in each hierarchy
+/// of this process (v1: one per controller; v2: one); empty when the log names none.
+pub fn node_cgroup_dirs(log: &str) -> Vec<std::path::PathBuf> {
     let Some(parent) = log
         .split("parent=")
         .nth(1)
         .and_then(|rest| rest.split_whitespace().next())
         .filter(|p| p.starts_with("cadre-"))
     else {
-        return;
+        return Vec::new();
     };
     // This process's own group per hierarchy (`id:controllers:/path`), where the node made it.
+    let mut dirs = Vec::new();
     for line in std::fs::read_to_string("/proc/self/cgroup")
         .unwrap_or_default()
         .lines()
@@ -534,11 +535,20 @@ pub fn remove_node_cgroups(log: &str) {
         } else {
             format!("/sys/fs/cgroup/{}", controllers.trim_start_matches("name="))
         };
-        let _ = std::fs::remove_dir(
+        dirs.push(
             Path::new(&mount)
                 .join(own.trim_start_matches('/'))
                 .join(parent),
         );
+    }
+    dirs
+}
+
+/// Removes, best effort, the (empty) cgroup parent a stopped node named in its log
+/// (`parent=cadre-...`): a node killed outright leaves it behind.
+pub fn remove_node_cgroups(log: &str) {
+    for dir in node_cgroup_dirs(log) {
+        let _ = std::fs::remove_dir(dir);
     }
 }
 

@@ -6,18 +6,21 @@
 //!
 //! Invariants: a spare holds no process, no nested group, no OOM kill, and at most
 //! [`MAX_RESIDUE_BYTES`] of memory charged to it (the kernel objects a task leaves behind, which
-//! the kernel frees in time; a task that leaves its files' page cache charged leaves more), so a
-//! task that takes one starts as in a new group, once its limits are rewritten (all of them, as
-//! for any reused group); at most [`MAX_SPARES`] are kept; a spare that cannot be renamed is
-//! left in place for the next sweep, never handed out half renamed; the parent's removal
-//! removes the spares first. v2 keeps none (it has no rename of groups and places whole
+//! the kernel frees in time; a task that leaves its files' page cache charged leaves more), no
+//! CPU quota (so the thread that places the next task's process is not throttled by the last
+//! task's limit), and no thread of the node, so a task that takes one starts as in a new group,
+//! once its limits are rewritten (all of them, as for any reused group); at most
+//! [`MAX_SPARES`] are kept; a spare that cannot be renamed is left in place for the next sweep,
+//! never handed out half renamed, and no other spare is tried for that task (the likely cause,
+//! a group of the task's name already there, would fail them all); the parent's removal and
+//! every sweep remove the spares first. v2 keeps none (it has no rename of groups and places whole
 //! processes, so its spawns fork and the group's cost is a smaller share).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
-use super::fs::{fail, read_small, rmdir};
+use super::fs::{fail, read_small, rmdir, write_ctl};
 use super::{CgroupVersion, Cgroups, Controller, TaskCgroup, MAX_SMALL_FILE};
 use crate::error::Result;
 use crate::metrics as m;
@@ -91,15 +94,18 @@ fn rename_all(group: &str, from: &[PathBuf], to: &str) -> Result<Vec<PathBuf>> {
 
 impl Cgroups {
     /// Takes a spare group and renames it to `name`: whether one was taken. A spare that cannot
-    /// be renamed is left where it is (the next sweep removes it) and the next is tried.
+    /// be renamed (logged and counted) is left where it is for the next sweep, and the task
+    /// gets a group made for it: the others are not tried, since what failed the rename (a
+    /// group named `name` already there, say) would fail them too and empty the pool.
     pub(super) fn take_spare(&self, name: &str) -> bool {
-        while let Some(dirs) = self.spares.pop() {
-            if rename_all(name, &dirs, name).is_ok() {
-                metrics::counter!(m::CGROUP_REUSED).increment(1);
-                return true;
-            }
+        let Some(dirs) = self.spares.pop() else {
+            return false;
+        };
+        let taken = rename_all(name, &dirs, name).is_ok();
+        if taken {
+            metrics::counter!(m::CGROUP_REUSED).increment(1);
         }
-        false
+        taken
     }
 
     /// How many spare groups are kept for the next tasks.
@@ -124,14 +130,17 @@ impl Cgroups {
 impl TaskCgroup {
     /// Empties the group ([`TaskCgroup::kill_all`]) and then keeps it as a spare for a later
     /// task (v1, when nothing of this task is charged to it any more: no more memory than
-    /// [`MAX_RESIDUE_BYTES`], no OOM kill counted, no group inside it, and fewer than
-    /// [`MAX_SPARES`] kept) or removes it.
+    /// [`MAX_RESIDUE_BYTES`], no OOM kill counted, no group inside it, no thread of the node
+    /// stuck in it, its CPU quota lifted, and fewer than [`MAX_SPARES`] kept) or removes it.
     pub async fn release(self) -> Result<()> {
         self.kill_all().await?;
         let Some(spares) = self.spares.clone() else {
             return self.remove().await;
         };
-        if !self.reusable() {
+        // The next task's process is placed by a thread of the node from inside the group,
+        // before that task's CPU limits are written: no quota of this task may throttle it.
+        let quota = self.path(Controller::Cpu).join("cpu.cfs_quota_us");
+        if !self.reusable() || write_ctl(&self.name, &quota, "-1").is_err() {
             return self.remove().await;
         }
         let spare = format!("spare-{}", spares.next.fetch_add(1, Ordering::Relaxed));
@@ -156,7 +165,10 @@ impl TaskCgroup {
     /// [`MAX_RESIDUE_BYTES`] charged, and no group inside it in any hierarchy. A read that
     /// fails says no (and is logged).
     fn reusable(&self) -> bool {
-        if self.version != CgroupVersion::V1 || !self.oom_kills().is_ok_and(|n| n == 0) {
+        if self.version != CgroupVersion::V1
+            || self.stuck.load(Ordering::Acquire)
+            || !self.oom_kills().is_ok_and(|n| n == 0)
+        {
             return false;
         }
         let usage = self.path(Controller::Memory).join("memory.usage_in_bytes");
@@ -170,15 +182,24 @@ impl TaskCgroup {
                 true
             }
         };
-        !charged && self.dirs.iter().all(|dir| no_groups_inside(dir))
+        !charged
+            && self
+                .dirs
+                .iter()
+                .all(|dir| no_groups_inside(&self.name, dir))
     }
 }
 
-/// Whether `dir` holds no directory (no group a job made inside its own).
-fn no_groups_inside(dir: &Path) -> bool {
-    std::fs::read_dir(dir).is_ok_and(|entries| {
-        entries
+/// Whether `dir` holds no directory (no group a job made inside its own). A listing that fails
+/// says no (logged and counted).
+fn no_groups_inside(group: &str, dir: &Path) -> bool {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => entries
             .flatten()
-            .all(|e| !e.file_type().is_ok_and(|t| t.is_dir()))
-    })
+            .all(|e| !e.file_type().is_ok_and(|t| t.is_dir())),
+        Err(e) => {
+            fail("read", group, dir, e);
+            false
+        }
+    }
 }

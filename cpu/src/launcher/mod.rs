@@ -281,11 +281,31 @@ impl Launcher {
     /// dies with the group: once the direct child has exited (or is stopped) whatever is left
     /// in the group is killed, nothing escapes by `setsid`, the report says whether the kernel
     /// killed it for memory, and the group is removed at the end.
+    /// On every failure the group is emptied and released (off this thread), so a spawn that
+    /// fails (a missing program, a log file that cannot be made) leaves no group behind.
     pub fn spawn_in(
         &self,
         spec: &CommandSpec,
         job_id: &str,
         cgroup: Option<crate::cgroup::TaskCgroup>,
+    ) -> Result<RunningProcess> {
+        let mut cgroup = cgroup;
+        let spawned = self.spawn_grouped(spec, job_id, &mut cgroup);
+        if spawned.is_err() {
+            if let Some(group) = cgroup.take() {
+                process::discard_group(group, Arc::from(job_id));
+            }
+        }
+        spawned
+    }
+
+    /// [`Launcher::spawn_in`] until the group is handed to the process (taken out of `cgroup`);
+    /// on an error the caller releases what is left in `cgroup`.
+    fn spawn_grouped(
+        &self,
+        spec: &CommandSpec,
+        job_id: &str,
+        cgroup: &mut Option<crate::cgroup::TaskCgroup>,
     ) -> Result<RunningProcess> {
         let fail = |err: CpuError, program: &str, path: Option<&Path>| {
             let kind = err.kind();
@@ -358,9 +378,6 @@ impl Launcher {
                 Ok(spawned) => spawned,
                 Err(e) => {
                     let path = group.path(crate::cgroup::Controller::Cpu).to_path_buf();
-                    if let Some(group) = cgroup {
-                        process::discard_group(group, Arc::from(job_id));
-                    }
                     return Err(fail(e, Some(&path)));
                 }
             },
@@ -433,7 +450,7 @@ impl Launcher {
             killed: false,
             timed_out: false,
             report: None,
-            cgroup,
+            cgroup: cgroup.take(),
             oom_killed: false,
         })
     }
