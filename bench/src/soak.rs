@@ -4,8 +4,8 @@
 //!
 //! The load: clients keep a window of jobs in flight (submitted, not yet ended) and submit a
 //! batch whenever it has room: 70% no-op workloads, 24% `/bin/true`, 5% jobs printing 1 MB, 1%
-//! jobs that fail. Retention keeps ended jobs one minute and at most 20,000 of them, snapshots
-//! come every 200,000 records.
+//! jobs that fail. Retention keeps ended jobs one minute (10 s with `--quick`) and at most 20,000
+//! of them, snapshots come every 200,000 records.
 //!
 //! Reported each period (a minute): resident memory of the process, its open file descriptors,
 //! the files and bytes under the node's data directory, jobs ended per second, and the longest
@@ -219,10 +219,13 @@ pub fn run(quick: bool, minutes: Option<u64>) -> Result<(), BenchError> {
     }
     // The scheduler's answer to a probe every 5 ms; the longest per period.
     let longest = Arc::new(AtomicU64::new(0));
+    // Set when the probe could not go on: the pauses after it would read as zero.
+    let probe_failed = Arc::new(AtomicBool::new(false));
     let prober = {
-        let (stop, longest, scheduler) = (
+        let (stop, longest, failed, scheduler) = (
             Arc::clone(&stop),
             Arc::clone(&longest),
+            Arc::clone(&probe_failed),
             node.scheduler.clone(),
         );
         std::thread::spawn(move || {
@@ -233,13 +236,16 @@ pub fn run(quick: bool, minutes: Option<u64>) -> Result<(), BenchError> {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("soak: prober runtime: {e}");
+                    failed.store(true, Ordering::Relaxed);
                     return;
                 }
             };
             rt.block_on(async move {
                 while !stop.load(Ordering::Relaxed) {
                     let sent = Instant::now();
-                    if scheduler.send(Ready).await.is_err() {
+                    if let Err(e) = scheduler.send(Ready).await {
+                        eprintln!("soak: the scheduler did not answer a probe: {e}");
+                        failed.store(true, Ordering::Relaxed);
                         break;
                     }
                     longest.fetch_max(sent.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -250,19 +256,23 @@ pub fn run(quick: bool, minutes: Option<u64>) -> Result<(), BenchError> {
     };
     let mut samples = Vec::with_capacity(plan.periods);
     let mut last_ended = finished.load(Ordering::Relaxed);
+    let mut last_read = Instant::now();
     for period in 1..=plan.periods {
-        let started = Instant::now();
         longest.store(0, Ordering::Relaxed);
         std::thread::sleep(plan.period);
+        // The rate over the time between two reads of the count (the walk of the data
+        // directory below falls inside the next period's).
         let now_ended = finished.load(Ordering::Relaxed);
+        let read = Instant::now();
+        let elapsed = read.duration_since(last_read).as_secs_f64();
+        last_read = read;
         let (files, bytes) = disk(&data);
         let sample = Sample {
             rss: rss_bytes()? as f64,
             fds: open_fds() as f64,
             files: files as f64,
             disk: bytes as f64,
-            jobs_per_sec: now_ended.saturating_sub(last_ended) as f64
-                / started.elapsed().as_secs_f64(),
+            jobs_per_sec: now_ended.saturating_sub(last_ended) as f64 / elapsed,
             max_pause_ms: longest.load(Ordering::Relaxed) as f64 / 1e3,
         };
         last_ended = now_ended;
@@ -305,6 +315,11 @@ pub fn run(quick: bool, minutes: Option<u64>) -> Result<(), BenchError> {
     if samples.iter().all(|s| s.jobs_per_sec == 0.0) {
         return Err(check("no job ended during the soak"));
     }
+    if probe_failed.load(Ordering::Relaxed) {
+        return Err(check(
+            "the scheduler probe stopped: the pauses it did not see would read as zero",
+        ));
+    }
     // The steady part: after the first third (the first retention window and more).
     let steady = &samples[samples.len() / 3..];
     let per_period = 60.0 / plan.period.as_secs_f64();
@@ -340,6 +355,11 @@ pub fn run(quick: bool, minutes: Option<u64>) -> Result<(), BenchError> {
     let mean = |s: &[Sample]| s.iter().map(|x| x.jobs_per_sec).sum::<f64>() / s.len() as f64;
     let first = mean(&samples[..k]);
     let last = mean(&samples[samples.len() - k..]);
+    if first == 0.0 {
+        return Err(check(
+            "no job ended in the first periods: no throughput to compare",
+        ));
+    }
     report.emit("throughput", "first", "jobs_per_sec", first, "job/s")?;
     report.emit("throughput", "last", "jobs_per_sec", last, "job/s")?;
     report.emit(

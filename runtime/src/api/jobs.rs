@@ -5,8 +5,10 @@
 //! an error names the path (`resources.cpu_millis`, `kind.command.program`,
 //! `jobs[3].timeout_secs`), never a bare leaf or the bad value; an unknown field is refused
 //! with its path (a typo such as `timeout_sec` must not be dropped silently), whether the spec
-//! came as JSON or from a TOML file through the CLI. Both parses use the same types, so they
-//! accept exactly the same bodies.
+//! came as JSON or from a TOML file through the CLI. The fast parse accepts a subset of what
+//! the path-keeping one does (it also refuses a duplicate key, which the other takes last-wins)
+//! and whatever it refuses goes through the other, so the route accepts the same bodies as
+//! with the path-keeping parse alone.
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
