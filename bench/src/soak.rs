@@ -100,8 +100,14 @@ fn disk(dir: &Path) -> (u64, u64) {
     let mut bytes = 0;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
+        let entries = match std::fs::read_dir(&d) {
+            Ok(entries) => entries,
+            // Removed between its listing and now (a pruned job's scratch directory).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                eprintln!("soak: listing {}: {e}", d.display());
+                continue;
+            }
         };
         for entry in entries.flatten() {
             match entry.metadata() {
@@ -110,7 +116,9 @@ fn disk(dir: &Path) -> (u64, u64) {
                     files += 1;
                     bytes += m.len();
                 }
-                Err(_) => {}
+                // Removed between the listing and its stat (a pruned job's log).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => eprintln!("soak: {}: {e}", entry.path().display()),
             }
         }
     }
