@@ -11,7 +11,7 @@ use std::time::Duration;
 use cadre_cpu::cgroup::{CgroupLimits, Controller};
 use cadre_cpu::launcher::{CommandSpec, ExitOutcome, Launcher};
 use cadre_cpu::{BackendSetting, IoEngine};
-use common::cgroup::real;
+use common::cgroup::{real, real_v1};
 use common::Scratch;
 
 fn gone(pid: u32) -> bool {
@@ -262,13 +262,9 @@ async fn within_5s(mut what: impl FnMut() -> bool) -> bool {
 /// instead (the next job would inherit the charge).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_emptied_group_is_reused_for_the_next_job_and_a_charged_one_is_not() {
-    let Some(parent) = real("launcher-spares") else {
+    let Some(parent) = real_v1("launcher-spares") else {
         return;
     };
-    if parent.version() != cadre_cpu::cgroup::CgroupVersion::V1 {
-        println!("launcher-spares: v2 keeps no spares; nothing to check");
-        return;
-    }
     let dir = Scratch::new("launcher-cgroup-spares");
     let launcher = Launcher::new(IoEngine::new(BackendSetting::Auto).unwrap());
     let spec = |name: &str, argv: &[&str]| {
@@ -414,13 +410,9 @@ async fn a_failed_spawn_leaves_no_group_behind() {
 /// is left for the sweep, and the other spares stay in the pool for the next tasks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_name_taken_already_costs_one_spare_not_the_pool() {
-    let Some(parent) = real("launcher-collide") else {
+    let Some(parent) = real_v1("launcher-collide") else {
         return;
     };
-    if parent.version() != cadre_cpu::cgroup::CgroupVersion::V1 {
-        println!("launcher-collide: v2 keeps no spares; nothing to check");
-        return;
-    }
     let dir = Scratch::new("launcher-cgroup-collide");
     let launcher = Launcher::new(IoEngine::new(BackendSetting::Auto).unwrap());
     let mut running = Vec::new();
