@@ -7,7 +7,7 @@
 //! else v1 where `cpu`, `memory`, `pids` and `freezer` are mounted. It creates (or reuses) the
 //! parent group `<the node's own cgroup>/<parent>` in each hierarchy. Where cgroups cannot be used
 //! (not root, read-only, nothing mounted, a controller missing, v2's no-internal-process rule)
-//! it returns [`CpuError::CgroupUnavailable`] with the reason; falling back to process groups is
+//! it returns [`CpuError::CgroupUnavailable`](crate::error::CpuError::CgroupUnavailable) with the reason; falling back to process groups is
 //! the caller's decision.
 //!
 //! Guarantees:
@@ -37,6 +37,7 @@ mod detect;
 mod fs;
 mod kill;
 mod limits;
+mod procs;
 mod spares;
 
 use std::collections::BTreeSet;
@@ -45,7 +46,7 @@ use std::fmt;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,7 +57,7 @@ use self::fs::{
 use self::kill::KILL_ROUNDS;
 use self::spares::Spares;
 pub use self::spares::{MAX_RESIDUE_BYTES, MAX_SPARES};
-use crate::error::{CpuError, Result};
+use crate::error::Result;
 use crate::metrics as m;
 
 /// `cpu.cfs_period_us` (v1) and the period of `cpu.max` (v2), in microseconds.
@@ -78,6 +79,8 @@ const MAX_DEPTH: usize = 8;
 const MAX_GROUPS: usize = 1024;
 /// Polls for killed processes to leave the group before the next round.
 const EXIT_POLLS: u32 = 100;
+/// [`TaskCgroup`]'s `oom_read` before the count was read.
+const NOT_READ: u64 = u64::MAX;
 
 /// Which cgroup interface the node uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -256,21 +259,29 @@ impl Cgroups {
 
     /// Creates the task group `name` under the parent in each hierarchy and writes `limits`. An
     /// existing group of that name is reused when it holds no process (its limits rewritten);
-    /// one that holds processes is refused with [`CpuError::CgroupNotEmpty`]. On failure the
+    /// one that holds processes is refused with [`CpuError::CgroupNotEmpty`](crate::error::CpuError::CgroupNotEmpty). On failure the
     /// directories created here are removed again.
     pub fn create(&self, name: &str, limits: &CgroupLimits) -> Result<TaskCgroup> {
         check_name(name)?;
         let task = self.task(name)?;
-        // A spare (v1) is empty, unlimited by anything of its last task, and renamed to
-        // `name`: only the limits are written.
-        if self.version == CgroupVersion::V1 && self.take_spare(name) {
-            if let Err(e) = task.apply_v1_memory_pids(limits) {
-                undo_mkdir(name, &task.dirs);
-                return Err(e);
+        // A spare (v1) is empty, its CPU quota lifted, and renamed to `name`: only the limits
+        // that differ from those it holds are written.
+        let spare = match self.version {
+            CgroupVersion::V1 => self.take_spare(name),
+            CgroupVersion::V2 => None,
+        };
+        if let Some(written) = spare {
+            let same = written.memory_bytes == limits.memory_bytes && written.pids == limits.pids;
+            if !same {
+                if let Err(e) = task.apply_v1_memory_pids(limits) {
+                    undo_mkdir(name, &task.dirs);
+                    return Err(e);
+                }
             }
             return Ok(TaskCgroup {
                 limits: *limits,
                 cpu_pending: AtomicBool::new(true),
+                cpu_written: written.cpu_millis,
                 spares: Some(Arc::clone(&self.spares)),
                 _live: Some(Live::new(&self.live)),
                 ..task
@@ -411,7 +422,10 @@ impl Cgroups {
             limits: CgroupLimits::default(),
             // v2 writes every limit at creation; v1's CPU limits wait for the first process.
             cpu_pending: AtomicBool::new(false),
+            cpu_written: None,
             stuck: AtomicBool::new(false),
+            emptied: AtomicBool::new(false),
+            oom_read: AtomicU64::new(NOT_READ),
             spares: None,
             _live: None,
         })
@@ -434,9 +448,19 @@ pub struct TaskCgroup {
     /// Whether the CPU limits are still to be written (v1: see
     /// [`TaskCgroup::write_cpu_limits`]).
     cpu_pending: AtomicBool,
+    /// The `cpu_millis` whose CPU period and weight the group holds already (a spare's last
+    /// task's): only the quota is written then.
+    cpu_written: Option<u32>,
     /// Whether a thread of the node could not leave it ([`TaskCgroup::run_inside`]): it is then
     /// never frozen (the thread might be the one freezing it) nor kept as a spare.
     stuck: AtomicBool,
+    /// Whether [`TaskCgroup::kill_all`] found it empty: nothing can enter it afterwards (only
+    /// a process inside, or the node placing a new task's process, puts one in), so a release
+    /// need not look again.
+    emptied: AtomicBool,
+    /// The OOM kill count [`TaskCgroup::oom_kills`] read last ([`NOT_READ`] before): once the
+    /// group is empty it cannot change.
+    oom_read: AtomicU64,
     /// Where [`TaskCgroup::release`] keeps it for a later task (v1 groups made by `create`).
     spares: Option<Arc<Spares>>,
     /// Counted among the parent's live groups while it exists (groups made by `create`);
@@ -502,6 +526,7 @@ impl TaskCgroup {
             .iter()
             .try_for_each(|dir| write_ctl(&self.name, &dir.join("tasks"), "0"));
         let result = entered.map(|()| f());
+
         // Back in every hierarchy, also after a partial entry: the node's own group is the
         // parent group's parent.
         for home in self.dirs.iter().filter_map(|d| d.parent()?.parent()) {
@@ -546,29 +571,38 @@ impl TaskCgroup {
         let path = self.path(Controller::Memory).join(file);
         let text =
             read_small(&path, MAX_SMALL_FILE).map_err(|e| fail("read", &self.name, &path, e))?;
-        keyed_value(&text, "oom_kill").ok_or_else(|| {
+        let count = keyed_value(&text, "oom_kill").ok_or_else(|| {
             let e = io::Error::new(io::ErrorKind::InvalidData, "no `oom_kill <n>` line");
             fail("read", &self.name, &path, e)
-        })
+        })?;
+        self.oom_read.store(count, Ordering::Release);
+        Ok(count)
     }
 
-    /// Whether no process is left in the group or in groups the job made inside it, in every
-    /// hierarchy.
-    pub fn is_empty(&self) -> Result<bool> {
-        Ok(self.pids()?.is_empty())
+    /// The OOM kill count once the group is empty: the one read then, else read now.
+    fn final_oom_kills(&self) -> Result<u64> {
+        match self.oom_read.load(Ordering::Acquire) {
+            n if n != NOT_READ && self.emptied.load(Ordering::Acquire) => Ok(n),
+            _ => self.oom_kills(),
+        }
     }
 
     /// Sends `SIGKILL` to every process in the group until it is empty, and returns how many
     /// distinct processes were signalled. v2 writes `cgroup.kill` where it exists; otherwise the
     /// group is frozen, every pid in `cgroup.procs` (of the group and the groups inside it) is
     /// killed and the group thawed, in rounds until it is empty. Fails with
-    /// [`CpuError::CgroupNotEmpty`] when processes remain after the last round (one stuck in
+    /// [`CpuError::CgroupNotEmpty`](crate::error::CpuError::CgroupNotEmpty) when processes remain after the last round (one stuck in
     /// uninterruptible sleep, say).
     pub async fn kill_all(&self) -> Result<usize> {
         let mut killed = BTreeSet::new();
         for _ in 0..KILL_ROUNDS {
-            let pids = self.pids()?;
+            let pids = if self.counted_empty() {
+                BTreeSet::new()
+            } else {
+                self.pids()?
+            };
             if pids.is_empty() {
+                self.emptied.store(true, Ordering::Release);
                 return Ok(killed.len());
             }
             let kill_file = self.path(Controller::Cpu).join("cgroup.kill");
@@ -596,7 +630,7 @@ impl TaskCgroup {
 
     /// Removes the group in every hierarchy (and any group the job made inside it, deepest
     /// first), retrying `rmdir` briefly while the kernel still counts exiting tasks. Fails with
-    /// [`CpuError::CgroupNotEmpty`] while processes are in it: call [`TaskCgroup::kill_all`]
+    /// [`CpuError::CgroupNotEmpty`](crate::error::CpuError::CgroupNotEmpty) while processes are in it: call [`TaskCgroup::kill_all`]
     /// first.
     pub async fn remove(self) -> Result<()> {
         self.ensure_empty("remove")?;
@@ -607,88 +641,6 @@ impl TaskCgroup {
             }
         }
         Ok(())
-    }
-
-    /// Every pid in the group and the groups inside it, in every hierarchy. The node's own pid
-    /// is left out: v1 lists a process as soon as one of its threads is in the group, and a
-    /// thread of the node passes through a group to spawn ([`TaskCgroup::run_inside`]); no
-    /// job process can have the node's pid.
-    fn pids(&self) -> Result<BTreeSet<i32>> {
-        let own = i32::try_from(std::process::id()).unwrap_or(0);
-        let mut pids = BTreeSet::new();
-        for dir in &self.dirs {
-            for group in self.tree(dir)? {
-                let path = group.join("cgroup.procs");
-                let text = match read_small(&path, MAX_PROCS_FILE) {
-                    Ok(text) => text,
-                    // A group the job made inside may vanish between listing and reading, and
-                    // a node killed during `create` leaves a group in some hierarchies only.
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(fail("read", &self.name, &path, e)),
-                };
-                for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-                    match line.parse::<i32>() {
-                        Ok(pid) if pid == own => {}
-                        Ok(pid) if pid > 0 => {
-                            pids.insert(pid);
-                        }
-                        _ => {
-                            let e = io::Error::new(
-                                io::ErrorKind::InvalidData,
-                                format!("{line:?} is not a pid"),
-                            );
-                            return Err(fail("read", &self.name, &path, e));
-                        }
-                    }
-                }
-            }
-        }
-        Ok(pids)
-    }
-
-    /// `dir` and the groups inside it, parents before children, bounded in depth and number.
-    fn tree(&self, dir: &Path) -> Result<Vec<PathBuf>> {
-        let mut groups = vec![dir.to_path_buf()];
-        let mut level = vec![dir.to_path_buf()];
-        for _ in 0..MAX_DEPTH {
-            let mut next = Vec::new();
-            for parent in &level {
-                let Ok(entries) = std::fs::read_dir(parent) else {
-                    continue; // removed meanwhile, or (the top) never created: nothing inside
-                };
-                for entry in entries.flatten() {
-                    if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                        next.push(entry.path());
-                    }
-                }
-            }
-            if next.is_empty() {
-                return Ok(groups);
-            }
-            groups.extend(next.iter().cloned());
-            if groups.len() > MAX_GROUPS {
-                break;
-            }
-            level = next;
-        }
-        let e = io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("more than {MAX_GROUPS} groups or {MAX_DEPTH} levels inside"),
-        );
-        Err(fail("read", &self.name, dir, e))
-    }
-
-    /// Fails with [`CpuError::CgroupNotEmpty`] unless the group is empty.
-    fn ensure_empty(&self, op: &'static str) -> Result<()> {
-        let pids = self.pids()?.len();
-        if pids == 0 {
-            return Ok(());
-        }
-        let path = self.path(Controller::Freezer).to_path_buf();
-        tracing::warn!(cgroup = %self.name, op, path = %path.display(), pids,
-            "cgroup still holds processes");
-        metrics::counter!(m::CGROUP_ERRORS, "op" => op).increment(1);
-        Err(CpuError::CgroupNotEmpty { op, path, pids })
     }
 }
 

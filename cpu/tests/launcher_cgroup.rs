@@ -362,6 +362,58 @@ async fn an_emptied_group_is_reused_for_the_next_job_and_a_charged_one_is_not() 
     parent.finish().await;
 }
 
+/// A spare taken by a task with the same limits as its last one skips the writes of what it
+/// holds already, but not the CPU quota its release lifted: the next job runs under its quota,
+/// weight, memory and pids limits all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spare_with_the_same_limits_runs_the_next_job_under_all_of_them() {
+    let Some(parent) = real_v1("launcher-same-limits") else {
+        return;
+    };
+    let dir = Scratch::new("launcher-cgroup-same-limits");
+    let launcher = Launcher::new(IoEngine::new(BackendSetting::Auto).unwrap());
+    let limits = CgroupLimits {
+        cpu_millis: 200,
+        memory_bytes: 64 << 20,
+        pids: Some(8),
+    };
+    for (round, name) in ["s1", "s2", "s3"].into_iter().enumerate() {
+        let group = parent.create(name, &limits).unwrap();
+        let file = |c: Controller, f: &str| group.path(c).join(f);
+        let quota = file(Controller::Cpu, "cpu.cfs_quota_us");
+        let shares = file(Controller::Cpu, "cpu.shares");
+        let memory = file(Controller::Memory, "memory.limit_in_bytes");
+        let pids = file(Controller::Pids, "pids.max");
+        if round > 0 {
+            assert_eq!(
+                parent.spare_count(),
+                0,
+                "round {round}: the spare was not taken"
+            );
+            // Lifted at release, so that the placing thread is not throttled.
+            assert_eq!(std::fs::read_to_string(&quota).unwrap().trim(), "-1");
+        }
+        let spec = CommandSpec::new(
+            ["/bin/true"],
+            dir.path().join(format!("{name}.out")),
+            dir.path().join(format!("{name}.err")),
+        );
+        let mut p = launcher.spawn_in(&spec, name, Some(group)).unwrap();
+        let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap().trim().to_string();
+        assert_eq!(read(&quota), "20000", "round {round}");
+        assert_eq!(read(&shares), "204", "round {round}");
+        assert_eq!(read(&memory), (64u64 << 20).to_string(), "round {round}");
+        assert_eq!(read(&pids), "8", "round {round}");
+        assert_eq!(p.wait().await.unwrap().outcome, ExitOutcome::Code(0));
+        drop(p);
+        assert!(
+            within_5s(|| parent.spare_count() == 1).await,
+            "round {round}: no spare kept"
+        );
+    }
+    parent.finish().await;
+}
+
 /// A spawn that fails once its group exists (a missing program, a log file that cannot be
 /// made) leaves no group behind: the group is released (kept as a spare on v1, else removed),
 /// and the parent counts no live group.

@@ -1,8 +1,10 @@
 //! Writing a task group's limits: the CPU quota and weight, the memory limit (and swap), and the
 //! pids limit, in v1's or v2's files.
 //!
-//! Invariant: every value is written, including "no limit", so a reused group keeps nothing of
-//! its previous limits (v1's CPU limits once a process joins, the others at creation); v1's memory-plus-swap limit is lifted before the memory limit is set,
+//! Invariants: every value is written, including "no limit", so a group holds the limits of its
+//! task and nothing of a previous one (v1's CPU limits once a process joins, the others at
+//! creation); a spare (v1) skips only the writes of values it holds already, as its last task
+//! left them (see `spares`); v1's memory-plus-swap limit is lifted before the memory limit is set,
 //! since the kernel keeps it at or above the memory limit.
 
 use std::path::Path;
@@ -30,12 +32,21 @@ impl TaskCgroup {
             0 => 2,
             millis => (1024 * u64::from(millis) / 1000).clamp(2, V1_MAX_SHARES),
         };
-        write_ctl(
-            &self.name,
-            &cpu.join("cpu.cfs_period_us"),
-            &CPU_PERIOD_US.to_string(),
-        )?;
-        write_ctl(&self.name, &cpu.join("cpu.cfs_quota_us"), &quota)?;
+        // A spare holds its last task's period and weight, and its quota is lifted.
+        let held = self.cpu_written == Some(limits.cpu_millis);
+        if !held {
+            write_ctl(
+                &self.name,
+                &cpu.join("cpu.cfs_period_us"),
+                &CPU_PERIOD_US.to_string(),
+            )?;
+        }
+        if !(held && limits.cpu_millis == 0) {
+            write_ctl(&self.name, &cpu.join("cpu.cfs_quota_us"), &quota)?;
+        }
+        if held {
+            return Ok(());
+        }
         write_ctl(&self.name, &cpu.join("cpu.shares"), &shares.to_string())
     }
 

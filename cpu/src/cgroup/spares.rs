@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use super::fs::{fail, read_small, rmdir, write_ctl};
+use super::procs::no_subdirs;
 use super::{CgroupVersion, Cgroups, Controller, TaskCgroup, MAX_SMALL_FILE};
 use crate::error::Result;
 use crate::metrics as m;
@@ -32,30 +33,51 @@ pub const MAX_SPARES: usize = 256;
 /// leaves of kernel objects (about 160 KiB after `/bin/true` here), not its page cache.
 pub const MAX_RESIDUE_BYTES: u64 = 1 << 20;
 
+/// One spare group and what its last task left written in it.
+#[derive(Debug)]
+struct Spare {
+    /// Its directory in every hierarchy, in the order of the parent's.
+    dirs: Vec<PathBuf>,
+    /// The limits its control files hold: memory and pids as written at its last task's
+    /// creation; CPU period and weight for `cpu_millis` where they were written (`None`: not
+    /// known), its quota lifted.
+    written: Written,
+}
+
+/// The limits a spare's control files hold (see [`Spare`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Written {
+    /// `memory_bytes` and `pids` as in [`super::CgroupLimits`].
+    pub(super) memory_bytes: u64,
+    pub(super) pids: Option<u64>,
+    /// The `cpu_millis` whose period and weight are written, if they were.
+    pub(super) cpu_millis: Option<u32>,
+}
+
 /// The spare groups of one parent, shared by its handles.
 #[derive(Debug, Default)]
 pub(super) struct Spares {
-    /// Each spare's directory in every hierarchy, in the order of the parent's.
-    free: Mutex<Vec<Vec<PathBuf>>>,
+    /// The spares, the last released on top.
+    free: Mutex<Vec<Spare>>,
     /// The number in the next spare's name.
     next: AtomicU64,
 }
 
 impl Spares {
-    fn pop(&self) -> Option<Vec<PathBuf>> {
+    fn pop(&self) -> Option<Spare> {
         self.free
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .pop()
     }
 
-    /// Keeps `dirs`; gives them back when [`MAX_SPARES`] are kept already.
-    fn push(&self, dirs: Vec<PathBuf>) -> std::result::Result<(), Vec<PathBuf>> {
+    /// Keeps `spare`; gives it back when [`MAX_SPARES`] are kept already.
+    fn push(&self, spare: Spare) -> std::result::Result<(), Spare> {
         let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
         if free.len() >= MAX_SPARES {
-            return Err(dirs);
+            return Err(spare);
         }
-        free.push(dirs);
+        free.push(spare);
         Ok(())
     }
 
@@ -67,9 +89,12 @@ impl Spares {
             .len()
     }
 
-    /// Takes every spare out (to remove them).
+    /// Takes every spare out (to remove them): their directories.
     pub(super) fn drain(&self) -> Vec<Vec<PathBuf>> {
         std::mem::take(&mut *self.free.lock().unwrap_or_else(PoisonError::into_inner))
+            .into_iter()
+            .map(|spare| spare.dirs)
+            .collect()
     }
 }
 
@@ -93,19 +118,16 @@ fn rename_all(group: &str, from: &[PathBuf], to: &str) -> Result<Vec<PathBuf>> {
 }
 
 impl Cgroups {
-    /// Takes a spare group and renames it to `name`: whether one was taken. A spare that cannot
+    /// Takes a spare group and renames it to `name`: what its files hold, if one was taken. A
+    /// spare that cannot
     /// be renamed (logged and counted) is left where it is for the next sweep, and the task
     /// gets a group made for it: the others are not tried, since what failed the rename (a
     /// group named `name` already there, say) would fail them too and empty the pool.
-    pub(super) fn take_spare(&self, name: &str) -> bool {
-        let Some(dirs) = self.spares.pop() else {
-            return false;
-        };
-        let taken = rename_all(name, &dirs, name).is_ok();
-        if taken {
-            metrics::counter!(m::CGROUP_REUSED).increment(1);
-        }
-        taken
+    pub(super) fn take_spare(&self, name: &str) -> Option<Written> {
+        let spare = self.spares.pop()?;
+        rename_all(name, &spare.dirs, name).ok()?;
+        metrics::counter!(m::CGROUP_REUSED).increment(1);
+        Some(spare.written)
     }
 
     /// How many spare groups are kept for the next tasks.
@@ -133,14 +155,17 @@ impl TaskCgroup {
     /// [`MAX_RESIDUE_BYTES`], no OOM kill counted, no group inside it, no thread of the node
     /// stuck in it, its CPU quota lifted, and fewer than [`MAX_SPARES`] kept) or removes it.
     pub async fn release(self) -> Result<()> {
-        self.kill_all().await?;
+        if !self.emptied.load(Ordering::Acquire) {
+            self.kill_all().await?;
+        }
         let Some(spares) = self.spares.clone() else {
             return self.remove().await;
         };
         // The next task's process is placed by a thread of the node from inside the group,
         // before that task's CPU limits are written: no quota of this task may throttle it.
         let quota = self.path(Controller::Cpu).join("cpu.cfs_quota_us");
-        if !self.reusable() || write_ctl(&self.name, &quota, "-1").is_err() {
+        let lifted = !self.cpu_pending.load(Ordering::Acquire) && self.limits.cpu_millis == 0;
+        if !self.reusable() || (!lifted && write_ctl(&self.name, &quota, "-1").is_err()) {
             return self.remove().await;
         }
         let spare = format!("spare-{}", spares.next.fetch_add(1, Ordering::Relaxed));
@@ -149,10 +174,16 @@ impl TaskCgroup {
             // Logged and counted; the group keeps its name and is removed.
             Err(_) => return self.remove().await,
         };
-        if let Err(dirs) = spares.push(dirs) {
+        let written = Written {
+            memory_bytes: self.limits.memory_bytes,
+            pids: self.limits.pids,
+            cpu_millis: (!self.cpu_pending.load(Ordering::Acquire))
+                .then_some(self.limits.cpu_millis),
+        };
+        if let Err(spare_back) = spares.push(Spare { dirs, written }) {
             let group = TaskCgroup {
                 name: spare,
-                dirs,
+                dirs: spare_back.dirs,
                 spares: None,
                 ..self
             };
@@ -167,7 +198,7 @@ impl TaskCgroup {
     fn reusable(&self) -> bool {
         if self.version != CgroupVersion::V1
             || self.stuck.load(Ordering::Acquire)
-            || !self.oom_kills().is_ok_and(|n| n == 0)
+            || !self.final_oom_kills().is_ok_and(|n| n == 0)
         {
             return false;
         }
@@ -193,6 +224,9 @@ impl TaskCgroup {
 /// Whether `dir` holds no directory (no group a job made inside its own). A listing that fails
 /// says no (logged and counted).
 fn no_groups_inside(group: &str, dir: &Path) -> bool {
+    if no_subdirs(dir) {
+        return true;
+    }
     match std::fs::read_dir(dir) {
         Ok(entries) => entries
             .flatten()
