@@ -7,8 +7,8 @@
 //! else v1 where `cpu`, `memory`, `pids` and `freezer` are mounted. It creates (or reuses) the
 //! parent group `<the node's own cgroup>/<parent>` in each hierarchy. Where cgroups cannot be used
 //! (not root, read-only, nothing mounted, a controller missing, v2's no-internal-process rule)
-//! it returns [`CpuError::CgroupUnavailable`](crate::error::CpuError::CgroupUnavailable) with the reason; falling back to process groups is
-//! the caller's decision.
+//! it returns [`CpuError::CgroupUnavailable`](crate::CpuError::CgroupUnavailable) with the
+//! reason; falling back to process groups is the caller's decision.
 //!
 //! Guarantees:
 //! - A child spawned after [`TaskCgroup::join_on_exec`] moves itself into the group between fork
@@ -259,8 +259,9 @@ impl Cgroups {
 
     /// Creates the task group `name` under the parent in each hierarchy and writes `limits`. An
     /// existing group of that name is reused when it holds no process (its limits rewritten);
-    /// one that holds processes is refused with [`CpuError::CgroupNotEmpty`](crate::error::CpuError::CgroupNotEmpty). On failure the
-    /// directories created here are removed again.
+    /// one that holds processes is refused with
+    /// [`CpuError::CgroupNotEmpty`](crate::CpuError::CgroupNotEmpty). On failure the directories
+    /// created here are removed again.
     pub fn create(&self, name: &str, limits: &CgroupLimits) -> Result<TaskCgroup> {
         check_name(name)?;
         let task = self.task(name)?;
@@ -458,8 +459,8 @@ pub struct TaskCgroup {
     /// a process inside, or the node placing a new task's process, puts one in), so a release
     /// need not look again.
     emptied: AtomicBool,
-    /// The OOM kill count [`TaskCgroup::oom_kills`] read last ([`NOT_READ`] before): once the
-    /// group is empty it cannot change.
+    /// The OOM kill count [`TaskCgroup::oom_kills`] read once the group was empty ([`NOT_READ`]
+    /// before): it cannot change then.
     oom_read: AtomicU64,
     /// Where [`TaskCgroup::release`] keeps it for a later task (v1 groups made by `create`).
     spares: Option<Arc<Spares>>,
@@ -493,10 +494,15 @@ impl TaskCgroup {
     }
 
     /// Writes the CPU limits if they are still pending (v1 writes them when a process is about
-    /// to join, or has just joined, the group; v2 at creation). Once per group.
+    /// to join, or has just joined, the group; v2 at creation). Once per group; a failed write
+    /// leaves them pending.
     pub fn write_cpu_limits(&self) -> Result<()> {
         if self.cpu_pending.swap(false, Ordering::AcqRel) {
-            self.apply_v1_cpu(&self.limits)?;
+            if let Err(e) = self.apply_v1_cpu(&self.limits) {
+                // Not all written: a spare made of this group must not claim them.
+                self.cpu_pending.store(true, Ordering::Release);
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -521,6 +527,8 @@ impl TaskCgroup {
                 "cgroup v2 places whole processes only: a thread cannot enter a group alone".into(),
             ));
         }
+        // Whatever is placed now makes the group no longer known empty.
+        self.emptied.store(false, Ordering::Release);
         let entered = self
             .dirs
             .iter()
@@ -548,6 +556,7 @@ impl TaskCgroup {
     /// spawn fails with the kernel's error. Other pre-exec hooks on `cmd` keep running in the
     /// order they were installed. Writes the group's pending CPU limits first (an error then).
     pub fn join_on_exec(&self, cmd: &mut tokio::process::Command) -> Result<()> {
+        self.emptied.store(false, Ordering::Release);
         self.write_cpu_limits()?;
         let procs = self.procs.clone();
         let hook = move || join_self(&procs);
@@ -575,7 +584,10 @@ impl TaskCgroup {
             let e = io::Error::new(io::ErrorKind::InvalidData, "no `oom_kill <n>` line");
             fail("read", &self.name, &path, e)
         })?;
-        self.oom_read.store(count, Ordering::Release);
+        // Final only once the group is empty: before, another OOM kill can still come.
+        if self.emptied.load(Ordering::Acquire) {
+            self.oom_read.store(count, Ordering::Release);
+        }
         Ok(count)
     }
 
@@ -591,8 +603,8 @@ impl TaskCgroup {
     /// distinct processes were signalled. v2 writes `cgroup.kill` where it exists; otherwise the
     /// group is frozen, every pid in `cgroup.procs` (of the group and the groups inside it) is
     /// killed and the group thawed, in rounds until it is empty. Fails with
-    /// [`CpuError::CgroupNotEmpty`](crate::error::CpuError::CgroupNotEmpty) when processes remain after the last round (one stuck in
-    /// uninterruptible sleep, say).
+    /// [`CpuError::CgroupNotEmpty`](crate::CpuError::CgroupNotEmpty) when processes remain after
+    /// the last round (one stuck in uninterruptible sleep, say).
     pub async fn kill_all(&self) -> Result<usize> {
         let mut killed = BTreeSet::new();
         for _ in 0..KILL_ROUNDS {
@@ -630,8 +642,8 @@ impl TaskCgroup {
 
     /// Removes the group in every hierarchy (and any group the job made inside it, deepest
     /// first), retrying `rmdir` briefly while the kernel still counts exiting tasks. Fails with
-    /// [`CpuError::CgroupNotEmpty`](crate::error::CpuError::CgroupNotEmpty) while processes are in it: call [`TaskCgroup::kill_all`]
-    /// first.
+    /// [`CpuError::CgroupNotEmpty`](crate::CpuError::CgroupNotEmpty) while processes are in it:
+    /// call [`TaskCgroup::kill_all`] first.
     pub async fn remove(self) -> Result<()> {
         self.ensure_empty("remove")?;
         for dir in &self.dirs {
