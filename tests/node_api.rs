@@ -115,9 +115,16 @@ fn bodies_in_flight_are_bounded_with_503_and_retry_after_and_too_large_is_413() 
         .map(|_| node.raw("POST", "/v1/jobs", Some(MAX_BODY), b"{\"na"))
         .collect();
     // Wait until the node holds both: a complete tiny body is refused as invalid (400) while
-    // there is room, and as busy (503) once the budget is spent.
+    // there is room, and as busy (503) once the budget is spent. A probe can hold its two bytes
+    // just when a stalled request reserves, and then that request is the one refused (503): it
+    // is opened again, so the probes cannot keep the budget from filling.
     let deadline = Instant::now() + LONG;
     loop {
+        for stream in &mut stalled {
+            if answered(stream) {
+                *stream = node.raw("POST", "/v1/jobs", Some(MAX_BODY), b"{\"na");
+            }
+        }
         let reply = node.request("POST", "/v1/jobs", Some(&json!({})));
         match reply.status {
             503 => break,
@@ -160,6 +167,19 @@ fn bodies_in_flight_are_bounded_with_503_and_retry_after_and_too_large_is_413() 
     let id = body["id"].as_u64().unwrap();
     node.wait_state(id, "succeeded", LONG);
     assert_eq!(job_count(&node), 1, "only the last submission was stored");
+}
+
+/// Whether the node has written anything back on `stream` yet (without waiting for it).
+fn answered(stream: &std::net::TcpStream) -> bool {
+    stream.set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    let got = stream.peek(&mut byte);
+    stream.set_nonblocking(false).unwrap();
+    match got {
+        Ok(_) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+        Err(e) => panic!("peek on a stalled request: {e}"),
+    }
 }
 
 #[test]
