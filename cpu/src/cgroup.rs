@@ -13,9 +13,10 @@
 //! Guarantees:
 //! - A child spawned after [`TaskCgroup::join_on_exec`] moves itself into the group between fork
 //!   and exec, before it runs any of the job's code; if it cannot, the spawn fails, so a job never
-//!   runs outside its group. On v1 a thread can instead spawn from inside the group
-//!   ([`TaskCgroup::run_inside`]): the child starts in it, and the spawn needs no fork of the
-//!   node (the launcher does this where it can).
+//!   runs outside its group. On v1 a thread can instead spawn from inside the group's memory,
+//!   pids and freezer groups ([`TaskCgroup::run_inside`]): the child starts in them, the spawn
+//!   needs no fork of the node, and the child (with anything it forked meanwhile) is moved into
+//!   the CPU group by pid before the spawn returns (the launcher does this where it can).
 //! - [`TaskCgroup::kill_all`] freezes the group (v1 freezer, v2 `cgroup.freeze`) so nothing forks
 //!   while it reads the pids and sends `SIGKILL`, then thaws it, and repeats until the group and
 //!   its descendants are empty, in a bounded number of rounds; v2 uses `cgroup.kill` where the
@@ -28,21 +29,25 @@
 //! Not guaranteed: a job running as root can write its pid elsewhere and leave its group; the
 //! group limits resources, it is not a security boundary against root.
 //!
-//! Costs: a handful of small writes to cgroupfs per task group (blocking, each microseconds,
-//! but a move into a group waits for an RCU grace period, ~10 ms, when none happened lately);
+//! Costs: a handful of small writes to cgroupfs per task (blocking, each microseconds, through
+//! files held open on v1; a move into a group can wait for an RCU grace period, ~10 ms, when
+//! none happened lately);
 //! the retry sleeps of [`TaskCgroup::kill_all`] and [`TaskCgroup::remove`] run on `tokio::time`
 //! in steps of [`POLL`].
 
 mod detect;
 mod fs;
+mod held;
 mod kill;
 mod limits;
+mod place;
 mod procs;
 mod spares;
 
 use std::collections::BTreeSet;
 use std::ffi::CString;
 use std::fmt;
+use std::fs::File;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -52,8 +57,9 @@ use std::time::Duration;
 
 use self::fs::{
     check_name, enable_controllers, fail, invalid, keyed_value, mkdir_error, read_small, rmdir,
-    unavailable, undo_mkdir, write_ctl, write_file,
+    unavailable, undo_mkdir, write_ctl,
 };
+use self::held::{read_held, Held};
 use self::kill::KILL_ROUNDS;
 use self::spares::Spares;
 pub use self::spares::{MAX_RESIDUE_BYTES, MAX_SPARES};
@@ -167,6 +173,8 @@ pub struct Cgroups {
     spares: Arc<Spares>,
     /// Task groups made by [`Cgroups::create`] and not yet removed or kept as spares.
     live: Arc<AtomicUsize>,
+    /// The `tasks` files of the node's own groups, held open (v1 on cgroupfs: see `held`).
+    home: Option<Arc<Vec<File>>>,
 }
 
 /// Counts one task group in [`Cgroups`]' `live` while it exists as a task's group: from
@@ -239,6 +247,10 @@ impl Cgroups {
             index: layout.index,
             spares: Arc::new(Spares::default()),
             live: Arc::new(AtomicUsize::new(0)),
+            home: match layout.version {
+                CgroupVersion::V1 => held::open_home(parent, &layout.dirs).map(Arc::new),
+                CgroupVersion::V2 => None,
+            },
         })
     }
 
@@ -271,7 +283,7 @@ impl Cgroups {
             CgroupVersion::V1 => self.take_spare(name),
             CgroupVersion::V2 => None,
         };
-        if let Some(written) = spare {
+        if let Some((written, held)) = spare {
             let same = written.memory_bytes == limits.memory_bytes && written.pids == limits.pids;
             if !same {
                 if let Err(e) = task.apply_v1_memory_pids(limits) {
@@ -283,6 +295,7 @@ impl Cgroups {
                 limits: *limits,
                 cpu_pending: AtomicBool::new(true),
                 cpu_written: written.cpu_millis,
+                held,
                 spares: Some(Arc::clone(&self.spares)),
                 _live: Some(Live::new(&self.live)),
                 ..task
@@ -313,8 +326,14 @@ impl Cgroups {
             undo_mkdir(name, &made);
             return Err(e);
         }
+        // Where the node's own groups are held (v1 on cgroupfs), this group's files are too.
+        let held = self
+            .home
+            .as_ref()
+            .and_then(|_| Held::open(name, &task.dirs, |c| task.path(c).to_path_buf()));
         Ok(TaskCgroup {
             limits: *limits,
+            held,
             cpu_pending: AtomicBool::new(self.version == CgroupVersion::V1),
             spares: (self.version == CgroupVersion::V1).then(|| Arc::clone(&self.spares)),
             _live: Some(Live::new(&self.live)),
@@ -424,6 +443,8 @@ impl Cgroups {
             // v2 writes every limit at creation; v1's CPU limits wait for the first process.
             cpu_pending: AtomicBool::new(false),
             cpu_written: None,
+            held: None,
+            home: self.home.clone(),
             stuck: AtomicBool::new(false),
             emptied: AtomicBool::new(false),
             oom_read: AtomicU64::new(NOT_READ),
@@ -452,6 +473,10 @@ pub struct TaskCgroup {
     /// The `cpu_millis` whose CPU period and weight the group holds already (a spare's last
     /// task's): only the quota is written then.
     cpu_written: Option<u32>,
+    /// Its control files kept open (v1 on cgroupfs; `None`: used by path).
+    held: Option<Held>,
+    /// The node's own groups' `tasks` files, where held.
+    home: Option<Arc<Vec<File>>>,
     /// Whether a thread of the node could not leave it ([`TaskCgroup::run_inside`]): it is then
     /// never frozen (the thread might be the one freezing it) nor kept as a spare.
     stuck: AtomicBool,
@@ -507,69 +532,6 @@ impl TaskCgroup {
         Ok(())
     }
 
-    /// Runs `f` on the calling thread while that thread, not its process, is inside this group
-    /// in every hierarchy (v1's `tasks` files), then moves the thread back to the node's own
-    /// group. A process `f` spawns starts inside the group, as a child always starts in its
-    /// creator's groups, so it never runs outside it, and the spawn can use `posix_spawn`: no
-    /// fork of the node, no copy of its page tables, no write faults afterwards. `f` runs
-    /// charged to the group (its memory and pids limits apply; the CPU limits are written once
-    /// the thread is back, so that they do not throttle the spawn): it should spawn and nothing
-    /// more. Fails (and `f` does not run) where the thread cannot enter, and on v2, which
-    /// places whole processes. A failure to move back (tried twice) is logged and counted and
-    /// `f`'s result returned all the same; the group is then marked so that it is never frozen
-    /// (the stuck thread may be the one that would freeze it) nor kept as a spare, and the
-    /// thread leaves it at its next placement. A failure to write the CPU limits afterwards is
-    /// returned (with `f`'s result dropped): the caller must then empty the group.
-    pub fn run_inside<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
-        if self.version != CgroupVersion::V1 {
-            return Err(invalid(
-                &self.name,
-                "cgroup v2 places whole processes only: a thread cannot enter a group alone".into(),
-            ));
-        }
-        // Whatever is placed now makes the group no longer known empty.
-        self.emptied.store(false, Ordering::Release);
-        let entered = self
-            .dirs
-            .iter()
-            .try_for_each(|dir| write_ctl(&self.name, &dir.join("tasks"), "0"));
-        let result = entered.map(|()| f());
-
-        // Back in every hierarchy, also after a partial entry: the node's own group is the
-        // parent group's parent.
-        for home in self.dirs.iter().filter_map(|d| d.parent()?.parent()) {
-            let tasks = home.join("tasks");
-            if let Err(e) = write_file(&tasks, "0").or_else(|_| write_file(&tasks, "0")) {
-                self.stuck.store(true, Ordering::Release);
-                tracing::error!(cgroup = %self.name, path = %home.display(), error = %e,
-                    "a thread of the node could not leave a job's cgroup; it is charged to it");
-                metrics::counter!(m::CGROUP_ERRORS, "op" => "leave").increment(1);
-            }
-        }
-        let result = result?;
-        self.write_cpu_limits()?;
-        Ok(result)
-    }
-
-    /// Makes the child spawned from `cmd` move itself into this group, in every hierarchy,
-    /// between fork and exec: before it runs the job's code or can fork. If it cannot join, the
-    /// spawn fails with the kernel's error. Other pre-exec hooks on `cmd` keep running in the
-    /// order they were installed. Writes the group's pending CPU limits first (an error then).
-    pub fn join_on_exec(&self, cmd: &mut tokio::process::Command) -> Result<()> {
-        self.emptied.store(false, Ordering::Release);
-        self.write_cpu_limits()?;
-        let procs = self.procs.clone();
-        let hook = move || join_self(&procs);
-        // Safety: the hook runs in the forked child before exec. It only calls open, write and
-        // close (async-signal-safe) on NUL-terminated paths prepared in the parent and owned by
-        // the closure, takes no lock and allocates nothing (io::Error::last_os_error does not).
-        #[allow(unsafe_code)]
-        unsafe {
-            cmd.pre_exec(hook);
-        }
-        Ok(())
-    }
-
     /// How many times the kernel's OOM killer has killed a process of this group (v1: the
     /// `oom_kill` line of `memory.oom_control`; v2: that of `memory.events`).
     pub fn oom_kills(&self) -> Result<u64> {
@@ -578,8 +540,11 @@ impl TaskCgroup {
             CgroupVersion::V2 => "memory.events",
         };
         let path = self.path(Controller::Memory).join(file);
-        let text =
-            read_small(&path, MAX_SMALL_FILE).map_err(|e| fail("read", &self.name, &path, e))?;
+        let text = match &self.held {
+            Some(held) => read_held(&held.oom),
+            None => read_small(&path, MAX_SMALL_FILE),
+        }
+        .map_err(|e| fail("read", &self.name, &path, e))?;
         let count = keyed_value(&text, "oom_kill").ok_or_else(|| {
             let e = io::Error::new(io::ErrorKind::InvalidData, "no `oom_kill <n>` line");
             fail("read", &self.name, &path, e)
@@ -644,8 +609,9 @@ impl TaskCgroup {
     /// first), retrying `rmdir` briefly while the kernel still counts exiting tasks. Fails with
     /// [`CpuError::CgroupNotEmpty`](crate::CpuError::CgroupNotEmpty) while processes are in it:
     /// call [`TaskCgroup::kill_all`] first.
-    pub async fn remove(self) -> Result<()> {
+    pub async fn remove(mut self) -> Result<()> {
         self.ensure_empty("remove")?;
+        self.held = None;
         for dir in &self.dirs {
             let groups = self.tree(dir)?;
             for group in groups.iter().rev() {
@@ -654,30 +620,4 @@ impl TaskCgroup {
         }
         Ok(())
     }
-}
-
-/// The child's side of [`TaskCgroup::join_on_exec`]: writes `0` (this process) to each
-/// `cgroup.procs`. Runs between fork and exec: system calls only, no allocation.
-#[allow(unsafe_code)]
-fn join_self(procs: &[CString]) -> io::Result<()> {
-    for path in procs {
-        // Safety: `path` is a valid NUL-terminated string that outlives the call.
-        let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // Safety: writes one byte from a static buffer to the descriptor opened above.
-        let written = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
-        let error = match written {
-            1 => None,
-            -1 => Some(io::Error::last_os_error()),
-            _ => Some(io::Error::from_raw_os_error(libc::EIO)),
-        };
-        // Safety: closes the descriptor opened above, once.
-        unsafe { libc::close(fd) };
-        if let Some(e) = error {
-            return Err(e);
-        }
-    }
-    Ok(())
 }

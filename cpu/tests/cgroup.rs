@@ -456,7 +456,15 @@ fn a_v2_root_is_detected_and_its_limits_written() {
     // v2 places whole processes: the launcher's thread placement is not offered, and refused.
     assert!(!task.can_place_thread());
     let mut ran = false;
-    let err = task.run_inside(|| ran = true).unwrap_err();
+    let err = task
+        .run_inside(
+            || {
+                ran = true;
+                Ok(())
+            },
+            |_| None,
+        )
+        .unwrap_err();
     assert!(!ran);
     assert_eq!(err.kind(), "invalid", "{err}");
     assert!(!dir.join("tasks").exists());

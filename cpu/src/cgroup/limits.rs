@@ -9,7 +9,8 @@
 
 use std::path::Path;
 
-use super::fs::{write_ctl, write_file};
+use super::fs::{fail, write_ctl, write_file};
+use super::held::write_held;
 use super::{CgroupLimits, Controller, TaskCgroup, CPU_MIN_QUOTA_US, CPU_PERIOD_US};
 use crate::error::Result;
 
@@ -32,7 +33,8 @@ impl TaskCgroup {
             0 => 2,
             millis => (1024 * u64::from(millis) / 1000).clamp(2, V1_MAX_SHARES),
         };
-        // A spare holds its last task's period and weight, and its quota is lifted.
+        // A spare holds its last task's period, quota and weight. The quota is written all
+        // the same: that refills the period's budget, which the last task may have spent.
         let held = self.cpu_written == Some(limits.cpu_millis);
         if !held {
             write_ctl(
@@ -41,9 +43,7 @@ impl TaskCgroup {
                 &CPU_PERIOD_US.to_string(),
             )?;
         }
-        if !(held && limits.cpu_millis == 0) {
-            write_ctl(&self.name, &cpu.join("cpu.cfs_quota_us"), &quota)?;
-        }
+        self.write_quota(&quota)?;
         if held {
             return Ok(());
         }
@@ -97,6 +97,17 @@ impl TaskCgroup {
             self.optional(&swap_file, swap);
         }
         self.write_pids(limits)
+    }
+
+    /// Writes `cpu.cfs_quota_us` (v1), through the held file where there is one.
+    pub(super) fn write_quota(&self, value: &str) -> Result<()> {
+        let path = self.path(Controller::Cpu).join("cpu.cfs_quota_us");
+        match &self.held {
+            Some(held) => {
+                write_held(&held.quota, value).map_err(|e| fail("write", &self.name, &path, e))
+            }
+            None => write_ctl(&self.name, &path, value),
+        }
     }
 
     /// Writes `pids.max`.

@@ -2,9 +2,10 @@
 //! common case of an empty group), the full listing of `cgroup.procs` in the group and the groups
 //! a job made inside it, in every hierarchy, and the walk of those groups.
 //!
-//! Invariants: the count only ever answers "empty"; any other answer, or a count that cannot be
-//! read, falls back to the listing (the count includes a thread of the node passing through, and
-//! tasks that exited and are not yet reaped). The listing leaves out the node's own pid, reads at
+//! Invariants: the count only ever answers "empty" (and, to the placing of a task's first
+//! process, "that one alone"); any other answer, or a count that cannot be read, falls back to
+//! the listing (the count includes a thread of the node passing through, and tasks that exited
+//! and are not yet reaped). The listing leaves out the node's own pid, reads at
 //! most [`MAX_PROCS_FILE`] bytes per file, and walks at most [`MAX_DEPTH`] levels and
 //! [`MAX_GROUPS`] groups. A directory whose link count says it has no subdirectory (cgroupfs
 //! counts them, as ext4 and tmpfs do) is not listed.
@@ -15,6 +16,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::fs::{fail, read_small};
+use super::held::read_held;
 use super::{Controller, TaskCgroup, MAX_DEPTH, MAX_GROUPS, MAX_PROCS_FILE, MAX_SMALL_FILE};
 use crate::error::{CpuError, Result};
 use crate::metrics as m;
@@ -111,19 +113,35 @@ impl TaskCgroup {
         Err(CpuError::CgroupNotEmpty { op, path, pids })
     }
 
+    /// The tasks (threads, and exited processes not yet reaped) the pids controller counts in
+    /// the group and the groups inside it; `None` where it cannot be read (logged at debug:
+    /// callers then list the processes).
+    pub(super) fn counted_tasks(&self) -> Option<u64> {
+        let path = self.path(Controller::Pids).join("pids.current");
+        let count = match &self.held {
+            Some(held) => read_held(&held.count),
+            None => read_small(&path, MAX_SMALL_FILE),
+        };
+        let parsed = count.and_then(|t| {
+            t.trim()
+                .parse::<u64>()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+        });
+        match parsed {
+            Ok(n) => Some(n),
+            Err(e) => {
+                tracing::debug!(cgroup = %self.name, path = %path.display(), error = %e,
+                    "cannot read the task count; listing the processes instead");
+                None
+            }
+        }
+    }
+
     /// Whether the pids controller counts no task in the group and the groups inside it
     /// (`pids.current` 0): one read instead of the listing. `false` is "not known": the caller
     /// lists the pids.
     pub(super) fn counted_empty(&self) -> bool {
-        let path = self.path(Controller::Pids).join("pids.current");
-        match read_small(&path, MAX_SMALL_FILE) {
-            Ok(text) => text.trim() == "0",
-            Err(e) => {
-                tracing::debug!(cgroup = %self.name, path = %path.display(), error = %e,
-                    "cannot read the task count; listing the processes instead");
-                false
-            }
-        }
+        self.counted_tasks() == Some(0)
     }
 }
 

@@ -6,10 +6,11 @@
 //!
 //! Invariants: a spare holds no process, no nested group, no OOM kill, and at most
 //! [`MAX_RESIDUE_BYTES`] of memory charged to it (the kernel objects a task leaves behind, which
-//! the kernel frees in time; a task that leaves its files' page cache charged leaves more), no
-//! CPU quota (so the thread that places the next task's process is not throttled by the last
-//! task's limit), and no thread of the node, so a task that takes one starts as in a new group,
-//! once its limits are rewritten (all of them, as for any reused group); at most
+//! the kernel frees in time; a task that leaves its files' page cache charged leaves more), and
+//! no thread of the node, so a task that takes one starts as in a new group once its limits are
+//! written: those that differ from what the spare holds (it remembers what its last task left),
+//! and always the CPU quota, before the task's process joins the CPU group (a quota written
+//! refills the period's budget, so the task is not charged for its predecessor's use); at most
 //! [`MAX_SPARES`] are kept; a spare that cannot be renamed is left in place for the next sweep,
 //! never handed out half renamed, and no other spare is tried for that task (the likely cause,
 //! a group of the task's name already there, would fail them all); the parent's removal and
@@ -20,7 +21,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
-use super::fs::{fail, read_small, rmdir, write_ctl};
+use super::fs::{fail, read_small, rmdir};
+use super::held::{read_held, Held};
 use super::procs::no_subdirs;
 use super::{CgroupVersion, Cgroups, Controller, TaskCgroup, MAX_SMALL_FILE};
 use crate::error::Result;
@@ -40,8 +42,10 @@ struct Spare {
     dirs: Vec<PathBuf>,
     /// The limits its control files hold: memory and pids as written at its last task's
     /// creation; CPU period and weight for `cpu_millis` where they were written (`None`: not
-    /// known), its quota lifted.
+    /// known).
     written: Written,
+    /// Its control files, kept open.
+    held: Option<Held>,
 }
 
 /// The limits a spare's control files hold (see [`Spare`]).
@@ -123,11 +127,11 @@ impl Cgroups {
     /// be renamed (logged and counted) is left where it is for the next sweep, and the task
     /// gets a group made for it: the others are not tried, since what failed the rename (a
     /// group named `name` already there, say) would fail them too and empty the pool.
-    pub(super) fn take_spare(&self, name: &str) -> Option<Written> {
+    pub(super) fn take_spare(&self, name: &str) -> Option<(Written, Option<Held>)> {
         let spare = self.spares.pop()?;
         rename_all(name, &spare.dirs, name).ok()?;
         metrics::counter!(m::CGROUP_REUSED).increment(1);
-        Some(spare.written)
+        Some((spare.written, spare.held))
     }
 
     /// How many spare groups are kept for the next tasks.
@@ -151,28 +155,42 @@ impl Cgroups {
 
 impl TaskCgroup {
     /// Empties the group ([`TaskCgroup::kill_all`]) and then keeps it as a spare for a later
-    /// task (v1, when nothing of this task is charged to it any more: no more memory than
-    /// [`MAX_RESIDUE_BYTES`], no OOM kill counted, no group inside it, no thread of the node
-    /// stuck in it, its CPU quota lifted, and fewer than [`MAX_SPARES`] kept) or removes it.
+    /// task ([`TaskCgroup::try_keep`]) or removes it.
     pub async fn release(self) -> Result<()> {
         if !self.emptied.load(Ordering::Acquire) {
             self.kill_all().await?;
         }
+        match self.try_keep() {
+            None => Ok(()),
+            Some(group) => group.remove().await,
+        }
+    }
+
+    /// Keeps a group [`TaskCgroup::kill_all`] found empty as a spare for a later task (v1,
+    /// when nothing of this task is charged to it any more: no more memory than
+    /// [`MAX_RESIDUE_BYTES`], no OOM kill counted, no group inside it, no thread of the node
+    /// stuck in it, and fewer than [`MAX_SPARES`] kept); otherwise gives it back, to be
+    /// removed ([`TaskCgroup::remove`]). It never waits: a few reads, a write and a
+    /// rename per hierarchy, so that a task's end can keep its group where it is, without a
+    /// hand-off to another thread.
+    pub fn try_keep(self) -> Option<TaskCgroup> {
+        if !self.emptied.load(Ordering::Acquire) {
+            return Some(self);
+        }
         let Some(spares) = self.spares.clone() else {
-            return self.remove().await;
+            return Some(self);
         };
-        // The next task's process is placed by a thread of the node from inside the group,
-        // before that task's CPU limits are written: no quota of this task may throttle it.
-        let quota = self.path(Controller::Cpu).join("cpu.cfs_quota_us");
-        let lifted = !self.cpu_pending.load(Ordering::Acquire) && self.limits.cpu_millis == 0;
-        if !self.reusable() || (!lifted && write_ctl(&self.name, &quota, "-1").is_err()) {
-            return self.remove().await;
+        // Its CPU limits stay: the thread that places the next task's process does not enter
+        // the CPU group, and the next task writes its quota (refilling the period's budget)
+        // before its process joins.
+        if !self.reusable() {
+            return Some(self);
         }
         let spare = format!("spare-{}", spares.next.fetch_add(1, Ordering::Relaxed));
         let dirs = match rename_all(&self.name, &self.dirs, &spare) {
             Ok(dirs) => dirs,
             // Logged and counted; the group keeps its name and is removed.
-            Err(_) => return self.remove().await,
+            Err(_) => return Some(self),
         };
         let written = Written {
             memory_bytes: self.limits.memory_bytes,
@@ -180,16 +198,21 @@ impl TaskCgroup {
             cpu_millis: (!self.cpu_pending.load(Ordering::Acquire))
                 .then_some(self.limits.cpu_millis),
         };
-        if let Err(spare_back) = spares.push(Spare { dirs, written }) {
-            let group = TaskCgroup {
+        let mut this = self;
+        let held = this.held.take();
+        if let Err(spare_back) = spares.push(Spare {
+            dirs,
+            written,
+            held,
+        }) {
+            return Some(TaskCgroup {
                 name: spare,
                 dirs: spare_back.dirs,
                 spares: None,
-                ..self
-            };
-            return group.remove().await;
+                ..this
+            });
         }
-        Ok(())
+        None
     }
 
     /// Whether the group can serve another task: v1, no OOM kill counted, no more than
@@ -203,7 +226,11 @@ impl TaskCgroup {
             return false;
         }
         let usage = self.path(Controller::Memory).join("memory.usage_in_bytes");
-        let charged = match read_small(&usage, MAX_SMALL_FILE) {
+        let read = match &self.held {
+            Some(held) => read_held(&held.usage),
+            None => read_small(&usage, MAX_SMALL_FILE),
+        };
+        let charged = match read {
             Ok(text) => text
                 .trim()
                 .parse::<u64>()

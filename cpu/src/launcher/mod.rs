@@ -374,7 +374,7 @@ impl Launcher {
         let spawned = match placing {
             // Logged and counted by the cgroup module. The child may have started (its CPU
             // limits are written after it): whatever is in the group goes.
-            Some(group) => match group.run_inside(|| cmd.spawn()) {
+            Some(group) => match group.run_inside(|| cmd.spawn(), |child| child.id()) {
                 Ok(spawned) => spawned,
                 Err(e) => {
                     let path = group.path(crate::cgroup::Controller::Cpu).to_path_buf();
