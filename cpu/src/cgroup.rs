@@ -62,7 +62,7 @@ use self::fs::{
 use self::held::{read_held, Held};
 use self::kill::KILL_ROUNDS;
 use self::spares::Spares;
-pub use self::spares::{MAX_RESIDUE_BYTES, MAX_SPARES};
+pub use self::spares::{HELD_SPARES, MAX_RESIDUE_BYTES, MAX_SPARES};
 use crate::error::Result;
 use crate::metrics as m;
 
@@ -277,8 +277,8 @@ impl Cgroups {
     pub fn create(&self, name: &str, limits: &CgroupLimits) -> Result<TaskCgroup> {
         check_name(name)?;
         let task = self.task(name)?;
-        // A spare (v1) is empty, its CPU quota lifted, and renamed to `name`: only the limits
-        // that differ from those it holds are written.
+        // A spare (v1) is empty and renamed to `name`: only the limits that differ from those
+        // it holds are written (and the CPU quota, before the task's process joins).
         let spare = match self.version {
             CgroupVersion::V1 => self.take_spare(name),
             CgroupVersion::V2 => None,
@@ -515,16 +515,22 @@ impl TaskCgroup {
     pub fn can_place_thread(&self) -> bool {
         // The thread counts against `pids.max` while inside: a limit of one leaves no room
         // for the job.
-        self.version == CgroupVersion::V1 && self.limits.pids.is_none_or(|n| n >= 2)
+        // The CPU group is joined by pid afterwards: where it shares a hierarchy with another
+        // controller, the child must be in that one from its start, so it joins by itself.
+        let cpu = self.index[Controller::Cpu as usize];
+        let apart = [Controller::Memory, Controller::Pids, Controller::Freezer]
+            .iter()
+            .all(|c| self.index[*c as usize] != cpu);
+        self.version == CgroupVersion::V1 && apart && self.limits.pids.is_none_or(|n| n >= 2)
     }
 
-    /// Writes the CPU limits if they are still pending (v1 writes them when a process is about
-    /// to join, or has just joined, the group; v2 at creation). Once per group; a failed write
-    /// leaves them pending.
+    /// Writes the CPU limits if they are still pending (v1 writes them just before the task's
+    /// process joins the CPU group; v2 at creation). Once per group; a failed write leaves them
+    /// pending.
     pub fn write_cpu_limits(&self) -> Result<()> {
         if self.cpu_pending.swap(false, Ordering::AcqRel) {
             if let Err(e) = self.apply_v1_cpu(&self.limits) {
-                // Not all written: a spare made of this group must not claim them.
+                // Not all written: a spare made of it must not claim them.
                 self.cpu_pending.store(true, Ordering::Release);
                 return Err(e);
             }

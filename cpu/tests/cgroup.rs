@@ -601,6 +601,8 @@ fn a_hybrid_root_with_only_hugetlb_in_v2_uses_v1() {
         pids: None,
     };
     let task = cg.create("t1", &limits).unwrap();
+    // Each controller in a hierarchy of its own: a thread can place the job.
+    assert!(task.can_place_thread());
     let cpu = task.path(Controller::Cpu);
     // Written when a process is about to join, once.
     assert_eq!(read(cpu.join("cpu.cfs_quota_us")), "");
@@ -733,4 +735,51 @@ fn names_are_checked_and_failures_are_counted() {
     };
     assert_eq!(count("name"), 8);
     assert_eq!(count("open"), 1);
+}
+
+/// Where the CPU controller shares a v1 hierarchy with the freezer, the thread placement (which
+/// joins the CPU hierarchy by pid after the spawn) is not offered: the child must be in the
+/// freezer group from its start, so it joins every hierarchy itself.
+#[test]
+fn a_cpu_hierarchy_shared_with_the_freezer_is_not_placed_by_a_thread() {
+    let s = Scratch::new("cgroup-v1-comounted");
+    let root = s.path();
+    put(
+        root,
+        "proc/self/mountinfo",
+        &format!(
+            "{PROC_MOUNTS}31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
+             32 31 0:29 / /sys/fs/cgroup/cpu,freezer rw,relatime - cgroup cgroup rw,cpu,freezer\n\
+             35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n\
+             39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids\n"
+        ),
+    );
+    put(
+        root,
+        "proc/self/cgroup",
+        "8:pids:/\n4:memory:/\n1:cpu,freezer:/\n",
+    );
+    for mount in ["cpu,freezer", "memory", "pids"] {
+        put(
+            root,
+            &format!("sys/fs/cgroup/{mount}/cadre/t1/cgroup.procs"),
+            "",
+        );
+    }
+    for file in ["cpu.cfs_period_us", "cpu.cfs_quota_us", "cpu.shares"] {
+        put(
+            root,
+            &format!("sys/fs/cgroup/cpu,freezer/cadre/t1/{file}"),
+            "",
+        );
+    }
+    for file in ["memory.limit_in_bytes", "memory.oom_control"] {
+        put(root, &format!("sys/fs/cgroup/memory/cadre/t1/{file}"), "");
+    }
+    put(root, "sys/fs/cgroup/pids/cadre/t1/pids.max", "");
+    let cg = Cgroups::open_at(root, "cadre").unwrap();
+    assert_eq!(cg.version(), CgroupVersion::V1);
+    assert_eq!(cg.path(Controller::Cpu), cg.path(Controller::Freezer));
+    let task = cg.create("t1", &CgroupLimits::default()).unwrap();
+    assert!(!task.can_place_thread());
 }

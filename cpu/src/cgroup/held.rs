@@ -29,8 +29,9 @@ const CGROUP_MAGICS: [i64; 2] = [0x0027_e0eb, 0x6367_7270];
 /// The open control files of one v1 task group.
 #[derive(Debug)]
 pub(super) struct Held {
-    /// `tasks` of each hierarchy, in the order of the group's directories.
-    pub(super) tasks: Vec<File>,
+    /// `tasks` of each hierarchy, in the order of the group's directories; none for the CPU
+    /// hierarchy, which the placing thread does not enter.
+    pub(super) tasks: Vec<Option<File>>,
     /// `cpu.cfs_quota_us`.
     pub(super) quota: File,
     /// `cgroup.procs` of the CPU group (written: a process moved in).
@@ -59,9 +60,13 @@ impl Held {
                 .map_err(|e| (p, e))
         };
         let opened = (|| {
+            let cpu = path(Controller::Cpu);
             let tasks = dirs
                 .iter()
-                .map(|d| open(d.join("tasks"), true))
+                .map(|d| match *d == cpu {
+                    true => Ok(None),
+                    false => open(d.join("tasks"), true).map(Some),
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             Ok::<Held, (PathBuf, io::Error)>(Held {
                 tasks,

@@ -20,9 +20,8 @@ const V1_MAX_SHARES: u64 = 1 << 18;
 const V2_MAX_WEIGHT: u64 = 10_000;
 
 impl TaskCgroup {
-    /// Writes the v1 CPU limits: quota, period and shares. Written once a process is about to
-    /// join or has joined (see [`TaskCgroup::write_cpu_limits`]), so that the node's thread
-    /// that spawns from inside the group is not throttled by them.
+    /// Writes the v1 CPU limits: quota, period and shares, just before the task's process
+    /// joins the CPU group (see [`TaskCgroup::write_cpu_limits`]).
     pub(super) fn apply_v1_cpu(&self, limits: &CgroupLimits) -> Result<()> {
         let cpu = self.path(Controller::Cpu);
         let quota = match limits.cpu_millis {

@@ -58,19 +58,21 @@ impl TaskCgroup {
                 "cgroup v2 places whole processes only: a thread cannot enter a group alone".into(),
             ));
         }
+        // Whatever is placed now makes the group no longer known empty.
+        self.emptied.store(false, Ordering::Release);
         let cpu = self.index[Controller::Cpu as usize];
         let entered = self
             .dirs
             .iter()
             .enumerate()
             .filter(|(i, _)| *i != cpu)
-            .try_for_each(
-                |(i, dir)| match self.held.as_ref().and_then(|h| h.tasks.get(i)) {
+            .try_for_each(|(i, dir)| {
+                match self.held.as_ref().and_then(|h| h.tasks.get(i)?.as_ref()) {
                     Some(file) => write_held(file, "0")
                         .map_err(|e| fail("write", &self.name, &dir.join("tasks"), e)),
                     None => write_ctl(&self.name, &dir.join("tasks"), "0"),
-                },
-            );
+                }
+            });
         let spawned = entered.map(|()| spawn());
 
         // Back in every hierarchy, also after a partial entry: the node's own group is the
@@ -161,6 +163,7 @@ impl TaskCgroup {
     /// spawn fails with the kernel's error. Other pre-exec hooks on `cmd` keep running in the
     /// order they were installed. Writes the group's pending CPU limits first (an error then).
     pub fn join_on_exec(&self, cmd: &mut tokio::process::Command) -> Result<()> {
+        self.emptied.store(false, Ordering::Release);
         self.write_cpu_limits()?;
         let procs = self.procs.clone();
         let hook = move || join_self(&procs);

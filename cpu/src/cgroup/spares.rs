@@ -2,7 +2,9 @@
 //! it any more is kept under a neutral name (`spare-<n>`) instead of removed, and the next task
 //! takes it, renamed to that task's name, instead of creating one. Creating and removing a v1
 //! group in four hierarchies holds the kernel's cgroup lock for a while each time (a memory
-//! controller to set up, then to tear down); a rename does not, so starting a job waits less.
+//! controller to set up, then to tear down); a rename holds it briefly, so starting a job waits
+//! less. At most [`HELD_SPARES`] spares keep their control files open (see `held`): the others
+//! close them and are used by path, so idle spares hold a bounded number of descriptors.
 //!
 //! Invariants: a spare holds no process, no nested group, no OOM kill, and at most
 //! [`MAX_RESIDUE_BYTES`] of memory charged to it (the kernel objects a task leaves behind, which
@@ -30,6 +32,9 @@ use crate::metrics as m;
 
 /// The most spare groups kept: beyond it a released group is removed.
 pub const MAX_SPARES: usize = 256;
+
+/// The most spare groups that keep their control files open (eight descriptors each).
+pub const HELD_SPARES: usize = 32;
 
 /// The most memory still charged to a released group for it to be kept: what an exited task
 /// leaves of kernel objects (about 160 KiB after `/bin/true` here), not its page cache.
@@ -199,7 +204,7 @@ impl TaskCgroup {
                 .then_some(self.limits.cpu_millis),
         };
         let mut this = self;
-        let held = this.held.take();
+        let held = this.held.take().filter(|_| spares.len() < HELD_SPARES);
         if let Err(spare_back) = spares.push(Spare {
             dirs,
             written,

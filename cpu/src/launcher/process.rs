@@ -334,11 +334,6 @@ impl RunningProcess {
 /// the next start sweeps what is left. Outside a runtime the group is left for that sweep, said
 /// once here.
 pub(super) fn discard_group(group: crate::cgroup::TaskCgroup, job_id: Arc<str>) {
-    // An emptied group that can serve again is kept at once, on this thread: a few calls
-    // that never wait, where a hand-off to the blocking pool costs two thread switches.
-    let Some(group) = group.try_keep() else {
-        return;
-    };
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         tracing::warn!(job_id = %job_id, cgroup = group.name(),
             "no runtime to remove the job's cgroup: it is left for the next sweep");
