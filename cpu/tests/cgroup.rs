@@ -17,6 +17,7 @@ use cadre_cpu::cgroup::{CgroupLimits, CgroupVersion, Cgroups, Controller, TaskCg
 use cadre_cpu::metrics as m;
 use cadre_cpu::CpuError;
 use common::cgroup::real;
+use common::fake::{fake_hybrid, fake_v2, put, PROC_MOUNTS};
 use common::Scratch;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use tokio::process::Command;
@@ -359,59 +360,6 @@ async fn sweep_removes_the_groups_a_previous_node_left() {
 // ---------------------------------------------------------------------------------------------
 // Fake roots: plain files laid out like a machine's /proc and /sys.
 
-/// Writes `text` to `root/rel`, creating directories.
-fn put(root: &Path, rel: &str, text: &str) {
-    let path = root.join(rel);
-    fs::create_dir_all(path.parent().unwrap()).unwrap();
-    fs::write(path, text).unwrap();
-}
-
-const PROC_MOUNTS: &str = "22 1 0:21 / /proc rw,nosuid - proc proc rw\n\
-    1 0 8:1 / / rw,relatime - ext4 /dev/sda1 rw\n";
-
-/// A v2 machine whose node runs in `/node.slice/cadre.service`, with the parent `cadre` and task
-/// group `names` laid out (a fake root cannot create control files on mkdir).
-fn fake_v2(ro: bool, names: &[&str]) -> Scratch {
-    let s = Scratch::new("cgroup-v2");
-    let root = s.path();
-    let rw = if ro { "ro" } else { "rw" };
-    put(
-        root,
-        "proc/self/mountinfo",
-        &format!(
-            "{PROC_MOUNTS}30 1 0:26 / /sys/fs/cgroup {rw},nosuid,nodev,noexec,relatime shared:4 \
-             - cgroup2 cgroup2 {rw},nsdelegate\n"
-        ),
-    );
-    put(root, "proc/self/cgroup", "0::/node.slice/cadre.service\n");
-    let own = "sys/fs/cgroup/node.slice/cadre.service";
-    put(
-        root,
-        &format!("{own}/cgroup.controllers"),
-        "cpuset cpu io memory hugetlb pids rdma misc\n",
-    );
-    put(root, &format!("{own}/cgroup.subtree_control"), "");
-    put(root, &format!("{own}/cadre/cgroup.subtree_control"), "");
-    for name in names {
-        for file in [
-            "cpu.max",
-            "cpu.weight",
-            "memory.max",
-            "memory.swap.max",
-            "pids.max",
-            "cgroup.procs",
-        ] {
-            put(root, &format!("{own}/cadre/{name}/{file}"), "");
-        }
-        put(
-            root,
-            &format!("{own}/cadre/{name}/memory.events"),
-            "low 0\nhigh 0\nmax 4\noom 2\noom_kill 2\noom_group_kill 0\n",
-        );
-    }
-    s
-}
-
 fn unavailable(result: Result<Cgroups, CpuError>) -> String {
     match result {
         Err(CpuError::CgroupUnavailable { reason }) => reason,
@@ -518,69 +466,6 @@ fn a_read_only_v2_mount_is_unavailable() {
 /// A hybrid machine like this one: v1 controllers (cpu co-mounted with cpuacct, memory at a
 /// mount point with a space in it), a cgroup2 holding only hugetlb, and the node's memory
 /// cgroup below the root.
-fn fake_hybrid(with_freezer: bool) -> Scratch {
-    let s = Scratch::new("cgroup-v1");
-    let root = s.path();
-    let mut mountinfo = format!(
-        "{PROC_MOUNTS}31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
-         32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct\n\
-         35 31 0:32 / /sys/fs/cgroup/my\\040memory rw,relatime - cgroup cgroup rw,memory\n\
-         39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids\n\
-         40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd\n\
-         41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n"
-    );
-    let mut cgroup =
-        "9:name=systemd:/\n8:pids:/\n4:memory:/process_api/abc\n1:cpu,cpuacct:/\n".to_string();
-    if with_freezer {
-        mountinfo.push_str(
-            "37 31 0:34 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer\n",
-        );
-        cgroup.push_str("6:freezer:/\n");
-    }
-    cgroup.push_str("0::/\n");
-    put(root, "proc/self/mountinfo", &mountinfo);
-    put(root, "proc/self/cgroup", &cgroup);
-    put(
-        root,
-        "sys/fs/cgroup/unified/cgroup.controllers",
-        "hugetlb\n",
-    );
-    put(root, "sys/fs/cgroup/unified/cgroup.subtree_control", "");
-    let task = [
-        (
-            "cpu,cpuacct",
-            "",
-            &["cpu.cfs_period_us", "cpu.cfs_quota_us", "cpu.shares"][..],
-        ),
-        (
-            "my memory",
-            "process_api/abc/",
-            &[
-                "memory.limit_in_bytes",
-                "memory.memsw.limit_in_bytes",
-                "memory.oom_control",
-            ][..],
-        ),
-        ("pids", "", &["pids.max"][..]),
-        ("freezer", "", &["freezer.state"][..]),
-    ];
-    for (mount, own, files) in task {
-        put(
-            root,
-            &format!("sys/fs/cgroup/{mount}/{own}cadre/t1/cgroup.procs"),
-            "",
-        );
-        for file in files {
-            put(
-                root,
-                &format!("sys/fs/cgroup/{mount}/{own}cadre/t1/{file}"),
-                "",
-            );
-        }
-    }
-    s
-}
-
 #[test]
 fn a_hybrid_root_with_only_hugetlb_in_v2_uses_v1() {
     let s = fake_hybrid(true);
@@ -645,6 +530,72 @@ fn a_hybrid_root_with_only_hugetlb_in_v2_uses_v1() {
         task.is_empty(),
         Err(CpuError::Cgroup { op: "read", .. })
     ));
+}
+
+/// The kernel leaves a process that has begun to exit where it is, answers the write of its pid
+/// with success, and lists it in its groups until it is reaped: the placement by pid counts such
+/// a process (here a zombie, and a pid already gone) as placed once it has been moved, instead of
+/// moving it again for every round and failing the job (a shell's `mkdir` child, exiting as it
+/// was moved, failed about one job in 300 under load). A live process that never lands in the
+/// CPU group still fails the placement. The fake CPU `cgroup.procs` is `/dev/null`: writes vanish,
+/// as the kernel's skip does, and it lists nothing.
+#[test]
+fn a_process_exiting_as_it_is_placed_counts_as_placed() {
+    let s = fake_hybrid(true);
+    let sys = s.path().join("sys/fs/cgroup");
+    for dir in [
+        "cpu,cpuacct",
+        "my memory/process_api/abc",
+        "pids",
+        "freezer",
+    ] {
+        put(&sys, &format!("{dir}/tasks"), "");
+        put(&sys, &format!("{dir}/cadre/t1/tasks"), "");
+    }
+    let cg = Cgroups::open_at(s.path(), "cadre").unwrap();
+    let task = cg.create("t1", &CgroupLimits::default()).unwrap();
+    assert!(task.can_place_thread());
+    let cpu_procs = task.path(Controller::Cpu).join("cgroup.procs");
+    fs::remove_file(&cpu_procs).unwrap();
+    std::os::unix::fs::symlink("/dev/null", &cpu_procs).unwrap();
+    // More than one task counted: the rounds compare the freezer's list with the CPU group's.
+    put(task.path(Controller::Pids), "pids.current", "3");
+
+    let mut zombie = std::process::Command::new("true").spawn().unwrap();
+    assert!(
+        (0..500).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            dead(zombie.id())
+        }),
+        "`true` never exited"
+    );
+    let mut reaped = std::process::Command::new("true").spawn().unwrap();
+    let gone = reaped.id();
+    reaped.wait().unwrap();
+    let freezer = task.path(Controller::Freezer).join("cgroup.procs");
+    fs::write(&freezer, format!("{}\n{gone}\n", zombie.id())).unwrap();
+    let placed = task.run_inside(|| Ok(()), |_| Some(zombie.id()));
+    assert!(matches!(placed, Ok(Ok(()))), "{placed:?}");
+
+    let mut live = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    fs::write(&freezer, format!("{}\n{}\n", zombie.id(), live.id())).unwrap();
+    match task.run_inside(|| Ok(()), |_| Some(live.id())) {
+        Err(CpuError::Cgroup {
+            op: "write",
+            path,
+            source,
+        }) => {
+            assert_eq!(path, cpu_procs);
+            assert!(source.to_string().contains("16 rounds"), "{source}");
+        }
+        other => panic!("a live process outside the CPU group was taken as placed: {other:?}"),
+    }
+    live.kill().unwrap();
+    live.wait().unwrap();
+    zombie.wait().unwrap();
 }
 
 #[test]

@@ -112,7 +112,8 @@ impl TaskCgroup {
 
     /// Moves process `pid`, and every process of the group's freezer group not yet in its CPU
     /// group (what `pid` forked before it was moved), into the CPU group, in rounds until a round
-    /// finds none, up to [`CPU_ROUNDS`]. A process that exited meanwhile is skipped.
+    /// finds none, up to [`CPU_ROUNDS`]. A process that exited meanwhile is skipped, and so is one
+    /// still listed after its move that is exiting (the kernel leaves it where it is).
     fn join_cpu(&self, pid: u32) -> Result<()> {
         let cpu_procs = self.path(Controller::Cpu).join("cgroup.procs");
         let mv = |pid: u32| {
@@ -133,6 +134,9 @@ impl TaskCgroup {
             return Ok(());
         }
         let freezer_procs = self.path(Controller::Freezer).join("cgroup.procs");
+        // Pids written once already: one still listed outside the CPU group after its move is
+        // looked up, as the kernel skips an exiting process without an error.
+        let mut moved = BTreeSet::from([pid]);
         for _ in 0..CPU_ROUNDS {
             let all = read_small(&freezer_procs, MAX_PROCS_FILE)
                 .map_err(|e| fail("read", &self.name, &freezer_procs, e))?;
@@ -145,11 +149,12 @@ impl TaskCgroup {
                 .difference(&placed)
                 .copied()
                 .filter(|&p| p != own)
+                .filter(|&p| !(moved.contains(&p) && exiting(p)))
                 .collect();
             if missing.is_empty() {
                 return Ok(());
             }
-
+            moved.extend(missing.iter().copied());
             missing.into_iter().try_for_each(mv)?;
         }
         let e = io::Error::other(format!(
@@ -176,6 +181,33 @@ impl TaskCgroup {
         }
         Ok(())
     }
+}
+
+/// `PF_EXITING` in the flags of `/proc/<pid>/stat`: the process has begun to exit.
+const PF_EXITING: u64 = 0x4;
+
+/// Whether process `pid` is exiting, a zombie or gone, so that no cgroup can take it any more:
+/// the kernel leaves an exiting process where it is and still answers a write of its pid with
+/// success, while its group's `cgroup.procs` lists it until it is reaped. An unreadable or
+/// unparsable `stat` counts as live (it is then moved again, and the rounds bound the retries).
+fn exiting(pid: u32) -> bool {
+    let stat = match read_small(std::path::Path::new(&format!("/proc/{pid}/stat")), 4096) {
+        Ok(stat) => stat,
+        Err(e) => return e.kind() == io::ErrorKind::NotFound,
+    };
+    stat_exiting(&stat).unwrap_or(false)
+}
+
+/// Parses a `/proc/<pid>/stat` line: `Some(true)` for a zombie or dead state or `PF_EXITING` in
+/// the flags, `None` where the line does not parse. The command name, in parentheses, may hold
+/// spaces and parentheses itself: fields are counted after its last `)`.
+fn stat_exiting(stat: &str) -> Option<bool> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_ascii_whitespace();
+    let state = fields.next()?;
+    // After the state: ppid, pgrp, session, tty_nr, tpgid, then flags.
+    let flags: u64 = fields.nth(5)?.parse().ok()?;
+    Some(matches!(state, "Z" | "X" | "x") || flags & PF_EXITING != 0)
 }
 
 /// The pids listed in a `cgroup.procs` text (lines that are not pids are skipped: the full
@@ -208,4 +240,25 @@ fn join_self(procs: &[CString]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stat_exiting;
+
+    #[test]
+    fn an_exiting_a_zombie_and_a_live_process_are_told_apart() {
+        // The stuck `mkdir` of a failed placement: running, with PF_EXITING in its flags.
+        let exiting = "9926 (mkdir) R 9925 9925 8982 0 -1 4194316 92 0 0 0 0 0 0 0 20 0 1 0";
+        assert_eq!(stat_exiting(exiting), Some(true));
+        let zombie = "11017 (python3) Z 11015 11015 8982 0 -1 4227084 2937 6525 10 1 3 1";
+        assert_eq!(stat_exiting(zombie), Some(true));
+        let live = "11017 (python3) S 11015 11015 8982 0 -1 4194560 2937 6525 10 1 3 1";
+        assert_eq!(stat_exiting(live), Some(false));
+        // A name with spaces and parentheses: the fields count from its last `)`.
+        let odd = "12 (a) Z (b) S 1 12 12 0 -1 4194560 0 0";
+        assert_eq!(stat_exiting(odd), Some(false));
+        assert_eq!(stat_exiting("12 (truncated) S 1"), None);
+        assert_eq!(stat_exiting("no name"), None);
+    }
 }
