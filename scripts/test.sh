@@ -10,6 +10,9 @@
 #   tests. Without it they print SKIP; CADRE_REQUIRE_NVRTC=1 (set by CI) makes that a failure.
 # The gpu crate's fake-libcuda tests build a library with `cc`; CADRE_REQUIRE_CC=1 (set by CI)
 # makes a missing compiler a failure instead of a SKIP.
+# The cgroup tests need a writable cgroup tree (root, v1 or v2 mounted); where there is none they
+# print SKIP. CADRE_REQUIRE_CGROUPS=1 (set by CI, whose clean runs have shown them running)
+# makes that a failure. Nothing to install: the kernel has them or not.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v promtool >/dev/null 2>&1; then

@@ -18,7 +18,7 @@ use cadre_cpu::metrics as m;
 use cadre_cpu::CpuError;
 use common::cgroup::real;
 use common::fake::{fake_hybrid, fake_v2, put, PROC_MOUNTS};
-use common::Scratch;
+use common::{dead, Scratch};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use tokio::process::Command;
 
@@ -48,16 +48,6 @@ fn spawn(task: &TaskCgroup, argv: &[&str]) -> tokio::process::Child {
     cmd.args(&argv[1..]);
     task.join_on_exec(&mut cmd).unwrap();
     cmd.spawn().unwrap()
-}
-
-/// Whether `pid` is gone or a zombie (this machine's init reaps orphans late).
-fn dead(pid: u32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
-    }
 }
 
 #[tokio::test]
@@ -530,72 +520,6 @@ fn a_hybrid_root_with_only_hugetlb_in_v2_uses_v1() {
         task.is_empty(),
         Err(CpuError::Cgroup { op: "read", .. })
     ));
-}
-
-/// The kernel leaves a process that has begun to exit where it is, answers the write of its pid
-/// with success, and lists it in its groups until it is reaped: the placement by pid counts such
-/// a process (here a zombie, and a pid already gone) as placed once it has been moved, instead of
-/// moving it again for every round and failing the job (a shell's `mkdir` child, exiting as it
-/// was moved, failed about one job in 300 under load). A live process that never lands in the
-/// CPU group still fails the placement. The fake CPU `cgroup.procs` is `/dev/null`: writes vanish,
-/// as the kernel's skip does, and it lists nothing.
-#[test]
-fn a_process_exiting_as_it_is_placed_counts_as_placed() {
-    let s = fake_hybrid(true);
-    let sys = s.path().join("sys/fs/cgroup");
-    for dir in [
-        "cpu,cpuacct",
-        "my memory/process_api/abc",
-        "pids",
-        "freezer",
-    ] {
-        put(&sys, &format!("{dir}/tasks"), "");
-        put(&sys, &format!("{dir}/cadre/t1/tasks"), "");
-    }
-    let cg = Cgroups::open_at(s.path(), "cadre").unwrap();
-    let task = cg.create("t1", &CgroupLimits::default()).unwrap();
-    assert!(task.can_place_thread());
-    let cpu_procs = task.path(Controller::Cpu).join("cgroup.procs");
-    fs::remove_file(&cpu_procs).unwrap();
-    std::os::unix::fs::symlink("/dev/null", &cpu_procs).unwrap();
-    // More than one task counted: the rounds compare the freezer's list with the CPU group's.
-    put(task.path(Controller::Pids), "pids.current", "3");
-
-    let mut zombie = std::process::Command::new("true").spawn().unwrap();
-    assert!(
-        (0..500).any(|_| {
-            std::thread::sleep(Duration::from_millis(10));
-            dead(zombie.id())
-        }),
-        "`true` never exited"
-    );
-    let mut reaped = std::process::Command::new("true").spawn().unwrap();
-    let gone = reaped.id();
-    reaped.wait().unwrap();
-    let freezer = task.path(Controller::Freezer).join("cgroup.procs");
-    fs::write(&freezer, format!("{}\n{gone}\n", zombie.id())).unwrap();
-    let placed = task.run_inside(|| Ok(()), |_| Some(zombie.id()));
-    assert!(matches!(placed, Ok(Ok(()))), "{placed:?}");
-
-    let mut live = std::process::Command::new("sleep")
-        .arg("30")
-        .spawn()
-        .unwrap();
-    fs::write(&freezer, format!("{}\n{}\n", zombie.id(), live.id())).unwrap();
-    match task.run_inside(|| Ok(()), |_| Some(live.id())) {
-        Err(CpuError::Cgroup {
-            op: "write",
-            path,
-            source,
-        }) => {
-            assert_eq!(path, cpu_procs);
-            assert!(source.to_string().contains("16 rounds"), "{source}");
-        }
-        other => panic!("a live process outside the CPU group was taken as placed: {other:?}"),
-    }
-    live.kill().unwrap();
-    live.wait().unwrap();
-    zombie.wait().unwrap();
 }
 
 #[test]

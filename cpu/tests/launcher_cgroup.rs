@@ -12,15 +12,7 @@ use cadre_cpu::cgroup::{CgroupLimits, Controller};
 use cadre_cpu::launcher::{CommandSpec, ExitOutcome, Launcher};
 use cadre_cpu::{BackendSetting, IoEngine};
 use common::cgroup::{real, real_v1};
-use common::Scratch;
-
-fn gone(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        // A zombie waiting for init to reap it is dead too.
-        Ok(stat) => stat.contains(") Z "),
-    }
-}
+use common::{dead, Scratch};
 
 /// Whether `dir` is gone within 5 s: a job's group is removed after its report, not before.
 async fn removed(dir: &std::path::Path) -> bool {
@@ -75,7 +67,7 @@ async fn a_child_that_leaves_the_process_group_dies_with_the_job_in_its_cgroup()
     let mut process = launcher.spawn(&spec, "no-cgroup").unwrap();
     let pid = escapee_pid(&dir.path().join("escapee.pid")).await;
     process.wait().await.unwrap();
-    assert!(!gone(pid), "without a cgroup the setsid child survives");
+    assert!(!dead(pid), "without a cgroup the setsid child survives");
     std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
         .status()
@@ -92,7 +84,7 @@ async fn a_child_that_leaves_the_process_group_dies_with_the_job_in_its_cgroup()
         .unwrap();
     assert_eq!(report.outcome, ExitOutcome::Code(0));
     assert!(!report.oom_killed);
-    assert!(gone(pid), "the setsid child died with its job");
+    assert!(dead(pid), "the setsid child died with its job");
     assert!(removed(&group_dir).await, "the job's cgroup is removed");
     drop(process);
     parent.finish().await;

@@ -126,3 +126,27 @@ pub fn fake_hybrid(with_freezer: bool) -> Scratch {
     }
     s
 }
+
+/// [`fake_hybrid`] with the freezer, laid out so that a thread can place a task in `t1` and the
+/// group can be released: each hierarchy's `tasks` files (the node's group and `t1`), the pids
+/// count at 0 and no memory charged.
+pub fn placeable_v1() -> Scratch {
+    let s = fake_hybrid(true);
+    let sys = s.path().join("sys/fs/cgroup");
+    for dir in [
+        "cpu,cpuacct",
+        "my memory/process_api/abc",
+        "pids",
+        "freezer",
+    ] {
+        put(&sys, &format!("{dir}/tasks"), "");
+        put(&sys, &format!("{dir}/cadre/t1/tasks"), "");
+    }
+    put(&sys, "pids/cadre/t1/pids.current", "0");
+    put(
+        &sys,
+        "my memory/process_api/abc/cadre/t1/memory.usage_in_bytes",
+        "0",
+    );
+    s
+}

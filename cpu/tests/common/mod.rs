@@ -11,6 +11,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use cadre_cpu::launcher::Launcher;
 use cadre_cpu::{BackendSetting, IoEngine};
 
+/// Whether `pid` is gone or a zombie (this machine's init reaps orphans late).
+pub fn dead(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+    }
+}
+
 /// A directory removed when dropped.
 pub struct Scratch(PathBuf);
 
