@@ -291,6 +291,13 @@ impl Cgroups {
                     return Err(e);
                 }
             }
+            // A spare that was below the ones holding their files opens them again: the task
+            // uses them at its start and end.
+            let held = held.or_else(|| {
+                self.home
+                    .as_ref()
+                    .and_then(|_| Held::open(name, &task.dirs, |c| task.path(c).to_path_buf()))
+            });
             return Ok(TaskCgroup {
                 limits: *limits,
                 cpu_pending: AtomicBool::new(true),

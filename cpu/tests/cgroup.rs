@@ -13,10 +13,12 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cadre_cpu::cgroup::{CgroupLimits, CgroupVersion, Cgroups, Controller, TaskCgroup};
+use cadre_cpu::cgroup::{
+    CgroupLimits, CgroupVersion, Cgroups, Controller, TaskCgroup, HELD_SPARES,
+};
 use cadre_cpu::metrics as m;
 use cadre_cpu::CpuError;
-use common::cgroup::real;
+use common::cgroup::{real, real_v1};
 use common::fake::{fake_hybrid, fake_v2, put, PROC_MOUNTS};
 use common::{dead, Scratch};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
@@ -288,6 +290,57 @@ async fn an_occupied_group_is_not_reused_and_an_empty_one_is() {
     let again = cg.create("t", &limits).unwrap();
     assert_eq!(read(again.path(Controller::Pids).join("pids.max")), "7");
     again.remove().await.unwrap();
+    cg.finish().await;
+}
+
+/// How many files this process holds open under `dir`.
+fn open_under(dir: &Path) -> usize {
+    fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter(|e| fs::read_link(e.path()).is_ok_and(|p| p.starts_with(dir)))
+        .count()
+}
+
+/// The spares taken next keep their control files open and those pushed below them close theirs,
+/// so idle spares hold a bounded number; a task that takes one of those opens them again. Before,
+/// a spare that closed its files never opened them again, and under churn more and more groups
+/// went by path at every task's start and end.
+#[tokio::test]
+async fn every_group_taken_from_the_spares_holds_its_control_files() {
+    let Some(cg) = real_v1("held") else { return };
+    let n = HELD_SPARES + 2;
+    let limits = CgroupLimits::default();
+    let groups: Vec<TaskCgroup> = (0..n)
+        .map(|i| cg.create(&format!("h{i}"), &limits).unwrap())
+        .collect();
+    for group in groups {
+        group.kill_all().await.unwrap();
+        assert!(group.try_keep().is_none(), "an empty group was not kept");
+    }
+    assert_eq!(cg.spare_count(), n);
+    let memory = cg.path(Controller::Memory);
+    let idle = open_under(memory);
+    assert!(idle > 0, "no spare holds its files");
+    // Three per held spare: its memory `tasks`, OOM count and usage.
+    assert!(
+        idle <= 3 * HELD_SPARES,
+        "{idle} files open under {} for {n} spares",
+        memory.display()
+    );
+    let mut taken = Vec::new();
+    for i in 0..n {
+        let task = cg.create(&format!("t{i}"), &limits).unwrap();
+        assert_eq!(cg.spare_count(), n - i - 1, "no spare was taken");
+        assert!(
+            open_under(task.path(Controller::Memory)) > 0,
+            "task {i}, in a spare, goes by path"
+        );
+        taken.push(task);
+    }
+    for task in taken {
+        task.remove().await.unwrap();
+    }
     cg.finish().await;
 }
 

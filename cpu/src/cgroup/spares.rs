@@ -3,8 +3,9 @@
 //! takes it, renamed to that task's name, instead of creating one. Creating and removing a v1
 //! group in four hierarchies holds the kernel's cgroup lock for a while each time (a memory
 //! controller to set up, then to tear down); a rename holds it briefly, so starting a job waits
-//! less. At most [`HELD_SPARES`] spares keep their control files open (see `held`): the others
-//! close them and are used by path, so idle spares hold a bounded number of descriptors.
+//! less. The [`HELD_SPARES`] spares taken next (the last released) keep their control files open
+//! (see `held`); the ones below them close theirs, so idle spares hold a bounded number of
+//! descriptors, and a task that takes one of those opens them again (see `Cgroups::create`).
 //!
 //! Invariants: a spare holds no process, no nested group, no OOM kill, and at most
 //! [`MAX_RESIDUE_BYTES`] of memory charged to it (the kernel objects a task leaves behind, which
@@ -80,13 +81,18 @@ impl Spares {
             .pop()
     }
 
-    /// Keeps `spare`; gives it back when [`MAX_SPARES`] are kept already.
+    /// Keeps `spare` on top, where the next task takes it, and closes the files of the spare
+    /// it pushes below the [`HELD_SPARES`] on top; gives it back when [`MAX_SPARES`] are kept
+    /// already.
     fn push(&self, spare: Spare) -> std::result::Result<(), Spare> {
         let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
         if free.len() >= MAX_SPARES {
             return Err(spare);
         }
         free.push(spare);
+        if let Some(below) = free.len().checked_sub(HELD_SPARES + 1) {
+            free[below].held = None;
+        }
         Ok(())
     }
 
@@ -204,7 +210,7 @@ impl TaskCgroup {
                 .then_some(self.limits.cpu_millis),
         };
         let mut this = self;
-        let held = this.held.take().filter(|_| spares.len() < HELD_SPARES);
+        let held = this.held.take();
         if let Err(spare_back) = spares.push(Spare {
             dirs,
             written,
