@@ -240,12 +240,16 @@ impl Cgroups {
         }
         tracing::debug!(cgroup = %parent, version = %layout.version, dirs = ?dirs,
             "cgroups opened");
+        let spares = Arc::new(match layout.version {
+            CgroupVersion::V1 => Spares::new(&dirs),
+            CgroupVersion::V2 => Spares::default(),
+        });
         Ok(Cgroups {
             version: layout.version,
             parent: parent.to_string(),
             dirs,
             index: layout.index,
-            spares: Arc::new(Spares::default()),
+            spares,
             live: Arc::new(AtomicUsize::new(0)),
             home: match layout.version {
                 CgroupVersion::V1 => held::open_home(parent, &layout.dirs).map(Arc::new),

@@ -20,6 +20,12 @@
 //! every sweep remove the spares first. v2 keeps none (it has no rename of groups and places whole
 //! processes, so its spawns fork and the group's cost is a smaller share).
 
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -71,9 +77,71 @@ pub(super) struct Spares {
     free: Mutex<Vec<Spare>>,
     /// The number in the next spare's name.
     next: AtomicU64,
+    /// The parent's directories, open, for the renames.
+    parents: ParentDirs,
+}
+
+/// The parent group's directory in each hierarchy, open (`O_PATH`), so that a spare's rename
+/// names two entries of it instead of walking both paths through cgroupfs from the root (half
+/// of a rename's cost). Empty where they could not be opened (said at debug): renames then go
+/// by path.
+#[derive(Debug, Default)]
+struct ParentDirs(Vec<(PathBuf, File)>);
+
+impl ParentDirs {
+    fn open(dirs: &[PathBuf]) -> ParentDirs {
+        let opened: io::Result<Vec<(PathBuf, File)>> = dirs
+            .iter()
+            .map(|dir| {
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+                    .open(dir)
+                    .map(|file| (dir.clone(), file))
+            })
+            .collect();
+        match opened {
+            Ok(parents) => ParentDirs(parents),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot open the parent cgroups; renames go by path");
+                ParentDirs(Vec::new())
+            }
+        }
+    }
+
+    /// Renames the group `from` (a directory in one of the parents) to `to` in the same parent.
+    fn rename(&self, from: &Path, to: &str) -> io::Result<PathBuf> {
+        let target = from.with_file_name(to);
+        let parent = from.parent();
+        let held = self.0.iter().find(|(dir, _)| Some(dir.as_path()) == parent);
+        let (Some((_, dir)), Some(old)) = (held, from.file_name()) else {
+            std::fs::rename(from, &target)?;
+            return Ok(target);
+        };
+        let nul = |e| io::Error::new(io::ErrorKind::InvalidInput, e);
+        let old = CString::new(old.as_bytes()).map_err(nul)?;
+        let new = CString::new(to).map_err(nul)?;
+        // Safety: both names are NUL-terminated strings owned here, and `dir` is an open
+        // directory descriptor that outlives the call.
+        #[allow(unsafe_code)]
+        let renamed =
+            unsafe { libc::renameat(dir.as_raw_fd(), old.as_ptr(), dir.as_raw_fd(), new.as_ptr()) };
+        if renamed != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(target)
+    }
 }
 
 impl Spares {
+    /// An empty pool for the parent whose directories are `dirs`.
+    pub(super) fn new(dirs: &[PathBuf]) -> Spares {
+        Spares {
+            parents: ParentDirs::open(dirs),
+            ..Spares::default()
+        }
+    }
+
     fn pop(&self) -> Option<Spare> {
         self.free
             .lock()
@@ -115,19 +183,29 @@ impl Spares {
 
 /// Renames each of `from` to the same parent's `to`; on a failure, the ones done are renamed
 /// back (best effort) and the failure is returned, logged and counted.
-fn rename_all(group: &str, from: &[PathBuf], to: &str) -> Result<Vec<PathBuf>> {
+fn rename_all(
+    parents: &ParentDirs,
+    group: &str,
+    from: &[PathBuf],
+    to: &str,
+) -> Result<Vec<PathBuf>> {
     let mut done: Vec<(PathBuf, PathBuf)> = Vec::with_capacity(from.len());
     for dir in from {
-        let target = dir.with_file_name(to);
-        if let Err(e) = std::fs::rename(dir, &target) {
-            for (old, new) in done.iter().rev() {
-                if let Err(e) = std::fs::rename(new, old) {
-                    fail("rename", group, new, e);
+        match parents.rename(dir, to) {
+            Ok(target) => done.push((dir.clone(), target)),
+            Err(e) => {
+                for (old, new) in done.iter().rev() {
+                    let back = old.file_name().map(|n| n.to_string_lossy().into_owned());
+                    if let Err(e) = back.map_or_else(
+                        || Err(io::Error::other("no name to rename back to")),
+                        |back| parents.rename(new, &back),
+                    ) {
+                        fail("rename", group, new, e);
+                    }
                 }
+                return Err(fail("rename", group, dir, e));
             }
-            return Err(fail("rename", group, dir, e));
         }
-        done.push((dir.clone(), target));
     }
     Ok(done.into_iter().map(|(_, new)| new).collect())
 }
@@ -140,7 +218,7 @@ impl Cgroups {
     /// group named `name` already there, say) would fail them too and empty the pool.
     pub(super) fn take_spare(&self, name: &str) -> Option<(Written, Option<Held>)> {
         let spare = self.spares.pop()?;
-        rename_all(name, &spare.dirs, name).ok()?;
+        rename_all(&self.spares.parents, name, &spare.dirs, name).ok()?;
         metrics::counter!(m::CGROUP_REUSED).increment(1);
         Some((spare.written, spare.held))
     }
@@ -198,7 +276,7 @@ impl TaskCgroup {
             return Some(self);
         }
         let spare = format!("spare-{}", spares.next.fetch_add(1, Ordering::Relaxed));
-        let dirs = match rename_all(&self.name, &self.dirs, &spare) {
+        let dirs = match rename_all(&spares.parents, &self.name, &self.dirs, &spare) {
             Ok(dirs) => dirs,
             // Logged and counted; the group keeps its name and is removed.
             Err(_) => return Some(self),
