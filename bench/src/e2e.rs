@@ -13,7 +13,10 @@
 //!   the same concurrency, log files and filesystem, in alternating rounds of the same run;
 //!   medians (targets >= 1,000 jobs/s and a ratio >= 0.8). `e2e_true_tmpfs` repeats it with
 //!   the data on `/dev/shm`, where creating log files is nearly free, to show the node's own
-//!   overhead apart from the disk's.
+//!   overhead apart from the disk's. Where cgroups work, a third side (`launcher_cgroups`)
+//!   runs the launcher with each process in a cgroup of its own, as the node's jobs are:
+//!   `cadre_vs_cgroups` is then the node's overhead apart from the kernel's cost of a cgroup
+//!   per job, which `cadre_vs_bare` includes.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -21,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use cadre_actors::workload::{Run, WorkloadError};
+use cadre_cpu::cgroup::{CgroupLimits, Cgroups};
 use cadre_cpu::launcher::{CommandSpec, Launcher};
 use cadre_cpu::{BackendSetting, IoEngine};
 use cadre_runtime::{Config, Extensions, Node};
@@ -250,8 +254,14 @@ pub(crate) fn drive(
 
 /// The launcher alone: `n` `/bin/true` processes, up to `concurrency` at a time (a new one as
 /// soon as one ends, as the node keeps its slots full), spawned and reaped with their output
-/// captured, as the worker does.
-fn bare_spawns(dir: &Path, n: usize, concurrency: usize) -> Result<f64, BenchError> {
+/// captured, as the worker does; each in a task group of `cgroups` with the jobs' CPU limit
+/// where given (created, or taken from the spares, and released as the worker does).
+fn bare_spawns(
+    dir: &Path,
+    n: usize,
+    concurrency: usize,
+    cgroups: Option<&Cgroups>,
+) -> Result<f64, BenchError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -270,13 +280,24 @@ fn bare_spawns(dir: &Path, n: usize, concurrency: usize) -> Result<f64, BenchErr
                 dir.join(format!("{i}.out")),
                 dir.join(format!("{i}.err")),
             );
-            let mut process = launcher.spawn(&spec, &i.to_string())?;
+            let group = match cgroups {
+                Some(cg) => Some(cg.create(&format!("bare-{i}"), &TRUE_LIMITS)?),
+                None => None,
+            };
+            let mut process = launcher.spawn_in(&spec, &i.to_string(), group)?;
             running.spawn(async move { process.wait().await.map(|_| ()) });
         }
         while let Some(done) = running.join_next().await {
             done??;
         }
-        Ok::<f64, BenchError>(n as f64 / started.elapsed().as_secs_f64())
+        let rate = n as f64 / started.elapsed().as_secs_f64();
+        // The releases run on this runtime's blocking pool: done before it goes.
+        if let Some(cg) = cgroups {
+            if !cg.wait_released(Duration::from_secs(10)).await {
+                return Err(check("the launcher's cgroups were not released in 10 s"));
+            }
+        }
+        Ok::<f64, BenchError>(rate)
     })
 }
 
@@ -304,8 +325,30 @@ fn thread_cpu_secs(name: &str) -> Result<f64, BenchError> {
     Ok(total as f64 / ticks)
 }
 
+/// The limits of the `/bin/true` jobs: a tenth of a core, no memory or pids limit.
+const TRUE_LIMITS: CgroupLimits = CgroupLimits {
+    cpu_millis: 100,
+    memory_bytes: 0,
+    pids: None,
+};
+
+/// The bare launcher's own cgroups (v1 keeps spares, as the node's do), or `None` with a line
+/// saying why where this machine has none: the node then runs its jobs without them too.
+fn bare_cgroups() -> Option<Cgroups> {
+    let parent = format!("cadre-bench-bare-{}", std::process::id());
+    match Cgroups::open(&parent) {
+        Ok(cg) => Some(cg),
+        Err(e) => {
+            eprintln!("scheduler: launcher_cgroups not run: {e}");
+            None
+        }
+    }
+}
+
 /// `/bin/true` jobs through the node against the bare launcher under `root`: same concurrency,
-/// same filesystem, rounds alternating so both meet the same disk and page-cache state.
+/// same filesystem, rounds alternating so both meet the same disk and page-cache state. Where
+/// cgroups work, the launcher also runs each process in a task group, as the node does: the
+/// node's overhead apart from the kernel's cost of a cgroup per job.
 fn true_jobs(
     quick: bool,
     report: &Reporter,
@@ -318,23 +361,56 @@ fn true_jobs(
     let (n, rounds) = if quick { (300, 1) } else { (2_000, 3) };
     let node = RunningNode::start(&dir.join("node"), cores * 1000)?;
     let spec = json!({"name": "true", "kind": {"command": {"program": "/bin/true"}}, "resources": {"cpu_millis": 100}});
+    let cgroups = bare_cgroups();
     let mut bare = Vec::new();
+    let mut grouped = Vec::new();
     let mut cadre = Vec::new();
     for round in 0..rounds {
         let bare_dir = dir.join(format!("bare-{round}"));
         std::fs::create_dir_all(&bare_dir)?;
-        bare.push(bare_spawns(&bare_dir, n, concurrency)?);
+        bare.push(bare_spawns(&bare_dir, n, concurrency, None)?);
+        if let Some(cg) = &cgroups {
+            let grouped_dir = dir.join(format!("grouped-{round}"));
+            std::fs::create_dir_all(&grouped_dir)?;
+            grouped.push(bare_spawns(&grouped_dir, n, concurrency, Some(cg))?);
+        }
         let secs = drive(&node.api, &spec, n / 100, 100, 2)?;
         cadre.push(n as f64 / secs);
     }
     node.stop()?;
     cleanup(&dir);
+    if let Some(cg) = cgroups {
+        remove_bare_cgroups(cg)?;
+    }
     let bare = crate::report::median(&bare);
     let rate = crate::report::median(&cadre);
     report.emit(case, "launcher_bare", "jobs_per_sec", bare, "job/s")?;
+    if !grouped.is_empty() {
+        let grouped = crate::report::median(&grouped);
+        report.emit(case, "launcher_cgroups", "jobs_per_sec", grouped, "job/s")?;
+        report.emit(
+            case,
+            "cadre_vs_cgroups",
+            "rate_ratio",
+            rate / grouped,
+            "ratio",
+        )?;
+    }
     report.emit(case, "cadre_api", "jobs_per_sec", rate, "job/s")?;
     report.emit(case, "cadre_vs_bare", "rate_ratio", rate / bare, "ratio")?;
     Ok(())
+}
+
+/// Sweeps and removes the launcher's parent group (its spares with it).
+fn remove_bare_cgroups(cg: Cgroups) -> Result<(), BenchError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        cg.sweep().await?;
+        cg.remove().await?;
+        Ok(())
+    })
 }
 
 pub(crate) fn scratch(name: &str) -> Result<PathBuf, BenchError> {
