@@ -365,23 +365,28 @@ fn true_jobs(
     let mut bare = Vec::new();
     let mut grouped = Vec::new();
     let mut cadre = Vec::new();
-    for round in 0..rounds {
-        let bare_dir = dir.join(format!("bare-{round}"));
-        std::fs::create_dir_all(&bare_dir)?;
-        bare.push(bare_spawns(&bare_dir, n, concurrency, None)?);
-        if let Some(cg) = &cgroups {
-            let grouped_dir = dir.join(format!("grouped-{round}"));
-            std::fs::create_dir_all(&grouped_dir)?;
-            grouped.push(bare_spawns(&grouped_dir, n, concurrency, Some(cg))?);
+    // The rounds, then the launcher's cgroups removed whether they worked or not (their parent
+    // is named by this process: no later run would sweep it).
+    let rounds_run = (|| {
+        for round in 0..rounds {
+            let bare_dir = dir.join(format!("bare-{round}"));
+            std::fs::create_dir_all(&bare_dir)?;
+            bare.push(bare_spawns(&bare_dir, n, concurrency, None)?);
+            if let Some(cg) = &cgroups {
+                let grouped_dir = dir.join(format!("grouped-{round}"));
+                std::fs::create_dir_all(&grouped_dir)?;
+                grouped.push(bare_spawns(&grouped_dir, n, concurrency, Some(cg))?);
+            }
+            let secs = drive(&node.api, &spec, n / 100, 100, 2)?;
+            cadre.push(n as f64 / secs);
         }
-        let secs = drive(&node.api, &spec, n / 100, 100, 2)?;
-        cadre.push(n as f64 / secs);
-    }
+        Ok::<(), BenchError>(())
+    })();
+    let removed = cgroups.map_or(Ok(()), remove_bare_cgroups);
+    rounds_run?;
+    removed?;
     node.stop()?;
     cleanup(&dir);
-    if let Some(cg) = cgroups {
-        remove_bare_cgroups(cg)?;
-    }
     let bare = crate::report::median(&bare);
     let rate = crate::report::median(&cadre);
     report.emit(case, "launcher_bare", "jobs_per_sec", bare, "job/s")?;
