@@ -297,11 +297,7 @@ impl Cgroups {
             }
             // A spare that was below the ones holding their files opens them again: the task
             // uses them at its start and end.
-            let held = held.or_else(|| {
-                self.home
-                    .as_ref()
-                    .and_then(|_| Held::open(name, &task.dirs, |c| task.path(c).to_path_buf()))
-            });
+            let held = held.or_else(|| self.hold(&task));
             return Ok(TaskCgroup {
                 limits: *limits,
                 cpu_pending: AtomicBool::new(true),
@@ -337,14 +333,9 @@ impl Cgroups {
             undo_mkdir(name, &made);
             return Err(e);
         }
-        // Where the node's own groups are held (v1 on cgroupfs), this group's files are too.
-        let held = self
-            .home
-            .as_ref()
-            .and_then(|_| Held::open(name, &task.dirs, |c| task.path(c).to_path_buf()));
         Ok(TaskCgroup {
             limits: *limits,
-            held,
+            held: self.hold(&task),
             cpu_pending: AtomicBool::new(self.version == CgroupVersion::V1),
             spares: (self.version == CgroupVersion::V1).then(|| Arc::clone(&self.spares)),
             _live: Some(Live::new(&self.live)),
@@ -432,6 +423,13 @@ impl Cgroups {
             }
         }
         Ok(())
+    }
+
+    /// Opens `task`'s control files where the node's own groups are held (v1 on cgroupfs);
+    /// `None` elsewhere, or where they cannot be opened (logged and counted by `Held::open`).
+    fn hold(&self, task: &TaskCgroup) -> Option<Held> {
+        self.home.as_ref()?;
+        Held::open(&task.name, &task.dirs, |c| task.path(c).to_path_buf())
     }
 
     /// The handle of task group `name` (which may or may not exist), paths prepared.

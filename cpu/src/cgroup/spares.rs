@@ -20,7 +20,7 @@
 //! every sweep remove the spares first. v2 keeps none (it has no rename of groups and places whole
 //! processes, so its spawns fork and the group's cost is a smaller share).
 
-use std::ffi::CString;
+use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -83,8 +83,8 @@ pub(super) struct Spares {
 
 /// The parent group's directory in each hierarchy, open (`O_PATH`), so that a spare's rename
 /// names two entries of it instead of walking both paths through cgroupfs from the root (half
-/// of a rename's cost). Empty where they could not be opened (said at debug): renames then go
-/// by path.
+/// of a rename's cost). Empty where they could not be opened (logged and counted): renames
+/// then go by path.
 #[derive(Debug, Default)]
 struct ParentDirs(Vec<(PathBuf, File)>);
 
@@ -103,14 +103,16 @@ impl ParentDirs {
         match opened {
             Ok(parents) => ParentDirs(parents),
             Err(e) => {
-                tracing::debug!(error = %e, "cannot open the parent cgroups; renames go by path");
+                tracing::warn!(dirs = ?dirs, error = %e,
+                    "cannot keep the parent cgroups open; spares are renamed by path");
+                metrics::counter!(m::CGROUP_ERRORS, "op" => "hold").increment(1);
                 ParentDirs(Vec::new())
             }
         }
     }
 
     /// Renames the group `from` (a directory in one of the parents) to `to` in the same parent.
-    fn rename(&self, from: &Path, to: &str) -> io::Result<PathBuf> {
+    fn rename(&self, from: &Path, to: &OsStr) -> io::Result<PathBuf> {
         let target = from.with_file_name(to);
         let parent = from.parent();
         let held = self.0.iter().find(|(dir, _)| Some(dir.as_path()) == parent);
@@ -120,7 +122,7 @@ impl ParentDirs {
         };
         let nul = |e| io::Error::new(io::ErrorKind::InvalidInput, e);
         let old = CString::new(old.as_bytes()).map_err(nul)?;
-        let new = CString::new(to).map_err(nul)?;
+        let new = CString::new(to.as_bytes()).map_err(nul)?;
         // Safety: both names are NUL-terminated strings owned here, and `dir` is an open
         // directory descriptor that outlives the call.
         #[allow(unsafe_code)]
@@ -158,9 +160,13 @@ impl Spares {
             return Err(spare);
         }
         free.push(spare);
-        if let Some(below) = free.len().checked_sub(HELD_SPARES + 1) {
-            free[below].held = None;
-        }
+        let closed = free
+            .len()
+            .checked_sub(HELD_SPARES + 1)
+            .and_then(|below| free[below].held.take());
+        // Closed after the lock: a task taking a spare meanwhile need not wait for it.
+        drop(free);
+        drop(closed);
         Ok(())
     }
 
@@ -191,15 +197,15 @@ fn rename_all(
 ) -> Result<Vec<PathBuf>> {
     let mut done: Vec<(PathBuf, PathBuf)> = Vec::with_capacity(from.len());
     for dir in from {
-        match parents.rename(dir, to) {
+        match parents.rename(dir, OsStr::new(to)) {
             Ok(target) => done.push((dir.clone(), target)),
             Err(e) => {
                 for (old, new) in done.iter().rev() {
-                    let back = old.file_name().map(|n| n.to_string_lossy().into_owned());
-                    if let Err(e) = back.map_or_else(
-                        || Err(io::Error::other("no name to rename back to")),
-                        |back| parents.rename(new, &back),
-                    ) {
+                    let back = match old.file_name() {
+                        Some(back) => parents.rename(new, back),
+                        None => Err(io::Error::other("no name to rename back to")),
+                    };
+                    if let Err(e) = back {
                         fail("rename", group, new, e);
                     }
                 }
