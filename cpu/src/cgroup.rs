@@ -22,8 +22,10 @@
 //!   its descendants are empty, in a bounded number of rounds; v2 uses `cgroup.kill` where the
 //!   kernel has it. Pids come from `cgroup.procs` while the group is frozen, so they cannot be
 //!   reused meanwhile.
-//! - Task group names are one path component of at most 64 bytes; every file read from `/proc`
-//!   or `/sys` is size-checked before use.
+//! - Task names are one path component of at most 64 bytes. On v1 the node names its task
+//!   groups `slot-<n>` and reuses emptied ones (see `spares`), so a group's name says nothing of
+//!   the task in it ([`TaskCgroup::label`] does, and the launcher's log); on v2 a group is named
+//!   after its task. Every file read from `/proc` or `/sys` is size-checked before use.
 //! - Every failure emits one `tracing` event and counts in [`m::CGROUP_ERRORS`] by `op`.
 //!
 //! Not guaranteed: a job running as root can write its pid elsewhere and leave its group; the
@@ -85,6 +87,8 @@ const MAX_DEPTH: usize = 8;
 const MAX_GROUPS: usize = 1024;
 /// Polls for killed processes to leave the group before the next round.
 const EXIT_POLLS: u32 = 100;
+/// `slot-<n>` names a v1 [`Cgroups::create`] tries when it finds them occupied.
+const SLOT_TRIES: usize = 16;
 /// [`TaskCgroup`]'s `oom_read` before the count was read.
 const NOT_READ: u64 = u64::MAX;
 
@@ -240,10 +244,7 @@ impl Cgroups {
         }
         tracing::debug!(cgroup = %parent, version = %layout.version, dirs = ?dirs,
             "cgroups opened");
-        let spares = Arc::new(match layout.version {
-            CgroupVersion::V1 => Spares::new(&dirs),
-            CgroupVersion::V2 => Spares::default(),
-        });
+        let spares = Arc::new(Spares::default());
         Ok(Cgroups {
             version: layout.version,
             parent: parent.to_string(),
@@ -273,31 +274,42 @@ impl Cgroups {
         &self.dirs[self.index[controller as usize]]
     }
 
-    /// Creates the task group `name` under the parent in each hierarchy and writes `limits`. An
-    /// existing group of that name is reused when it holds no process (its limits rewritten);
-    /// one that holds processes is refused with
-    /// [`CpuError::CgroupNotEmpty`](crate::CpuError::CgroupNotEmpty). On failure the directories
-    /// created here are removed again.
-    pub fn create(&self, name: &str, limits: &CgroupLimits) -> Result<TaskCgroup> {
-        check_name(name)?;
-        let task = self.task(name)?;
-        // A spare (v1) is empty and renamed to `name`: only the limits that differ from those
-        // it holds are written (and the CPU quota, before the task's process joins).
-        let spare = match self.version {
-            CgroupVersion::V1 => self.take_spare(name),
-            CgroupVersion::V2 => None,
-        };
-        if let Some((written, held)) = spare {
+    /// Creates a task group for task `task` under the parent in each hierarchy and writes
+    /// `limits`. On v1 the node names its groups (`slot-<n>`) and reuses them: the task takes a
+    /// spare (only the limits that differ from those it holds are written, and the CPU quota
+    /// before the task's process joins) or gets a new group; `task` is its label
+    /// ([`TaskCgroup::label`]). On v2 the group is named `task`: an existing group of that name
+    /// is reused when it holds no process (its limits rewritten); one that holds processes is
+    /// refused with [`CpuError::CgroupNotEmpty`](crate::CpuError::CgroupNotEmpty). On failure
+    /// the directories created here are removed again.
+    pub fn create(&self, task: &str, limits: &CgroupLimits) -> Result<TaskCgroup> {
+        check_name(task)?;
+        match self.version {
+            CgroupVersion::V1 => self.create_v1(task, limits),
+            CgroupVersion::V2 => self.create_v2(task, limits),
+        }
+    }
+
+    /// [`Cgroups::create`] on v1: a spare, or a new `slot-<n>` group (one that exists already,
+    /// left by a killed node, is used when empty and passed over otherwise, up to
+    /// [`SLOT_TRIES`] names).
+    fn create_v1(&self, label: &str, limits: &CgroupLimits) -> Result<TaskCgroup> {
+        if let Some(spare) = self.take_spare() {
+            let task = TaskCgroup {
+                label: label.to_string(),
+                ..self.task(&spare.name)?
+            };
+            let written = spare.written;
             let same = written.memory_bytes == limits.memory_bytes && written.pids == limits.pids;
             if !same {
                 if let Err(e) = task.apply_v1_memory_pids(limits) {
-                    undo_mkdir(name, &task.dirs);
+                    undo_mkdir(&task.name, &task.dirs);
                     return Err(e);
                 }
             }
             // A spare that was below the ones holding their files opens them again: the task
             // uses them at its start and end.
-            let held = held.or_else(|| self.hold(&task));
+            let held = spare.held.or_else(|| self.hold(&task));
             return Ok(TaskCgroup {
                 limits: *limits,
                 cpu_pending: AtomicBool::new(true),
@@ -308,6 +320,55 @@ impl Cgroups {
                 ..task
             });
         }
+        for _ in 0..SLOT_TRIES {
+            let name = self.spares.next_name();
+            let task = TaskCgroup {
+                label: label.to_string(),
+                ..self.task(&name)?
+            };
+            let mut made = Vec::new();
+            let mut found = false;
+            for dir in &task.dirs {
+                match std::fs::create_dir(dir) {
+                    Ok(()) => made.push(dir.clone()),
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {
+                        found = true
+                    }
+                    Err(e) => {
+                        undo_mkdir(&name, &made);
+                        return Err(mkdir_error(&name, dir, e));
+                    }
+                }
+            }
+            // A group of that name left by a killed node that no sweep removed: used when
+            // empty (its limits rewritten), else passed over (logged by `ensure_empty`).
+            if found && task.ensure_empty("create").is_err() {
+                undo_mkdir(&name, &made);
+                continue;
+            }
+            if let Err(e) = task.apply_v1_memory_pids(limits) {
+                undo_mkdir(&name, &made);
+                return Err(e);
+            }
+            return Ok(TaskCgroup {
+                limits: *limits,
+                held: self.hold(&task),
+                cpu_pending: AtomicBool::new(true),
+                spares: Some(Arc::clone(&self.spares)),
+                _live: Some(Live::new(&self.live)),
+                ..task
+            });
+        }
+        let e = io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{SLOT_TRIES} slot names in a row hold processes another node left"),
+        );
+        Err(fail("mkdir", label, self.path(Controller::Memory), e))
+    }
+
+    /// [`Cgroups::create`] on v2: the group named `name`, made or reused when empty.
+    fn create_v2(&self, name: &str, limits: &CgroupLimits) -> Result<TaskCgroup> {
+        let task = self.task(name)?;
         let mut made = Vec::new();
         let mut reused = false;
         for dir in &task.dirs {
@@ -325,19 +386,13 @@ impl Cgroups {
         } else {
             Ok(())
         }
-        .and_then(|()| match self.version {
-            CgroupVersion::V1 => task.apply_v1_memory_pids(limits),
-            CgroupVersion::V2 => task.apply_v2(limits),
-        });
+        .and_then(|()| task.apply_v2(limits));
         if let Err(e) = applied {
             undo_mkdir(name, &made);
             return Err(e);
         }
         Ok(TaskCgroup {
             limits: *limits,
-            held: self.hold(&task),
-            cpu_pending: AtomicBool::new(self.version == CgroupVersion::V1),
-            spares: (self.version == CgroupVersion::V1).then(|| Arc::clone(&self.spares)),
             _live: Some(Live::new(&self.live)),
             ..task
         })
@@ -445,6 +500,7 @@ impl Cgroups {
         Ok(TaskCgroup {
             version: self.version,
             name: name.to_string(),
+            label: name.to_string(),
             dirs,
             index: self.index,
             procs,
@@ -468,7 +524,10 @@ impl Cgroups {
 #[derive(Debug)]
 pub struct TaskCgroup {
     version: CgroupVersion,
+    /// The group's directory name under the parent.
     name: String,
+    /// The task it serves, as given to [`Cgroups::create`] (on v2 also its name).
+    label: String,
     /// The group's directory in each hierarchy, in the order of [`Cgroups`]'.
     dirs: Vec<PathBuf>,
     index: [usize; Controller::ALL.len()],
@@ -504,9 +563,14 @@ pub struct TaskCgroup {
 }
 
 impl TaskCgroup {
-    /// The group's name under the parent.
+    /// The group's name under the parent (on v1 `slot-<n>`, kept from task to task).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The task it serves, as named to [`Cgroups::create`].
+    pub fn label(&self) -> &str {
+        &self.label
     }
 
     /// The interface in use.

@@ -61,7 +61,13 @@ async fn a_child_joins_its_group_before_exec_and_the_limits_are_written() {
         pids: Some(64),
     };
     let task = cg.create("t1", &limits).unwrap();
-    assert_eq!(task.name(), "t1");
+    assert_eq!(task.label(), "t1");
+    // v1 groups are named by the node and reused; v2 groups after their task.
+    let name = match cg.version() {
+        CgroupVersion::V1 => "slot-0",
+        CgroupVersion::V2 => "t1",
+    };
+    assert_eq!(task.name(), name);
     if cg.version() == CgroupVersion::V1 {
         // v1 writes the CPU limits once a process is about to join: a fresh group is open.
         let cpu = task.path(Controller::Cpu);
@@ -104,7 +110,10 @@ async fn a_child_joins_its_group_before_exec_and_the_limits_are_written() {
     }
     let own = read(format!("/proc/{pid}/cgroup"));
     assert!(
-        own.lines().filter(|l| l.ends_with("/t1")).count() >= 1,
+        own.lines()
+            .filter(|l| l.ends_with(&format!("/{name}")))
+            .count()
+            >= 1,
         "{own}"
     );
     assert!(!task.is_empty().unwrap());
@@ -266,20 +275,35 @@ async fn going_over_the_memory_limit_is_an_oom_kill() {
     cg.finish().await;
 }
 
+/// A group that holds processes is never handed to another task: on v2 a task of the same name
+/// is refused; on v1 (where the node names its groups) the next task gets another group, also
+/// from a node started again whose numbering meets the occupied group a killed node left. Once
+/// empty, that group serves again with the new task's limits.
 #[tokio::test]
-async fn an_occupied_group_is_not_reused_and_an_empty_one_is() {
+async fn an_occupied_group_is_never_handed_to_another_task() {
     let Some(cg) = real("reuse") else { return };
     let task = cg.create("t", &CgroupLimits::default()).unwrap();
     let mut child = spawn(&task, &["sleep", "30"]);
-    match cg.create("t", &CgroupLimits::default()) {
-        Err(CpuError::CgroupNotEmpty { op, pids, .. }) => {
-            assert_eq!((op, pids), ("create", 1));
+    match cg.version() {
+        CgroupVersion::V2 => match cg.create("t", &CgroupLimits::default()) {
+            Err(CpuError::CgroupNotEmpty { op, pids, .. }) => {
+                assert_eq!((op, pids), ("create", 1));
+            }
+            other => panic!("expected CgroupNotEmpty, got {other:?}"),
+        },
+        CgroupVersion::V1 => {
+            let other = cg.create("t", &CgroupLimits::default()).unwrap();
+            assert_ne!(other.name(), task.name());
+            other.remove().await.unwrap();
+            let restarted = Cgroups::open(cg.parent()).unwrap();
+            let fresh = restarted.create("u", &CgroupLimits::default()).unwrap();
+            assert_ne!(fresh.name(), task.name(), "an occupied group was taken");
+            fresh.remove().await.unwrap();
         }
-        other => panic!("expected CgroupNotEmpty, got {other:?}"),
     }
     match task.is_empty() {
         Ok(false) => {}
-        other => panic!("the refused create must leave the group in place: {other:?}"),
+        other => panic!("the occupied group must stay as it was: {other:?}"),
     }
     task.kill_all().await.unwrap();
     assert_eq!(child.wait().await.unwrap().signal(), Some(9));
@@ -287,7 +311,18 @@ async fn an_occupied_group_is_not_reused_and_an_empty_one_is() {
         pids: Some(7),
         ..CgroupLimits::default()
     };
-    let again = cg.create("t", &limits).unwrap();
+    let again = match cg.version() {
+        CgroupVersion::V2 => cg.create("t", &limits).unwrap(),
+        CgroupVersion::V1 => Cgroups::open(cg.parent())
+            .unwrap()
+            .create("v", &limits)
+            .unwrap(),
+    };
+    assert_eq!(
+        again.name(),
+        task.name(),
+        "the empty group was not used again"
+    );
     assert_eq!(read(again.path(Controller::Pids).join("pids.max")), "7");
     again.remove().await.unwrap();
     cg.finish().await;
@@ -381,6 +416,8 @@ async fn sweep_removes_the_groups_a_previous_node_left() {
         )
         .unwrap();
     let mut child = spawn(&a, &["sleep", "1000"]);
+    let mut names = vec![a.name().to_string(), b.name().to_string()];
+    names.sort();
     let dirs: Vec<PathBuf> = [&a, &b]
         .iter()
         .flat_map(|t| Controller::ALL.iter().map(|c| t.path(*c).to_path_buf()))
@@ -388,10 +425,7 @@ async fn sweep_removes_the_groups_a_previous_node_left() {
     // The previous node is killed: its handles are gone, its groups and their processes stay.
     drop((a, b));
     let next = Cgroups::open(cg.parent()).unwrap();
-    assert_eq!(
-        next.sweep().await.unwrap(),
-        vec!["a".to_string(), "b".to_string()]
-    );
+    assert_eq!(next.sweep().await.unwrap(), names);
     assert_eq!(child.wait().await.unwrap().signal(), Some(9));
     for dir in dirs {
         assert!(!dir.exists(), "{}", dir.display());
@@ -690,21 +724,25 @@ fn a_cpu_hierarchy_shared_with_the_freezer_is_not_placed_by_a_thread() {
     for mount in ["cpu,freezer", "memory", "pids"] {
         put(
             root,
-            &format!("sys/fs/cgroup/{mount}/cadre/t1/cgroup.procs"),
+            &format!("sys/fs/cgroup/{mount}/cadre/slot-0/cgroup.procs"),
             "",
         );
     }
     for file in ["cpu.cfs_period_us", "cpu.cfs_quota_us", "cpu.shares"] {
         put(
             root,
-            &format!("sys/fs/cgroup/cpu,freezer/cadre/t1/{file}"),
+            &format!("sys/fs/cgroup/cpu,freezer/cadre/slot-0/{file}"),
             "",
         );
     }
     for file in ["memory.limit_in_bytes", "memory.oom_control"] {
-        put(root, &format!("sys/fs/cgroup/memory/cadre/t1/{file}"), "");
+        put(
+            root,
+            &format!("sys/fs/cgroup/memory/cadre/slot-0/{file}"),
+            "",
+        );
     }
-    put(root, "sys/fs/cgroup/pids/cadre/t1/pids.max", "");
+    put(root, "sys/fs/cgroup/pids/cadre/slot-0/pids.max", "");
     let cg = Cgroups::open_at(root, "cadre").unwrap();
     assert_eq!(cg.version(), CgroupVersion::V1);
     assert_eq!(cg.path(Controller::Cpu), cg.path(Controller::Freezer));

@@ -6,23 +6,23 @@
 
 mod common;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-use cadre_cpu::cgroup::{CgroupLimits, Controller};
+use cadre_cpu::cgroup::{CgroupLimits, Cgroups, Controller};
 use cadre_cpu::launcher::{CommandSpec, ExitOutcome, Launcher};
 use cadre_cpu::{BackendSetting, IoEngine};
 use common::cgroup::{real, real_v1};
 use common::{dead, Scratch};
 
-/// Whether `dir` is gone within 5 s: a job's group is removed after its report, not before.
-async fn removed(dir: &std::path::Path) -> bool {
-    for _ in 0..500 {
-        if !dir.exists() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    false
+/// Whether the group in `dirs` is released within 5 s (a job's group is released after its
+/// report, not before): `parent` counts no live group (each removed, or kept as a spare on v1)
+/// and nothing is left in it.
+async fn released(parent: &Cgroups, dirs: &[PathBuf]) -> bool {
+    let empty = |d: &PathBuf| {
+        std::fs::read_to_string(d.join("cgroup.procs")).map_or(!d.exists(), |p| p.is_empty())
+    };
+    within_5s(|| parent.live_count() == 0 && dirs.iter().all(empty)).await
 }
 
 async fn escapee_pid(file: &std::path::Path) -> u32 {
@@ -85,7 +85,10 @@ async fn a_child_that_leaves_the_process_group_dies_with_the_job_in_its_cgroup()
     assert_eq!(report.outcome, ExitOutcome::Code(0));
     assert!(!report.oom_killed);
     assert!(dead(pid), "the setsid child died with its job");
-    assert!(removed(&group_dir).await, "the job's cgroup is removed");
+    assert!(
+        released(&parent, &[group_dir]).await,
+        "the job's cgroup is released"
+    );
     drop(process);
     parent.finish().await;
 }
@@ -146,7 +149,7 @@ fn own_threads_in(group: &str) -> Vec<String> {
 /// both where the launcher's thread spawns it from inside (v1, no pre-exec work) and where the child
 /// joins between fork and exec (here: it has a limit to set); its CPU limit is in place when the
 /// spawn returns, no thread of the launcher's process is left in the group, and the group is
-/// removed at the end.
+/// released at the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_starts_inside_its_group_and_no_thread_of_the_node_stays_there() {
     let Some(parent) = real("launcher-placed") else {
@@ -160,6 +163,7 @@ async fn a_job_starts_inside_its_group_and_no_thread_of_the_node_stays_there() {
             ..CgroupLimits::default()
         };
         let group = parent.create(name, &limits).unwrap();
+        let group_name = group.name().to_string();
         let cpu_dir = group.path(Controller::Cpu).to_path_buf();
         let dirs: Vec<_> = Controller::ALL
             .iter()
@@ -184,7 +188,7 @@ async fn a_job_starts_inside_its_group_and_no_thread_of_the_node_stays_there() {
         let out = std::fs::read_to_string(&spec.stdout_log).unwrap();
         let inside = out
             .lines()
-            .filter(|l| l.ends_with(&format!("/{name}")))
+            .filter(|l| l.ends_with(&format!("/{group_name}")))
             .count();
         // v1: one line per hierarchy (co-mounted controllers share one); v2: the one line.
         let hierarchies = {
@@ -198,9 +202,7 @@ async fn a_job_starts_inside_its_group_and_no_thread_of_the_node_stays_there() {
         let placed_by_pid = open_files.is_none() && hierarchies > 1;
         let least = hierarchies - usize::from(placed_by_pid);
         assert!(inside >= least && inside <= hierarchies, "{name}: {out}");
-        for d in &dirs {
-            assert!(removed(d).await, "{name}: {} is left", d.display());
-        }
+        assert!(released(&parent, &dirs).await, "{name}: {dirs:?} is left");
         drop(process);
     }
     parent.finish().await;
@@ -298,9 +300,10 @@ async fn within_5s(mut what: impl FnMut() -> bool) -> bool {
     false
 }
 
-/// v1: the emptied group of a finished job is kept as a spare and the next job takes it,
-/// renamed and with its own limits written; a group the job left memory charged to is removed
-/// instead (the next job would inherit the charge).
+/// v1: the emptied group of a finished job is kept as a spare by the time its report is out
+/// (on the spot, not later on another thread), and the next job takes it, under the same name,
+/// with its own limits written; a group the job left memory charged to is removed instead (the
+/// next job would inherit the charge).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_emptied_group_is_reused_for_the_next_job_and_a_charged_one_is_not() {
     let Some(parent) = real_v1("launcher-spares") else {
@@ -333,19 +336,11 @@ async fn an_emptied_group_is_reused_for_the_next_job_and_a_charged_one_is_not() 
         .spawn_in(&spec("r1", &["/bin/true"]), "r1", Some(first))
         .unwrap();
     assert_eq!(p.wait().await.unwrap().outcome, ExitOutcome::Code(0));
+    assert_eq!(parent.spare_count(), 1, "not kept as a spare by the report");
+    assert_eq!(parent.live_count(), 0);
     drop(p);
-    assert!(
-        within_5s(|| parent.spare_count() == 1).await,
-        "no spare kept"
-    );
     for d in &r1 {
-        assert!(!d.exists(), "{} kept its name", d.display());
-        let spares = std::fs::read_dir(d.parent().unwrap())
-            .unwrap()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with("spare-"))
-            .count();
-        assert_eq!(spares, 1, "{}", d.display());
+        assert!(d.exists(), "{} is gone", d.display());
     }
 
     let second = parent
@@ -359,6 +354,10 @@ async fn an_emptied_group_is_reused_for_the_next_job_and_a_charged_one_is_not() 
         )
         .unwrap();
     assert_eq!(parent.spare_count(), 0, "the spare was taken");
+    for (c, d) in Controller::ALL.iter().zip(&r1) {
+        assert_eq!(second.path(*c), d, "r2 got another group than r1's");
+    }
+    let r2_name = second.name().to_string();
     // r1's quota (20 ms per 100 ms) stays until r2's is written, before r2's process joins.
     let quota = second.path(Controller::Cpu).join("cpu.cfs_quota_us");
     assert_eq!(std::fs::read_to_string(&quota).unwrap().trim(), "20000");
@@ -392,7 +391,10 @@ async fn an_emptied_group_is_reused_for_the_next_job_and_a_charged_one_is_not() 
     assert_eq!(p.wait().await.unwrap().outcome, ExitOutcome::Code(0));
     drop(p);
     let out = std::fs::read_to_string(&spec2.stdout_log).unwrap();
-    assert!(out.lines().any(|l| l.ends_with("/r2")), "{out}");
+    assert!(
+        out.lines().any(|l| l.ends_with(&format!("/{r2_name}"))),
+        "{out}"
+    );
     // The file's page cache is charged to r2's memory group: removed, not kept.
     assert!(
         within_5s(|| !pids.parent().unwrap().exists()).await,
@@ -491,56 +493,10 @@ async fn a_failed_spawn_leaves_no_group_behind() {
             "{name}: spawned"
         );
         assert!(
-            within_5s(|| dirs.iter().all(|d| !d.exists()) && parent.live_count() == 0).await,
+            released(&parent, &dirs).await,
             "{name}: its group is left: {dirs:?}, {} live",
             parent.live_count()
         );
     }
-    parent.finish().await;
-}
-
-/// v1: a spare that cannot be renamed to a task's name (a group of that name is already there)
-/// is left for the sweep, and the other spares stay in the pool for the next tasks.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_name_taken_already_costs_one_spare_not_the_pool() {
-    let Some(parent) = real_v1("launcher-collide") else {
-        return;
-    };
-    let dir = Scratch::new("launcher-cgroup-collide");
-    let launcher = Launcher::new(IoEngine::new(BackendSetting::Auto).unwrap());
-    let mut running = Vec::new();
-    for name in ["s1", "s2", "s3"] {
-        let group = parent.create(name, &CgroupLimits::default()).unwrap();
-        let spec = CommandSpec::new(
-            ["/bin/true"],
-            dir.path().join(format!("{name}.out")),
-            dir.path().join(format!("{name}.err")),
-        );
-        running.push(launcher.spawn_in(&spec, name, Some(group)).unwrap());
-    }
-    for p in &mut running {
-        assert_eq!(p.wait().await.unwrap().outcome, ExitOutcome::Code(0));
-    }
-    drop(running);
-    assert!(
-        within_5s(|| parent.spare_count() == 3).await,
-        "{} spares kept",
-        parent.spare_count()
-    );
-    // A group named `taken` exists in every hierarchy already (a node killed while making it).
-    for c in Controller::ALL {
-        let taken = parent.path(c).join("taken");
-        if !taken.exists() {
-            std::fs::create_dir(&taken).unwrap();
-        }
-    }
-    let group = parent.create("taken", &CgroupLimits::default()).unwrap();
-    assert!(group.is_empty().unwrap());
-    assert_eq!(
-        parent.spare_count(),
-        2,
-        "one spare was tried for `taken`; the others stay"
-    );
-    drop(group);
     parent.finish().await;
 }

@@ -1,5 +1,5 @@
 //! The control files a v1 task group uses at every task's start and end, kept open for as long
-//! as the group exists (through its renames as a spare): the `tasks` file of each hierarchy, the
+//! as the group exists (also while it waits as a spare): the `tasks` file of each hierarchy, the
 //! CPU quota, the task count, the OOM count and the memory charged. Each open of a cgroupfs file
 //! walks its path through kernfs and costs several times the read or write itself; a job on
 //! cgroups used to open about fifteen of them, which the shared cores paid for as a third of a

@@ -1,11 +1,13 @@
 //! Spare task groups (v1): a task's group that is empty and has nothing of its task charged to
-//! it any more is kept under a neutral name (`spare-<n>`) instead of removed, and the next task
-//! takes it, renamed to that task's name, instead of creating one. Creating and removing a v1
-//! group in four hierarchies holds the kernel's cgroup lock for a while each time (a memory
-//! controller to set up, then to tear down); a rename holds it briefly, so starting a job waits
-//! less. The [`HELD_SPARES`] spares taken next (the last released) keep their control files open
-//! (see `held`); the ones below them close theirs, so idle spares hold a bounded number of
-//! descriptors, and a task that takes one of those opens them again (see `Cgroups::create`).
+//! it any more is kept instead of removed, and the next task takes it instead of creating one.
+//! Creating and removing a v1 group in four hierarchies holds the kernel's cgroup lock for a while
+//! each time (a memory controller to set up, then to tear down); taking a spare is a pop from a
+//! list, so starting a job waits less. v1 groups are named by the node (`slot-<n>`, see
+//! `Cgroups::create`) and keep their name through every task they serve: nothing is renamed
+//! (renaming a group to each task's name and back cost eight renames per job, about a tenth of a
+//! `/bin/true` job's throughput). The [`HELD_SPARES`] spares taken next (the last released) keep
+//! their control files open (see `held`); the ones below them close theirs, so idle spares hold
+//! a bounded number of descriptors, and a task that takes one of those opens them again.
 //!
 //! Invariants: a spare holds no process, no nested group, no OOM kill, and at most
 //! [`MAX_RESIDUE_BYTES`] of memory charged to it (the kernel objects a task leaves behind, which
@@ -14,18 +16,10 @@
 //! written: those that differ from what the spare holds (it remembers what its last task left),
 //! and always the CPU quota, before the task's process joins the CPU group (a quota written
 //! refills the period's budget, so the task is not charged for its predecessor's use); at most
-//! [`MAX_SPARES`] are kept; a spare that cannot be renamed is left in place for the next sweep,
-//! never handed out half renamed, and no other spare is tried for that task (the likely cause,
-//! a group of the task's name already there, would fail them all); the parent's removal and
-//! every sweep remove the spares first. v2 keeps none (it has no rename of groups and places whole
-//! processes, so its spawns fork and the group's cost is a smaller share).
+//! [`MAX_SPARES`] are kept; the parent's removal and every sweep remove the spares first. v2
+//! keeps none (it places whole processes, so its spawns fork and the group's cost is a smaller
+//! share).
 
-use std::ffi::{CString, OsStr};
-use std::fs::File;
-use std::io;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -49,15 +43,17 @@ pub const MAX_RESIDUE_BYTES: u64 = 1 << 20;
 
 /// One spare group and what its last task left written in it.
 #[derive(Debug)]
-struct Spare {
+pub(super) struct Spare {
+    /// Its name under the parent (`slot-<n>`).
+    pub(super) name: String,
     /// Its directory in every hierarchy, in the order of the parent's.
-    dirs: Vec<PathBuf>,
+    pub(super) dirs: Vec<PathBuf>,
     /// The limits its control files hold: memory and pids as written at its last task's
     /// creation; CPU period and weight for `cpu_millis` where they were written (`None`: not
     /// known).
-    written: Written,
+    pub(super) written: Written,
     /// Its control files, kept open.
-    held: Option<Held>,
+    pub(super) held: Option<Held>,
 }
 
 /// The limits a spare's control files hold (see [`Spare`]).
@@ -70,81 +66,23 @@ pub(super) struct Written {
     pub(super) cpu_millis: Option<u32>,
 }
 
-/// The spare groups of one parent, shared by its handles.
+/// The spare groups of one parent, shared by its handles, and the numbering of its groups.
 #[derive(Debug, Default)]
 pub(super) struct Spares {
     /// The spares, the last released on top.
     free: Mutex<Vec<Spare>>,
-    /// The number in the next spare's name.
+    /// The number in the next group's name (`slot-<n>`).
     next: AtomicU64,
-    /// The parent's directories, open, for the renames.
-    parents: ParentDirs,
-}
-
-/// The parent group's directory in each hierarchy, open (`O_PATH`), so that a spare's rename
-/// names two entries of it instead of walking both paths through cgroupfs from the root (half
-/// of a rename's cost). Empty where they could not be opened (logged and counted): renames
-/// then go by path.
-#[derive(Debug, Default)]
-struct ParentDirs(Vec<(PathBuf, File)>);
-
-impl ParentDirs {
-    fn open(dirs: &[PathBuf]) -> ParentDirs {
-        let opened: io::Result<Vec<(PathBuf, File)>> = dirs
-            .iter()
-            .map(|dir| {
-                std::fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
-                    .open(dir)
-                    .map(|file| (dir.clone(), file))
-            })
-            .collect();
-        match opened {
-            Ok(parents) => ParentDirs(parents),
-            Err(e) => {
-                tracing::warn!(dirs = ?dirs, error = %e,
-                    "cannot keep the parent cgroups open; spares are renamed by path");
-                metrics::counter!(m::CGROUP_ERRORS, "op" => "hold").increment(1);
-                ParentDirs(Vec::new())
-            }
-        }
-    }
-
-    /// Renames the group `from` (a directory in one of the parents) to `to` in the same parent.
-    fn rename(&self, from: &Path, to: &OsStr) -> io::Result<PathBuf> {
-        let target = from.with_file_name(to);
-        let parent = from.parent();
-        let held = self.0.iter().find(|(dir, _)| Some(dir.as_path()) == parent);
-        let (Some((_, dir)), Some(old)) = (held, from.file_name()) else {
-            std::fs::rename(from, &target)?;
-            return Ok(target);
-        };
-        let nul = |e| io::Error::new(io::ErrorKind::InvalidInput, e);
-        let old = CString::new(old.as_bytes()).map_err(nul)?;
-        let new = CString::new(to.as_bytes()).map_err(nul)?;
-        // Safety: both names are NUL-terminated strings owned here, and `dir` is an open
-        // directory descriptor that outlives the call.
-        #[allow(unsafe_code)]
-        let renamed =
-            unsafe { libc::renameat(dir.as_raw_fd(), old.as_ptr(), dir.as_raw_fd(), new.as_ptr()) };
-        if renamed != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(target)
-    }
 }
 
 impl Spares {
-    /// An empty pool for the parent whose directories are `dirs`.
-    pub(super) fn new(dirs: &[PathBuf]) -> Spares {
-        Spares {
-            parents: ParentDirs::open(dirs),
-            ..Spares::default()
-        }
+    /// The name of a new group: `slot-<n>`, never handed out before by this pool.
+    pub(super) fn next_name(&self) -> String {
+        format!("slot-{}", self.next.fetch_add(1, Ordering::Relaxed))
     }
 
-    fn pop(&self) -> Option<Spare> {
+    /// Takes the spare on top (the last released), if any.
+    pub(super) fn pop(&self) -> Option<Spare> {
         self.free
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -152,12 +90,14 @@ impl Spares {
     }
 
     /// Keeps `spare` on top, where the next task takes it, and closes the files of the spare
-    /// it pushes below the [`HELD_SPARES`] on top; gives it back when [`MAX_SPARES`] are kept
-    /// already.
-    fn push(&self, spare: Spare) -> std::result::Result<(), Spare> {
+    /// it pushes below the [`HELD_SPARES`] on top; `false` (and `spare` dropped, its files
+    /// closed) when [`MAX_SPARES`] are kept already.
+    fn push(&self, spare: Spare) -> bool {
         let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
         if free.len() >= MAX_SPARES {
-            return Err(spare);
+            drop(free);
+            drop(spare);
+            return false;
         }
         free.push(spare);
         let closed = free
@@ -167,7 +107,7 @@ impl Spares {
         // Closed after the lock: a task taking a spare meanwhile need not wait for it.
         drop(free);
         drop(closed);
-        Ok(())
+        true
     }
 
     /// How many spares are kept.
@@ -187,46 +127,12 @@ impl Spares {
     }
 }
 
-/// Renames each of `from` to the same parent's `to`; on a failure, the ones done are renamed
-/// back (best effort) and the failure is returned, logged and counted.
-fn rename_all(
-    parents: &ParentDirs,
-    group: &str,
-    from: &[PathBuf],
-    to: &str,
-) -> Result<Vec<PathBuf>> {
-    let mut done: Vec<(PathBuf, PathBuf)> = Vec::with_capacity(from.len());
-    for dir in from {
-        match parents.rename(dir, OsStr::new(to)) {
-            Ok(target) => done.push((dir.clone(), target)),
-            Err(e) => {
-                for (old, new) in done.iter().rev() {
-                    let back = match old.file_name() {
-                        Some(back) => parents.rename(new, back),
-                        None => Err(io::Error::other("no name to rename back to")),
-                    };
-                    if let Err(e) = back {
-                        fail("rename", group, new, e);
-                    }
-                }
-                return Err(fail("rename", group, dir, e));
-            }
-        }
-    }
-    Ok(done.into_iter().map(|(_, new)| new).collect())
-}
-
 impl Cgroups {
-    /// Takes a spare group and renames it to `name`: what its files hold, if one was taken. A
-    /// spare that cannot
-    /// be renamed (logged and counted) is left where it is for the next sweep, and the task
-    /// gets a group made for it: the others are not tried, since what failed the rename (a
-    /// group named `name` already there, say) would fail them too and empty the pool.
-    pub(super) fn take_spare(&self, name: &str) -> Option<(Written, Option<Held>)> {
+    /// Takes a spare group, if one is kept.
+    pub(super) fn take_spare(&self) -> Option<Spare> {
         let spare = self.spares.pop()?;
-        rename_all(&self.spares.parents, name, &spare.dirs, name).ok()?;
         metrics::counter!(m::CGROUP_REUSED).increment(1);
-        Some((spare.written, spare.held))
+        Some(spare)
     }
 
     /// How many spare groups are kept for the next tasks.
@@ -265,9 +171,9 @@ impl TaskCgroup {
     /// when nothing of this task is charged to it any more: no more memory than
     /// [`MAX_RESIDUE_BYTES`], no OOM kill counted, no group inside it, no thread of the node
     /// stuck in it, and fewer than [`MAX_SPARES`] kept); otherwise gives it back, to be
-    /// removed ([`TaskCgroup::remove`]). It never waits: a few reads, a write and a
-    /// rename per hierarchy, so that a task's end can keep its group where it is, without a
-    /// hand-off to another thread.
+    /// removed ([`TaskCgroup::remove`]). It never waits (a few reads of control files and
+    /// directories), so that a task's end keeps its group where it is, without a hand-off to
+    /// another thread.
     pub fn try_keep(self) -> Option<TaskCgroup> {
         if !self.emptied.load(Ordering::Acquire) {
             return Some(self);
@@ -281,12 +187,6 @@ impl TaskCgroup {
         if !self.reusable() {
             return Some(self);
         }
-        let spare = format!("spare-{}", spares.next.fetch_add(1, Ordering::Relaxed));
-        let dirs = match rename_all(&spares.parents, &self.name, &self.dirs, &spare) {
-            Ok(dirs) => dirs,
-            // Logged and counted; the group keeps its name and is removed.
-            Err(_) => return Some(self),
-        };
         let written = Written {
             memory_bytes: self.limits.memory_bytes,
             pids: self.limits.pids,
@@ -295,14 +195,15 @@ impl TaskCgroup {
         };
         let mut this = self;
         let held = this.held.take();
-        if let Err(spare_back) = spares.push(Spare {
-            dirs,
+        let kept = spares.push(Spare {
+            name: this.name.clone(),
+            dirs: this.dirs.clone(),
             written,
             held,
-        }) {
+        });
+        if !kept {
+            // The pool is full: removed by the caller.
             return Some(TaskCgroup {
-                name: spare,
-                dirs: spare_back.dirs,
                 spares: None,
                 ..this
             });

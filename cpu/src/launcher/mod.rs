@@ -429,7 +429,9 @@ impl Launcher {
             done: done.clone(),
             progress: stderr_progress.clone(),
         }));
-        tracing::debug!(job_id = %job_id, pid, program = %program, "command job spawned");
+        let group = cgroup.as_ref().map(|g| g.name());
+        tracing::debug!(job_id = %job_id, pid, program = %program, cgroup = ?group,
+            "command job spawned");
         Ok(RunningProcess {
             job_id,
             program,

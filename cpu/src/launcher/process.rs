@@ -183,11 +183,12 @@ impl RunningProcess {
         }
     }
 
-    /// Empties the job's cgroup, reads its OOM count, and has it removed. The group is nearly
-    /// always empty already (its main process is reaped): then emptying is a few reads of
-    /// `cgroup.procs`, done here. The removal (a few `rmdir`s, which can wait on the kernel
-    /// for milliseconds) runs on tokio's blocking pool and is not waited for: the report does
-    /// not depend on it, and a group it cannot remove is logged, counted, and swept at start.
+    /// Empties the job's cgroup, reads its OOM count, and releases it. The group is nearly
+    /// always empty already (its main process is reaped): then emptying is a read of its task
+    /// count, and keeping it as a spare a few more reads, done here. Anything longer (killing
+    /// what is left, a few `rmdir`s, which can wait on the kernel for milliseconds) runs on
+    /// tokio's blocking pool and is not waited for: the report does not depend on it, and a
+    /// group it cannot remove is logged, counted, and swept at start.
     async fn finish_cgroup(&mut self) {
         let Some(group) = self.cgroup.take() else {
             return;
@@ -328,12 +329,17 @@ impl RunningProcess {
     }
 }
 
-/// Empties (if anything is left) and releases `group` (kept as a spare or removed:
-/// [`crate::cgroup::TaskCgroup::release`]) on tokio's blocking pool (its retries on the
+/// Releases `group`: kept as a spare at once where it was found empty and can serve again (a
+/// few reads that never wait, where a hand-off to the blocking pool costs two thread switches
+/// per job); otherwise emptied (if anything is left) and kept or removed
+/// ([`crate::cgroup::TaskCgroup::release`]) on tokio's blocking pool (its retries on the
 /// runtime's timer), without waiting: failures are logged and counted by the cgroup module;
 /// the next start sweeps what is left. Outside a runtime the group is left for that sweep, said
 /// once here.
 pub(super) fn discard_group(group: crate::cgroup::TaskCgroup, job_id: Arc<str>) {
+    let Some(group) = group.try_keep() else {
+        return;
+    };
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         tracing::warn!(job_id = %job_id, cgroup = group.name(),
             "no runtime to remove the job's cgroup: it is left for the next sweep");

@@ -63,7 +63,7 @@ pub fn fake_v2(ro: bool, names: &[&str]) -> Scratch {
 }
 
 /// A v1 machine with cpu,cpuacct, memory (under a path with a space), pids and, where
-/// `with_freezer`, freezer each mounted alone, and the task group `t1` laid out.
+/// `with_freezer`, freezer each mounted alone, and the task group `slot-0` (the first v1 group a parent makes) laid out.
 pub fn fake_hybrid(with_freezer: bool) -> Scratch {
     let s = Scratch::new("cgroup-v1");
     let root = s.path();
@@ -113,13 +113,13 @@ pub fn fake_hybrid(with_freezer: bool) -> Scratch {
     for (mount, own, files) in task {
         put(
             root,
-            &format!("sys/fs/cgroup/{mount}/{own}cadre/t1/cgroup.procs"),
+            &format!("sys/fs/cgroup/{mount}/{own}cadre/slot-0/cgroup.procs"),
             "",
         );
         for file in files {
             put(
                 root,
-                &format!("sys/fs/cgroup/{mount}/{own}cadre/t1/{file}"),
+                &format!("sys/fs/cgroup/{mount}/{own}cadre/slot-0/{file}"),
                 "",
             );
         }
@@ -127,8 +127,8 @@ pub fn fake_hybrid(with_freezer: bool) -> Scratch {
     s
 }
 
-/// [`fake_hybrid`] with the freezer, laid out so that a thread can place a task in `t1` and the
-/// group can be released: each hierarchy's `tasks` files (the node's group and `t1`), the pids
+/// [`fake_hybrid`] with the freezer, laid out so that a thread can place a task in `slot-0` and the
+/// group can be released: each hierarchy's `tasks` files (the node's group and `slot-0`), the pids
 /// count at 0 and no memory charged.
 pub fn placeable_v1() -> Scratch {
     let s = fake_hybrid(true);
@@ -140,12 +140,12 @@ pub fn placeable_v1() -> Scratch {
         "freezer",
     ] {
         put(&sys, &format!("{dir}/tasks"), "");
-        put(&sys, &format!("{dir}/cadre/t1/tasks"), "");
+        put(&sys, &format!("{dir}/cadre/slot-0/tasks"), "");
     }
-    put(&sys, "pids/cadre/t1/pids.current", "0");
+    put(&sys, "pids/cadre/slot-0/pids.current", "0");
     put(
         &sys,
-        "my memory/process_api/abc/cadre/t1/memory.usage_in_bytes",
+        "my memory/process_api/abc/cadre/slot-0/memory.usage_in_bytes",
         "0",
     );
     s
