@@ -13,6 +13,8 @@
 # The cgroup tests need a writable cgroup tree (root, v1 or v2 mounted); where there is none they
 # print SKIP. CADRE_REQUIRE_CGROUPS=1 (set by CI, whose clean runs have shown them running)
 # makes that a failure. Nothing to install: the kernel has them or not.
+# The full-disk tests mount a small tmpfs (root, CAP_SYS_ADMIN); where they cannot they print
+# SKIP. CADRE_REQUIRE_TMPFS=1 (set by CI, root as for cgroups) makes that a failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v promtool >/dev/null 2>&1; then
