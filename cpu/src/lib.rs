@@ -26,6 +26,7 @@ pub mod journal;
 pub mod launcher;
 pub mod ledger;
 pub mod metrics;
+pub mod rlimit;
 
 pub use engine::{Backend, BackendSetting, IoBuf, IoEngine, IoFile, OpenMode};
 pub use error::{CpuError, Result};

@@ -14,10 +14,11 @@ pub const JOURNAL_ERRORS: &str = "cadre_journal_errors_total";
 pub const LAUNCHER_ERRORS: &str = "cadre_launcher_errors_total";
 /// Counter of processes the launcher has spawned.
 pub const LAUNCHER_SPAWNS: &str = "cadre_launcher_spawns_total";
-/// Counter of inventory failures: `{kind}` (`io`, `inventory`, `no_numa`).
+/// Counter of inventory failures: `{kind}` (`io`, `inventory`, `no_numa`, `rlimit`: the node's
+/// open-files limit could not be raised).
 pub const INVENTORY_ERRORS: &str = "cadre_inventory_errors_total";
 /// Counter of cgroup failures: `{op}` (`open`, `name`, `mkdir`, `read`, `write`, `create`,
-/// `kill`, `freeze`, `thaw`, `remove`, `rmdir`, `rename`, `leave`).
+/// `kill`, `freeze`, `thaw`, `remove`, `rmdir`, `leave`, `hold`).
 pub const CGROUP_ERRORS: &str = "cadre_cgroup_errors_total";
 /// Counter of task cgroups a previous node left behind, killed and removed by the sweep.
 pub const CGROUP_SWEPT: &str = "cadre_cgroup_swept_total";

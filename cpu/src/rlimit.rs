@@ -1,0 +1,128 @@
+//! The node's own open-files limit. Each running command job holds about a dozen descriptors in
+//! the node (two pipes, two log files, a pidfd, its cgroup's control files), and the default soft
+//! limit of many systems is 1,024: a node there could not run a hundred jobs at once. At start the
+//! node raises its soft limit to its hard limit (capped at [`MAX_OPEN_FILES`]), as Go's runtime
+//! and systemd services with `LimitNOFILE` do. Jobs inherit the raised limit (containers get
+//! 1,048,576 by default); a job that needs a smaller one sets its own.
+
+use std::io;
+
+use crate::metrics as m;
+
+/// The highest soft limit the node sets itself.
+pub const MAX_OPEN_FILES: u64 = 1 << 20;
+
+/// The open-files limit before and after [`raise_open_files`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenFiles {
+    /// The soft limit found.
+    pub before: u64,
+    /// The soft limit now (the same where nothing was raised).
+    pub after: u64,
+    /// The hard limit.
+    pub hard: u64,
+}
+
+/// Raises this process's soft `RLIMIT_NOFILE` to its hard limit, at most [`MAX_OPEN_FILES`]
+/// (never lowers it), and says so in one line: info where it was raised, debug where it was
+/// high enough, a warning (counted in [`m::INVENTORY_ERRORS`], kind `rlimit`) where it failed.
+pub fn raise_open_files_logged() -> Option<OpenFiles> {
+    match raise_open_files() {
+        Ok(limit) if limit.after > limit.before => {
+            tracing::info!(
+                before = limit.before,
+                after = limit.after,
+                hard = limit.hard,
+                "raised the open-files limit"
+            );
+            Some(limit)
+        }
+        Ok(limit) => {
+            tracing::debug!(
+                limit = limit.after,
+                hard = limit.hard,
+                "open-files limit kept"
+            );
+            Some(limit)
+        }
+        Err(error) => {
+            tracing::warn!(%error,
+                "cannot raise the open-files limit; the node runs fewer jobs at once than it could");
+            metrics::counter!(m::INVENTORY_ERRORS, "kind" => "rlimit").increment(1);
+            None
+        }
+    }
+}
+
+/// [`raise_open_files_logged`] without the log line: the limits before and after.
+#[allow(unsafe_code)]
+pub fn raise_open_files() -> io::Result<OpenFiles> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // Safety: getrlimit writes into the struct we own, for the duration of the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let (before, hard) = (limit.rlim_cur, limit.rlim_max);
+    let target = hard.min(MAX_OPEN_FILES);
+    if before >= target {
+        return Ok(OpenFiles {
+            before,
+            after: before,
+            hard,
+        });
+    }
+    let raised = libc::rlimit {
+        rlim_cur: target,
+        rlim_max: hard,
+    };
+    // Safety: setrlimit reads the struct we pass, which lives for the duration of the call.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(OpenFiles {
+        before,
+        after: target,
+        hard,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    #[allow(unsafe_code)]
+    fn a_low_soft_limit_is_raised_to_the_hard_one_and_a_high_one_kept() {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // Safety: as in `raise_open_files`.
+        assert_eq!(
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+            0
+        );
+        let low = libc::rlimit {
+            rlim_cur: limit.rlim_max.min(256),
+            rlim_max: limit.rlim_max,
+        };
+        // Safety: as in `raise_open_files`.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &low) }, 0);
+        let raised = raise_open_files().unwrap();
+        let target = limit.rlim_max.min(MAX_OPEN_FILES);
+        assert_eq!(raised.before, low.rlim_cur);
+        assert_eq!(raised.after, target);
+        // Safety: as in `raise_open_files`.
+        assert_eq!(
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+            0
+        );
+        assert_eq!(limit.rlim_cur, target);
+        let again = raise_open_files().unwrap();
+        assert_eq!((again.before, again.after), (target, target));
+    }
+}
