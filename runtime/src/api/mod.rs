@@ -86,6 +86,8 @@ pub struct ApiError {
     pub errors: Vec<FieldError>,
 }
 
+/// A refusal or failure of a request: counted, logged (a 500 is the node's failure: error; a
+/// client's refusal: debug) and answered with the error body.
 fn fail(
     status: StatusCode,
     route: &'static str,
@@ -94,12 +96,23 @@ fn fail(
     reason: impl Into<String>,
 ) -> HttpResponse {
     let reason = reason.into();
-    metrics::counter!("cadre_api_errors_total", "route" => route, "status" => status.as_str().to_owned()).increment(1);
     if status == StatusCode::INTERNAL_SERVER_ERROR {
         tracing::error!(route, status = status.as_u16(), error, field, %reason, "API request failed");
     } else {
         tracing::debug!(route, status = status.as_u16(), error, field, %reason, "API request refused");
     }
+    respond(status, route, error, field, reason)
+}
+
+/// The error body of `status`, counted in `cadre_api_errors_total`; the caller logs.
+fn respond(
+    status: StatusCode,
+    route: &'static str,
+    error: &str,
+    field: Option<&str>,
+    reason: String,
+) -> HttpResponse {
+    metrics::counter!("cadre_api_errors_total", "route" => route, "status" => status.as_str().to_owned()).increment(1);
     HttpResponse::build(status).json(ApiError {
         error: error.to_owned(),
         field: field.map(str::to_owned),
@@ -156,13 +169,18 @@ fn actors_error(route: &'static str, error: cadre_actors::Error) -> HttpResponse
     }
 }
 
+/// 503 for a request the scheduler did not answer: not the client's doing but the node's (the
+/// scheduler is restarting, or stuck), so a warning rather than a debug line; the restart itself
+/// is the supervisor's error event.
 fn mailbox(route: &'static str, error: actix::MailboxError) -> HttpResponse {
-    fail(
+    let reason = format!("the scheduler did not answer ({error}); it may be restarting");
+    tracing::warn!(route, status = 503, %reason, "API request failed: the scheduler did not answer");
+    respond(
         StatusCode::SERVICE_UNAVAILABLE,
         route,
         "unavailable",
         None,
-        format!("the scheduler did not answer ({error}); it may be restarting"),
+        reason,
     )
 }
 
@@ -391,4 +409,60 @@ pub fn server(
     .run();
     let handle = server.handle();
     Ok((server, handle))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// What a log subscriber wrote.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A scheduler that does not answer is the node's problem, a warning; a client's refusal
+    /// (503 while draining) is a debug line. Both are answered and counted.
+    #[test]
+    fn an_unanswered_request_is_a_warning_and_a_refusal_is_not() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .without_time()
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let unanswered = mailbox("jobs", actix::MailboxError::Closed);
+            assert_eq!(unanswered.status(), StatusCode::SERVICE_UNAVAILABLE);
+            let refused = fail(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "jobs",
+                "draining",
+                None,
+                "the node is draining",
+            );
+            assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        });
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let line = |needle: &str| {
+            text.lines()
+                .find(|l| l.contains(needle))
+                .unwrap_or_default()
+                .to_owned()
+        };
+        assert!(line("did not answer").contains("WARN"), "{text}");
+        assert!(line("draining").contains("DEBUG"), "{text}");
+    }
 }
