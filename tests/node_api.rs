@@ -1,7 +1,8 @@
 //! End-to-end tests of the node's HTTP API edges, on the real `cadre` binary: 405 with `Allow`
 //! for a wrong method, the bounds on request bodies (408, 413, 503 with `Retry-After`), unknown
-//! fields refused with their path (JSON and TOML), SIGHUP and a second SIGTERM while draining,
-//! `/readyz` and the `ended` count, and the aligned columns of `cadre list`.
+//! fields, type errors and unknown kinds refused with their path (JSON and TOML), SIGHUP and a
+//! second SIGTERM while draining, `/readyz` and the `ended` count, and the aligned columns of
+//! `cadre list`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -255,6 +256,64 @@ fn unknown_fields_are_refused_with_their_path_in_json_and_toml() {
     let job = node.wait_state(id, "succeeded", LONG);
     assert_eq!(job["name"], "a");
     assert_eq!(job_count(&node), 1);
+}
+
+/// The kind's errors name its path, never the bad value or a bare leaf (`program`), over
+/// HTTP and from a TOML file through the CLI; an unknown kind lists the kinds there are.
+#[test]
+fn kind_errors_name_their_path_in_json_and_toml() {
+    let dir = Scratch::new("api-kind-errors");
+    let node = Server::start(dir.path(), &[]);
+    // (JSON body, the same as a TOML file, the field, words the reason must hold)
+    let cases: [(Value, &str, &str, &[&str]); 4] = [
+        (
+            json!({"name": "a", "kind": "docker"}),
+            "name = \"a\"\nkind = \"docker\"\n",
+            "kind",
+            &["docker", "`command`", "`workload`"],
+        ),
+        (
+            json!({"name": "a", "kind": {"docker": {"image": "x"}}}),
+            "name = \"a\"\n\n[kind.docker]\nimage = \"x\"\n",
+            "kind",
+            &["docker", "`command`", "`workload`"],
+        ),
+        (
+            json!({"name": "a", "kind": {"command": {"program": 5}}}),
+            "name = \"a\"\n\n[kind.command]\nprogram = 5\n",
+            "kind.command.program",
+            &["invalid type"],
+        ),
+        (
+            json!({"name": "a", "kind": {"command": {}}}),
+            "name = \"a\"\n\n[kind.command]\n",
+            "kind.command.program",
+            &["missing"],
+        ),
+    ];
+    for (i, (spec, toml, field, words)) in cases.into_iter().enumerate() {
+        let (status, body) = node.post("/v1/jobs", &spec);
+        assert_eq!(status, 400, "{spec}: {body}");
+        assert_error_body(&body, field);
+        let reason = body["reason"].as_str().unwrap();
+        for word in words {
+            assert!(reason.contains(word), "{spec}: {body}");
+        }
+        let file = dir.path().join(format!("kind-{i}.toml"));
+        std::fs::write(&file, toml).unwrap();
+        let out = node.cli(&["submit", "--file", file.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{toml}: {stderr}");
+        // The CLI says `<error> (400): <field>: <reason>`.
+        assert!(
+            stderr.contains(&format!("(400): {field}: ")),
+            "{toml}: {stderr}"
+        );
+        for word in words {
+            assert!(stderr.contains(word), "{toml}: {stderr}");
+        }
+    }
+    assert_eq!(job_count(&node), 0, "nothing refused was stored");
 }
 
 #[test]

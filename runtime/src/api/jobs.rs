@@ -401,4 +401,42 @@ mod tests {
             "name"
         );
     }
+
+    fn error_of(spec: serde_json::Value) -> FieldError {
+        match parse_spec(spec, "") {
+            Ok(_) => panic!("accepted"),
+            Err(e) => e,
+        }
+    }
+
+    /// The kind's errors name its path, never the bad value or a bare leaf, and an unknown
+    /// kind lists the kinds there are.
+    #[test]
+    fn kind_errors_name_the_path_and_what_is_accepted() {
+        for kind in [
+            serde_json::json!("docker"),
+            serde_json::json!({"docker": {}}),
+        ] {
+            let e = error_of(serde_json::json!({"name": "a", "kind": kind}));
+            assert_eq!(e.field, "kind", "{kind}: {}", e.reason);
+            assert!(e.reason.contains("docker"), "{}", e.reason);
+            for accepted in ["`command`", "`workload`"] {
+                assert!(e.reason.contains(accepted), "{kind}: {}", e.reason);
+            }
+        }
+        let e = error_of(serde_json::json!({"name": "a", "kind": {"command": {"program": 5}}}));
+        assert_eq!(e.field, "kind.command.program");
+        assert!(!e.reason.is_empty());
+        let e = error_of(serde_json::json!({"name": "a", "kind": {"command": {}}}));
+        assert_eq!(e.field, "kind.command.program", "{}", e.reason);
+        assert!(e.reason.contains("missing"), "{}", e.reason);
+        // Under a batch's prefix, the same paths.
+        let e = parse_spec(
+            serde_json::json!({"name": "a", "kind": {"command": {}}}),
+            "jobs[2].",
+        )
+        .map(|_| ())
+        .unwrap_err();
+        assert_eq!(e.field, "jobs[2].kind.command.program");
+    }
 }
