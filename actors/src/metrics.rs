@@ -86,8 +86,12 @@ pub const STORE_WRITABLE: &str = "cadre_store_writable";
 /// Counter of failed attempts queued again for a retry (the job's `max_retries`): `{state}`
 /// (`failed`, `timed_out`).
 pub const JOBS_RETRIED: &str = "cadre_jobs_retried_total";
-/// Counter of ended jobs removed by the retention policy.
+/// Counter of ended jobs removed by the retention policy: `{reason}` (`policy`: their age or
+/// the count kept; `disk`: early, the data's disk being too full).
 pub const JOBS_PRUNED: &str = "cadre_jobs_pruned_total";
+/// Gauge: 1 while the data's disk is fuller than retention allows (ended jobs are pruned early),
+/// else 0.
+pub const RETENTION_DISK_PRESSURE: &str = "cadre_retention_disk_pressure";
 /// Gauge of ended jobs the node keeps (bounded by the retention policy).
 pub const JOBS_KEPT_ENDED: &str = "cadre_jobs_kept_ended";
 /// Counter of failures cleaning up after pruned jobs (their log files, scratch directories):
@@ -216,7 +220,11 @@ pub fn describe() {
     );
     metrics::describe_counter!(
         JOBS_PRUNED,
-        "Counter of ended jobs removed by the retention policy."
+        "Counter of ended jobs removed by the retention policy, by reason (policy, disk)."
+    );
+    metrics::describe_gauge!(
+        RETENTION_DISK_PRESSURE,
+        "1 while the data's disk is fuller than retention allows and ended jobs are pruned early."
     );
     metrics::describe_gauge!(
         JOBS_KEPT_ENDED,

@@ -1,19 +1,22 @@
 //! Retention on the real scheduler: ended jobs beyond the policy (count, age) are pruned by a
 //! journaled record, answered "pruned by retention" afterwards (also after a restart, which
-//! replays the pruning), their files handed to the janitor once the record is durable, and a
-//! job that has not ended is never pruned.
+//! replays the pruning), their files handed to the janitor once the record is durable, a job
+//! that has not ended is never pruned, and a disk fuller than the policy allows prunes ended
+//! jobs early.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cadre_actors::job::JobState;
 use cadre_actors::protocol::TaskEnd;
-use cadre_actors::scheduler::{GetJob, Janitor, PrunedJob, Retention};
+use cadre_actors::scheduler::{DiskProbe, GetJob, Janitor, PrunedJob, Retention};
 use cadre_actors::{Error, JobId};
+use cadre_cpu::disk::DiskSpace;
 use tokio::time::sleep;
 
 use support::{lock, run, sched_job, RigOptions, SchedRig, Scratch, LONG_TTL};
@@ -31,6 +34,7 @@ fn keep(max_jobs: usize, max_age: Duration) -> Retention {
         max_jobs,
         every: Duration::from_millis(100),
         batch: 4,
+        ..Retention::default()
     }
 }
 
@@ -143,4 +147,97 @@ fn ended_jobs_older_than_the_age_are_pruned() {
         assert!(lock(&cleaned).iter().all(|p| p.tasks == 1 && !p.command));
         rig.stop().await;
     });
+}
+
+/// Which of `ids` the scheduler answers "pruned".
+async fn pruned_of(rig: &SchedRig, ids: &[JobId]) -> Vec<JobId> {
+    let mut pruned = Vec::new();
+    for &id in ids {
+        match rig.sched.send(GetJob(id)).await.unwrap() {
+            Err(Error::Pruned { job }) => pruned.push(job),
+            Ok(_) => {}
+            Err(other) => panic!("job {id}: {other}"),
+        }
+    }
+    pruned
+}
+
+/// Past the disk limit, ended jobs go early, oldest first, whatever the count and age allow
+/// (at least ten per pass), and their files go to the janitor; once the disk is below the
+/// limit again, pruning stops: the count and the age alone decide.
+#[test]
+fn a_disk_fuller_than_the_limit_prunes_ended_jobs_early_until_it_is_not() {
+    let count = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&count);
+    let obs = run(|_| async move {
+        // A disk of 100 bytes, half full.
+        let free = Arc::new(AtomicU64::new(50));
+        let f = Arc::clone(&free);
+        let probe = DiskProbe(Arc::new(move || {
+            let free_bytes = f.load(Ordering::SeqCst);
+            Ok(DiskSpace {
+                free_bytes,
+                total_bytes: 100,
+                used_bytes: 100 - free_bytes,
+            })
+        }));
+        let (janitor, cleaned) = janitor();
+        let options = RigOptions {
+            retention: Retention {
+                max_disk_used_percent: 90,
+                disk: Some(probe),
+                ..keep(1_000, Duration::from_secs(24 * 3600))
+            },
+            janitor: Some(janitor),
+            ..RigOptions::default()
+        };
+        let rig = SchedRig::start_full(Scratch::new("journal"), LONG_TTL, 1, options).await;
+        let ids = run_jobs(&rig, 30, 0).await;
+        sleep(Duration::from_millis(300)).await;
+        assert!(
+            pruned_of(&rig, &ids).await.is_empty(),
+            "pruned below the limit"
+        );
+
+        free.store(5, Ordering::SeqCst);
+        let mut pruned = Vec::new();
+        for _ in 0..100 {
+            pruned = pruned_of(&rig, &ids).await;
+            if pruned.len() >= 10 {
+                break;
+            }
+            sleep(Duration::from_millis(50)).await;
+        }
+        assert!(pruned.len() >= 10, "only {} pruned early", pruned.len());
+        assert_eq!(pruned, ids[..pruned.len()], "the oldest go first");
+
+        free.store(50, Ordering::SeqCst);
+        sleep(Duration::from_millis(300)).await;
+        let settled = pruned_of(&rig, &ids).await;
+        sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            pruned_of(&rig, &ids).await,
+            settled,
+            "pruning went on below the limit"
+        );
+        assert!(settled.len() < ids.len(), "everything was pruned");
+        let mut janitored: Vec<JobId> = lock(&cleaned).iter().map(|p| p.job).collect();
+        janitored.sort();
+        assert_eq!(janitored, settled, "the janitor heard of each once");
+        rig.stop().await;
+        counted.store(settled.len() as u64, Ordering::SeqCst);
+    });
+    assert_eq!(
+        obs.counter("cadre_jobs_pruned_total", &[("reason", "disk")]),
+        count.load(Ordering::SeqCst)
+    );
+    assert!(
+        !obs.events
+            .with(
+                tracing::Level::WARN,
+                "the data's disk is fuller than retention allows: pruning ended jobs early"
+            )
+            .is_empty(),
+        "no line said pruning began"
+    );
 }

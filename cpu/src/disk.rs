@@ -13,6 +13,20 @@ pub struct DiskSpace {
     pub free_bytes: u64,
     /// The filesystem's size (`f_blocks * f_frsize`).
     pub total_bytes: u64,
+    /// Bytes in use (`(f_blocks - f_bfree) * f_frsize`): neither free nor reserved for root.
+    pub used_bytes: u64,
+}
+
+impl DiskSpace {
+    /// The share of the space writers can have that is in use, in percent, as `df` shows it:
+    /// used / (used + free), so that blocks reserved for root count as neither.
+    pub fn used_percent(&self) -> f64 {
+        let usable = self.used_bytes.saturating_add(self.free_bytes);
+        if usable == 0 {
+            return 100.0;
+        }
+        self.used_bytes as f64 * 100.0 / usable as f64
+    }
 }
 
 impl std::fmt::Display for DiskSpace {
@@ -43,6 +57,7 @@ pub fn space(path: &Path) -> io::Result<DiskSpace> {
     Ok(DiskSpace {
         free_bytes: st.f_bavail.saturating_mul(frsize),
         total_bytes: st.f_blocks.saturating_mul(frsize),
+        used_bytes: st.f_blocks.saturating_sub(st.f_bfree).saturating_mul(frsize),
     })
 }
 
@@ -80,6 +95,14 @@ mod tests {
         assert_eq!(human_bytes(16 << 20), "16.0 MiB");
         let s = space(Path::new("/")).unwrap();
         assert!(s.total_bytes > 0 && s.free_bytes <= s.total_bytes);
+        assert!(s.used_bytes <= s.total_bytes);
+        // As df: root's reserve counts as neither used nor free.
+        let reserved = DiskSpace {
+            free_bytes: 40,
+            total_bytes: 100,
+            used_bytes: 40,
+        };
+        assert_eq!(reserved.used_percent(), 50.0);
         assert!(space(Path::new("/no/such/dir")).is_err());
         assert!(is_out_of_space(&io::Error::from_raw_os_error(libc::ENOSPC)));
         assert!(!is_out_of_space(&io::Error::from_raw_os_error(libc::EIO)));

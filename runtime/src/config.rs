@@ -92,6 +92,10 @@ pub struct RetentionConfig {
     pub max_jobs: usize,
     /// How often the policy is applied, in milliseconds (default 1,000).
     pub every_ms: u64,
+    /// Above this share of the data directory's filesystem used (percent), ended jobs are
+    /// pruned early, oldest first, whatever their age and count (default 90; 100: never), as
+    /// Nomad's `gc_disk_usage_threshold` (80 there).
+    pub max_disk_used_percent: u8,
 }
 
 impl Default for RetentionConfig {
@@ -100,6 +104,7 @@ impl Default for RetentionConfig {
             max_age_secs: 24 * 3600,
             max_jobs: 100_000,
             every_ms: 1000,
+            max_disk_used_percent: 90,
         }
     }
 }
@@ -301,6 +306,9 @@ impl Config {
         if let Some(v) = parse_env(env, "CADRE_RETENTION_EVERY_MS")? {
             config.retention.every_ms = v;
         }
+        if let Some(v) = parse_env(env, "CADRE_RETENTION_MAX_DISK_USED_PERCENT")? {
+            config.retention.max_disk_used_percent = v;
+        }
         if let Some(v) = parse_env(env, "CADRE_LOGS_MAX_BYTES_PER_STREAM")? {
             config.logs.max_bytes_per_stream = v;
         }
@@ -413,6 +421,12 @@ impl Config {
         if self.retention.every_ms == 0 {
             return Err(invalid("retention.every_ms", "must be at least 1"));
         }
+        if !(1..=100).contains(&self.retention.max_disk_used_percent) {
+            return Err(invalid(
+                "retention.max_disk_used_percent",
+                "must be between 1 and 100 (100: never prune for disk space)",
+            ));
+        }
         if self.logs.max_bytes_per_stream < cadre_cpu::joblog::MIN_LOG_CAP {
             return Err(invalid(
                 "logs.max_bytes_per_stream",
@@ -431,6 +445,10 @@ impl Config {
             max_age: Duration::from_secs(self.retention.max_age_secs),
             max_jobs: self.retention.max_jobs,
             every: Duration::from_millis(self.retention.every_ms),
+            max_disk_used_percent: self.retention.max_disk_used_percent,
+            disk: Some(cadre_actors::scheduler::DiskProbe::statvfs(
+                self.data_dir.clone(),
+            )),
             ..cadre_actors::scheduler::Retention::default()
         }
     }

@@ -113,6 +113,24 @@ fn bad_input_is_refused_with_its_field() {
         field(Config::load(&Flags::default(), &env(&[("CADRE_LEASE_TTL_MS", "10")])).unwrap_err()),
         "lease_ttl_ms"
     );
+    for bad in ["0", "101"] {
+        let vars = [("CADRE_RETENTION_MAX_DISK_USED_PERCENT", bad)];
+        assert_eq!(
+            field(Config::load(&Flags::default(), &env(&vars)).unwrap_err()),
+            "retention.max_disk_used_percent",
+            "{bad}"
+        );
+    }
+    let c = Config::load(
+        &Flags::default(),
+        &env(&[("CADRE_RETENTION_MAX_DISK_USED_PERCENT", "75")]),
+    )
+    .unwrap();
+    assert_eq!(c.retention().max_disk_used_percent, 75);
+    assert!(
+        c.retention().disk.is_some(),
+        "the node watches its data's disk"
+    );
     let missing = Flags {
         config: Some(PathBuf::from("/no/such/cadre.toml")),
         ..Flags::default()

@@ -64,6 +64,7 @@ use crate::store::{Durable, Outcome, Record, Recovery, Store, StoreOptions, Subm
 mod api;
 mod commit;
 mod jobs;
+mod retention;
 mod snapshot;
 mod workers;
 
@@ -73,6 +74,7 @@ pub use api::{
 };
 use commit::AfterDurable;
 use jobs::{task_result, TaskResult};
+pub use retention::{DiskProbe, Retention};
 pub use snapshot::{SnapshotDone, TakeSnapshot, STEP_ENTRIES};
 pub use workers::EVENT_CAPACITY;
 
@@ -133,33 +135,6 @@ pub struct PrunedJob {
 /// Cleans up after pruned jobs (see [`SchedulerConfig::janitor`]).
 pub type Janitor = Arc<dyn Fn(Vec<PrunedJob>) + Send + Sync>;
 
-/// The retention policy of ended jobs, as Slurm's `MinJobAge` and `MaxJobCount` and Nomad's
-/// `job_gc_threshold`: an ended job is removed (table, journal, logs) once it ended `max_age`
-/// ago, or once more than `max_jobs` ended jobs are kept (the oldest go first).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Retention {
-    /// How long an ended job is kept (default 24 h: a day to look at what happened).
-    pub max_age: Duration,
-    /// How many ended jobs are kept at most (default 100,000: about 60 MB of memory and
-    /// 15 MB of snapshot).
-    pub max_jobs: usize,
-    /// How often the policy is applied (default 1 s).
-    pub every: Duration,
-    /// The most jobs one `Pruned` record removes (default 10,000; more go in the next).
-    pub batch: usize,
-}
-
-impl Default for Retention {
-    fn default() -> Self {
-        Retention {
-            max_age: Duration::from_secs(24 * 3600),
-            max_jobs: 100_000,
-            every: Duration::from_secs(1),
-            batch: 10_000,
-        }
-    }
-}
-
 /// How the scheduler reaches the health monitor for job-level suspicion.
 #[derive(Debug, Clone)]
 pub struct HealthLink {
@@ -214,6 +189,8 @@ struct Core {
     closing: bool,
     /// The snapshot being written, if one is.
     snapshot: Option<snapshot::SnapshotRun>,
+    /// Whether the data's disk was last found fuller than retention allows.
+    disk_pressure: bool,
 }
 
 struct WorkerEntry {
@@ -367,6 +344,7 @@ impl Scheduler {
             grace_until: Some(now + self.config.registration_grace),
             closing: false,
             snapshot: None,
+            disk_pressure: false,
         });
         metrics::gauge!(m::JOBS_RUNNING).set(0.0);
         metrics::gauge!(m::WORKERS).set(0.0);
@@ -379,6 +357,7 @@ impl Scheduler {
             self.delay(ctx, q, at);
         }
         self.watch_journal(ctx, health);
+        metrics::gauge!(m::RETENTION_DISK_PRESSURE).set(0.0);
         let every = self.config.retention.every;
         ctx.run_interval(every, |act, ctx| act.prune(ctx));
         let grace = self.config.registration_grace;
