@@ -57,7 +57,10 @@ pub fn space(path: &Path) -> io::Result<DiskSpace> {
     Ok(DiskSpace {
         free_bytes: st.f_bavail.saturating_mul(frsize),
         total_bytes: st.f_blocks.saturating_mul(frsize),
-        used_bytes: st.f_blocks.saturating_sub(st.f_bfree).saturating_mul(frsize),
+        used_bytes: st
+            .f_blocks
+            .saturating_sub(st.f_bfree)
+            .saturating_mul(frsize),
     })
 }
 
