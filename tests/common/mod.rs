@@ -111,6 +111,17 @@ impl Server {
             .append(true)
             .open(&self.log)
             .unwrap();
+        let mut cmd = self.command();
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        self.child = Some(cmd.spawn().unwrap());
+        self.wait_ready();
+    }
+
+    /// The `serve` command line of this node (its ports, data directory and environment),
+    /// without its output redirected.
+    pub fn command(&self) -> Command {
         let mut cmd = Command::new(&self.bin);
         cmd.arg("serve")
             .arg("--data-dir")
@@ -123,15 +134,66 @@ impl Server {
             .env("CADRE_LEASE_TTL_MS", "2000")
             .env("CADRE_RENEW_EVERY_MS", "200")
             .env("CADRE_FENCE_MARGIN_MS", "600")
-            .env("CADRE_KILL_GRACE_MS", "2000")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
+            .env("CADRE_KILL_GRACE_MS", "2000");
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        self.child = Some(cmd.spawn().unwrap());
-        self.wait_ready();
+        cmd
+    }
+
+    /// Starts the (stopped) node once more, expecting it to refuse to start: waits at most
+    /// `within` for it to exit (failing when it is still running then) and returns its status
+    /// and output (also written to `output`).
+    pub fn start_refused(
+        &self,
+        output: &Path,
+        within: Duration,
+    ) -> (std::process::ExitStatus, String) {
+        assert!(self.child.is_none(), "the node is still running");
+        run_within(&mut self.command(), output, within)
+    }
+
+    /// A job's view, or the status and error body when the API does not have it (404 for a
+    /// job unknown or pruned by retention).
+    pub fn job_or_error(&self, id: u64) -> (u16, Value) {
+        self.get(&format!("/v1/jobs/{id}"))
+    }
+
+    /// Whether no job is lost, queued, leased or running (everything accepted has ended).
+    /// The states are asked in the order a job moves through them, so none slips between two
+    /// questions.
+    pub fn drained(&self) -> bool {
+        ["lost", "queued", "leased", "running"].iter().all(|state| {
+            let (status, body) = self.get(&format!("/v1/jobs?state={state}&limit=1"));
+            assert_eq!(status, 200, "{body}");
+            body["jobs"].as_array().unwrap().is_empty()
+        })
+    }
+
+    /// Waits until the node has drained ([`Server::drained`] twice in a row), failing with the
+    /// log after `within`.
+    pub fn wait_drained(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !(self.drained() && self.drained()) {
+            assert!(
+                Instant::now() < deadline,
+                "jobs still queued or running after {within:?}; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Ids of the jobs in `state` (at most 1000).
+    pub fn ids_in(&self, state: &str) -> Vec<u64> {
+        let (status, body) = self.get(&format!("/v1/jobs?state={state}&limit=1000"));
+        assert_eq!(status, 200, "{body}");
+        body["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["id"].as_u64().unwrap())
+            .collect()
     }
 
     pub fn wait_ready(&mut self) {
