@@ -1,7 +1,8 @@
 //! What confines a node's command jobs and cleans up after them: the node's cgroup parent
 //! (opened once at start, with the fallback to process groups said once), the documented
-//! environment every job starts from, and the janitor that removes a pruned job's logs and
-//! scratch directories.
+//! environment every job starts from, the janitor that removes a pruned job's logs and
+//! scratch directories, and the start-up sweep of what pruned jobs left behind when a node
+//! stopped (or crashed) after their `Pruned` record was durable but before the janitor ran.
 //!
 //! **Environment.** A command job does not see the node's environment (Nomad passes none of
 //! the agent's variables; Slurm passes all of them only with `--export=ALL`): it gets `PATH`,
@@ -11,10 +12,12 @@
 //! `CADRE_GANG_SIZE`, `CUDA_VISIBLE_DEVICES` (its GPUs, by UUID; empty without), then what its
 //! spec sets. `inherit_env: true` starts from the node's whole environment instead.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cadre_actors::scheduler::{Janitor, PrunedJob};
+use cadre_actors::store::JobTable;
 use cadre_cpu::cgroup::Cgroups;
 use cadre_cpu::CpuError;
 
@@ -137,6 +140,220 @@ fn cleanup_failed(job: PrunedJob, what: &'static str, path: &Path, error: &str) 
     metrics::counter!(cadre_actors::metrics::PRUNE_CLEANUP_ERRORS, "what" => what).increment(1);
 }
 
+/// The jobs a store keeps below its next id, as ranges of ids: every other id below it was
+/// pruned (ids are consecutive from 1). Taken once at start-up, before the scheduler owns the
+/// store, so the sweep needs nothing from the scheduler: a job pruned later is the janitor's,
+/// and a job accepted later has an id at or above `next`, which the sweep never touches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptIds {
+    /// Inclusive ranges, ascending and disjoint.
+    ranges: Vec<(u64, u64)>,
+    /// The id the next accepted job gets.
+    next: u64,
+}
+
+impl KeptIds {
+    /// The jobs `table` keeps, and its next id.
+    pub fn of(table: &JobTable) -> KeptIds {
+        KeptIds::from_ids(table.iter().map(|(id, _)| id.0), table.next_id().0)
+    }
+
+    /// From the kept ids (ascending, as a table lists them; any order is taken) and the next id.
+    fn from_ids(ids: impl IntoIterator<Item = u64>, next: u64) -> KeptIds {
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        let mut ascending = true;
+        for id in ids.into_iter().filter(|&id| id < next) {
+            match ranges.last_mut() {
+                Some((_, end)) if id == end.saturating_add(1) => *end = id,
+                // Listed twice: kept once.
+                Some((start, end)) if (*start..=*end).contains(&id) => {}
+                Some((start, _)) if id < *start => {
+                    ascending = false;
+                    ranges.push((id, id));
+                }
+                _ => ranges.push((id, id)),
+            }
+        }
+        if !ascending {
+            ranges.sort_unstable();
+            let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+            for (start, end) in ranges {
+                match merged.last_mut() {
+                    Some((_, last)) if start <= last.saturating_add(1) => *last = (*last).max(end),
+                    _ => merged.push((start, end)),
+                }
+            }
+            ranges = merged;
+        }
+        KeptIds { ranges, next }
+    }
+
+    /// Whether `job` was accepted once and has since been pruned: below the next id (ids
+    /// start at 1) and not kept.
+    pub fn was_pruned(&self, job: u64) -> bool {
+        if job == 0 || job >= self.next {
+            return false;
+        }
+        let after = self.ranges.partition_point(|&(start, _)| start <= job);
+        !(after > 0 && job <= self.ranges[after - 1].1)
+    }
+}
+
+/// A decimal number as cadre writes one in a file name (no sign, no leading zero).
+fn number(part: &[u8]) -> Option<u64> {
+    if part.is_empty() || (part.len() > 1 && part[0] == b'0') {
+        return None;
+    }
+    if !part.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(part).ok()?.parse().ok()
+}
+
+/// `<job>.<task>` as the worker names a task's scratch directory: the job.
+fn scratch_job(name: &[u8]) -> Option<u64> {
+    let mut parts = name.split(|b| *b == b'.');
+    let job = number(parts.next()?)?;
+    let task = number(parts.next()?)?;
+    (parts.next().is_none() && u32::try_from(task).is_ok()).then_some(job)
+}
+
+/// A task's log piece as the worker names it: its job, and whether it is a tail segment
+/// (`<job>.<task>.<out|err>` is the head, `<head>.<offset, 20 digits>` a segment; see
+/// `cadre_cpu::joblog`).
+fn log_piece(name: &[u8]) -> Option<(u64, bool)> {
+    let mut parts = name.split(|b| *b == b'.');
+    let job = number(parts.next()?)?;
+    let task = number(parts.next()?)?;
+    u32::try_from(task).ok()?;
+    if !matches!(parts.next()?, b"out" | b"err") {
+        return None;
+    }
+    match parts.next() {
+        None => Some((job, false)),
+        Some(offset) if offset.len() == 20 && offset.iter().all(u8::is_ascii_digit) => {
+            parts.next().is_none().then_some((job, true))
+        }
+        Some(_) => None,
+    }
+}
+
+/// What the start-up sweep removed, and how many removals failed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    /// Log files (heads and tail segments) removed.
+    pub log_files: u64,
+    /// Scratch directories removed.
+    pub scratch_dirs: u64,
+    /// Removals (or listings) that failed, each said and counted.
+    pub failures: u64,
+}
+
+/// Starts the sweep of what pruned jobs left in `log_dir` and `scratch_dir` (see
+/// [`sweep_pruned`]) on tokio's blocking pool and returns at once; one info line says what it
+/// removed. Must run inside a tokio runtime.
+pub fn spawn_sweep(log_dir: PathBuf, scratch_dir: PathBuf, kept: KeptIds) {
+    // Not awaited: the node serves meanwhile (what it touches is no live job's), and a sweep
+    // cut short by a stop is finished by the next start.
+    drop(tokio::task::spawn_blocking(move || {
+        let swept = sweep_pruned(&log_dir, &scratch_dir, &kept);
+        tracing::info!(
+            log_files = swept.log_files,
+            scratch_dirs = swept.scratch_dirs,
+            failures = swept.failures,
+            logs = %log_dir.display(),
+            scratch = %scratch_dir.display(),
+            "swept what pruned jobs left on disk"
+        );
+    }));
+}
+
+/// Removes the log files and scratch directories of pruned jobs (per `kept`): what a node
+/// that stopped after a `Pruned` record was durable but before its janitor ran left behind.
+/// Only names that parse as a task's log piece or scratch directory are touched, only for ids
+/// below the next one that the table does not keep: never a kept job's, a future job's or a
+/// file cadre did not name. Blocking; one pass over the scratch directory and two over the log
+/// directory (tail segments first, then heads, as `cadre_cpu::joblog` removes a stream, so a
+/// sweep cut short never leaves segments without their head), holding nothing per entry. Each
+/// failure is one warning and one count of `cadre_prune_cleanup_errors_total`.
+pub fn sweep_pruned(log_dir: &Path, scratch_dir: &Path, kept: &KeptIds) -> Swept {
+    let mut swept = Swept::default();
+    for heads in [false, true] {
+        // A listing of segments that failed leaves the heads: removing them first would leave
+        // segments that nothing finds from the head.
+        let listed = each_entry(log_dir, "logs", &mut swept, |entry, swept| {
+            let Some((job, segment)) = log_piece(entry.file_name().as_bytes()) else {
+                return;
+            };
+            if segment == heads || !kept.was_pruned(job) {
+                return;
+            }
+            if !entry.file_type().is_ok_and(|t| t.is_file()) {
+                return;
+            }
+            let path = entry.path();
+            match std::fs::remove_file(&path) {
+                Ok(()) => swept.log_files += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => sweep_failed(swept, Some(job), "logs", &path, &e.to_string()),
+            }
+        });
+        if !listed {
+            break;
+        }
+    }
+    each_entry(scratch_dir, "scratch", &mut swept, |entry, swept| {
+        let Some(job) = scratch_job(entry.file_name().as_bytes()) else {
+            return;
+        };
+        if !kept.was_pruned(job) || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            return;
+        }
+        let path = entry.path();
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => swept.scratch_dirs += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => sweep_failed(swept, Some(job), "scratch", &path, &e.to_string()),
+        }
+    });
+    swept
+}
+
+/// Calls `f` with each entry of `dir` (a directory that does not exist has none); a listing
+/// that fails is one failure, and ends the pass: `false` then.
+fn each_entry(
+    dir: &Path,
+    what: &'static str,
+    swept: &mut Swept,
+    mut f: impl FnMut(&std::fs::DirEntry, &mut Swept),
+) -> bool {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return true,
+        Err(e) => {
+            sweep_failed(swept, None, what, dir, &e.to_string());
+            return false;
+        }
+    };
+    for entry in entries {
+        match entry {
+            Ok(entry) => f(&entry, swept),
+            Err(e) => {
+                sweep_failed(swept, None, what, dir, &e.to_string());
+                return false;
+            }
+        }
+    }
+    true
+}
+
+fn sweep_failed(swept: &mut Swept, job: Option<u64>, what: &'static str, path: &Path, error: &str) {
+    swept.failures += 1;
+    tracing::warn!(job, what, path = %path.display(), error,
+        "start-up sweep: could not remove what a pruned job left on disk");
+    metrics::counter!(cadre_actors::metrics::PRUNE_CLEANUP_ERRORS, "what" => what).increment(1);
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -154,6 +371,167 @@ mod tests {
         assert_eq!(keys, ["PATH", "LANG", "HOME"]);
         assert_eq!(env[0].1, DEFAULT_PATH);
         assert_eq!(env[1].1, "C.UTF-8");
+    }
+
+    #[test]
+    fn kept_ids_say_which_ids_below_the_next_were_pruned() {
+        let kept = KeptIds::from_ids([2, 3, 4, 7, 9, 12], 10);
+        assert_eq!(
+            kept.ranges,
+            vec![(2, 4), (7, 7), (9, 9)],
+            "12 is not below 10"
+        );
+        let pruned: Vec<u64> = (0..13).filter(|&id| kept.was_pruned(id)).collect();
+        // 0 was never an id; 10 and above are not yet.
+        assert_eq!(pruned, [1, 5, 6, 8]);
+        // Any order, repeats included, gives the same answer.
+        assert_eq!(KeptIds::from_ids([9, 3, 7, 2, 4, 3, 9], 10), kept);
+        let none = KeptIds::from_ids([], 4);
+        assert!((1..4).all(|id| none.was_pruned(id)) && !none.was_pruned(4));
+        let fresh = KeptIds::from_ids([], 1);
+        assert!(!fresh.was_pruned(0) && !fresh.was_pruned(1));
+    }
+
+    #[test]
+    fn only_names_cadre_gives_a_task_are_a_jobs_files() {
+        assert_eq!(log_piece(b"12.0.out"), Some((12, false)));
+        assert_eq!(log_piece(b"12.3.err"), Some((12, false)));
+        assert_eq!(
+            log_piece(b"12.0.out.00000000000016777216"),
+            Some((12, true))
+        );
+        for stray in [
+            &b"12.0.log"[..],
+            b"12.0.out.bak",
+            b"12.0.out.123",
+            b"12.0.out.00000000000016777216.x",
+            b"012.0.out",
+            b"12.01.out",
+            b"+12.0.out",
+            b"12.x.out",
+            b"12.out",
+            b"12.0",
+            b"12.99999999999.out",
+            b"99999999999999999999999.0.out",
+            b"README",
+            b"",
+        ] {
+            assert_eq!(log_piece(stray), None, "{}", String::from_utf8_lossy(stray));
+        }
+        assert_eq!(scratch_job(b"12.0"), Some(12));
+        assert_eq!(scratch_job(b"0.0"), Some(0));
+        for stray in [
+            &b"12"[..],
+            b"12.0.out",
+            b"12.0.tmp",
+            b"x.0",
+            b"12.",
+            b".0",
+            b"012.0",
+        ] {
+            assert_eq!(
+                scratch_job(stray),
+                None,
+                "{}",
+                String::from_utf8_lossy(stray)
+            );
+        }
+    }
+
+    /// A directory of its own under the system's temporary directory, removed on drop.
+    struct Tmp(PathBuf);
+
+    impl Tmp {
+        fn new(name: &str) -> Tmp {
+            let dir =
+                std::env::temp_dir().join(format!("cadre-confine-{name}-{}", std::process::id()));
+            // A run killed before its drop left this one.
+            remove(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Tmp(dir)
+        }
+    }
+
+    impl Drop for Tmp {
+        fn drop(&mut self) {
+            remove(&self.0);
+        }
+    }
+
+    fn remove(dir: &Path) {
+        match std::fs::remove_dir_all(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                eprintln!("{}: not removed: {e}", dir.display())
+            }
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_sweep_removes_only_pruned_jobs_files() {
+        let tmp = Tmp::new("sweep");
+        let (logs, scratch) = (tmp.0.join("logs"), tmp.0.join("scratch"));
+        std::fs::create_dir_all(&logs).unwrap();
+        std::fs::create_dir_all(scratch.join("1.0/deep")).unwrap();
+        std::fs::write(scratch.join("1.0/deep/f"), b"x").unwrap();
+        for dir in ["2.0", "5.0", "1.0.tmp"] {
+            std::fs::create_dir_all(scratch.join(dir)).unwrap();
+        }
+        // A file where a pruned job's scratch directory would be is not one.
+        std::fs::write(scratch.join("1.1"), b"x").unwrap();
+        let pruned_logs = ["1.0.out", "1.0.err", "1.0.out.00000000000000065536"];
+        let left_logs = [
+            "2.0.out",
+            "2.0.out.00000000000000065536",
+            "5.0.err",
+            "0.0.out",
+            "1.0.out.bak",
+            "notes",
+        ];
+        for name in pruned_logs.iter().chain(&left_logs) {
+            std::fs::write(logs.join(name), b"x").unwrap();
+        }
+        // Job 2 is kept, 1 and 3 were pruned, 5 is not accepted yet (next is 4).
+        let kept = KeptIds::from_ids([2], 4);
+        let swept = sweep_pruned(&logs, &scratch, &kept);
+        assert_eq!(
+            swept,
+            Swept {
+                log_files: 3,
+                scratch_dirs: 1,
+                failures: 0
+            }
+        );
+        for name in pruned_logs {
+            assert!(!logs.join(name).exists(), "{name}");
+        }
+        for name in left_logs {
+            assert!(logs.join(name).exists(), "{name}");
+        }
+        assert!(!scratch.join("1.0").exists());
+        for name in ["2.0", "5.0", "1.0.tmp", "1.1"] {
+            assert!(scratch.join(name).exists(), "{name}");
+        }
+        // Nothing left to do: a second sweep removes nothing.
+        assert_eq!(sweep_pruned(&logs, &scratch, &kept), Swept::default());
+    }
+
+    #[test]
+    fn a_directory_that_cannot_be_listed_is_a_failure_and_the_rest_goes_on() {
+        let tmp = Tmp::new("sweep-fail");
+        let (logs, scratch) = (tmp.0.join("logs"), tmp.0.join("scratch"));
+        // The log "directory" is a file: its listing fails, once (the heads' pass is skipped).
+        std::fs::write(&logs, b"x").unwrap();
+        std::fs::create_dir_all(scratch.join("1.0")).unwrap();
+        let swept = sweep_pruned(&logs, &scratch, &KeptIds::from_ids([], 2));
+        assert_eq!(swept.failures, 1, "{swept:?}");
+        assert_eq!(swept.scratch_dirs, 1, "{swept:?}");
+        // Missing directories are nothing to sweep, not a failure.
+        let gone = tmp.0.join("gone");
+        assert_eq!(
+            sweep_pruned(&gone, &gone, &KeptIds::from_ids([], 2)),
+            Swept::default()
+        );
     }
 
     #[test]

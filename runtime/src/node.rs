@@ -93,6 +93,14 @@ impl Node {
         let gpus = crate::gpu::discover().await;
         let scratch_dir = data_dir.join("scratch");
         std::fs::create_dir_all(&scratch_dir).map_err(|e| data_dir_error(&scratch_dir, e))?;
+        // A node stopped after a `Pruned` record was durable but before the janitor removed the
+        // job's files: nothing else would ever remove them. The ids kept now decide, so the
+        // sweep runs alongside the node without asking the scheduler anything.
+        crate::confine::spawn_sweep(
+            log_dir.clone(),
+            scratch_dir.clone(),
+            crate::confine::KeptIds::of(opened.0.table()),
+        );
         let cgroups = crate::confine::open_cgroups(&config, &data_dir).await?;
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let (callbacks, callbacks_spec) = CallbackRunner::<NodeEvent>::new();
