@@ -127,8 +127,9 @@ fn serve(flags: Flags, extensions: Extensions) -> ExitCode {
         }
     };
     cadre_runtime::init_tracing(config.log_format);
-    // Each running job holds about a dozen descriptors in the node; logged either way.
-    let _ = cadre_cpu::rlimit::raise_open_files_logged();
+    // Each running job holds about a dozen descriptors in the node. Logged either way (and a
+    // failure counted); the node runs on with the limit it has.
+    cadre_cpu::rlimit::raise_open_files_logged();
     let exporter = match cadre_runtime::metrics::install() {
         Ok(e) => Some(e),
         Err(error) => {

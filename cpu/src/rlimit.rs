@@ -26,7 +26,7 @@ pub struct OpenFiles {
 /// Raises this process's soft `RLIMIT_NOFILE` to its hard limit, at most [`MAX_OPEN_FILES`]
 /// (never lowers it), and says so in one line: info where it was raised, debug where it was
 /// high enough, a warning (counted in [`m::INVENTORY_ERRORS`], kind `rlimit`) where it failed.
-pub fn raise_open_files_logged() -> Option<OpenFiles> {
+pub fn raise_open_files_logged() {
     match raise_open_files() {
         Ok(limit) if limit.after > limit.before => {
             tracing::info!(
@@ -35,7 +35,6 @@ pub fn raise_open_files_logged() -> Option<OpenFiles> {
                 hard = limit.hard,
                 "raised the open-files limit"
             );
-            Some(limit)
         }
         Ok(limit) => {
             tracing::debug!(
@@ -43,13 +42,11 @@ pub fn raise_open_files_logged() -> Option<OpenFiles> {
                 hard = limit.hard,
                 "open-files limit kept"
             );
-            Some(limit)
         }
         Err(error) => {
             tracing::warn!(%error,
                 "cannot raise the open-files limit; the node runs fewer jobs at once than it could");
             metrics::counter!(m::INVENTORY_ERRORS, "kind" => "rlimit").increment(1);
-            None
         }
     }
 }

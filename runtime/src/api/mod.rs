@@ -459,8 +459,7 @@ mod tests {
         let line = |needle: &str| {
             text.lines()
                 .find(|l| l.contains(needle))
-                .unwrap_or_default()
-                .to_owned()
+                .map_or_else(String::new, str::to_owned)
         };
         assert!(line("did not answer").contains("WARN"), "{text}");
         assert!(line("draining").contains("DEBUG"), "{text}");
