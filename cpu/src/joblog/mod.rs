@@ -162,14 +162,11 @@ pub fn list_pieces(path: impl AsRef<Path>) -> Result<Vec<LogPiece>> {
 }
 
 /// Deletes the stream whose log path is `path`: its head and every tail segment. Returns the
-/// bytes freed; a stream (or a piece) that is already gone is not an error. Blocking.
+/// bytes freed; a stream (or a piece) that is already gone is not an error. Blocking. A
+/// failure is returned with the piece's path, not logged: the caller (the janitor of pruned
+/// jobs) logs and counts it once, with the job it belonged to.
 pub fn remove_stream(path: impl AsRef<Path>) -> Result<u64> {
-    let path = path.as_ref();
-    remove_pieces(path, true).map_err(|err| {
-        tracing::error!(path = %path.display(), error = %err, "removing a job's log failed");
-        metrics::counter!(m::LAUNCHER_ERRORS, "kind" => "log_remove").increment(1);
-        err
-    })
+    remove_pieces(path.as_ref(), true)
 }
 
 /// Removes the pieces of the stream at `path`, the head too when `with_head`: the bytes freed.
