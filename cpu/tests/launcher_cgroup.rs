@@ -500,3 +500,48 @@ async fn a_failed_spawn_leaves_no_group_behind() {
     }
     parent.finish().await;
 }
+
+/// The CPU limit is enforced, not only written: a job spinning under a twentieth of a core is
+/// throttled by the kernel (its group's `cpu.stat` counts throttled periods, v1 and v2 alike).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_over_its_cpu_limit_is_throttled() {
+    let Some(parent) = real("launcher-throttle") else {
+        return;
+    };
+    let dir = Scratch::new("launcher-cgroup-throttle");
+    let launcher = Launcher::new(IoEngine::new(BackendSetting::Auto).unwrap());
+    let limits = CgroupLimits {
+        cpu_millis: 50,
+        ..CgroupLimits::default()
+    };
+    let group = parent.create("spin", &limits).unwrap();
+    let stat = group.path(Controller::Cpu).join("cpu.stat");
+    let spec = CommandSpec::new(
+        [
+            "/usr/bin/timeout",
+            "2",
+            "/bin/sh",
+            "-c",
+            "while :; do :; done",
+        ],
+        dir.path().join("spin.out"),
+        dir.path().join("spin.err"),
+    );
+    let mut process = launcher.spawn_in(&spec, "spin", Some(group)).unwrap();
+    let throttled = || {
+        std::fs::read_to_string(&stat)
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("nr_throttled "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        within_5s(|| throttled() > 0).await,
+        "never throttled: {}",
+        std::fs::read_to_string(&stat).unwrap_or_default()
+    );
+    process.terminate(Duration::from_millis(100)).await.unwrap();
+    drop(process);
+    parent.finish().await;
+}
