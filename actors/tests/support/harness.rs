@@ -1,0 +1,162 @@
+//! The harness: `run` on a fresh paused-clock actix System with this thread's events captured
+//! (`Events`) and a metrics recorder of its own (`Obs`), `until` (waiting in virtual time), a
+//! self-removing temporary directory (`Scratch`), `lock` and `ms`.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use tokio::time::{sleep, Instant};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+
+/// One event's fields (`message` included) rendered to strings.
+pub type FieldMap = BTreeMap<String, String>;
+
+/// Every event of a test, as its level and fields.
+#[derive(Clone, Default)]
+pub struct Events(Arc<Mutex<Vec<(Level, FieldMap)>>>);
+
+pub struct Fields<'a>(&'a mut BTreeMap<String, String>);
+
+impl Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+}
+
+impl<S: Subscriber> Layer<S> for Events {
+    fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+        let mut fields = BTreeMap::new();
+        event.record(&mut Fields(&mut fields));
+        self.0
+            .lock()
+            .unwrap()
+            .push((*event.metadata().level(), fields));
+    }
+}
+
+impl Events {
+    /// Events at `level` whose message is `message`, as field maps.
+    pub fn with(&self, level: Level, message: &str) -> Vec<FieldMap> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(l, f)| *l == level && f.get("message").map(String::as_str) == Some(message))
+            .map(|(_, f)| f.clone())
+            .collect()
+    }
+}
+
+/// What a test can observe besides its actors: events and metrics.
+#[derive(Clone)]
+pub struct Obs {
+    pub events: Events,
+    pub metrics: Snapshotter,
+}
+
+impl Obs {
+    /// The value of counter `name` summed over the label sets that carry `labels`.
+    pub fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        let mut total = 0;
+        for (key, _, _, value) in self.metrics.snapshot().into_vec() {
+            if key.key().name() != name {
+                continue;
+            }
+            let matches = labels
+                .iter()
+                .all(|(k, v)| key.key().labels().any(|l| l.key() == *k && l.value() == *v));
+            if let (true, DebugValue::Counter(c)) = (matches, value) {
+                total += c;
+            }
+        }
+        total
+    }
+}
+
+/// Runs `f` on a fresh actix System whose tokio clock is paused, with this thread's events
+/// captured and its metrics going to a recorder of its own (every actor of the test runs on
+/// this thread, so parallel tests do not see each other's counters).
+pub fn run<F, Fut>(f: F) -> Obs
+where
+    F: FnOnce(Obs) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let events = Events::default();
+    let _tracing =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(events.clone()));
+    let recorder = DebuggingRecorder::new();
+    let obs = Obs {
+        events,
+        metrics: recorder.snapshotter(),
+    };
+    let _metrics = metrics::set_default_local_recorder(&recorder);
+    let system = actix::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    });
+    system.block_on(f(obs.clone()));
+    obs
+}
+
+/// Waits (in virtual time, polling every 5 ms) until `cond` holds; fails after `limit`.
+pub async fn until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "not within {limit:?} (virtual): {what}"
+        );
+        sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A temporary directory removed on drop.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!(
+            "cadre-runtime-actors-{name}-{}-{n}",
+            std::process::id()
+        ));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            eprintln!("leaving {}: {e}", self.0.display());
+        }
+    }
+}
+
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap()
+}
+
+pub fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
