@@ -18,9 +18,11 @@
 //! and the worker re-resolves the scheduler (asks its resolver for a fresh link). After that
 //! period one trial flush goes out: if it fails too, the circuit opens again at once.
 //!
-//! A task runs as a future spawned in the actor's context. If the actor fails and restarts, its
-//! futures are dropped and the launcher kills each process group on drop; the scheduler then
-//! sees the leases lapse (the new instance registers under a new id) and requeues the jobs.
+//! A task runs as a local task of its own on the worker's arbiter (not a future of the actor's
+//! context, which would poll every running task on each wake), its end coming back as a
+//! message. If the actor fails and restarts, dropping it aborts its tasks and the launcher kills
+//! each process group on drop; the scheduler then sees the leases lapse (the new instance
+//! registers under a new id) and requeues the jobs.
 //!
 //! [`self_fence_deadline`]: crate::lease::self_fence_deadline
 //! [`ProgressFlush`]: crate::protocol::ProgressFlush
