@@ -164,7 +164,9 @@ pub struct CgroupLimits {
     pub pids: Option<u64>,
 }
 
-/// The node's parent group in each hierarchy it uses. Clones share its spare task groups.
+/// The node's parent group in each hierarchy it uses. Clones share its spare task groups and
+/// the numbering of its v1 groups: open one handle per parent in a process and clone it (two
+/// handles would number from `slot-0` each and could hand one group to two tasks).
 #[derive(Debug, Clone)]
 pub struct Cgroups {
     version: CgroupVersion,
@@ -291,8 +293,8 @@ impl Cgroups {
     }
 
     /// [`Cgroups::create`] on v1: a spare, or a new `slot-<n>` group (one that exists already,
-    /// left by a killed node, is used when empty and passed over otherwise, up to
-    /// [`SLOT_TRIES`] names).
+    /// left by a killed node, is used when it could serve as a spare and passed over otherwise,
+    /// up to [`SLOT_TRIES`] names).
     fn create_v1(&self, label: &str, limits: &CgroupLimits) -> Result<TaskCgroup> {
         if let Some(spare) = self.take_spare() {
             let task = TaskCgroup {
@@ -307,6 +309,7 @@ impl Cgroups {
                     return Err(e);
                 }
             }
+            metrics::counter!(m::CGROUP_REUSED).increment(1);
             // A spare that was below the ones holding their files opens them again: the task
             // uses them at its start and end.
             let held = spare.held.or_else(|| self.hold(&task));
@@ -340,9 +343,10 @@ impl Cgroups {
                     }
                 }
             }
-            // A group of that name left by a killed node that no sweep removed: used when
-            // empty (its limits rewritten), else passed over (logged by `ensure_empty`).
-            if found && task.ensure_empty("create").is_err() {
+            // A group of that name left by a killed node that no sweep removed: used only as a
+            // spare would be (empty, no OOM kill counted, next to nothing charged, no group
+            // inside; its limits rewritten), else passed over (logged where a read failed).
+            if found && !(task.ensure_empty("create").is_ok() && task.reusable()) {
                 undo_mkdir(&name, &made);
                 continue;
             }
@@ -573,6 +577,16 @@ impl TaskCgroup {
         &self.label
     }
 
+    /// The group and its task, as failures name them: `slot-3 (task 12.0.5)`, or the name
+    /// alone where the two are the same (v2, and groups a sweep found).
+    fn who(&self) -> String {
+        if self.label == self.name {
+            self.name.clone()
+        } else {
+            format!("{} (task {})", self.name, self.label)
+        }
+    }
+
     /// The interface in use.
     pub fn version(&self) -> CgroupVersion {
         self.version
@@ -623,10 +637,10 @@ impl TaskCgroup {
             Some(held) => read_held(&held.oom),
             None => read_small(&path, MAX_SMALL_FILE),
         }
-        .map_err(|e| fail("read", &self.name, &path, e))?;
+        .map_err(|e| fail("read", &self.who(), &path, e))?;
         let count = keyed_value(&text, "oom_kill").ok_or_else(|| {
             let e = io::Error::new(io::ErrorKind::InvalidData, "no `oom_kill <n>` line");
-            fail("read", &self.name, &path, e)
+            fail("read", &self.who(), &path, e)
         })?;
         // Final only once the group is empty: before, another OOM kill can still come.
         if self.emptied.load(Ordering::Acquire) {
@@ -663,7 +677,7 @@ impl TaskCgroup {
             }
             let kill_file = self.path(Controller::Cpu).join("cgroup.kill");
             if self.version == CgroupVersion::V2 && kill_file.exists() {
-                write_ctl(&self.name, &kill_file, "1")?;
+                write_ctl(&self.who(), &kill_file, "1")?;
                 killed.extend(pids);
             } else {
                 // A group a thread of the node could not leave is killed without a freeze.
@@ -694,7 +708,7 @@ impl TaskCgroup {
         for dir in &self.dirs {
             let groups = self.tree(dir)?;
             for group in groups.iter().rev() {
-                rmdir(&self.name, group).await?;
+                rmdir(&self.who(), group).await?;
             }
         }
         Ok(())

@@ -19,7 +19,7 @@ use cadre_cpu::cgroup::{
 use cadre_cpu::metrics as m;
 use cadre_cpu::CpuError;
 use common::cgroup::{real, real_v1};
-use common::fake::{fake_hybrid, fake_v2, put, PROC_MOUNTS};
+use common::fake::{clean_memory, fake_hybrid, fake_v2, put, PROC_MOUNTS};
 use common::{dead, Scratch};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use tokio::process::Command;
@@ -735,13 +735,12 @@ fn a_cpu_hierarchy_shared_with_the_freezer_is_not_placed_by_a_thread() {
             "",
         );
     }
-    for file in ["memory.limit_in_bytes", "memory.oom_control"] {
-        put(
-            root,
-            &format!("sys/fs/cgroup/memory/cadre/slot-0/{file}"),
-            "",
-        );
-    }
+    put(
+        root,
+        "sys/fs/cgroup/memory/cadre/slot-0/memory.limit_in_bytes",
+        "",
+    );
+    clean_memory(&root.join("sys/fs/cgroup/memory/cadre/slot-0"));
     put(root, "sys/fs/cgroup/pids/cadre/slot-0/pids.max", "");
     let cg = Cgroups::open_at(root, "cadre").unwrap();
     assert_eq!(cg.version(), CgroupVersion::V1);

@@ -179,3 +179,56 @@ fn a_process_exiting_as_it_is_placed_counts_as_placed() {
     live.wait().unwrap();
     zombie.wait().unwrap();
 }
+
+/// Copies the directory tree `from` to `to` (files and directories).
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// A group a killed node left under a slot's name (no sweep removed it) is taken only if it
+/// could serve as a spare: one with an OOM kill counted is passed over, so the next task is not
+/// reported "out of memory" for a kill that was not its own; the next name is used instead.
+#[test]
+fn a_leftover_group_with_an_oom_kill_is_passed_over() {
+    let s = placeable_v1();
+    let sys = s.path().join("sys/fs/cgroup");
+    for dir in [
+        "cpu,cpuacct",
+        "my memory/process_api/abc",
+        "pids",
+        "freezer",
+    ] {
+        copy_tree(
+            &sys.join(format!("{dir}/cadre/slot-0")),
+            &sys.join(format!("{dir}/cadre/slot-1")),
+        );
+    }
+    put(
+        &sys.join("my memory/process_api/abc/cadre/slot-0"),
+        "memory.oom_control",
+        "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n",
+    );
+    let cg = Cgroups::open_at(s.path(), "cadre").unwrap();
+    let task = cg.create("t1", &QUARTER).unwrap();
+    assert_eq!(
+        task.name(),
+        "slot-1",
+        "the group with an OOM kill was taken"
+    );
+    // Passed over, left as it was for the next sweep.
+    assert_eq!(
+        read(
+            &sys.join("my memory/process_api/abc/cadre/slot-0"),
+            "memory.oom_control"
+        ),
+        "oom_kill_disable 0\nunder_oom 0\noom_kill 1"
+    );
+}

@@ -461,7 +461,7 @@ async fn a_spare_with_the_same_limits_runs_the_next_job_under_all_of_them() {
 /// made) leaves no group behind: the group is released (kept as a spare on v1, else removed),
 /// and the parent counts no live group.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_spawn_leaves_no_group_behind() {
+async fn a_failed_spawn_releases_its_group() {
     let Some(parent) = real("launcher-failed") else {
         return;
     };

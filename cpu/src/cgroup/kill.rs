@@ -36,7 +36,7 @@ impl TaskCgroup {
     pub(super) async fn freeze(&self) -> bool {
         let (file, frozen, _) = self.freezer();
         if let Err(e) = write_file(&file, frozen) {
-            fail("freeze", &self.name, &file, e);
+            fail("freeze", &self.who(), &file, e);
             return false;
         }
         for _ in 0..FREEZE_POLLS {
@@ -44,13 +44,13 @@ impl TaskCgroup {
                 Ok(true) => return true,
                 Ok(false) => tokio::time::sleep(POLL).await,
                 Err(e) => {
-                    fail("freeze", &self.name, &file, e);
+                    fail("freeze", &self.who(), &file, e);
                     return true;
                 }
             }
         }
         let e = io::Error::new(io::ErrorKind::TimedOut, "the group did not finish freezing");
-        fail("freeze", &self.name, &file, e);
+        fail("freeze", &self.who(), &file, e);
         true
     }
 
@@ -73,7 +73,7 @@ impl TaskCgroup {
     /// Thaws the group (a frozen process only dies of `SIGKILL` once thawed).
     pub(super) fn thaw(&self) -> Result<()> {
         let (file, _, thawed) = self.freezer();
-        write_file(&file, thawed).map_err(|e| fail("thaw", &self.name, &file, e))
+        write_file(&file, thawed).map_err(|e| fail("thaw", &self.who(), &file, e))
     }
 
     /// Sends `SIGKILL` to each of `pids`, adding those signalled to `killed`. A process that is
@@ -91,7 +91,7 @@ impl TaskCgroup {
                 Ok(false) => {}
                 Err(e) => {
                     let path = self.path(Controller::Freezer).join("cgroup.procs");
-                    tracing::warn!(cgroup = %self.name, pid, error = %e,
+                    tracing::warn!(cgroup = %self.who(), pid, error = %e,
                         "killing a cgroup's process failed");
                     metrics::counter!(m::CGROUP_ERRORS, "op" => "kill").increment(1);
                     return Err(CpuError::Cgroup {

@@ -37,7 +37,7 @@ impl TaskCgroup {
         let held = self.cpu_written == Some(limits.cpu_millis);
         if !held {
             write_ctl(
-                &self.name,
+                &self.who(),
                 &cpu.join("cpu.cfs_period_us"),
                 &CPU_PERIOD_US.to_string(),
             )?;
@@ -46,7 +46,7 @@ impl TaskCgroup {
         if held {
             return Ok(());
         }
-        write_ctl(&self.name, &cpu.join("cpu.shares"), &shares.to_string())
+        write_ctl(&self.who(), &cpu.join("cpu.shares"), &shares.to_string())
     }
 
     /// Writes the v1 memory and pids limits.
@@ -59,12 +59,12 @@ impl TaskCgroup {
         };
         // memsw must stay >= the memory limit: lift it first, then lower both.
         let swap_accounted = memsw.exists() && self.optional(&memsw, "-1");
-        write_ctl(&self.name, &memory.join("memory.limit_in_bytes"), &limit)?;
+        write_ctl(&self.who(), &memory.join("memory.limit_in_bytes"), &limit)?;
         if swap_accounted && limits.memory_bytes > 0 {
             self.optional(&memsw, &limit);
         }
         // An OOM must kill (and be counted), not pause the group: oom_kill_disable is inherited.
-        write_ctl(&self.name, &memory.join("memory.oom_control"), "0")?;
+        write_ctl(&self.who(), &memory.join("memory.oom_control"), "0")?;
 
         self.write_pids(limits)
     }
@@ -80,17 +80,17 @@ impl TaskCgroup {
             ),
         };
         write_ctl(
-            &self.name,
+            &self.who(),
             &dir.join("cpu.max"),
             &format!("{max} {CPU_PERIOD_US}"),
         )?;
-        write_ctl(&self.name, &dir.join("cpu.weight"), &weight.to_string())?;
+        write_ctl(&self.who(), &dir.join("cpu.weight"), &weight.to_string())?;
         let memory = self.path(Controller::Memory);
         let (limit, swap) = match limits.memory_bytes {
             0 => ("max".to_string(), "max"),
             bytes => (bytes.to_string(), "0"),
         };
-        write_ctl(&self.name, &memory.join("memory.max"), &limit)?;
+        write_ctl(&self.who(), &memory.join("memory.max"), &limit)?;
         let swap_file = memory.join("memory.swap.max");
         if swap_file.exists() {
             self.optional(&swap_file, swap);
@@ -103,9 +103,9 @@ impl TaskCgroup {
         let path = self.path(Controller::Cpu).join("cpu.cfs_quota_us");
         match &self.held {
             Some(held) => {
-                write_held(&held.quota, value).map_err(|e| fail("write", &self.name, &path, e))
+                write_held(&held.quota, value).map_err(|e| fail("write", &self.who(), &path, e))
             }
-            None => write_ctl(&self.name, &path, value),
+            None => write_ctl(&self.who(), &path, value),
         }
     }
 
@@ -115,7 +115,7 @@ impl TaskCgroup {
             .pids
             .map_or_else(|| "max".to_string(), |n| n.to_string());
         write_ctl(
-            &self.name,
+            &self.who(),
             &self.path(Controller::Pids).join("pids.max"),
             &value,
         )
@@ -126,7 +126,7 @@ impl TaskCgroup {
         match write_file(path, value) {
             Ok(()) => true,
             Err(e) => {
-                tracing::debug!(cgroup = %self.name, path = %path.display(), error = %e,
+                tracing::debug!(cgroup = %self.who(), path = %path.display(), error = %e,
                     "optional cgroup limit not accepted");
                 false
             }

@@ -54,7 +54,7 @@ impl TaskCgroup {
     ) -> Result<io::Result<T>> {
         if self.version != CgroupVersion::V1 {
             return Err(invalid(
-                &self.name,
+                &self.who(),
                 "cgroup v2 places whole processes only: a thread cannot enter a group alone".into(),
             ));
         }
@@ -69,8 +69,8 @@ impl TaskCgroup {
             .try_for_each(|(i, dir)| {
                 match self.held.as_ref().and_then(|h| h.tasks.get(i)?.as_ref()) {
                     Some(file) => write_held(file, "0")
-                        .map_err(|e| fail("write", &self.name, &dir.join("tasks"), e)),
-                    None => write_ctl(&self.name, &dir.join("tasks"), "0"),
+                        .map_err(|e| fail("write", &self.who(), &dir.join("tasks"), e)),
+                    None => write_ctl(&self.who(), &dir.join("tasks"), "0"),
                 }
             });
         let spawned = entered.map(|()| spawn());
@@ -91,7 +91,7 @@ impl TaskCgroup {
             };
             if let Err(e) = leave().or_else(|_| leave()) {
                 self.stuck.store(true, Ordering::Release);
-                tracing::error!(cgroup = %self.name, path = %home.display(), error = %e,
+                tracing::error!(cgroup = %self.who(), path = %home.display(), error = %e,
                     "a thread of the node could not leave a job's cgroup; it is charged to it");
                 metrics::counter!(m::CGROUP_ERRORS, "op" => "leave").increment(1);
             }
@@ -101,7 +101,7 @@ impl TaskCgroup {
             let Some(pid) = pid(child) else {
                 let path = self.path(Controller::Cpu).join("cgroup.procs");
                 let e = io::Error::other("the spawned process has no pid to place");
-                return Err(fail("write", &self.name, &path, e));
+                return Err(fail("write", &self.who(), &path, e));
             };
             // The limits first: the process is never in the CPU group under another's.
             self.write_cpu_limits()?;
@@ -124,7 +124,7 @@ impl TaskCgroup {
             };
             match moved {
                 Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
-                other => other.map_err(|e| fail("write", &self.name, &cpu_procs, e)),
+                other => other.map_err(|e| fail("write", &self.who(), &cpu_procs, e)),
             }
         };
         mv(pid)?;
@@ -139,10 +139,10 @@ impl TaskCgroup {
         let mut moved = BTreeSet::from([pid]);
         for _ in 0..CPU_ROUNDS {
             let all = read_small(&freezer_procs, MAX_PROCS_FILE)
-                .map_err(|e| fail("read", &self.name, &freezer_procs, e))?;
+                .map_err(|e| fail("read", &self.who(), &freezer_procs, e))?;
             let all = pid_set(&all);
             let placed = read_small(&cpu_procs, MAX_PROCS_FILE)
-                .map_err(|e| fail("read", &self.name, &cpu_procs, e))?;
+                .map_err(|e| fail("read", &self.who(), &cpu_procs, e))?;
             let placed = pid_set(&placed);
             let own = std::process::id();
             let missing: Vec<u32> = all
@@ -160,7 +160,7 @@ impl TaskCgroup {
         let e = io::Error::other(format!(
             "the job's processes kept forking outside the CPU group for {CPU_ROUNDS} rounds"
         ));
-        Err(fail("write", &self.name, &cpu_procs, e))
+        Err(fail("write", &self.who(), &cpu_procs, e))
     }
 
     /// Makes the child spawned from `cmd` move itself into this group, in every hierarchy,

@@ -43,7 +43,7 @@ impl TaskCgroup {
                     // A group the job made inside may vanish between listing and reading, and
                     // a node killed during `create` leaves a group in some hierarchies only.
                     Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(fail("read", &self.name, &path, e)),
+                    Err(e) => return Err(fail("read", &self.who(), &path, e)),
                 };
                 for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
                     match line.parse::<i32>() {
@@ -56,7 +56,7 @@ impl TaskCgroup {
                                 io::ErrorKind::InvalidData,
                                 format!("{line:?} is not a pid"),
                             );
-                            return Err(fail("read", &self.name, &path, e));
+                            return Err(fail("read", &self.who(), &path, e));
                         }
                     }
                 }
@@ -97,7 +97,7 @@ impl TaskCgroup {
             io::ErrorKind::InvalidData,
             format!("more than {MAX_GROUPS} groups or {MAX_DEPTH} levels inside"),
         );
-        Err(fail("read", &self.name, dir, e))
+        Err(fail("read", &self.who(), dir, e))
     }
 
     /// Fails with [`CpuError::CgroupNotEmpty`] unless the group is empty.
@@ -107,7 +107,7 @@ impl TaskCgroup {
             return Ok(());
         }
         let path = self.path(Controller::Freezer).to_path_buf();
-        tracing::warn!(cgroup = %self.name, op, path = %path.display(), pids,
+        tracing::warn!(cgroup = %self.who(), op, path = %path.display(), pids,
             "cgroup still holds processes");
         metrics::counter!(m::CGROUP_ERRORS, "op" => op).increment(1);
         Err(CpuError::CgroupNotEmpty { op, path, pids })
@@ -130,7 +130,7 @@ impl TaskCgroup {
         match parsed {
             Ok(n) => Some(n),
             Err(e) => {
-                tracing::debug!(cgroup = %self.name, path = %path.display(), error = %e,
+                tracing::debug!(cgroup = %self.who(), path = %path.display(), error = %e,
                     "cannot read the task count; listing the processes instead");
                 None
             }

@@ -29,7 +29,6 @@ use super::held::{read_held, Held};
 use super::procs::no_subdirs;
 use super::{CgroupVersion, Cgroups, Controller, TaskCgroup, MAX_SMALL_FILE};
 use crate::error::Result;
-use crate::metrics as m;
 
 /// The most spare groups kept: beyond it a released group is removed.
 pub const MAX_SPARES: usize = 256;
@@ -128,11 +127,10 @@ impl Spares {
 }
 
 impl Cgroups {
-    /// Takes a spare group, if one is kept.
+    /// Takes a spare group, if one is kept (counted in `cadre_cgroup_reused_total` by the caller once
+    /// the task has it).
     pub(super) fn take_spare(&self) -> Option<Spare> {
-        let spare = self.spares.pop()?;
-        metrics::counter!(m::CGROUP_REUSED).increment(1);
-        Some(spare)
+        self.spares.pop()
     }
 
     /// How many spare groups are kept for the next tasks.
@@ -214,7 +212,7 @@ impl TaskCgroup {
     /// Whether the group can serve another task: v1, no OOM kill counted, no more than
     /// [`MAX_RESIDUE_BYTES`] charged, and no group inside it in any hierarchy. A read that
     /// fails says no (and is logged).
-    fn reusable(&self) -> bool {
+    pub(super) fn reusable(&self) -> bool {
         if self.version != CgroupVersion::V1
             || self.stuck.load(Ordering::Acquire)
             || !self.final_oom_kills().is_ok_and(|n| n == 0)
@@ -232,7 +230,7 @@ impl TaskCgroup {
                 .parse::<u64>()
                 .map_or(true, |n| n > MAX_RESIDUE_BYTES),
             Err(e) => {
-                fail("read", &self.name, &usage, e);
+                fail("read", &self.who(), &usage, e);
                 true
             }
         };
@@ -240,7 +238,7 @@ impl TaskCgroup {
             && self
                 .dirs
                 .iter()
-                .all(|dir| no_groups_inside(&self.name, dir))
+                .all(|dir| no_groups_inside(&self.who(), dir))
     }
 }
 

@@ -63,7 +63,8 @@ pub fn fake_v2(ro: bool, names: &[&str]) -> Scratch {
 }
 
 /// A v1 machine with cpu,cpuacct, memory (under a path with a space), pids and, where
-/// `with_freezer`, freezer each mounted alone, and the task group `slot-0` (the first v1 group a parent makes) laid out.
+/// `with_freezer`, freezer each mounted alone, and the task group `slot-0` (the first v1 group a
+/// parent makes) laid out as a clean group.
 pub fn fake_hybrid(with_freezer: bool) -> Scratch {
     let s = Scratch::new("cgroup-v1");
     let root = s.path();
@@ -124,7 +125,19 @@ pub fn fake_hybrid(with_freezer: bool) -> Scratch {
             );
         }
     }
+    // What the kernel shows of a clean group, which a node may take for a task.
+    clean_memory(&root.join("sys/fs/cgroup/my memory/process_api/abc/cadre/slot-0"));
     s
+}
+
+/// The memory files of a clean v1 group in `dir`: no OOM kill counted, nothing charged.
+pub fn clean_memory(dir: &Path) {
+    put(
+        dir,
+        "memory.oom_control",
+        "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n",
+    );
+    put(dir, "memory.usage_in_bytes", "0");
 }
 
 /// [`fake_hybrid`] with the freezer, laid out so that a thread can place a task in `slot-0` and the
