@@ -127,9 +127,6 @@ fn serve(flags: Flags, extensions: Extensions) -> ExitCode {
         }
     };
     cadre_runtime::init_tracing(config.log_format);
-    // Each running job holds about a dozen descriptors in the node. Logged either way (and a
-    // failure counted); the node runs on with the limit it has.
-    cadre_cpu::rlimit::raise_open_files_logged();
     let exporter = match cadre_runtime::metrics::install() {
         Ok(e) => Some(e),
         Err(error) => {
@@ -137,6 +134,9 @@ fn serve(flags: Flags, extensions: Extensions) -> ExitCode {
             None
         }
     };
+    // Each running job holds about a dozen descriptors in the node. Logged either way (and a
+    // failure counted, once the recorder is there); the node runs on with the limit it has.
+    cadre_cpu::rlimit::raise_open_files_logged();
     let result = actix::System::new().block_on(async move {
         let node = Node::start(config, exporter, extensions).await?;
         node.run().await
