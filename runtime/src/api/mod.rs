@@ -24,7 +24,7 @@ mod jobs;
 mod logs;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::Addr;
@@ -169,12 +169,37 @@ fn actors_error(route: &'static str, error: cadre_actors::Error) -> HttpResponse
     }
 }
 
+/// How often a request the scheduler did not answer is a warning: the rest meanwhile are
+/// debug lines (all counted), so a restart under load is a line, not a flood.
+const UNANSWERED_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// When a request the scheduler did not answer was last a warning.
+static UNANSWERED_WARNED: Mutex<Option<tokio::time::Instant>> = Mutex::new(None);
+
+/// Whether this unanswered request is the one to warn of (see [`UNANSWERED_WARN_EVERY`]).
+fn warn_unanswered() -> bool {
+    let now = tokio::time::Instant::now();
+    let mut last = UNANSWERED_WARNED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let due = last.is_none_or(|at| now.duration_since(at) >= UNANSWERED_WARN_EVERY);
+    if due {
+        *last = Some(now);
+    }
+    due
+}
+
 /// 503 for a request the scheduler did not answer: not the client's doing but the node's (the
-/// scheduler is restarting, or stuck), so a warning rather than a debug line; the restart itself
-/// is the supervisor's error event.
+/// scheduler is restarting, or stuck), so a warning rather than a debug line (one per
+/// [`UNANSWERED_WARN_EVERY`]; the restart itself is the supervisor's error event).
 fn mailbox(route: &'static str, error: actix::MailboxError) -> HttpResponse {
     let reason = format!("the scheduler did not answer ({error}); it may be restarting");
-    tracing::warn!(route, status = 503, %reason, "API request failed: the scheduler did not answer");
+    if warn_unanswered() {
+        tracing::warn!(route, status = 503, %reason,
+            "API request failed: the scheduler did not answer (more within 10 s at debug)");
+    } else {
+        tracing::debug!(route, status = 503, %reason, "API request failed: the scheduler did not answer");
+    }
     respond(
         StatusCode::SERVICE_UNAVAILABLE,
         route,
@@ -431,8 +456,9 @@ mod tests {
         }
     }
 
-    /// A scheduler that does not answer is the node's problem, a warning; a client's refusal
-    /// (503 while draining) is a debug line. Both are answered and counted.
+    /// A scheduler that does not answer is the node's problem, a warning (then debug lines for
+    /// a while, so a restart under load does not flood the log); a client's refusal (503 while
+    /// draining) is a debug line. All are answered and counted.
     #[test]
     fn an_unanswered_request_is_a_warning_and_a_refusal_is_not() {
         let lines = Lines::default();
@@ -446,6 +472,9 @@ mod tests {
         tracing::subscriber::with_default(subscriber, || {
             let unanswered = mailbox("jobs", actix::MailboxError::Closed);
             assert_eq!(unanswered.status(), StatusCode::SERVICE_UNAVAILABLE);
+            // The next within the period: answered alike, a debug line.
+            let again = mailbox("nodes", actix::MailboxError::Timeout);
+            assert_eq!(again.status(), StatusCode::SERVICE_UNAVAILABLE);
             let refused = fail(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "jobs",
@@ -461,7 +490,8 @@ mod tests {
                 .find(|l| l.contains(needle))
                 .map_or_else(String::new, str::to_owned)
         };
-        assert!(line("did not answer").contains("WARN"), "{text}");
+        assert!(line("Mailbox has closed").contains("WARN"), "{text}");
+        assert!(line("timed out").contains("DEBUG"), "{text}");
         assert!(line("draining").contains("DEBUG"), "{text}");
     }
 }
