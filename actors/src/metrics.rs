@@ -92,6 +92,8 @@ pub const JOBS_PRUNED: &str = "cadre_jobs_pruned_total";
 /// Gauge: 1 while the data's disk is fuller than retention allows (ended jobs are pruned early),
 /// else 0.
 pub const RETENTION_DISK_PRESSURE: &str = "cadre_retention_disk_pressure";
+/// Counter of looks at the data's disk (for retention) that failed.
+pub const RETENTION_DISK_ERRORS: &str = "cadre_retention_disk_errors_total";
 /// Gauge of ended jobs the node keeps (bounded by the retention policy).
 pub const JOBS_KEPT_ENDED: &str = "cadre_jobs_kept_ended";
 /// Counter of failures cleaning up after pruned jobs (their log files, scratch directories):
@@ -221,6 +223,10 @@ pub fn describe() {
     metrics::describe_counter!(
         JOBS_PRUNED,
         "Counter of ended jobs removed by the retention policy, by reason (policy, disk)."
+    );
+    metrics::describe_counter!(
+        RETENTION_DISK_ERRORS,
+        "Counter of looks at the data's disk (for retention) that failed."
     );
     metrics::describe_gauge!(
         RETENTION_DISK_PRESSURE,

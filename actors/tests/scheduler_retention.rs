@@ -162,9 +162,13 @@ async fn pruned_of(rig: &SchedRig, ids: &[JobId]) -> Vec<JobId> {
     pruned
 }
 
-/// Past the disk limit, ended jobs go early, oldest first, whatever the count and age allow
-/// (at least ten per pass), and their files go to the janitor; once the disk is below the
-/// limit again, pruning stops: the count and the age alone decide.
+/// What the disk stand-in answers when it is to fail.
+const UNREADABLE: u64 = u64::MAX;
+
+/// Past the disk limit, ended jobs go early, oldest first, whatever the count allows (a share
+/// of those kept per pass, here the batch of 4), and their files go to the janitor; a disk that
+/// cannot be read ends pressure (one warning, each failure counted), and once the disk is below
+/// the limit again pruning stops: the count and the age alone decide.
 #[test]
 fn a_disk_fuller_than_the_limit_prunes_ended_jobs_early_until_it_is_not() {
     let count = Arc::new(AtomicU64::new(0));
@@ -175,6 +179,9 @@ fn a_disk_fuller_than_the_limit_prunes_ended_jobs_early_until_it_is_not() {
         let f = Arc::clone(&free);
         let probe = DiskProbe(Arc::new(move || {
             let free_bytes = f.load(Ordering::SeqCst);
+            if free_bytes == UNREADABLE {
+                return Err(std::io::Error::other("stale file handle"));
+            }
             Ok(DiskSpace {
                 free_bytes,
                 total_bytes: 100,
@@ -186,6 +193,8 @@ fn a_disk_fuller_than_the_limit_prunes_ended_jobs_early_until_it_is_not() {
             retention: Retention {
                 max_disk_used_percent: 90,
                 disk: Some(probe),
+                // Jobs that ended just now go too (the wall clock does not follow the test's).
+                pressure_min_age: Duration::ZERO,
                 ..keep(1_000, Duration::from_secs(24 * 3600))
             },
             janitor: Some(janitor),
@@ -210,6 +219,17 @@ fn a_disk_fuller_than_the_limit_prunes_ended_jobs_early_until_it_is_not() {
         }
         assert!(pruned.len() >= 10, "only {} pruned early", pruned.len());
         assert_eq!(pruned, ids[..pruned.len()], "the oldest go first");
+
+        // A disk that cannot be read ends pressure: no pruning on a stale reading.
+        free.store(UNREADABLE, Ordering::SeqCst);
+        sleep(Duration::from_millis(300)).await;
+        let unreadable = pruned_of(&rig, &ids).await;
+        sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            pruned_of(&rig, &ids).await,
+            unreadable,
+            "pruning went on while the disk could not be read"
+        );
 
         free.store(50, Ordering::SeqCst);
         sleep(Duration::from_millis(300)).await;
@@ -240,4 +260,7 @@ fn a_disk_fuller_than_the_limit_prunes_ended_jobs_early_until_it_is_not() {
             .is_empty(),
         "no line said pruning began"
     );
+    let unreadable = "cannot read how full the data's disk is: retention goes by age and count alone until it can";
+    assert_eq!(obs.events.with(tracing::Level::WARN, unreadable).len(), 1);
+    assert!(obs.counter("cadre_retention_disk_errors_total", &[]) >= 2);
 }

@@ -191,6 +191,8 @@ struct Core {
     snapshot: Option<snapshot::SnapshotRun>,
     /// Whether the data's disk was last found fuller than retention allows.
     disk_pressure: bool,
+    /// Whether the last look at the data's disk failed (said once until it works again).
+    disk_unreadable: bool,
 }
 
 struct WorkerEntry {
@@ -345,6 +347,7 @@ impl Scheduler {
             closing: false,
             snapshot: None,
             disk_pressure: false,
+            disk_unreadable: false,
         });
         metrics::gauge!(m::JOBS_RUNNING).set(0.0);
         metrics::gauge!(m::WORKERS).set(0.0);

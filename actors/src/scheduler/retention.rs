@@ -3,9 +3,12 @@
 //! batch (replay and snapshots stay bounded); once it is durable the janitor removes their files.
 //!
 //! Disk pressure: where the node's data directory's filesystem is fuller than
-//! [`Retention::max_disk_used_percent`], the oldest ended jobs are pruned early, whatever their
-//! age and the count kept, about a hundredth of those kept (at least ten) per pass, until it is
-//! not (Nomad's client does the same above `gc_disk_usage_threshold`). Job output is capped per
+//! [`Retention::max_disk_used_percent`], the oldest ended jobs are pruned early, whatever the
+//! count kept, about a hundredth of those kept (at least ten) per pass, until it is not
+//! (Nomad's client does the same above `gc_disk_usage_threshold`); a job that ended less than
+//! [`Retention::pressure_min_age`] ago stays, so that its outcome and logs can still be read.
+//! A disk that cannot be read ends pressure (one warning, each failure counted): the age and
+//! the count alone decide then, never a stale reading. Job output is capped per
 //! stream, but 100,000 kept jobs at 128 MiB each would fill any disk, and a full disk makes the
 //! job store read-only: history goes first, so that the node keeps accepting work. The disk is
 //! read through a [`DiskProbe`] (`statvfs` on a node, a stand-in in tests); entering and leaving
@@ -53,6 +56,8 @@ pub struct Retention {
     pub max_disk_used_percent: u8,
     /// How full the disk is; `None`: the disk is not watched.
     pub disk: Option<DiskProbe>,
+    /// How long ago a job must have ended to be pruned early for disk space (default 60 s).
+    pub pressure_min_age: Duration,
 }
 
 impl Default for Retention {
@@ -64,28 +69,37 @@ impl Default for Retention {
             batch: 10_000,
             max_disk_used_percent: 90,
             disk: None,
+            pressure_min_age: Duration::from_secs(60),
         }
     }
 }
 
+/// What a look at the disk found.
+enum DiskReading {
+    /// The disk is not watched (no probe, or a limit of 100%).
+    Unwatched,
+    /// Whether it is fuller than the limit, and how full.
+    Read(bool, cadre_cpu::disk::DiskSpace),
+    /// The probe failed.
+    Failed(std::io::Error),
+}
+
 impl Retention {
-    /// Whether the disk is fuller than the policy allows; `None` where it is not watched or
-    /// cannot be read (logged at debug: the age and count still apply).
-    fn disk_full(&self) -> Option<(bool, cadre_cpu::disk::DiskSpace)> {
-        let probe = self.disk.as_ref()?;
+    /// Looks at the disk once.
+    fn read_disk(&self) -> DiskReading {
+        let Some(probe) = self.disk.as_ref() else {
+            return DiskReading::Unwatched;
+        };
         if self.max_disk_used_percent >= 100 {
-            return None;
+            return DiskReading::Unwatched;
         }
         match (probe.0)() {
-            Ok(space) if space.total_bytes > 0 => {
-                let over = space.used_percent() > f64::from(self.max_disk_used_percent);
-                Some((over, space))
-            }
-            Ok(_) => None,
-            Err(error) => {
-                tracing::debug!(%error, "cannot read how full the disk is");
-                None
-            }
+            Ok(space) if space.total_bytes > 0 => DiskReading::Read(
+                space.used_percent() > f64::from(self.max_disk_used_percent),
+                space,
+            ),
+            Ok(_) => DiskReading::Failed(std::io::Error::other("the filesystem reports no size")),
+            Err(error) => DiskReading::Failed(error),
         }
     }
 }
@@ -123,7 +137,8 @@ impl Scheduler {
                 let share = (table.ended_len() / 100)
                     .max(10)
                     .min(retention.batch.max(1));
-                jobs = table.prunable(now_ms(), 0, usize::MAX, share);
+                let min_age = retention.pressure_min_age.as_millis() as u64;
+                jobs = table.prunable(now_ms(), min_age, usize::MAX, share);
                 full = false;
                 reason = "disk";
             }
@@ -173,19 +188,38 @@ impl Scheduler {
         }
     }
 
-    /// Reads the disk once for this pass and says when pressure begins or ends (one line each);
-    /// whether it holds.
+    /// Reads the disk once for this pass and says when pressure begins or ends (one line each),
+    /// and when the disk cannot be read (one warning, each failure counted); whether pressure
+    /// holds.
     fn disk_pressure(&mut self, retention: &Retention) -> bool {
         let Some(core) = self.core.as_mut() else {
             return false;
         };
-        let Some((over, space)) = retention.disk_full() else {
-            return core.disk_pressure;
+        let limit = retention.max_disk_used_percent;
+        let (over, space) = match retention.read_disk() {
+            DiskReading::Unwatched => return false,
+            DiskReading::Failed(error) => {
+                metrics::counter!(m::RETENTION_DISK_ERRORS).increment(1);
+                if !core.disk_unreadable {
+                    core.disk_unreadable = true;
+                    tracing::warn!(%error,
+                        "cannot read how full the data's disk is: retention goes by age and count alone until it can");
+                }
+                if core.disk_pressure {
+                    core.disk_pressure = false;
+                    metrics::gauge!(m::RETENTION_DISK_PRESSURE).set(0.0);
+                }
+                return false;
+            }
+            DiskReading::Read(over, space) => (over, space),
         };
+        if core.disk_unreadable {
+            core.disk_unreadable = false;
+            tracing::info!(disk = %space, "the data's disk can be read again");
+        }
         if over != core.disk_pressure {
             core.disk_pressure = over;
             metrics::gauge!(m::RETENTION_DISK_PRESSURE).set(if over { 1.0 } else { 0.0 });
-            let limit = retention.max_disk_used_percent;
             if over {
                 tracing::warn!(disk = %space, max_used_percent = limit,
                     "the data's disk is fuller than retention allows: pruning ended jobs early");
