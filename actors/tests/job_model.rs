@@ -3,8 +3,10 @@
 //! transition its table does not allow.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "support/capture.rs"]
+mod capture;
+
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 
 use cadre_actors::job::PRIORITY_RANGE;
 use cadre_actors::{
@@ -12,8 +14,9 @@ use cadre_actors::{
     WorkloadJob,
 };
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-use tracing::{Event, Level, Subscriber};
-use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+use tracing::Level;
+
+use capture::Events;
 
 struct Node;
 
@@ -303,22 +306,10 @@ fn a_workdir_that_does_not_exist_is_refused_with_its_path() {
     assert!(err.0[0].reason.contains("not a directory"), "{err}");
 }
 
-#[derive(Clone, Default)]
-struct Errors(Arc<Mutex<Vec<String>>>);
-
-impl<S: Subscriber> Layer<S> for Errors {
-    fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
-        if *event.metadata().level() == Level::ERROR {
-            self.0.lock().unwrap().push(format!("{event:?}"));
-        }
-    }
-}
-
 #[test]
 fn an_illegal_transition_is_refused_logged_and_counted_never_applied() {
-    let errors = Errors::default();
-    let _guard =
-        tracing::subscriber::set_default(tracing_subscriber::registry().with(errors.clone()));
+    let errors = Events::at_least(Level::ERROR);
+    let _guard = errors.install();
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     metrics::with_local_recorder(&recorder, || {
@@ -340,7 +331,7 @@ fn an_illegal_transition_is_refused_logged_and_counted_never_applied() {
         assert_eq!(q.state, JobState::Queued);
     });
     assert_eq!(
-        errors.0.lock().unwrap().len(),
+        errors.at(Level::ERROR).len(),
         2,
         "one error event per refusal"
     );

@@ -14,6 +14,7 @@ use cadre_actors::lease::{self_fence_deadline, Lease, LeaseTable, RenewOutcome};
 use cadre_actors::metrics as m;
 use cadre_actors::{Error, FencingToken, JobId, WorkerId};
 use tokio::time::Instant;
+use tracing::Level;
 
 use leases::{counter, gauge, observed, secs, stale, subscribed, TTL};
 
@@ -137,12 +138,12 @@ fn the_holder_extends_its_lease_and_anyone_else_is_refused_and_counted() {
             ]
         );
 
-        let warned = warnings.take();
+        let warned = warnings.take(Level::WARN);
         assert_eq!(warned.len(), 3, "one warning per refusal: {warned:?}");
         assert_eq!(warned[0]["job"], "3");
         assert_eq!(warned[0]["worker"], "1");
         assert_eq!(warned[0]["token"], other.token.to_string());
-        assert_eq!(warned[0]["op"], "\"renew\"");
+        assert_eq!(warned[0]["op"], "renew");
 
         // The rightful holder's messages are accepted; a message from another worker is not.
         assert_eq!(
@@ -158,7 +159,7 @@ fn the_holder_extends_its_lease_and_anyone_else_is_refused_and_counted() {
             stale(&err),
             (JobId(3), WorkerId(1), other.token, Some(other.token))
         );
-        assert_eq!(warnings.take()[0]["op"], "\"progress\"");
+        assert_eq!(warnings.take(Level::WARN)[0]["op"], "progress");
     });
     assert_eq!(counter(&snap, m::LEASE_RENEWALS, None), 2);
     assert_eq!(counter(&snap, m::LEASE_STALE_TOKENS, Some("renew")), 3);
@@ -175,7 +176,7 @@ fn a_zombie_of_an_expired_attempt_is_fenced_off_and_each_lease_is_released_once(
         // Worker 1 goes quiet: its lease expires.
         let expired = table.expire_due(t0 + TTL);
         assert_eq!(expired, vec![first.clone()]);
-        let warned = warnings.take();
+        let warned = warnings.take(Level::WARN);
         assert_eq!(warned.len(), 1);
         assert_eq!(warned[0]["job"], "7");
         assert_eq!(warned[0]["attempt"], "1");
@@ -281,7 +282,11 @@ fn expire_due_reaps_only_due_leases_in_deadline_order() {
             vec![a.clone(), a2.clone(), b.clone()],
             "deadline order, ties by token"
         );
-        assert_eq!(warnings.take().len(), 3, "one warning per expiry");
+        assert_eq!(
+            warnings.take(Level::WARN).len(),
+            3,
+            "one warning per expiry"
+        );
         assert_eq!(table.len(), 2);
         for gone in [&a, &a2, &b] {
             assert_eq!(table.get(gone.token), None);
@@ -367,7 +372,7 @@ fn revoking_a_dead_worker_removes_all_its_leases_and_only_its() {
         // Nothing of worker 1 is left to expire.
         assert_eq!(table.expire_due(t0 + secs(14)).len(), 2);
 
-        let warned = warnings.take();
+        let warned = warnings.take(Level::WARN);
         let revocations: Vec<_> = warned.iter().filter(|w| w.contains_key("count")).collect();
         assert_eq!(revocations.len(), 1, "one warning per worker: {warned:?}");
         assert_eq!(revocations[0]["worker"], "1");
@@ -377,7 +382,7 @@ fn revoking_a_dead_worker_removes_all_its_leases_and_only_its() {
         assert!(table.revoke_worker(WorkerId(1)).is_empty(), "idempotent");
         assert!(table.revoke_worker(WorkerId(9)).is_empty());
         assert!(
-            warnings.take().is_empty(),
+            warnings.take(Level::WARN).is_empty(),
             "no warning for a worker holding nothing"
         );
         revoked

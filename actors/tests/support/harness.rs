@@ -1,61 +1,18 @@
 //! The harness: `run` on a fresh paused-clock actix System with this thread's events captured
-//! (`Events`) and a metrics recorder of its own (`Obs`), `until` (waiting in virtual time), a
-//! self-removing temporary directory (`Scratch`), `lock` and `ms`.
+//! (at every level, by `capture.rs`'s `Events`) and a metrics recorder of its own (`Obs`),
+//! `until` (waiting in virtual time), a self-removing temporary directory (`Scratch`), `lock`
+//! and `ms`.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use tokio::time::{sleep, Instant};
-use tracing::field::{Field, Visit};
-use tracing::{Event, Level, Subscriber};
-use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 
-/// One event's fields (`message` included) rendered to strings.
-pub type FieldMap = BTreeMap<String, String>;
-
-/// Every event of a test, as its level and fields.
-#[derive(Clone, Default)]
-pub struct Events(Arc<Mutex<Vec<(Level, FieldMap)>>>);
-
-pub struct Fields<'a>(&'a mut BTreeMap<String, String>);
-
-impl Visit for Fields<'_> {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0.insert(field.name().to_owned(), format!("{value:?}"));
-    }
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().to_owned(), value.to_owned());
-    }
-}
-
-impl<S: Subscriber> Layer<S> for Events {
-    fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
-        let mut fields = BTreeMap::new();
-        event.record(&mut Fields(&mut fields));
-        self.0
-            .lock()
-            .unwrap()
-            .push((*event.metadata().level(), fields));
-    }
-}
-
-impl Events {
-    /// Events at `level` whose message is `message`, as field maps.
-    pub fn with(&self, level: Level, message: &str) -> Vec<FieldMap> {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(l, f)| *l == level && f.get("message").map(String::as_str) == Some(message))
-            .map(|(_, f)| f.clone())
-            .collect()
-    }
-}
+use super::capture::Events;
 
 /// What a test can observe besides its actors: events and metrics.
 #[derive(Clone)]
@@ -92,8 +49,7 @@ where
     Fut: Future<Output = ()>,
 {
     let events = Events::default();
-    let _tracing =
-        tracing::subscriber::set_default(tracing_subscriber::registry().with(events.clone()));
+    let _tracing = events.install();
     let recorder = DebuggingRecorder::new();
     let obs = Obs {
         events,

@@ -1,24 +1,26 @@
 //! Helpers of the lease-table tests (`lease_*.rs`), which test the pure `LeaseTable` and need
 //! none of the actor harness in `mod.rs`: each includes this file with
 //! `#[path = "support/leases.rs"] mod leases;` (tokio's `tests/support/` idiom). The test TTL, a
-//! subscriber capturing warnings, a local metrics recorder, a counter and a gauge read from it,
-//! and the parts of a `StaleToken` refusal.
+//! subscriber capturing warnings (`subscribed`, from `capture.rs`, which this file includes), a
+//! local metrics recorder with one (`observed`), a counter and a gauge read from it, and the
+//! parts of a `StaleToken` refusal.
 //!
 //! Not every test file uses every helper, hence the `dead_code` allowance.
 
 #![allow(dead_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::BTreeMap;
-use std::fmt;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cadre_actors::{Error, FencingToken, JobId, WorkerId};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use tracing::field::{Field, Visit};
-use tracing::{Event, Level, Subscriber};
-use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+use tracing::Level;
+
+#[path = "capture.rs"]
+mod capture;
+
+pub use capture::subscribed;
+use capture::Events;
 
 pub const TTL: Duration = Duration::from_secs(10);
 
@@ -26,48 +28,11 @@ pub fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
 
-/// Warning events, each as its fields (`message` included) rendered to strings.
-#[derive(Clone, Default)]
-pub struct Warnings(Arc<Mutex<Vec<BTreeMap<String, String>>>>);
-
-pub struct Fields<'a>(&'a mut BTreeMap<String, String>);
-
-impl Visit for Fields<'_> {
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.0
-            .insert(field.name().to_string(), format!("{value:?}"));
-    }
-}
-
-impl<S: Subscriber> Layer<S> for Warnings {
-    fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
-        if *event.metadata().level() == Level::WARN {
-            let mut fields = BTreeMap::new();
-            event.record(&mut Fields(&mut fields));
-            self.0.lock().unwrap().push(fields);
-        }
-    }
-}
-
-impl Warnings {
-    pub fn take(&self) -> Vec<BTreeMap<String, String>> {
-        std::mem::take(&mut *self.0.lock().unwrap())
-    }
-}
-
-/// Installs a subscriber for the calling thread. Every test runs under one: tracing caches
-/// each callsite's interest process-wide, and a callsite first hit on a thread without a
-/// subscriber while another test installs its own can be cached as uninteresting, losing the
-/// other test's events.
-pub fn subscribed() -> tracing::subscriber::DefaultGuard {
-    tracing::subscriber::set_default(tracing_subscriber::registry().with(Warnings::default()))
-}
-
-/// Runs `f` with a local metrics recorder and a warning-capturing subscriber.
-pub fn observed<T>(f: impl FnOnce(&Warnings) -> T) -> (T, Snapshotter) {
-    let warnings = Warnings::default();
-    let _guard =
-        tracing::subscriber::set_default(tracing_subscriber::registry().with(warnings.clone()));
+/// Runs `f` with a local metrics recorder and a subscriber capturing events at WARN and above
+/// (`warnings.take(Level::WARN)` drains the warnings).
+pub fn observed<T>(f: impl FnOnce(&Events) -> T) -> (T, Snapshotter) {
+    let warnings = Events::at_least(Level::WARN);
+    let _guard = warnings.install();
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let out = metrics::with_local_recorder(&recorder, || f(&warnings));
