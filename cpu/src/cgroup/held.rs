@@ -1,6 +1,7 @@
 //! The control files a v1 task group uses at every task's start and end, kept open for as long
 //! as the group exists (also while it waits as a spare): the `tasks` file of each hierarchy, the
-//! CPU quota, the task count, the OOM count and the memory charged. Each open of a cgroupfs file
+//! CPU quota, the task count, the OOM count, the memory charged, and the directories themselves
+//! (`O_PATH`, for their link counts). Each open of a cgroupfs file
 //! walks its path through kernfs and costs several times the read or write itself; a job on
 //! cgroups used to open about fifteen of them, which the shared cores paid for as a third of a
 //! `/bin/true` job's throughput.
@@ -16,7 +17,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
 
@@ -42,6 +43,9 @@ pub(super) struct Held {
     pub(super) oom: File,
     /// `memory.usage_in_bytes`.
     pub(super) usage: File,
+    /// The group's directory in each hierarchy (`O_PATH`), in the order of its directories:
+    /// their link counts say whether a group was made inside it, without a path walk.
+    pub(super) dirs: Vec<File>,
 }
 
 impl Held {
@@ -78,6 +82,16 @@ impl Held {
                     path(Controller::Memory).join("memory.usage_in_bytes"),
                     false,
                 )?,
+                dirs: dirs
+                    .iter()
+                    .map(|d| {
+                        std::fs::OpenOptions::new()
+                            .read(true)
+                            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+                            .open(d)
+                            .map_err(|e| (d.clone(), e))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
             })
         })();
         match opened {
@@ -126,6 +140,12 @@ fn on_cgroupfs(file: &File) -> bool {
     CGROUP_MAGICS.contains(&magic)
 }
 
+/// Whether the held directory `dir` has no subdirectory, by its link count (see
+/// `procs::no_subdirs`); `false` where it cannot be read.
+pub(super) fn held_no_subdirs(dir: &File) -> bool {
+    dir.metadata().is_ok_and(|m| m.nlink() == 2)
+}
+
 /// Writes `value` whole to the held control file `file` (cgroupfs takes one value per write).
 pub(super) fn write_held(file: &File, value: &str) -> io::Result<()> {
     let written = file.write_at(value.as_bytes(), 0)?;
@@ -140,15 +160,22 @@ pub(super) fn write_held(file: &File, value: &str) -> io::Result<()> {
 
 /// Reads the held control file `file` from its start, refusing more than [`MAX_SMALL_FILE`]
 /// bytes.
+///
+/// A read that returns less than the buffer holds is taken as the whole file: cgroupfs serves a
+/// control file's text in one read where it fits (these are a line or three), so the read that
+/// would return 0 is skipped, half the calls of every start and end.
 pub(super) fn read_held(file: &File) -> io::Result<String> {
     let mut bytes = Vec::new();
-    let mut chunk = [0u8; 512];
+    let mut chunk = [0u8; 4096];
     loop {
         let n = file.read_at(&mut chunk, bytes.len() as u64)?;
         if n == 0 {
             break;
         }
         bytes.extend_from_slice(&chunk[..n]);
+        if n < chunk.len() {
+            break;
+        }
         if bytes.len() as u64 > MAX_SMALL_FILE {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use super::fs::{fail, read_small, rmdir};
-use super::held::{read_held, Held};
+use super::held::{held_no_subdirs, read_held, Held};
 use super::procs::no_subdirs;
 use super::{CgroupVersion, Cgroups, Controller, TaskCgroup, MAX_SMALL_FILE};
 use crate::error::Result;
@@ -33,7 +33,7 @@ use crate::error::Result;
 /// The most spare groups kept: beyond it a released group is removed.
 pub const MAX_SPARES: usize = 256;
 
-/// The most spare groups that keep their control files open (eight descriptors each).
+/// The most spare groups that keep their control files open (twelve descriptors each, on four hierarchies).
 pub const HELD_SPARES: usize = 32;
 
 /// The most memory still charged to a released group for it to be kept: what an exited task
@@ -235,10 +235,13 @@ impl TaskCgroup {
             }
         };
         !charged
-            && self
-                .dirs
-                .iter()
-                .all(|dir| no_groups_inside(&self.who(), dir))
+            && self.dirs.iter().enumerate().all(|(i, dir)| {
+                let held = self.held.as_ref().and_then(|h| h.dirs.get(i));
+                match held {
+                    Some(file) if held_no_subdirs(file) => true,
+                    _ => no_groups_inside(&self.who(), dir),
+                }
+            })
     }
 }
 
