@@ -99,3 +99,54 @@ fn a_torn_or_garbled_ledger_is_read_as_far_as_it_makes_sense() {
     assert_eq!(sweep.killed, vec![pid]);
     assert_eq!(exited_by_signal(&mut child), Some(9));
 }
+
+/// Under load that never pauses (a group always running), the file is rewritten with the groups
+/// still running every so many lines instead of growing for good: it stayed bounded only when
+/// nothing ran at all, so a busy node's ledger grew by most of a megabyte a minute, for good. After a
+/// rewrite the running group is still recorded: a node killed then still has it killed.
+#[test]
+fn a_ledger_under_unbroken_load_stays_bounded() {
+    let dir = scratch("bounded");
+    let path = dir.join("ledger");
+    let (mut ledger, _) = ProcessLedger::open(&path).unwrap();
+    ledger.set_compact_lines(100);
+    let mut left = sleeper();
+    let mut churn = sleeper();
+    ledger.record(left.id() as i32).unwrap();
+    let mut largest = 0;
+    for _ in 0..1_000 {
+        ledger.record(churn.id() as i32).unwrap();
+        ledger.forget(churn.id() as i32).unwrap();
+        largest = largest.max(std::fs::metadata(&path).unwrap().len());
+    }
+    assert_eq!(ledger.running(), 1);
+    // 100 lines of at most 33 bytes, and the rewritten running group.
+    assert!(largest <= 101 * 33, "the ledger grew to {largest} bytes");
+    drop(ledger); // the "node" dies here
+    let (_ledger, sweep) = ProcessLedger::open(&path).unwrap();
+    assert_eq!(sweep.killed, vec![left.id() as i32]);
+    assert_eq!(exited_by_signal(&mut left), Some(9));
+    assert!(
+        churn.try_wait().unwrap().is_none(),
+        "a reaped group is left alone"
+    );
+    churn.kill().unwrap();
+    churn.wait().unwrap();
+}
+
+/// A line far longer than any the ledger writes (garbage) is skipped without being read into
+/// memory whole, and what follows it still counts.
+#[test]
+fn an_overlong_line_is_skipped() {
+    let dir = scratch("overlong");
+    let path = dir.join("ledger");
+    let mut child = sleeper();
+    let pid = child.id() as i32;
+    let start = process_start_time(pid).unwrap().unwrap();
+    let mut text = "x".repeat(1 << 20);
+    text.push_str(&format!("\n+ {pid} {start}\n"));
+    std::fs::write(&path, text).unwrap();
+    let (_ledger, sweep) = ProcessLedger::open(&path).unwrap();
+    assert_eq!(sweep.killed, vec![pid]);
+    assert_eq!(exited_by_signal(&mut child), Some(9));
+}
