@@ -102,7 +102,7 @@ fn a_torn_or_garbled_ledger_is_read_as_far_as_it_makes_sense() {
 
 /// Under load that never pauses (a group always running), the file is rewritten with the groups
 /// still running every so many lines instead of growing for good: it stayed bounded only when
-/// nothing ran at all, so a busy node's ledger grew by most of a megabyte a minute, for good. After a
+/// nothing ran at all, so a busy node's ledger grew by most of a megabyte a minute. After a
 /// rewrite the running group is still recorded: a node killed then still has it killed.
 #[test]
 fn a_ledger_under_unbroken_load_stays_bounded() {
