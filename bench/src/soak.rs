@@ -7,7 +7,9 @@
 //! jobs that fail. Retention keeps ended jobs one minute (10 s with `--quick`) and at most 20,000
 //! of them, snapshots come every 200,000 records.
 //!
-//! Reported each period (a minute): resident memory of the process, its open file descriptors,
+//! Reported each period (a minute): resident memory of the process, its live heap (allocated and
+//! not freed, through the counting allocator: a leak shows there apart from what the allocator
+//! keeps), its open file descriptors,
 //! the files and bytes under the node's data directory, jobs ended per second, and the longest
 //! the scheduler took to answer a probe sent every 5 ms. At the end: the slope of memory, file
 //! descriptors and disk over the last two thirds of the run (the first third is the first
@@ -150,6 +152,9 @@ fn slope(ys: &[f64]) -> (f64, f64) {
 #[derive(Debug, Clone, Copy)]
 struct Sample {
     rss: f64,
+    /// Heap bytes allocated and not freed (the counting allocator): RSS without what the
+    /// allocator keeps of freed memory, so a leak shows apart from the allocator's own growth.
+    heap: f64,
     fds: f64,
     files: f64,
     disk: f64,
@@ -277,6 +282,7 @@ pub fn run(quick: bool, minutes: Option<u64>) -> Result<(), BenchError> {
         let (files, bytes) = disk(&data);
         let sample = Sample {
             rss: rss_bytes()? as f64,
+            heap: crate::alloc::live_bytes() as f64,
             fds: open_fds() as f64,
             files: files as f64,
             disk: bytes as f64,
@@ -290,6 +296,13 @@ pub fn run(quick: bool, minutes: Option<u64>) -> Result<(), BenchError> {
             &at,
             "rss_mib",
             sample.rss / (1 << 20) as f64,
+            "MiB",
+        )?;
+        report.emit(
+            "period",
+            &at,
+            "heap_mib",
+            sample.heap / (1 << 20) as f64,
             "MiB",
         )?;
         report.emit("period", &at, "open_fds", sample.fds, "fd")?;
@@ -333,6 +346,7 @@ pub fn run(quick: bool, minutes: Option<u64>) -> Result<(), BenchError> {
     let per_period = 60.0 / plan.period.as_secs_f64();
     for (metric, unit, pick) in [
         ("rss", "bytes", (|s: &Sample| s.rss) as fn(&Sample) -> f64),
+        ("heap", "bytes", |s: &Sample| s.heap),
         ("open_fds", "fd", |s: &Sample| s.fds),
         ("data_files", "file", |s: &Sample| s.files),
         ("data", "bytes", |s: &Sample| s.disk),
