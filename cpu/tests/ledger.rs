@@ -10,12 +10,9 @@ use std::time::{Duration, Instant};
 
 use cadre_cpu::ledger::{process_start_time, ProcessLedger};
 
-fn scratch(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("cadre-ledger-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+mod common;
+
+use common::Scratch;
 
 fn sleeper() -> Child {
     Command::new("sleep")
@@ -41,8 +38,8 @@ fn exited_by_signal(child: &mut Child) -> Option<i32> {
 
 #[test]
 fn leftover_groups_are_killed_on_open_and_reaped_ones_are_not() {
-    let dir = scratch("sweep");
-    let path = dir.join("ledger");
+    let dir = Scratch::new("ledger-sweep");
+    let path = dir.path().join("ledger");
     let (mut ledger, sweep) = ProcessLedger::open(&path).unwrap();
     assert!(sweep.killed.is_empty());
     let mut left = sleeper();
@@ -68,8 +65,8 @@ fn leftover_groups_are_killed_on_open_and_reaped_ones_are_not() {
 
 #[test]
 fn a_reused_pid_with_another_start_time_is_not_killed() {
-    let dir = scratch("reuse");
-    let path = dir.join("ledger");
+    let dir = Scratch::new("ledger-reuse");
+    let path = dir.path().join("ledger");
     let mut child = sleeper();
     let pid = child.id() as i32;
     let start = process_start_time(pid).unwrap().unwrap();
@@ -89,8 +86,8 @@ fn a_reused_pid_with_another_start_time_is_not_killed() {
 
 #[test]
 fn a_torn_or_garbled_ledger_is_read_as_far_as_it_makes_sense() {
-    let dir = scratch("torn");
-    let path = dir.join("ledger");
+    let dir = Scratch::new("ledger-torn");
+    let path = dir.path().join("ledger");
     let mut child = sleeper();
     let pid = child.id() as i32;
     let start = process_start_time(pid).unwrap().unwrap();
@@ -106,8 +103,8 @@ fn a_torn_or_garbled_ledger_is_read_as_far_as_it_makes_sense() {
 /// rewrite the running group is still recorded: a node killed then still has it killed.
 #[test]
 fn a_ledger_under_unbroken_load_stays_bounded() {
-    let dir = scratch("bounded");
-    let path = dir.join("ledger");
+    let dir = Scratch::new("ledger-bounded");
+    let path = dir.path().join("ledger");
     let (mut ledger, _) = ProcessLedger::open(&path).unwrap();
     ledger.set_compact_lines(100);
     let mut left = sleeper();
@@ -138,8 +135,8 @@ fn a_ledger_under_unbroken_load_stays_bounded() {
 /// memory whole, and what follows it still counts.
 #[test]
 fn an_overlong_line_is_skipped() {
-    let dir = scratch("overlong");
-    let path = dir.join("ledger");
+    let dir = Scratch::new("ledger-overlong");
+    let path = dir.path().join("ledger");
     let mut child = sleeper();
     let pid = child.id() as i32;
     let start = process_start_time(pid).unwrap().unwrap();
