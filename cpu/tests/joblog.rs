@@ -1,7 +1,7 @@
 //! The job log suite: a capped stream keeps exactly its head and its latest tail on disk (never
 //! more than the cap, also while the process runs), reports what it dropped, and reads back as
 //! head + marker + tail; tail(n) across a gap; followers that keep up, and followers slower than
-//! the rotation that skip with a marker; removal; a segment that cannot be created; validation.
+//! the rotation that skip with a marker; removal, one stream or a batch; a segment that cannot be created; validation.
 //!
 //! Every process prints numbered lines (`00000001\n`, nine bytes each), so each byte read back is
 //! checked against its logical offset.
@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cadre_cpu::joblog::{gap_marker, list_pieces, remove_stream, segment_path, LogLayout};
+use cadre_cpu::joblog::{
+    gap_marker, list_pieces, remove_stream, remove_streams, segment_path, LogLayout,
+};
 use cadre_cpu::launcher::{
     CommandSpec, ExitOutcome, ExitReport, Launcher, LogFollower, CAPTURE_CHUNK, MIN_LOG_CAP,
 };
@@ -627,4 +629,84 @@ async fn the_cap_is_validated_and_an_uncapped_stream_is_one_file() {
         .await
         .unwrap();
     assert_eq!(tail.collect(1 << 20).await.unwrap(), lines(99_991, 100_000));
+}
+
+/// Writes `len` bytes to `path`.
+fn file_of(path: &Path, len: u64) {
+    std::fs::write(path, vec![b'x'; len as usize]).unwrap();
+}
+
+#[test]
+fn a_batch_removal_takes_each_stream_whole_and_nothing_else() {
+    let dir = Scratch::new("joblog-remove-batch");
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let layout = LogLayout::for_cap(MIN_LOG_CAP);
+    // A stream past its head: the head and two segments, as the writer names them.
+    let long = logs.join("1.0.out");
+    file_of(&long, layout.head);
+    file_of(&segment_path(&long, layout.head), layout.segment);
+    file_of(&segment_path(&long, layout.head + layout.segment), 7);
+    // A stream whose name the first one's segments start with, also long, with one segment
+    // that was rotated past (its first segment is gone).
+    let other = logs.join("1.0.out.1");
+    file_of(&other, layout.head);
+    file_of(&segment_path(&other, layout.head + 3 * layout.segment), 5);
+    // A short stream (no listing needed), a missing one, one in another directory.
+    let short = logs.join("2.0.err");
+    file_of(&short, 10);
+    let missing = logs.join("3.0.out");
+    let elsewhere_dir = dir.path().join("other");
+    std::fs::create_dir_all(&elsewhere_dir).unwrap();
+    let elsewhere = elsewhere_dir.join("4.0.out");
+    file_of(&elsewhere, layout.head);
+    file_of(&segment_path(&elsewhere, layout.head), 3);
+    // What is not part of any of them stays: another job's segment, a name that only looks
+    // like a segment, and a stream not in the batch.
+    let kept = logs.join("5.0.out");
+    file_of(&kept, layout.head);
+    let kept_segment = segment_path(&kept, layout.head);
+    file_of(&kept_segment, 9);
+    let lookalike = logs.join("1.0.out.0000000000000001638x");
+    file_of(&lookalike, 1);
+
+    let paths = vec![
+        long.clone(),
+        other.clone(),
+        short.clone(),
+        missing,
+        elsewhere.clone(),
+    ];
+    let freed: Vec<u64> = remove_streams(&paths)
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(
+        freed,
+        vec![
+            layout.head + layout.segment + 7,
+            layout.head + 5,
+            10,
+            0,
+            layout.head + 3
+        ]
+    );
+    for path in [&long, &other, &short, &elsewhere] {
+        assert!(
+            list_pieces(path).unwrap().is_empty(),
+            "{} left",
+            path.display()
+        );
+    }
+    for path in [&kept, &kept_segment, &lookalike] {
+        assert!(path.exists(), "{} was removed", path.display());
+    }
+    assert_eq!(
+        remove_streams(&paths)
+            .into_iter()
+            .map(|r| r.unwrap())
+            .sum::<u64>(),
+        0,
+        "already gone is fine"
+    );
 }

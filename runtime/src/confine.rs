@@ -114,14 +114,25 @@ pub fn janitor(log_dir: PathBuf, scratch_dir: PathBuf) -> Janitor {
             return;
         }
         tokio::task::spawn_blocking(move || {
-            for job in commands {
+            // Every stream of the batch at once: the log directory is listed once at most.
+            let mut owners = Vec::new();
+            let mut paths = Vec::new();
+            for job in &commands {
                 for task in 0..job.tasks {
                     for stream in ["out", "err"] {
-                        let path = logs.join(format!("{}.{task}.{stream}", job.job));
-                        if let Err(error) = cadre_cpu::joblog::remove_stream(&path) {
-                            cleanup_failed(job, "logs", &path, &error.to_string());
-                        }
+                        owners.push(*job);
+                        paths.push(logs.join(format!("{}.{task}.{stream}", job.job)));
                     }
+                }
+            }
+            let removed = cadre_cpu::joblog::remove_streams(&paths);
+            for ((job, path), outcome) in owners.into_iter().zip(&paths).zip(removed) {
+                if let Err(error) = outcome {
+                    cleanup_failed(job, "logs", path, &error.to_string());
+                }
+            }
+            for job in commands {
+                for task in 0..job.tasks {
                     let dir = scratch.join(format!("{}.{task}", job.job));
                     match std::fs::remove_dir_all(&dir) {
                         Ok(()) => {}

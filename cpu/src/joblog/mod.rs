@@ -41,10 +41,12 @@
 //! head can be), and a follower idle at the end of what is there stats the name of the next
 //! segment each [`FOLLOW_POLL`] and lists the directory at most once per [`FOLLOW_RELIST`].
 //! [`remove_stream`] and spawning a capture list the directory only for a stream long enough
-//! to have tail segments; otherwise they stat the head and nothing more.
+//! to have tail segments; otherwise they stat the head and nothing more. [`remove_streams`]
+//! lists each directory at most once for all the streams it removes.
 
 mod capture;
 mod read;
+mod remove;
 
 use std::fs;
 use std::io;
@@ -54,6 +56,8 @@ use std::time::Duration;
 
 pub(crate) use capture::{capture, Capture, CaptureDone, Captured, LogSink, StreamProgress};
 pub use read::{LogChunks, LogFollower, LogReader};
+pub(crate) use remove::remove_pieces;
+pub use remove::{remove_stream, remove_streams};
 
 use crate::error::{CpuError, Result};
 use crate::metrics as m;
@@ -159,33 +163,6 @@ pub fn gap_marker(dropped: u64, head: u64) -> Vec<u8> {
 pub fn list_pieces(path: impl AsRef<Path>) -> Result<Vec<LogPiece>> {
     let path = path.as_ref();
     list(path, false).map_err(|e| log_read_failed(CpuError::io("list", path, e), path))
-}
-
-/// Deletes the stream whose log path is `path`: its head and every tail segment. Returns the
-/// bytes freed; a stream (or a piece) that is already gone is not an error. Blocking. A
-/// failure is returned with the piece's path, not logged: the caller (the janitor of pruned
-/// jobs) logs and counts it once, with the job it belonged to.
-pub fn remove_stream(path: impl AsRef<Path>) -> Result<u64> {
-    remove_pieces(path.as_ref(), true)
-}
-
-/// Removes the pieces of the stream at `path`, the head too when `with_head`: the bytes freed.
-/// The head goes last, so a removal cut short never leaves segments without their head, and
-/// a stream with no head (or a head too short for any segment to follow) is dealt with
-/// without listing the directory: spawning a job and pruning one cost the same with ten log
-/// files in the directory as with a million.
-fn remove_pieces(path: &Path, with_head: bool) -> Result<u64> {
-    let mut pieces = list(path, true).map_err(|e| CpuError::io("list", path, e))?;
-    pieces.sort_by_key(|p| p.head);
-    let mut freed = 0;
-    for piece in pieces.into_iter().filter(|p| with_head || !p.head) {
-        match fs::remove_file(&piece.path) {
-            Ok(()) => freed += piece.len,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(CpuError::io("remove", &piece.path, e)),
-        }
-    }
-    Ok(freed)
 }
 
 /// Lists the pieces of the stream at `path`. With `quick`, the directory is not listed when no
