@@ -1,7 +1,8 @@
 //! The job log suite: a capped stream keeps exactly its head and its latest tail on disk (never
 //! more than the cap, also while the process runs), reports what it dropped, and reads back as
 //! head + marker + tail; tail(n) across a gap; followers that keep up, and followers slower than
-//! the rotation that skip with a marker; removal, one stream or a batch; a segment that cannot be created; validation.
+//! the rotation that skip with a marker; removal, one stream or a batch; a segment that cannot
+//! be created; validation.
 //!
 //! Every process prints numbered lines (`00000001\n`, nine bytes each), so each byte read back is
 //! checked against its logical offset.
@@ -647,8 +648,8 @@ fn a_batch_removal_takes_each_stream_whole_and_nothing_else() {
     file_of(&long, layout.head);
     file_of(&segment_path(&long, layout.head), layout.segment);
     file_of(&segment_path(&long, layout.head + layout.segment), 7);
-    // A stream whose name the first one's segments start with, also long, with one segment
-    // that was rotated past (its first segment is gone).
+    // A stream whose name is the first one's and a suffix (as a segment's is), also long, with
+    // one segment past its first (which was rotated out).
     let other = logs.join("1.0.out.1");
     file_of(&other, layout.head);
     file_of(&segment_path(&other, layout.head + 3 * layout.segment), 5);
@@ -670,12 +671,15 @@ fn a_batch_removal_takes_each_stream_whole_and_nothing_else() {
     let lookalike = logs.join("1.0.out.0000000000000001638x");
     file_of(&lookalike, 1);
 
+    // The first stream twice (the second time through another spelling): removed once.
+    let again = logs.join(".").join("1.0.out");
     let paths = vec![
         long.clone(),
         other.clone(),
         short.clone(),
         missing,
         elsewhere.clone(),
+        again,
     ];
     let freed: Vec<u64> = remove_streams(&paths)
         .into_iter()
@@ -688,7 +692,8 @@ fn a_batch_removal_takes_each_stream_whole_and_nothing_else() {
             layout.head + 5,
             10,
             0,
-            layout.head + 3
+            layout.head + 3,
+            0
         ]
     );
     for path in [&long, &other, &short, &elsewhere] {

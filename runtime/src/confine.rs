@@ -114,7 +114,8 @@ pub fn janitor(log_dir: PathBuf, scratch_dir: PathBuf) -> Janitor {
             return;
         }
         tokio::task::spawn_blocking(move || {
-            // Every stream of the batch at once: the log directory is listed once at most.
+            // The batch's streams together, up to JANITOR_CHUNK at a time: the log directory is
+            // listed once per chunk at most, not once per job, in bounded memory.
             let mut owners = Vec::new();
             let mut paths = Vec::new();
             for job in &commands {
@@ -122,15 +123,13 @@ pub fn janitor(log_dir: PathBuf, scratch_dir: PathBuf) -> Janitor {
                     for stream in ["out", "err"] {
                         owners.push(*job);
                         paths.push(logs.join(format!("{}.{task}.{stream}", job.job)));
+                        if paths.len() >= JANITOR_CHUNK {
+                            remove_logs(&mut owners, &mut paths);
+                        }
                     }
                 }
             }
-            let removed = cadre_cpu::joblog::remove_streams(&paths);
-            for ((job, path), outcome) in owners.into_iter().zip(&paths).zip(removed) {
-                if let Err(error) = outcome {
-                    cleanup_failed(job, "logs", path, &error.to_string());
-                }
-            }
+            remove_logs(&mut owners, &mut paths);
             for job in commands {
                 for task in 0..job.tasks {
                     let dir = scratch.join(format!("{}.{task}", job.job));
@@ -143,6 +142,21 @@ pub fn janitor(log_dir: PathBuf, scratch_dir: PathBuf) -> Janitor {
             }
         });
     })
+}
+
+/// The most log streams the janitor removes with one listing of the log directory (a few
+/// hundred bytes each while it works).
+const JANITOR_CHUNK: usize = 8192;
+
+/// Removes the streams at `paths` (of the jobs `owners`, one per path), reports each failure,
+/// and empties both.
+fn remove_logs(owners: &mut Vec<PrunedJob>, paths: &mut Vec<PathBuf>) {
+    let removed = cadre_cpu::joblog::remove_streams(paths);
+    for ((job, path), outcome) in owners.drain(..).zip(paths.drain(..)).zip(removed) {
+        if let Err(error) = outcome {
+            cleanup_failed(job, "logs", &path, &error.to_string());
+        }
+    }
 }
 
 fn cleanup_failed(job: PrunedJob, what: &'static str, path: &Path, error: &str) {

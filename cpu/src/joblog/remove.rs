@@ -21,15 +21,20 @@ pub fn remove_stream(path: impl AsRef<Path>) -> Result<u64> {
     remove_pieces(path.as_ref(), true)
 }
 
-/// Deletes the streams whose log paths are `paths`, as [`remove_stream`] does each, and returns
-/// one outcome per path, in order. Each directory holding one of them is listed at most once,
-/// and only where one of its streams has a head long enough to be followed by segments: the
-/// others cost one `stat` and one `unlink` each. Blocking.
+/// Deletes the streams whose log paths are `paths` and returns one outcome per path, in order:
+/// the bytes freed, as [`remove_stream`] gives them. Each directory holding one of them is
+/// listed at most once, and only where one of its streams has a head long enough to be followed
+/// by segments: the others cost one `stat` and one `unlink` each. Unlike one
+/// [`remove_stream`] per path, a listing that fails fails every such stream of its directory
+/// (each keeps its head, so a later removal finds its segments), with the directory named. A
+/// path given twice is removed once (the second finds nothing: 0 bytes). Holds a few hundred
+/// bytes per path: a caller with very many splits them. Blocking.
 pub fn remove_streams(paths: &[PathBuf]) -> Vec<Result<u64>> {
     let mut out: Vec<Option<Result<u64>>> = Vec::with_capacity(paths.len());
     let mut pieces: Vec<Vec<LogPiece>> = Vec::with_capacity(paths.len());
-    // Per directory to list: the long heads' file names, and the stream each is.
-    let mut to_list: HashMap<&Path, HashMap<&[u8], usize>> = HashMap::new();
+    // Per directory to list: the long heads' file names, and the streams each is (a path given
+    // twice is there twice; its segments go to the first).
+    let mut to_list: HashMap<&Path, HashMap<&[u8], Vec<usize>>> = HashMap::new();
     for (i, path) in paths.iter().enumerate() {
         pieces.push(Vec::new());
         match fs::metadata(path) {
@@ -49,7 +54,12 @@ pub fn remove_streams(paths: &[PathBuf]) -> Vec<Result<u64>> {
                             } else {
                                 dir
                             };
-                            to_list.entry(dir).or_default().insert(name.as_bytes(), i);
+                            to_list
+                                .entry(dir)
+                                .or_default()
+                                .entry(name.as_bytes())
+                                .or_default()
+                                .push(i);
                         }
                         _ => {
                             // A path without a directory part or file name: list it alone,
@@ -66,7 +76,7 @@ pub fn remove_streams(paths: &[PathBuf]) -> Vec<Result<u64>> {
     }
     for (dir, heads) in to_list {
         if let Err(error) = find_segments(dir, &heads, &mut pieces) {
-            for &i in heads.values() {
+            for &i in heads.values().flatten() {
                 out[i] = Some(Err(CpuError::io("list", dir, clone_error(&error))));
             }
         }
@@ -80,10 +90,10 @@ pub fn remove_streams(paths: &[PathBuf]) -> Vec<Result<u64>> {
         .collect()
 }
 
-/// Adds to `pieces[i]` the segments found in `dir` of the head named by `heads` as `i`.
+/// Adds to `pieces[i]` the segments found in `dir` of the head `heads` names with `i` first.
 fn find_segments(
     dir: &Path,
-    heads: &HashMap<&[u8], usize>,
+    heads: &HashMap<&[u8], Vec<usize>>,
     pieces: &mut [Vec<LogPiece>],
 ) -> io::Result<()> {
     let entries = match fs::read_dir(dir) {
@@ -97,7 +107,7 @@ fn find_segments(
         let Some((head, start)) = split_segment(name.as_bytes()) else {
             continue;
         };
-        let Some(&i) = heads.get(head) else {
+        let Some(&i) = heads.get(head).and_then(|streams| streams.first()) else {
             continue;
         };
         match entry.metadata() {
@@ -149,9 +159,9 @@ pub(crate) fn remove_pieces(path: &Path, with_head: bool) -> Result<u64> {
     )
 }
 
-/// Removes `pieces`, the head last: the bytes freed.
+/// Removes `pieces`, oldest segment first and the head last: the bytes freed.
 fn remove_listed(mut pieces: Vec<LogPiece>) -> Result<u64> {
-    pieces.sort_by_key(|p| p.head);
+    pieces.sort_by_key(|p| (p.head, p.start));
     let mut freed = 0;
     for piece in pieces {
         match fs::remove_file(&piece.path) {
