@@ -68,7 +68,7 @@ fn grants_are_counted_and_the_active_gauge_follows_the_table() {
             .release(JobId(3), WorkerId(2), l3.token, "finished")
             .unwrap();
     });
-    assert_eq!(counter(&snap, m::LEASE_GRANTS, None), 3);
+    assert_eq!(counter(&snap, m::LEASE_GRANTS, &[]), 3);
     assert_eq!(gauge(&snap, m::LEASES_ACTIVE), Some(2.0));
 }
 
@@ -161,10 +161,13 @@ fn the_holder_extends_its_lease_and_anyone_else_is_refused_and_counted() {
         );
         assert_eq!(warnings.take(Level::WARN)[0]["op"], "progress");
     });
-    assert_eq!(counter(&snap, m::LEASE_RENEWALS, None), 2);
-    assert_eq!(counter(&snap, m::LEASE_STALE_TOKENS, Some("renew")), 3);
-    assert_eq!(counter(&snap, m::LEASE_STALE_TOKENS, Some("progress")), 1);
-    assert_eq!(counter(&snap, m::LEASE_STALE_TOKENS, None), 4);
+    assert_eq!(counter(&snap, m::LEASE_RENEWALS, &[]), 2);
+    assert_eq!(counter(&snap, m::LEASE_STALE_TOKENS, &[("op", "renew")]), 3);
+    assert_eq!(
+        counter(&snap, m::LEASE_STALE_TOKENS, &[("op", "progress")]),
+        1
+    );
+    assert_eq!(counter(&snap, m::LEASE_STALE_TOKENS, &[]), 4);
 }
 
 #[test]
@@ -239,11 +242,20 @@ fn a_zombie_of_an_expired_attempt_is_fenced_off_and_each_lease_is_released_once(
         assert!(table.leases_of_worker(WorkerId(2)).is_empty());
         assert_eq!(table.next_expiry(), None);
     });
-    assert_eq!(counter(&snap, m::LEASE_EXPIRATIONS, None), 1);
-    assert_eq!(counter(&snap, m::LEASE_STALE_TOKENS, Some("progress")), 2);
-    assert_eq!(counter(&snap, m::LEASE_STALE_TOKENS, Some("finished")), 4);
-    assert_eq!(counter(&snap, m::LEASE_STALE_TOKENS, Some("renew")), 1);
-    assert_eq!(counter(&snap, m::LEASE_STALE_TOKENS, Some("started")), 0);
+    assert_eq!(counter(&snap, m::LEASE_EXPIRATIONS, &[]), 1);
+    assert_eq!(
+        counter(&snap, m::LEASE_STALE_TOKENS, &[("op", "progress")]),
+        2
+    );
+    assert_eq!(
+        counter(&snap, m::LEASE_STALE_TOKENS, &[("op", "finished")]),
+        4
+    );
+    assert_eq!(counter(&snap, m::LEASE_STALE_TOKENS, &[("op", "renew")]), 1);
+    assert_eq!(
+        counter(&snap, m::LEASE_STALE_TOKENS, &[("op", "started")]),
+        0
+    );
     assert_eq!(gauge(&snap, m::LEASES_ACTIVE), Some(0.0));
 }
 
@@ -313,7 +325,7 @@ fn expire_due_reaps_only_due_leases_in_deadline_order() {
         vec![a, a2, b]
     });
     assert_eq!(leases.len(), 3);
-    assert_eq!(counter(&snap, m::LEASE_EXPIRATIONS, None), 5);
+    assert_eq!(counter(&snap, m::LEASE_EXPIRATIONS, &[]), 5);
 }
 
 #[test]
@@ -388,7 +400,7 @@ fn revoking_a_dead_worker_removes_all_its_leases_and_only_its() {
         revoked
     });
     assert_eq!(revoked.len(), 3);
-    assert_eq!(counter(&snap, m::LEASE_REVOCATIONS, None), 3);
+    assert_eq!(counter(&snap, m::LEASE_REVOCATIONS, &[]), 3);
 }
 
 #[test]
@@ -436,7 +448,7 @@ fn a_gang_holds_one_lease_per_task_and_release_job_ends_them_all() {
         assert!(table.release_job(JobId(99)).is_empty());
     });
     assert_eq!(
-        counter(&snap, m::LEASE_REVOCATIONS, None) + counter(&snap, m::LEASE_EXPIRATIONS, None),
+        counter(&snap, m::LEASE_REVOCATIONS, &[]) + counter(&snap, m::LEASE_EXPIRATIONS, &[]),
         0,
         "release_job counts nothing of its own"
     );

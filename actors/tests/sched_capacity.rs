@@ -117,11 +117,11 @@ fn a_second_reservation_for_a_job_is_refused_logged_and_counted() {
         counter(
             &snap,
             m::CAPACITY_REFUSALS,
-            Some(("reason", "already_reserved"))
+            &[("reason", "already_reserved")]
         ),
         3
     );
-    assert_eq!(counter(&snap, m::CAPACITY_REFUSALS, None), 3);
+    assert_eq!(counter(&snap, m::CAPACITY_REFUSALS, &[]), 3);
     let errors = events.at(Level::ERROR);
     assert_eq!(errors.len(), 3, "{errors:?}");
     assert!(errors

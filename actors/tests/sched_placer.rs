@@ -386,16 +386,7 @@ fn decide_records_its_duration_and_the_queue_depth() {
     let _sub = subscribed();
     let recorder = DebuggingRecorder::new();
     let snap = recorder.snapshotter();
-    let gauge = |snap: &Snapshotter| -> Option<f64> {
-        snap.snapshot()
-            .into_vec()
-            .into_iter()
-            .find(|(k, _, _, _)| k.key().name() == m::QUEUE_DEPTH)
-            .and_then(|(_, _, _, v)| match v {
-                DebugValue::Gauge(g) => Some(g.0),
-                _ => None,
-            })
-    };
+    let gauge = |snap: &Snapshotter| placement::gauge(snap, m::QUEUE_DEPTH);
     let samples = |snap: &Snapshotter| -> Vec<f64> {
         snap.snapshot()
             .into_vec()

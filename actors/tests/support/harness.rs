@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use metrics_util::debugging::{DebuggingRecorder, Snapshotter};
 use tokio::time::{sleep, Instant};
 
 use super::capture::Events;
@@ -24,19 +24,7 @@ pub struct Obs {
 impl Obs {
     /// The value of counter `name` summed over the label sets that carry `labels`.
     pub fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
-        let mut total = 0;
-        for (key, _, _, value) in self.metrics.snapshot().into_vec() {
-            if key.key().name() != name {
-                continue;
-            }
-            let matches = labels
-                .iter()
-                .all(|(k, v)| key.key().labels().any(|l| l.key() == *k && l.value() == *v));
-            if let (true, DebugValue::Counter(c)) = (matches, value) {
-                total += c;
-            }
-        }
-        total
+        super::counters::counter(&self.metrics, name, labels)
     }
 }
 

@@ -13,14 +13,19 @@
 use std::time::Duration;
 
 use cadre_actors::{Error, FencingToken, JobId, WorkerId};
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use metrics_util::debugging::{DebuggingRecorder, Snapshotter};
 use tracing::Level;
 
 #[path = "capture.rs"]
 mod capture;
+#[path = "counters.rs"]
+mod counters;
 
 pub use capture::subscribed;
+// Not every test binary that includes this file uses it.
 use capture::Events;
+#[allow(unused_imports)]
+pub use counters::{counter, gauge};
 
 pub const TTL: Duration = Duration::from_secs(10);
 
@@ -37,33 +42,6 @@ pub fn observed<T>(f: impl FnOnce(&Events) -> T) -> (T, Snapshotter) {
     let snapshotter = recorder.snapshotter();
     let out = metrics::with_local_recorder(&recorder, || f(&warnings));
     (out, snapshotter)
-}
-
-/// A counter's value summed over the label sets matching `op` (all when `None`).
-pub fn counter(snap: &Snapshotter, name: &str, op: Option<&str>) -> u64 {
-    snap.snapshot()
-        .into_vec()
-        .into_iter()
-        .filter(|(k, _, _, _)| k.key().name() == name)
-        .filter(|(k, _, _, _)| {
-            op.is_none_or(|op| k.key().labels().any(|l| l.key() == "op" && l.value() == op))
-        })
-        .map(|(_, _, _, v)| match v {
-            DebugValue::Counter(c) => c,
-            _ => 0,
-        })
-        .sum()
-}
-
-pub fn gauge(snap: &Snapshotter, name: &str) -> Option<f64> {
-    snap.snapshot()
-        .into_vec()
-        .into_iter()
-        .find(|(k, _, _, _)| k.key().name() == name)
-        .and_then(|(_, _, _, v)| match v {
-            DebugValue::Gauge(g) => Some(g.0),
-            _ => None,
-        })
 }
 
 pub fn stale(err: &Error) -> (JobId, WorkerId, FencingToken, Option<FencingToken>) {

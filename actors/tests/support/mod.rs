@@ -3,6 +3,7 @@
 //! reachable as `support::<name>`:
 //! - `capture.rs`: captured tracing events (`Events`, `FieldMap`, `subscribed`), the one copy
 //!   shared with the tests of the pure cores (see below);
+//! - `counters.rs`: a counter summed over label sets, a gauge (also shared with them);
 //! - `harness.rs`: `run` on a paused-clock actix System with captured events and a per-test
 //!   metrics recorder, `Obs`, `until`, `Scratch`, `lock`, `ms`;
 //! - `specs.rs`: the spec builders (`workload_spec`, `sched_job`, `gpu_job`, `forever`) and
@@ -14,7 +15,7 @@
 //!
 //! `placement.rs` and `leases.rs` beside them are not part of this module: the tests of the
 //! pure scheduling core (`sched_*.rs`, `lease_*.rs`) include them with `#[path]` and need none
-//! of this harness; each of the two includes `capture.rs` in turn with `#[path]`, as does
+//! of this harness; each of the two includes `capture.rs` and `counters.rs` in turn with `#[path]`, as does
 //! `job_model.rs` alone, so that every test binary compiles the same capture and none of them
 //! the actix harness for it.
 //!
@@ -24,6 +25,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod capture;
+mod counters;
 mod fake_scheduler;
 mod fake_worker;
 mod harness;
@@ -35,6 +37,6 @@ mod worker_rig;
 // Each test file uses some roles only.
 #[allow(unused_imports)]
 pub use self::{
-    capture::*, fake_scheduler::*, fake_worker::*, harness::*, sched_rig::*, specs::*,
+    capture::*, counters::*, fake_scheduler::*, fake_worker::*, harness::*, sched_rig::*, specs::*,
     test_workload::*, worker_rig::*,
 };

@@ -14,15 +14,19 @@ use std::time::Duration;
 
 use cadre_actors::sched::{JobQueue, Placement, Placer, PlacerConfig, QueuedJob, WorkerCapacity};
 use cadre_actors::{JobId, Resources, WorkerId};
-use metrics_util::debugging::{DebugValue, Snapshotter};
 use rand::rngs::SmallRng;
 use rand::Rng;
 use tokio::time::Instant;
 
 #[path = "capture.rs"]
 mod capture;
+#[path = "counters.rs"]
+mod counters;
 
 pub use capture::subscribed;
+// Not every test binary that includes this file uses it.
+#[allow(unused_imports)]
+pub use counters::{counter, gauge};
 
 pub const GIB: u64 = 1 << 30;
 
@@ -63,22 +67,6 @@ pub fn small(id: u64, priority: i16, at: Instant) -> QueuedJob {
 
 pub fn order(q: &JobQueue) -> Vec<u64> {
     q.iter().map(|j| j.job.0).collect()
-}
-
-/// A counter's value summed over the label sets carrying `label` (all when `None`).
-pub fn counter(snap: &Snapshotter, name: &str, label: Option<(&str, &str)>) -> u64 {
-    snap.snapshot()
-        .into_vec()
-        .into_iter()
-        .filter(|(k, _, _, _)| k.key().name() == name)
-        .filter(|(k, _, _, _)| {
-            label.is_none_or(|(lk, lv)| k.key().labels().any(|l| l.key() == lk && l.value() == lv))
-        })
-        .map(|(_, _, _, v)| match v {
-            DebugValue::Counter(c) => c,
-            _ => 0,
-        })
-        .sum()
 }
 
 pub fn pick<T: Copy>(rng: &mut SmallRng, items: &[T]) -> Option<T> {
