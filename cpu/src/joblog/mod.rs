@@ -204,21 +204,26 @@ fn list(path: &Path, quick: bool) -> io::Result<Vec<LogPiece>> {
         let Some(start) = parse_segment(name, entry.file_name().as_bytes()) else {
             continue;
         };
-        match entry.metadata() {
-            Ok(meta) if meta.is_file() => out.push(LogPiece {
-                path: entry.path(),
-                start,
-                len: meta.len(),
-                head: false,
-            }),
-            Ok(_) => {}
-            // Rotated out between the listing and the stat.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
+        out.extend(segment_piece(&entry, start)?);
     }
     out.sort_by_key(|p| (p.start, !p.head));
     Ok(out)
+}
+
+/// The tail segment a listed directory entry is, starting at logical offset `start`: `None`
+/// where it is not a file, or was rotated out between the listing and the stat.
+fn segment_piece(entry: &fs::DirEntry, start: u64) -> io::Result<Option<LogPiece>> {
+    match entry.metadata() {
+        Ok(meta) if meta.is_file() => Ok(Some(LogPiece {
+            path: entry.path(),
+            start,
+            len: meta.len(),
+            head: false,
+        })),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// The start offset a segment file name `entry` of the head named `head` encodes.

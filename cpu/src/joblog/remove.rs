@@ -10,7 +10,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use super::{list, LogPiece, MIN_SEGMENT_START};
+use super::{list, segment_piece, LogPiece, MIN_SEGMENT_START};
 use crate::error::{CpuError, Result};
 
 /// Deletes the stream whose log path is `path`: its head and every tail segment. Returns the
@@ -110,17 +110,7 @@ fn find_segments(
         let Some(&i) = heads.get(head).and_then(|streams| streams.first()) else {
             continue;
         };
-        match entry.metadata() {
-            Ok(meta) if meta.is_file() => pieces[i].push(LogPiece {
-                path: entry.path(),
-                start,
-                len: meta.len(),
-                head: false,
-            }),
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
+        pieces[i].extend(segment_piece(&entry, start)?);
     }
     Ok(())
 }
