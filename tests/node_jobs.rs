@@ -210,6 +210,40 @@ fn with_cgroups_a_clean_stop_removes_every_group_and_reports_no_leftover() {
     }
 }
 
+/// The test harness itself: a node killed outright leaves its cgroup parent with its jobs'
+/// groups and spares in it, and dropping its `Server` removes all of that, killing what still
+/// runs there (removing the parent alone failed while groups were inside: every test run left
+/// a few dozen parents on the machine, each one more group for the kernel to walk).
+#[test]
+fn with_cgroups_a_killed_node_s_groups_are_gone_once_its_server_is_dropped() {
+    if !cgroups_or_skip("jobs_killed_cleanup") {
+        return;
+    }
+    let dir = Scratch::new("jobs-killed-cleanup");
+    let mut node = Server::start(dir.path(), &[]);
+    let done = node.submit(&[], &["/bin/true"]);
+    node.wait_state(done, "succeeded", LONG);
+    let running = node.submit(&[], &["/bin/sleep", "60"]);
+    node.wait_state(running, "running", LONG);
+    let dirs = common::node_cgroup_dirs(&node.log_text());
+    node.kill9();
+    let inside = |d: &std::path::Path| {
+        std::fs::read_dir(d).map_or(0, |e| {
+            e.flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .count()
+        })
+    };
+    assert!(
+        dirs.iter().any(|d| inside(d) > 0),
+        "the killed node left no group inside its parent: {dirs:?}"
+    );
+    drop(node);
+    for d in &dirs {
+        assert!(!d.exists(), "{} is left", d.display());
+    }
+}
+
 #[test]
 fn without_cgroups_the_node_runs_jobs_in_process_groups_and_says_so_once() {
     let dir = Scratch::new("jobs-nocg");

@@ -573,15 +573,18 @@ pub fn cgroups_or_skip(test: &str) -> bool {
     false
 }
 
-/// Where the cgroup parent a node named in its log (`parent=cadre-...`) is, in each hierarchy
+/// Where the cgroup parent a node named in its log (`parent=cadre-...`, or JSON's
+/// `"parent":"cadre-..."`) is, in each hierarchy
 /// of this process (v1: one per controller; v2: one); empty when the log names none.
 pub fn node_cgroup_dirs(log: &str) -> Vec<std::path::PathBuf> {
-    let Some(parent) = log
-        .split("parent=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .filter(|p| p.starts_with("cadre-"))
-    else {
+    // In the text log `parent=cadre-...`; in the JSON one `"parent":"cadre-..."`.
+    let named = |key: &str| {
+        log.split(key)
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| c.is_whitespace() || c == '"').next())
+            .filter(|p| p.starts_with("cadre-"))
+    };
+    let Some(parent) = named("parent=").or_else(|| named("\"parent\":\"")) else {
         return Vec::new();
     };
     // This process's own group per hierarchy (`id:controllers:/path`), where the node made it.
@@ -613,8 +616,42 @@ pub fn node_cgroup_dirs(log: &str) -> Vec<std::path::PathBuf> {
 /// (`parent=cadre-...`): a node killed outright leaves it behind.
 pub fn remove_node_cgroups(log: &str) {
     for dir in node_cgroup_dirs(log) {
-        let _ = std::fs::remove_dir(dir);
+        remove_group_tree(&dir, 0);
     }
+}
+
+/// Removes cgroup `dir` and every group inside it, deepest first, killing what still runs in
+/// them: a node killed outright leaves its jobs' groups and its spares, and a parent with groups
+/// inside cannot be removed (every test run left a few dozen parents behind on the machine).
+fn remove_group_tree(dir: &Path, depth: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    if depth < 8 {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_group_tree(&entry.path(), depth + 1);
+            }
+        }
+    }
+    for _ in 0..200 {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        let pids: Vec<u32> = procs
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        if pids.is_empty() {
+            break;
+        }
+        // Not `signal`: a process may be gone by now, and this runs in `Drop`.
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .args(pids.iter().map(u32::to_string))
+            .stderr(Stdio::null())
+            .status();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 /// `env`'s output as a map.
