@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{wait_for, Scratch, Server};
+use common::{stop_clients, wait_for, Scratch, Server};
 use serde_json::{json, Value};
 
 const LONG: Duration = Duration::from_secs(60);
@@ -198,11 +198,7 @@ fn kill_9_under_mixed_load_with_retention_loses_nothing_accepted() {
     });
     let running_at_kill = long_running(&node);
     node.kill9();
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.join().unwrap();
-    }
-    let accepted = accepted.lock().unwrap().clone();
+    let accepted = stop_clients(&stop, clients, &accepted);
     assert!(
         accepted.len() > 100,
         "only {} jobs accepted",

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Scratch, Server};
+use common::{stop_clients, Scratch, Server};
 use serde_json::json;
 
 const LONG: Duration = Duration::from_secs(60);
@@ -70,11 +70,7 @@ fn kill_9_under_load_loses_nothing_that_was_acknowledged() {
     }
     std::thread::sleep(Duration::from_secs(3));
     node.kill9();
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.join().unwrap();
-    }
-    let accepted = accepted.lock().unwrap().clone();
+    let accepted = stop_clients(&stop, clients, &accepted);
     assert!(
         accepted.len() > 100,
         "only {} jobs accepted",

@@ -692,3 +692,17 @@ pub fn run_within(
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Stops the client threads of a load test (sets `stop`), waits for each, and returns what they
+/// recorded as accepted by the node.
+pub fn stop_clients<T: Clone>(
+    stop: &std::sync::atomic::AtomicBool,
+    clients: Vec<std::thread::JoinHandle<()>>,
+    accepted: &std::sync::Mutex<T>,
+) -> T {
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    accepted.lock().unwrap().clone()
+}
