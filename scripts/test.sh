@@ -12,7 +12,8 @@
 # makes a missing compiler a failure instead of a SKIP.
 # The cgroup tests need a writable cgroup tree (root, v1 or v2 mounted); where there is none they
 # print SKIP. CADRE_REQUIRE_CGROUPS=1 (set by CI, whose clean runs have shown them running)
-# makes that a failure. Nothing to install: the kernel has them or not.
+# makes that a failure, and then so does a cgroup the tests leave behind. Nothing to install:
+# the kernel has them or not.
 # The full-disk tests mount a small tmpfs (root, CAP_SYS_ADMIN); where they cannot they print
 # SKIP. CADRE_REQUIRE_TMPFS=1 (set by CI, root as for cgroups) makes that a failure.
 set -euo pipefail
@@ -51,5 +52,18 @@ export LD_LIBRARY_PATH="$NVRTC_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 # The extension tests start the example nodes as programs: build them as binaries first
 # (`--all-targets` builds examples only as test harnesses).
 cargo build --examples
+# The cgroups the tests make (a node's parent, its jobs' groups, a test's own) must all be gone
+# when they end: left behind, they pile up on the machine run after run (a killed node's parent
+# once did, a few dozen per run). Those that exist before the run are not the tests'.
+cadre_cgroups() { find /sys/fs/cgroup -maxdepth 5 -type d -name 'cadre-*' 2>/dev/null | sort; }
+cgroups_before="$(cadre_cgroups)"
 cargo test --workspace --all-targets
 cargo test --workspace --doc
+cgroups_left="$(comm -13 <(printf '%s\n' "$cgroups_before") <(cadre_cgroups) | sed '/^$/d')"
+if [ -n "$cgroups_left" ]; then
+    echo "cgroups the tests left behind:"
+    printf '%s\n' "$cgroups_left"
+    if [ "${CADRE_REQUIRE_CGROUPS:-}" = 1 ]; then
+        exit 1
+    fi
+fi
