@@ -573,18 +573,22 @@ pub fn cgroups_or_skip(test: &str) -> bool {
     false
 }
 
-/// Where the cgroup parent a node named in its log (`parent=cadre-...`, or JSON's
-/// `"parent":"cadre-..."`) is, in each hierarchy
-/// of this process (v1: one per controller; v2: one); empty when the log names none.
-pub fn node_cgroup_dirs(log: &str) -> Vec<std::path::PathBuf> {
-    // In the text log `parent=cadre-...`; in the JSON one `"parent":"cadre-..."`.
+/// The cgroup parent a node named in its log: `parent=cadre-...` in the text log,
+/// `"parent":"cadre-..."` in the JSON one.
+fn node_cgroup_parent(log: &str) -> Option<&str> {
     let named = |key: &str| {
         log.split(key)
             .nth(1)
             .and_then(|rest| rest.split(|c: char| c.is_whitespace() || c == '"').next())
             .filter(|p| p.starts_with("cadre-"))
     };
-    let Some(parent) = named("parent=").or_else(|| named("\"parent\":\"")) else {
+    named("parent=").or_else(|| named("\"parent\":\""))
+}
+
+/// Where the cgroup parent a node named in its log is, in each hierarchy of this process (v1:
+/// one per controller; v2: one); empty when the log names none.
+pub fn node_cgroup_dirs(log: &str) -> Vec<std::path::PathBuf> {
+    let Some(parent) = node_cgroup_parent(log) else {
         return Vec::new();
     };
     // This process's own group per hierarchy (`id:controllers:/path`), where the node made it.
@@ -612,46 +616,36 @@ pub fn node_cgroup_dirs(log: &str) -> Vec<std::path::PathBuf> {
     dirs
 }
 
-/// Removes, best effort, the (empty) cgroup parent a stopped node named in its log
-/// (`parent=cadre-...`): a node killed outright leaves it behind.
+/// Removes, best effort, the cgroup parent a stopped node named in its log and every group
+/// in it, killing what still runs there: a node killed outright leaves them behind, and a parent
+/// with groups inside cannot be removed alone (every test run once left a few dozen).
 pub fn remove_node_cgroups(log: &str) {
-    for dir in node_cgroup_dirs(log) {
-        remove_group_tree(&dir, 0);
+    // A parent that is not there any more (a clean stop removed it) is not made again.
+    if !node_cgroup_dirs(log).iter().any(|d| d.exists()) {
+        return;
     }
-}
-
-/// Removes cgroup `dir` and every group inside it, deepest first, killing what still runs in
-/// them: a node killed outright leaves its jobs' groups and its spares, and a parent with groups
-/// inside cannot be removed (every test run left a few dozen parents behind on the machine).
-fn remove_group_tree(dir: &Path, depth: usize) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
+    let Some(parent) = node_cgroup_parent(log).map(str::to_owned) else {
         return;
     };
-    if depth < 8 {
-        for entry in entries.flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_group_tree(&entry.path(), depth + 1);
-            }
-        }
-    }
-    for _ in 0..200 {
-        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-        let pids: Vec<u32> = procs
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect();
-        if pids.is_empty() {
-            break;
-        }
-        // Not `signal`: a process may be gone by now, and this runs in `Drop`.
-        let _ = Command::new("kill")
-            .arg("-KILL")
-            .args(pids.iter().map(u32::to_string))
-            .stderr(Stdio::null())
-            .status();
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let _ = std::fs::remove_dir(dir);
+    // The node's own sweep and removal, as its next start on the same data directory would run
+    // them: the groups a killed node left (its jobs', its spares) are killed and removed, then
+    // the parent. On a thread of its own: this runs in `Drop`, perhaps inside a runtime.
+    let cleanup = std::thread::spawn(move || {
+        let Ok(cgroups) = cadre_cpu::cgroup::Cgroups::open(&parent) else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(async {
+            let _ = cgroups.sweep().await;
+            let _ = cgroups.remove().await;
+        });
+    });
+    let _ = cleanup.join();
 }
 
 /// `env`'s output as a map.
