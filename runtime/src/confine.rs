@@ -247,20 +247,18 @@ fn scratch_job(name: &[u8]) -> Option<u64> {
 /// (`<job>.<task>.<out|err>` is the head, `<head>.<offset, 20 digits>` a segment; see
 /// `cadre_cpu::joblog`).
 fn log_piece(name: &[u8]) -> Option<(u64, bool)> {
-    let mut parts = name.split(|b| *b == b'.');
+    let (head, segment) = match cadre_cpu::joblog::split_segment(name) {
+        Some((head, _)) => (head, true),
+        None => (name, false),
+    };
+    let mut parts = head.split(|b| *b == b'.');
     let job = number(parts.next()?)?;
     let task = number(parts.next()?)?;
     u32::try_from(task).ok()?;
-    if !matches!(parts.next()?, b"out" | b"err") {
+    if !matches!(parts.next()?, b"out" | b"err") || parts.next().is_some() {
         return None;
     }
-    match parts.next() {
-        None => Some((job, false)),
-        Some(offset) if offset.len() == 20 && offset.iter().all(u8::is_ascii_digit) => {
-            parts.next().is_none().then_some((job, true))
-        }
-        Some(_) => None,
-    }
+    Some((job, segment))
 }
 
 /// What the start-up sweep removed, and how many removals failed.

@@ -228,11 +228,24 @@ fn segment_piece(entry: &fs::DirEntry, start: u64) -> io::Result<Option<LogPiece
 
 /// The start offset a segment file name `entry` of the head named `head` encodes.
 fn parse_segment(head: &[u8], entry: &[u8]) -> Option<u64> {
-    let digits = entry.strip_prefix(head)?.strip_prefix(b".")?;
-    if digits.len() != 20 || !digits.iter().all(u8::is_ascii_digit) {
+    split_segment(entry)
+        .filter(|(of, _)| *of == head)
+        .map(|(_, start)| start)
+}
+
+/// A tail segment's file name (see [`segment_path`]) split into its head's file name and the
+/// logical offset it starts at; `None` for any other name.
+pub fn split_segment(name: &[u8]) -> Option<(&[u8], u64)> {
+    let cut = name.len().checked_sub(21)?;
+    let (head, suffix) = name.split_at(cut);
+    if head.is_empty() {
         return None;
     }
-    std::str::from_utf8(digits).ok()?.parse().ok()
+    let digits = suffix.strip_prefix(b".")?;
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some((head, std::str::from_utf8(digits).ok()?.parse().ok()?))
 }
 
 /// Runs blocking file work `f` on tokio's blocking pool.

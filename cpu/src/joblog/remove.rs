@@ -10,7 +10,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use super::{list, segment_piece, LogPiece, MIN_SEGMENT_START};
+use super::{list, segment_piece, split_segment, LogPiece, MIN_SEGMENT_START};
 use crate::error::{CpuError, Result};
 
 /// Deletes the stream whose log path is `path`: its head and every tail segment. Returns the
@@ -113,20 +113,6 @@ fn find_segments(
         pieces[i].extend(segment_piece(&entry, start)?);
     }
     Ok(())
-}
-
-/// A segment's file name split into its head's name and its logical start.
-fn split_segment(name: &[u8]) -> Option<(&[u8], u64)> {
-    let cut = name.len().checked_sub(21)?;
-    let (head, suffix) = name.split_at(cut);
-    if head.is_empty() {
-        return None;
-    }
-    let digits = suffix.strip_prefix(b".")?;
-    if !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some((head, std::str::from_utf8(digits).ok()?.parse().ok()?))
 }
 
 /// The same error again (an `io::Error` is not `Clone`): its kind and its text.
