@@ -2,9 +2,16 @@
 //! that a worker starting after a crash (its own, or a `kill -9` of the node) kills what the
 //! previous instance left running before anything is placed on it again.
 //!
-//! Each spawned group is one line `+ <pgid> <starttime>` and each reaped one `- <pgid>`; the
-//! start time (field 22 of `/proc/<pid>/stat`, in clock ticks since boot) tells a leftover
-//! group from an unrelated process that reused its number, so a reused pid is never killed.
+//! Each spawned group is one line `+ <pgid> <first> <last>` and each reaped one `- <pgid>`:
+//! the leader's start time (field 22 of `/proc/<pid>/stat`, in clock ticks since boot) lies
+//! between `first` and `last`, the boot clock read just before and just after its spawn (a
+//! [`StartWindow`]). That tells a leftover group from an unrelated process that reused its
+//! number, so a reused pid is never killed: a number is only reused after its process is gone,
+//! and no spawn takes long enough for that to happen within its own window. Reading the clock
+//! costs nothing next to reading `/proc` for every job (a path walk, a formatted read, and
+//! `/proc` entries the kernel must then drop when the process is reaped). The boot clock is
+//! read here only to match the kernel's own stamp, never to time anything. Lines of the older
+//! form `+ <pgid> <starttime>` (an exact start time) are still read.
 //! Lines are written without fsync: they must survive the process, not the machine (a machine
 //! that went down took the processes with it). Opening the ledger kills every leftover group
 //! whose leader still has its recorded start time, then starts the file afresh.
@@ -57,13 +64,64 @@ pub fn process_start_time(pid: i32) -> Result<Option<u64>> {
     Ok(Some(start))
 }
 
+/// The clock ticks since boot (`CLOCK_BOOTTIME` in units of `sysconf(_SC_CLK_TCK)`), the unit
+/// and the clock of a process's start time in `/proc/<pid>/stat`.
+pub fn boot_ticks() -> io::Result<u64> {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // Safety: clock_gettime writes only into `now`, a valid timespec owned by this frame.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut now) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // Safety: sysconf only reads a constant of the C library.
+    #[allow(unsafe_code)]
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = u64::try_from(hz)
+        .ok()
+        .filter(|&hz| hz > 0 && hz <= 1_000_000_000)
+        .ok_or_else(|| io::Error::other(format!("_SC_CLK_TCK is {hz}")))?;
+    let secs = u64::try_from(now.tv_sec).map_err(io::Error::other)?;
+    let nanos = u64::try_from(now.tv_nsec).map_err(io::Error::other)?;
+    // As the kernel's nsec_to_clock_t: whole ticks, rounded down.
+    Ok(secs * hz + nanos / (1_000_000_000 / hz))
+}
+
+/// Where a process's start time lies: the boot clock's ticks ([`boot_ticks`]) read just before
+/// and just after it was spawned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartWindow {
+    /// Read before the spawn.
+    pub first: u64,
+    /// Read after it.
+    pub last: u64,
+}
+
+impl StartWindow {
+    /// Runs `spawn` between two reads of the boot clock: its result and the window around it.
+    pub fn around<T>(spawn: impl FnOnce() -> T) -> io::Result<(T, StartWindow)> {
+        let first = boot_ticks()?;
+        let spawned = spawn();
+        let last = boot_ticks()?;
+        Ok((spawned, StartWindow { first, last }))
+    }
+
+    /// Whether a process that started at `start` (ticks since boot) could be the one spawned.
+    pub fn contains(&self, start: u64) -> bool {
+        (self.first..=self.last).contains(&start)
+    }
+}
+
 /// An open process ledger.
 #[derive(Debug)]
 pub struct ProcessLedger {
     path: PathBuf,
     file: File,
-    /// The groups recorded and not yet reaped, with their leaders' start times.
-    live: BTreeMap<i32, u64>,
+    /// The groups recorded and not yet reaped, with their leaders' start windows.
+    live: BTreeMap<i32, StartWindow>,
     /// Lines in the file.
     lines: usize,
     /// Lines after which the file is rewritten with the live groups alone.
@@ -82,8 +140,8 @@ pub struct Sweep {
 /// Lines after which the ledger is rewritten with the groups still running.
 pub const COMPACT_LINES: usize = 100_000;
 
-/// The longest line a ledger holds (`+ <pgid> <starttime>\n` is at most 33 bytes); a longer one
-/// is garbage, skipped without being kept in memory.
+/// The longest line a ledger holds (`+ <pgid> <first> <last>\n` is at most 54 bytes); a longer
+/// one is garbage, skipped without being kept in memory.
 const MAX_LINE: usize = 64;
 
 impl ProcessLedger {
@@ -97,12 +155,12 @@ impl ProcessLedger {
             Err(e) => return Err(CpuError::io("open", &path, e)),
         };
         let mut sweep = Sweep::default();
-        for (pgid, start) in running {
+        for (pgid, window) in running {
             if pgid <= 1 {
                 continue;
             }
             match process_start_time(pgid) {
-                Ok(Some(now)) if now == start => match crate::launcher::kill_group(pgid) {
+                Ok(Some(now)) if window.contains(now) => match crate::launcher::kill_group(pgid) {
                     Ok(true) => {
                         tracing::warn!(pgid, path = %path.display(),
                             "killed a process group left running by a previous worker instance");
@@ -156,11 +214,23 @@ impl ProcessLedger {
         Ok(())
     }
 
-    /// Records a spawned group (its leader's pid is the pgid).
+    /// Records a spawned group (its leader's pid is the pgid), reading its start time from
+    /// `/proc`: for a process spawned without a [`StartWindow`].
     pub fn record(&mut self, pgid: i32) -> Result<()> {
         let start = process_start_time(pgid)?.unwrap_or(0);
-        self.live.insert(pgid, start);
-        self.write(&format!("+ {pgid} {start}\n"))
+        self.record_window(
+            pgid,
+            StartWindow {
+                first: start,
+                last: start,
+            },
+        )
+    }
+
+    /// Records a spawned group whose leader started within `window`.
+    pub fn record_window(&mut self, pgid: i32, window: StartWindow) -> Result<()> {
+        self.live.insert(pgid, window);
+        self.write(&window_line(pgid, window))
     }
 
     /// Records that a group was reaped; every [`COMPACT_LINES`] lines, rewrites the file with
@@ -181,9 +251,9 @@ impl ProcessLedger {
         let mut name = self.path.as_os_str().to_owned();
         name.push(".new");
         let fresh = PathBuf::from(name);
-        let mut text = String::with_capacity(self.live.len() * 24);
-        for (pgid, start) in &self.live {
-            text.push_str(&format!("+ {pgid} {start}\n"));
+        let mut text = String::with_capacity(self.live.len() * 32);
+        for (pgid, window) in &self.live {
+            text.push_str(&window_line(*pgid, *window));
         }
         std::fs::write(&fresh, text.as_bytes()).map_err(|e| CpuError::io("write", &fresh, e))?;
         std::fs::rename(&fresh, &self.path).map_err(|e| CpuError::io("rename", &fresh, e))?;
@@ -196,11 +266,19 @@ impl ProcessLedger {
     }
 }
 
+/// The line recording group `pgid` started within `window` (an exact start as one number).
+fn window_line(pgid: i32, window: StartWindow) -> String {
+    match window.first == window.last {
+        true => format!("+ {pgid} {}\n", window.first),
+        false => format!("+ {pgid} {} {}\n", window.first, window.last),
+    }
+}
+
 /// The groups a ledger file records as running (recorded and not reaped), in the order first
 /// recorded, read a line at a time; a line longer than [`MAX_LINE`], torn or garbled is skipped.
-fn read_running(path: &Path, file: File) -> io::Result<Vec<(i32, u64)>> {
+fn read_running(path: &Path, file: File) -> io::Result<Vec<(i32, StartWindow)>> {
     let mut reader = BufReader::new(file);
-    let mut running: HashMap<i32, (usize, u64)> = HashMap::new();
+    let mut running: HashMap<i32, (usize, StartWindow)> = HashMap::new();
     let mut line = Vec::with_capacity(MAX_LINE + 1);
     let mut n = 0usize;
     loop {
@@ -225,8 +303,17 @@ fn read_running(path: &Path, file: File) -> io::Result<Vec<(i32, u64)>> {
             parts.next().and_then(|p| p.parse::<i32>().ok()),
         ) {
             (Some("+"), Some(pgid)) => {
-                if let Some(start) = parts.next().and_then(|s| s.parse::<u64>().ok()) {
-                    running.insert(pgid, (n, start));
+                let first = parts.next().and_then(|s| s.parse::<u64>().ok());
+                let last = match parts.next() {
+                    None => first,
+                    Some(last) => last.parse::<u64>().ok(),
+                };
+                match (first, last) {
+                    (Some(first), Some(last)) if first <= last => {
+                        running.insert(pgid, (n, StartWindow { first, last }));
+                    }
+                    _ => tracing::debug!(path = %path.display(), line = %text.trim_end(),
+                        "process ledger line skipped"),
                 }
             }
             (Some("-"), Some(pgid)) => {
@@ -237,14 +324,14 @@ fn read_running(path: &Path, file: File) -> io::Result<Vec<(i32, u64)>> {
                 "process ledger line skipped"),
         }
     }
-    let mut running: Vec<(usize, i32, u64)> = running
+    let mut running: Vec<(usize, i32, StartWindow)> = running
         .into_iter()
-        .map(|(pgid, (at, start))| (at, pgid, start))
+        .map(|(pgid, (at, window))| (at, pgid, window))
         .collect();
-    running.sort_unstable();
+    running.sort_unstable_by_key(|&(at, pgid, _)| (at, pgid));
     Ok(running
         .into_iter()
-        .map(|(_, pgid, start)| (pgid, start))
+        .map(|(_, pgid, window)| (pgid, window))
         .collect())
 }
 

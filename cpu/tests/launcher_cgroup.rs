@@ -545,3 +545,37 @@ async fn a_job_over_its_cpu_limit_is_throttled() {
     drop(process);
     parent.finish().await;
 }
+
+/// The launcher reads the boot clock around each spawn, inside the group too, and the window it
+/// gives holds the child's start time as `/proc` has it: what the process ledger records
+/// instead of reading `/proc` for every job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_start_window_holds_the_child_s_start_time_with_and_without_a_group() {
+    let dir = Scratch::new("launcher-start-window");
+    let launcher = Launcher::new(IoEngine::new(BackendSetting::Auto).unwrap());
+    let spec = CommandSpec::new(
+        ["sleep", "5"],
+        dir.path().join("out"),
+        dir.path().join("err"),
+    );
+    let check = |process: &cadre_cpu::launcher::RunningProcess| {
+        let window = process.start_window().unwrap();
+        let start = cadre_cpu::ledger::process_start_time(process.pid())
+            .unwrap()
+            .unwrap();
+        assert!(window.contains(start), "{start} outside {window:?}");
+    };
+    let mut process = launcher.spawn(&spec, "window").unwrap();
+    check(&process);
+    process.terminate(Duration::from_secs(1)).await.unwrap();
+    let Some(parent) = real("launcher-window") else {
+        return;
+    };
+    let group = parent.create("job-w", &CgroupLimits::default()).unwrap();
+    let mut process = launcher
+        .spawn_in(&spec, "window-group", Some(group))
+        .unwrap();
+    check(&process);
+    process.terminate(Duration::from_secs(1)).await.unwrap();
+    assert!(released(&parent, &[]).await);
+}

@@ -8,7 +8,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use cadre_cpu::ledger::{process_start_time, ProcessLedger};
+use cadre_cpu::ledger::{process_start_time, ProcessLedger, StartWindow};
 
 mod common;
 
@@ -146,4 +146,38 @@ fn an_overlong_line_is_skipped() {
     let (_ledger, sweep) = ProcessLedger::open(&path).unwrap();
     assert_eq!(sweep.killed, vec![pid]);
     assert_eq!(exited_by_signal(&mut child), Some(9));
+}
+
+/// A group recorded by the boot-clock window around its spawn (what the launcher gives, with no
+/// read of `/proc`) is killed when the ledger is opened again; one whose pid now belongs to a
+/// process started outside the recorded window is left alone.
+#[test]
+fn a_group_recorded_by_its_start_window_is_killed_and_a_stranger_is_not() {
+    let dir = Scratch::new("ledger-window");
+    let path = dir.path().join("ledger");
+    let (mut ledger, _) = ProcessLedger::open(&path).unwrap();
+    let (left, window) = StartWindow::around(sleeper).unwrap();
+    let mut left = left;
+    let start = process_start_time(left.id() as i32).unwrap().unwrap();
+    assert!(window.contains(start), "{start} outside {window:?}");
+    ledger.record_window(left.id() as i32, window).unwrap();
+    // A process started before the window it is recorded with: as if its pid had been reused.
+    let mut stranger = sleeper();
+    let stranger_start = process_start_time(stranger.id() as i32).unwrap().unwrap();
+    let later = StartWindow {
+        first: stranger_start + 1,
+        last: stranger_start + 100,
+    };
+    ledger.record_window(stranger.id() as i32, later).unwrap();
+    drop(ledger); // the "node" dies here
+    let (_ledger, sweep) = ProcessLedger::open(&path).unwrap();
+    assert_eq!(sweep.killed, vec![left.id() as i32]);
+    assert_eq!(sweep.gone, 1);
+    assert_eq!(exited_by_signal(&mut left), Some(9));
+    assert!(
+        stranger.try_wait().unwrap().is_none(),
+        "a process outside the window is not signalled"
+    );
+    stranger.kill().unwrap();
+    stranger.wait().unwrap();
 }

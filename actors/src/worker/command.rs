@@ -140,9 +140,9 @@ impl TaskRun {
         // Recorded so that a node killed outright has this group killed when it starts again,
         // instead of leaving it running unaccounted beside the job's next attempt.
         let pgid = process.pgid();
-        config.ledger(self.job, pgid, true);
+        config.ledger(self.job, pgid, Some(process.start_window()));
         let (end, report) = self.supervise(&mut process, kill_rx).await;
-        config.ledger(self.job, pgid, false);
+        config.ledger(self.job, pgid, None);
         let Some(report) = report else {
             return (end, None);
         };

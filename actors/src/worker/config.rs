@@ -9,7 +9,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use cadre_cpu::cgroup::Cgroups;
 use cadre_cpu::launcher::Launcher;
-use cadre_cpu::ledger::ProcessLedger;
+use cadre_cpu::ledger::{ProcessLedger, StartWindow};
 
 use super::Resolver;
 use crate::job::JobId;
@@ -64,15 +64,18 @@ pub struct WorkerConfig {
 }
 
 impl WorkerConfig {
-    pub(super) fn ledger(&self, job: JobId, pgid: i32, record: bool) {
+    /// With `record` `Some`, records a spawned group in the process ledger (by its leader's
+    /// start window where the launcher has one, else from `/proc`); with `None`, forgets a
+    /// reaped one. A failure is logged and counted.
+    pub(super) fn ledger(&self, job: JobId, pgid: i32, record: Option<Option<StartWindow>>) {
         let Some(ledger) = &self.ledger else {
             return;
         };
         let mut ledger = ledger.lock().unwrap_or_else(PoisonError::into_inner);
-        let result = if record {
-            ledger.record(pgid)
-        } else {
-            ledger.forget(pgid)
+        let result = match record {
+            Some(Some(window)) => ledger.record_window(pgid, window),
+            Some(None) => ledger.record(pgid),
+            None => ledger.forget(pgid),
         };
         if let Err(error) = result {
             tracing::error!(job = %job, pgid, %error,

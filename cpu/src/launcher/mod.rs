@@ -371,18 +371,31 @@ impl Launcher {
             program: program.clone(),
             source,
         };
+        // The boot clock around the spawn: where the child's start time lies, for the process
+        // ledger (see `crate::ledger`), without reading `/proc` for every job.
+        let mut first = crate::ledger::boot_ticks().ok();
         let spawned = match placing {
             // Logged and counted by the cgroup module. The child may have started (its CPU
             // limits are written after it): whatever is in the group goes.
-            Some(group) => match group.run_inside(|| cmd.spawn(), |child| child.id()) {
-                Ok(spawned) => spawned,
-                Err(e) => {
-                    let path = group.path(crate::cgroup::Controller::Cpu).to_path_buf();
-                    return Err(fail(e, Some(&path)));
+            Some(group) => {
+                let spawn = || {
+                    // Read inside: entering the group takes a while, the spawn comes after it.
+                    first = crate::ledger::boot_ticks().ok();
+                    cmd.spawn()
+                };
+                match group.run_inside(spawn, |child| child.id()) {
+                    Ok(spawned) => spawned,
+                    Err(e) => {
+                        let path = group.path(crate::cgroup::Controller::Cpu).to_path_buf();
+                        return Err(fail(e, Some(&path)));
+                    }
                 }
-            },
+            }
             None => cmd.spawn(),
         };
+        let start_window = first
+            .zip(crate::ledger::boot_ticks().ok())
+            .map(|(first, last)| crate::ledger::StartWindow { first, last });
         let mut child = spawned.map_err(|e| fail(spawn_err(e), spec.cwd.as_deref()))?;
         metrics::counter!(m::LAUNCHER_SPAWNS).increment(1);
         // From here on `child` is killed (kill_on_drop) and reaped by tokio if we bail out.
@@ -454,6 +467,7 @@ impl Launcher {
             report: None,
             cgroup: cgroup.take(),
             oom_killed: false,
+            start_window,
         })
     }
 }

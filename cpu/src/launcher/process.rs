@@ -47,6 +47,9 @@ pub struct RunningProcess {
     pub(super) cgroup: Option<crate::cgroup::TaskCgroup>,
     /// Its cgroup counted an OOM kill.
     pub(super) oom_killed: bool,
+    /// The boot clock's ticks read before and after the spawn (`None` where the clock could not
+    /// be read): where the child's start time lies.
+    pub(super) start_window: Option<crate::ledger::StartWindow>,
 }
 
 impl RunningProcess {
@@ -58,6 +61,12 @@ impl RunningProcess {
     /// Its process group id (the same number: the child leads its own group).
     pub fn pgid(&self) -> i32 {
         self.pid
+    }
+
+    /// Where the direct child's start time lies (for [`crate::ledger::ProcessLedger`]), from
+    /// the boot clock read around its spawn; `None` where that clock could not be read.
+    pub fn start_window(&self) -> Option<crate::ledger::StartWindow> {
+        self.start_window
     }
 
     /// The job it runs for.
