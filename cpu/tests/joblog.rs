@@ -534,6 +534,17 @@ async fn remove_stream_frees_every_piece_and_spawn_clears_old_segments() {
         .unwrap();
     assert_eq!(back.collect(1 << 20).await.unwrap(), lines(1, 3));
 
+    // A run printing nothing over a short head (too short to have segments) leaves it empty.
+    let mut quiet = again.clone();
+    quiet.argv = vec!["/bin/true".into()];
+    launcher
+        .spawn(&quiet, "job-rm-quiet")
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(std::fs::metadata(&spec.stdout_log).unwrap().len(), 0);
+
     // Run capped again and remove it: every byte on disk is freed.
     let report = launcher
         .spawn(&spec, "job-rm3")

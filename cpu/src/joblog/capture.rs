@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use super::{
     blocking, remove_pieces, segment_path, LogLayout, CAPTURE_CHUNK, CAPTURE_FIRST_CHUNK,
-    LOG_SEGMENTS,
+    LOG_SEGMENTS, MIN_SEGMENT_START,
 };
 use crate::engine::{IoBuf, IoEngine, IoFile, OpenMode};
 use crate::error::{CpuError, Result};
@@ -74,11 +74,26 @@ pub(crate) struct LogSink {
 }
 
 impl LogSink {
-    /// Removes the tail segments a previous run left at `path`, then creates (or truncates) the
-    /// head. Blocking: it lists the log directory.
+    /// Creates (or empties) the head at `path`, after removing the tail segments a previous run
+    /// left beside it: a head never goes without its segments. Blocking: where the head it
+    /// finds is long enough to have segments, it lists the log directory. The head is opened
+    /// first and its length read from the open file: the common case (no head yet) costs no
+    /// path walk besides the open.
     pub(crate) fn create(path: &Path, cap: Option<u64>) -> Result<LogSink> {
-        remove_pieces(path, false)?;
-        let head = IoFile::open(path, OpenMode::create_truncate())?;
+        let head = IoFile::open(path, OpenMode::write())?;
+        let found = head
+            .std()
+            .metadata()
+            .map_err(|e| CpuError::io("stat", path, e))?
+            .len();
+        if found > 0 {
+            if found >= MIN_SEGMENT_START {
+                remove_pieces(path, false)?;
+            }
+            head.std()
+                .set_len(0)
+                .map_err(|e| CpuError::io("truncate", path, e))?;
+        }
         Ok(LogSink {
             path: path.to_path_buf(),
             head,
