@@ -164,10 +164,18 @@ impl RunningNode {
     }
 }
 
+/// A client with a timeout on each phase of a request and none on the name lookup: with a
+/// global or per-call timeout ureq looks up each new connection's address on a thread started
+/// for it, and those thread starts were a cost of the node's side of the `/bin/true` cases.
 pub(crate) fn agent() -> ureq::Agent {
+    let phase = Some(Duration::from_secs(120));
     ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(120)))
+        .timeout_connect(Some(Duration::from_secs(10)))
+        .timeout_send_request(phase)
+        .timeout_send_body(phase)
+        .timeout_recv_response(phase)
+        .timeout_recv_body(phase)
         .build()
         .into()
 }
