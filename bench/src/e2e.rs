@@ -243,7 +243,8 @@ pub(crate) fn drive(
     }
     let agent = agent();
     let deadline = Instant::now() + Duration::from_secs(600);
-    let total = (batches * per_batch) as f64;
+    // The jobs pending at the last poll, and when.
+    let mut last: Option<(f64, Instant)> = None;
     loop {
         let nodes = get(&agent, &format!("{api}/v1/nodes"))?;
         let count = |key: &str| {
@@ -255,19 +256,22 @@ pub(crate) fn drive(
         if pending == 0.0 {
             break;
         }
-        if Instant::now() > deadline {
+        let now = Instant::now();
+        if now > deadline {
             return Err(check(format!("jobs still pending after 600 s: {nodes}")));
         }
-        // Polled more often as the end nears: a quarter of the time the pending jobs should
-        // take at the rate so far, between 1 and 50 ms. Each poll is a request the node answers
-        // on the cores its jobs use: every 2 ms, polls took about 2% of the CPU of the node's
-        // side of the `/bin/true` cases, which the launcher's side never pays.
-        let done = total - pending;
-        let wait = match done > 0.0 {
-            true => pending / (done / started.elapsed().as_secs_f64()) / 4.0,
-            false => 0.002,
-        };
-        std::thread::sleep(Duration::from_secs_f64(wait.clamp(0.001, 0.05)));
+        // Polled more often as the end nears: a quarter of the time the pending jobs take at
+        // the rate since the last poll, between 1 and 10 ms (2 ms while that rate is not
+        // known). Each poll is a request the node answers on the cores its jobs use: every
+        // 2 ms, polls took about 2% of the CPU of the node's side of the `/bin/true` cases,
+        // which the launcher's side never pays.
+        let rate = last.and_then(|(before, at)| {
+            let secs = now.duration_since(at).as_secs_f64();
+            (before > pending && secs > 0.0).then(|| (before - pending) / secs)
+        });
+        let wait = rate.map_or(0.002, |rate| pending / rate / 4.0);
+        last = Some((pending, now));
+        std::thread::sleep(Duration::from_secs_f64(wait.clamp(0.001, 0.01)));
     }
     let secs = started.elapsed().as_secs_f64();
     let failed = get(&agent, &format!("{api}/v1/jobs?state=failed&limit=1"))?;
