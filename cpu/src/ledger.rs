@@ -135,6 +135,9 @@ pub struct Sweep {
     pub killed: Vec<i32>,
     /// Recorded groups that had already ended (or whose number now belongs to another process).
     pub gone: usize,
+    /// Lines skipped as garbled or overlong, a torn last line (the node died mid-write) apart:
+    /// each is a group the ledger may have lost track of (warned once and counted).
+    pub garbled: usize,
 }
 
 /// Lines after which the ledger is rewritten with the groups still running.
@@ -149,12 +152,21 @@ impl ProcessLedger {
     /// leader still has the recorded start time, and starts the file afresh.
     pub fn open(path: impl AsRef<Path>) -> Result<(ProcessLedger, Sweep)> {
         let path = path.as_ref().to_path_buf();
-        let running = match File::open(&path) {
+        let (running, garbled) = match File::open(&path) {
             Ok(f) => read_running(&path, f).map_err(|e| CpuError::io("read", &path, e))?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => (Vec::new(), 0),
             Err(e) => return Err(CpuError::io("open", &path, e)),
         };
-        let mut sweep = Sweep::default();
+        let mut sweep = Sweep {
+            garbled,
+            ..Sweep::default()
+        };
+        if garbled > 0 {
+            tracing::warn!(path = %path.display(), lines = garbled,
+                "process ledger lines garbled and skipped: groups they recorded are not swept");
+            metrics::counter!(m::LAUNCHER_ERRORS, "kind" => "ledger_line")
+                .increment(garbled as u64);
+        }
         for (pgid, window) in running {
             if pgid <= 1 {
                 continue;
@@ -275,12 +287,15 @@ fn window_line(pgid: i32, window: StartWindow) -> String {
 }
 
 /// The groups a ledger file records as running (recorded and not reaped), in the order first
-/// recorded, read a line at a time; a line longer than [`MAX_LINE`], torn or garbled is skipped.
-fn read_running(path: &Path, file: File) -> io::Result<Vec<(i32, StartWindow)>> {
+/// recorded, read a line at a time, and how many lines were skipped as garbled: a line longer
+/// than [`MAX_LINE`], or one that does not parse (a torn last line, with no newline, is skipped
+/// without being counted: it is what a node killed mid-write leaves).
+fn read_running(path: &Path, file: File) -> io::Result<(Vec<(i32, StartWindow)>, usize)> {
     let mut reader = BufReader::new(file);
     let mut running: HashMap<i32, (usize, StartWindow)> = HashMap::new();
     let mut line = Vec::with_capacity(MAX_LINE + 1);
     let mut n = 0usize;
+    let mut garbled = 0usize;
     loop {
         line.clear();
         let read = (&mut reader)
@@ -293,9 +308,11 @@ fn read_running(path: &Path, file: File) -> io::Result<Vec<(i32, StartWindow)>> 
             // Garbage: the rest of this line goes unread into memory.
             skip_line(&mut reader)?;
             tracing::debug!(path = %path.display(), "process ledger line too long; skipped");
+            garbled += 1;
             continue;
         }
         n += 1;
+        let torn = line.last() != Some(&b'\n');
         let text = String::from_utf8_lossy(&line);
         let mut parts = text.split_whitespace();
         match (
@@ -309,19 +326,25 @@ fn read_running(path: &Path, file: File) -> io::Result<Vec<(i32, StartWindow)>> 
                     Some(last) => last.parse::<u64>().ok(),
                 };
                 match (first, last) {
-                    (Some(first), Some(last)) if first <= last => {
+                    (Some(first), Some(last)) if first <= last && !torn => {
                         running.insert(pgid, (n, StartWindow { first, last }));
                     }
-                    _ => tracing::debug!(path = %path.display(), line = %text.trim_end(),
-                        "process ledger line skipped"),
+                    _ => {
+                        tracing::debug!(path = %path.display(), line = %text.trim_end(),
+                            "process ledger line skipped");
+                        garbled += usize::from(!torn);
+                    }
                 }
             }
-            (Some("-"), Some(pgid)) => {
+            (Some("-"), Some(pgid)) if !torn => {
                 running.remove(&pgid);
             }
             // A torn last line (the node died mid-write) or garbage: nothing to act on.
-            _ => tracing::debug!(path = %path.display(), line = %text.trim_end(),
-                "process ledger line skipped"),
+            _ => {
+                tracing::debug!(path = %path.display(), line = %text.trim_end(),
+                    "process ledger line skipped");
+                garbled += usize::from(!torn);
+            }
         }
     }
     let mut running: Vec<(usize, i32, StartWindow)> = running
@@ -329,10 +352,11 @@ fn read_running(path: &Path, file: File) -> io::Result<Vec<(i32, StartWindow)>> 
         .map(|(pgid, (at, window))| (at, pgid, window))
         .collect();
     running.sort_unstable_by_key(|&(at, pgid, _)| (at, pgid));
-    Ok(running
+    let running = running
         .into_iter()
         .map(|(_, pgid, window)| (pgid, window))
-        .collect())
+        .collect();
+    Ok((running, garbled))
 }
 
 /// Reads past the end of the current line without keeping it.

@@ -94,6 +94,8 @@ fn a_torn_or_garbled_ledger_is_read_as_far_as_it_makes_sense() {
     std::fs::write(&path, format!("garbage\n+ {pid} {start}\n+ 12").as_bytes()).unwrap();
     let (_ledger, sweep) = ProcessLedger::open(&path).unwrap();
     assert_eq!(sweep.killed, vec![pid]);
+    // The garbage is counted (and warned about); the torn last line is what a kill leaves.
+    assert_eq!(sweep.garbled, 1);
     assert_eq!(exited_by_signal(&mut child), Some(9));
 }
 
@@ -145,6 +147,7 @@ fn an_overlong_line_is_skipped() {
     std::fs::write(&path, text).unwrap();
     let (_ledger, sweep) = ProcessLedger::open(&path).unwrap();
     assert_eq!(sweep.killed, vec![pid]);
+    assert_eq!(sweep.garbled, 1);
     assert_eq!(exited_by_signal(&mut child), Some(9));
 }
 
@@ -180,4 +183,21 @@ fn a_group_recorded_by_its_start_window_is_killed_and_a_stranger_is_not() {
     );
     stranger.kill().unwrap();
     stranger.wait().unwrap();
+}
+
+/// A torn last line (a node killed in the middle of writing it) is not trusted: a number cut
+/// short could name another process or unrecord another group. It is not counted as garbled.
+#[test]
+fn a_torn_last_line_is_not_trusted() {
+    let dir = Scratch::new("ledger-torn-last");
+    let path = dir.path().join("ledger");
+    let mut child = sleeper();
+    let pid = child.id() as i32;
+    let start = process_start_time(pid).unwrap().unwrap();
+    // Recorded whole, then a reap of it cut short: the group is still recorded as running.
+    std::fs::write(&path, format!("+ {pid} {start}\n- {pid}").as_bytes()).unwrap();
+    let (_ledger, sweep) = ProcessLedger::open(&path).unwrap();
+    assert_eq!(sweep.killed, vec![pid]);
+    assert_eq!(sweep.garbled, 0);
+    assert_eq!(exited_by_signal(&mut child), Some(9));
 }
