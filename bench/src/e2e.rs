@@ -262,16 +262,19 @@ pub(crate) fn drive(
         }
         // Polled more often as the end nears: a quarter of the time the pending jobs take at
         // the rate since the last poll, between 1 and 10 ms (2 ms while that rate is not
-        // known). Each poll is a request the node answers on the cores its jobs use: every
-        // 2 ms, polls took about 2% of the CPU of the node's side of the `/bin/true` cases,
-        // which the launcher's side never pays.
+        // known, and at most 2 ms once 100 jobs or fewer are left, so that a rate misjudged
+        // near the end cannot make the round look longer by more than that). Each poll is a
+        // request the node answers on the cores its jobs use: every 2 ms, polls took about 2%
+        // of the CPU of the node's side of the `/bin/true` cases, which the launcher's side
+        // never pays.
         let rate = last.and_then(|(before, at)| {
             let secs = now.duration_since(at).as_secs_f64();
             (before > pending && secs > 0.0).then(|| (before - pending) / secs)
         });
+        let most = if pending <= 100.0 { 0.002 } else { 0.01 };
         let wait = rate.map_or(0.002, |rate| pending / rate / 4.0);
         last = Some((pending, now));
-        std::thread::sleep(Duration::from_secs_f64(wait.clamp(0.001, 0.01)));
+        std::thread::sleep(Duration::from_secs_f64(wait.clamp(0.001, most)));
     }
     let secs = started.elapsed().as_secs_f64();
     let failed = get(&agent, &format!("{api}/v1/jobs?state=failed&limit=1"))?;

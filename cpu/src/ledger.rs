@@ -6,15 +6,20 @@
 //! the leader's start time (field 22 of `/proc/<pid>/stat`, in clock ticks since boot) lies
 //! between `first` and `last`, the boot clock read just before and just after its spawn (a
 //! [`StartWindow`]). That tells a leftover group from an unrelated process that reused its
-//! number, so a reused pid is never killed: a number is only reused after its process is gone,
-//! and no spawn takes long enough for that to happen within its own window. Reading the clock
-//! costs nothing next to reading `/proc` for every job (a path walk, a formatted read, and
-//! `/proc` entries the kernel must then drop when the process is reaped). The boot clock is
-//! read here only to match the kernel's own stamp, never to time anything. Lines of the older
-//! form `+ <pgid> <starttime>` (an exact start time) are still read.
-//! Lines are written without fsync: they must survive the process, not the machine (a machine
-//! that went down took the processes with it). Opening the ledger kills every leftover group
-//! whose leader still has its recorded start time, then starts the file afresh.
+//! number, so a reused pid is never killed: the leader is reaped only after `last` is read (until
+//! then, even as a zombie, it keeps its number), so no other process can have its number and a
+//! start time inside the window, short of one started within `last`'s own clock tick, as with an
+//! exact start time. Reading the clock costs nothing next to reading `/proc` for every job (a
+//! path walk, a formatted read, and `/proc` entries the kernel must then drop when the process
+//! is reaped). The boot clock is read here only to match the kernel's own stamp, never to time
+//! anything. Lines of the older form `+ <pgid> <starttime>` (an exact start time) are still
+//! read. Lines are written without fsync: they must survive the process, not the machine (a
+//! machine that went down took the processes with it). Opening the ledger kills every leftover
+//! group whose leader's start time lies within its recorded window, then starts the file
+//! afresh. The file begins with the machine's boot id (`boot <id>`, from
+//! `/proc/sys/kernel/random/boot_id`): a ledger written before a reboot names groups that died
+//! with it, and since pids and start times begin again at each boot, its windows could match
+//! processes of the new one; it is not swept.
 //!
 //! Bounded: every [`COMPACT_LINES`] lines the file is rewritten with the groups still running
 //! (a new file renamed over the old, so a node killed meanwhile leaves one or the other whole),
@@ -80,9 +85,11 @@ pub fn boot_ticks() -> io::Result<u64> {
     // Safety: sysconf only reads a constant of the C library.
     #[allow(unsafe_code)]
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    // The kernel's conversion is exact only for a tick rate dividing a second's nanoseconds
+    // (Linux's USER_HZ is 100); any other is refused, and the caller reads `/proc` instead.
     let hz = u64::try_from(hz)
         .ok()
-        .filter(|&hz| hz > 0 && hz <= 1_000_000_000)
+        .filter(|&hz| hz > 0 && 1_000_000_000 % hz == 0)
         .ok_or_else(|| io::Error::other(format!("_SC_CLK_TCK is {hz}")))?;
     let secs = u64::try_from(now.tv_sec).map_err(io::Error::other)?;
     let nanos = u64::try_from(now.tv_nsec).map_err(io::Error::other)?;
@@ -101,12 +108,16 @@ pub struct StartWindow {
 }
 
 impl StartWindow {
-    /// Runs `spawn` between two reads of the boot clock: its result and the window around it.
-    pub fn around<T>(spawn: impl FnOnce() -> T) -> io::Result<(T, StartWindow)> {
-        let first = boot_ticks()?;
+    /// Runs `spawn` between two reads of the boot clock: its result, and the window around it
+    /// (an error where the clock could not be read; `spawn` runs all the same).
+    pub fn around<T>(spawn: impl FnOnce() -> T) -> (T, io::Result<StartWindow>) {
+        let first = boot_ticks();
         let spawned = spawn();
-        let last = boot_ticks()?;
-        Ok((spawned, StartWindow { first, last }))
+        let window = first.and_then(|first| {
+            let last = boot_ticks()?;
+            Ok(StartWindow { first, last })
+        });
+        (spawned, window)
     }
 
     /// Whether a process that started at `start` (ticks since boot) could be the one spawned.
@@ -126,6 +137,8 @@ pub struct ProcessLedger {
     lines: usize,
     /// Lines after which the file is rewritten with the live groups alone.
     compact_lines: usize,
+    /// This boot's id, the file's first line.
+    boot: Option<String>,
 }
 
 /// What opening a ledger found.
@@ -138,29 +151,69 @@ pub struct Sweep {
     /// Lines skipped as garbled or overlong, a torn last line (the node died mid-write) apart:
     /// each is a group the ledger may have lost track of (warned once and counted).
     pub garbled: usize,
+    /// The ledger was written before the machine last booted: its groups died with that boot
+    /// and were not looked for (they count as gone).
+    pub rebooted: bool,
+}
+
+/// This boot's id (`/proc/sys/kernel/random/boot_id`); `None` where it cannot be read (the
+/// ledger then carries none and is swept whatever it says, as one written before boot ids).
+fn boot_id() -> Option<String> {
+    let path = "/proc/sys/kernel/random/boot_id";
+    match std::fs::read_to_string(path) {
+        Ok(text) if !text.trim().is_empty() && text.len() <= 64 => Some(text.trim().to_owned()),
+        Ok(text) => {
+            tracing::debug!(path, len = text.len(), "the boot id does not look like one");
+            None
+        }
+        Err(e) => {
+            tracing::debug!(path, error = %e, "the boot id cannot be read");
+            None
+        }
+    }
+}
+
+/// The header line naming the boot a ledger is written in (empty where the id is not known).
+fn boot_line(boot: Option<&str>) -> String {
+    boot.map_or_else(String::new, |id| format!("boot {id}\n"))
 }
 
 /// Lines after which the ledger is rewritten with the groups still running.
 pub const COMPACT_LINES: usize = 100_000;
 
-/// The longest line a ledger holds (`+ <pgid> <first> <last>\n` is at most 54 bytes); a longer
+/// The longest line a ledger holds (`+ <pgid> <first> <last>\n` is at most 56 bytes); a longer
 /// one is garbage, skipped without being kept in memory.
 const MAX_LINE: usize = 64;
 
 impl ProcessLedger {
     /// Opens (or creates) the ledger at `path`, kills every leftover group it records whose
-    /// leader still has the recorded start time, and starts the file afresh.
+    /// leader's start time lies within its recorded window, and starts the file afresh.
     pub fn open(path: impl AsRef<Path>) -> Result<(ProcessLedger, Sweep)> {
         let path = path.as_ref().to_path_buf();
-        let (running, garbled) = match File::open(&path) {
+        let boot = boot_id();
+        let read = match File::open(&path) {
             Ok(f) => read_running(&path, f).map_err(|e| CpuError::io("read", &path, e))?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => (Vec::new(), 0),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => LedgerText::default(),
             Err(e) => return Err(CpuError::io("open", &path, e)),
         };
+        let LedgerText {
+            mut running,
+            garbled,
+            boot: written_in,
+        } = read;
         let mut sweep = Sweep {
             garbled,
             ..Sweep::default()
         };
+        if let (Some(then), Some(now)) = (&written_in, &boot) {
+            if then != now {
+                tracing::info!(path = %path.display(), groups = running.len(),
+                    "the process ledger was written before the machine last booted; not swept");
+                sweep.rebooted = true;
+                sweep.gone = running.len();
+                running.clear();
+            }
+        }
         if garbled > 0 {
             tracing::warn!(path = %path.display(), lines = garbled,
                 "process ledger lines garbled and skipped: groups they recorded are not swept");
@@ -191,7 +244,8 @@ impl ProcessLedger {
                 }
             }
         }
-        File::create(&path).map_err(|e| CpuError::io("create", &path, e))?;
+        std::fs::write(&path, boot_line(boot.as_deref()))
+            .map_err(|e| CpuError::io("create", &path, e))?;
         let file = OpenOptions::new()
             .append(true)
             .open(&path)
@@ -203,6 +257,7 @@ impl ProcessLedger {
                 live: BTreeMap::new(),
                 lines: 0,
                 compact_lines: COMPACT_LINES,
+                boot,
             },
             sweep,
         ))
@@ -263,7 +318,8 @@ impl ProcessLedger {
         let mut name = self.path.as_os_str().to_owned();
         name.push(".new");
         let fresh = PathBuf::from(name);
-        let mut text = String::with_capacity(self.live.len() * 32);
+        let mut text = boot_line(self.boot.as_deref());
+        text.reserve(self.live.len() * 32);
         for (pgid, window) in &self.live {
             text.push_str(&window_line(*pgid, *window));
         }
@@ -286,16 +342,28 @@ fn window_line(pgid: i32, window: StartWindow) -> String {
     }
 }
 
+/// What a ledger file says (see [`read_running`]).
+#[derive(Debug, Default)]
+struct LedgerText {
+    /// The groups recorded and not reaped, in the order first recorded.
+    running: Vec<(i32, StartWindow)>,
+    /// Lines skipped as garbled.
+    garbled: usize,
+    /// The boot it was written in, where it names one.
+    boot: Option<String>,
+}
+
 /// The groups a ledger file records as running (recorded and not reaped), in the order first
-/// recorded, read a line at a time, and how many lines were skipped as garbled: a line longer
-/// than [`MAX_LINE`], or one that does not parse (a torn last line, with no newline, is skipped
-/// without being counted: it is what a node killed mid-write leaves).
-fn read_running(path: &Path, file: File) -> io::Result<(Vec<(i32, StartWindow)>, usize)> {
+/// recorded, read a line at a time, the boot it names, and how many lines were skipped as
+/// garbled: a line longer than [`MAX_LINE`], or one that does not parse (a torn last line, with
+/// no newline, is skipped without being counted: it is what a node killed mid-write leaves).
+fn read_running(path: &Path, file: File) -> io::Result<LedgerText> {
     let mut reader = BufReader::new(file);
     let mut running: HashMap<i32, (usize, StartWindow)> = HashMap::new();
     let mut line = Vec::with_capacity(MAX_LINE + 1);
     let mut n = 0usize;
     let mut garbled = 0usize;
+    let mut boot = None;
     loop {
         line.clear();
         let read = (&mut reader)
@@ -315,6 +383,10 @@ fn read_running(path: &Path, file: File) -> io::Result<(Vec<(i32, StartWindow)>,
         let torn = line.last() != Some(&b'\n');
         let text = String::from_utf8_lossy(&line);
         let mut parts = text.split_whitespace();
+        if text.starts_with("boot ") && !torn {
+            boot = parts.nth(1).map(str::to_owned);
+            continue;
+        }
         match (
             parts.next(),
             parts.next().and_then(|p| p.parse::<i32>().ok()),
@@ -325,8 +397,9 @@ fn read_running(path: &Path, file: File) -> io::Result<(Vec<(i32, StartWindow)>,
                     None => first,
                     Some(last) => last.parse::<u64>().ok(),
                 };
+                let whole = parts.next().is_none();
                 match (first, last) {
-                    (Some(first), Some(last)) if first <= last && !torn => {
+                    (Some(first), Some(last)) if first <= last && whole && !torn => {
                         running.insert(pgid, (n, StartWindow { first, last }));
                     }
                     _ => {
@@ -336,7 +409,7 @@ fn read_running(path: &Path, file: File) -> io::Result<(Vec<(i32, StartWindow)>,
                     }
                 }
             }
-            (Some("-"), Some(pgid)) if !torn => {
+            (Some("-"), Some(pgid)) if !torn && parts.next().is_none() => {
                 running.remove(&pgid);
             }
             // A torn last line (the node died mid-write) or garbage: nothing to act on.
@@ -356,7 +429,11 @@ fn read_running(path: &Path, file: File) -> io::Result<(Vec<(i32, StartWindow)>,
         .into_iter()
         .map(|(_, pgid, window)| (pgid, window))
         .collect();
-    Ok((running, garbled))
+    Ok(LedgerText {
+        running,
+        garbled,
+        boot,
+    })
 }
 
 /// Reads past the end of the current line without keeping it.

@@ -548,7 +548,8 @@ async fn a_job_over_its_cpu_limit_is_throttled() {
 
 /// The launcher reads the boot clock around each spawn, inside the group too, and the window it
 /// gives holds the child's start time as `/proc` has it: what the process ledger records
-/// instead of reading `/proc` for every job.
+/// instead of reading `/proc` for every job. (It checks that the window holds the start, not
+/// how tight it is: read outside the group's placement, it would only be wider.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_start_window_holds_the_child_s_start_time_with_and_without_a_group() {
     let dir = Scratch::new("launcher-start-window");

@@ -91,11 +91,13 @@ fn a_torn_or_garbled_ledger_is_read_as_far_as_it_makes_sense() {
     let mut child = sleeper();
     let pid = child.id() as i32;
     let start = process_start_time(pid).unwrap().unwrap();
-    std::fs::write(&path, format!("garbage\n+ {pid} {start}\n+ 12").as_bytes()).unwrap();
+    let text = format!("garbage\n+ {pid} {start}\n- {pid} 7\n+ 12 1 2 3\n+ 12");
+    std::fs::write(&path, text.as_bytes()).unwrap();
     let (_ledger, sweep) = ProcessLedger::open(&path).unwrap();
     assert_eq!(sweep.killed, vec![pid]);
-    // The garbage is counted (and warned about); the torn last line is what a kill leaves.
-    assert_eq!(sweep.garbled, 1);
+    // The garbage and the lines with a token too many are counted (and warned about); the torn
+    // last line is what a kill leaves.
+    assert_eq!(sweep.garbled, 3);
     assert_eq!(exited_by_signal(&mut child), Some(9));
 }
 
@@ -113,14 +115,19 @@ fn a_ledger_under_unbroken_load_stays_bounded() {
     let mut churn = sleeper();
     ledger.record(left.id() as i32).unwrap();
     let mut largest = 0;
+    // The widest window line there is: 20-digit ticks.
+    let wide = StartWindow {
+        first: u64::MAX - 1,
+        last: u64::MAX,
+    };
     for _ in 0..1_000 {
-        ledger.record(churn.id() as i32).unwrap();
+        ledger.record_window(churn.id() as i32, wide).unwrap();
         ledger.forget(churn.id() as i32).unwrap();
         largest = largest.max(std::fs::metadata(&path).unwrap().len());
     }
     assert_eq!(ledger.running(), 1);
-    // 100 lines of at most 33 bytes, and the rewritten running group.
-    assert!(largest <= 101 * 33, "the ledger grew to {largest} bytes");
+    // 100 lines of at most 56 bytes, and the rewritten running group.
+    assert!(largest <= 101 * 56, "the ledger grew to {largest} bytes");
     drop(ledger); // the "node" dies here
     let (_ledger, sweep) = ProcessLedger::open(&path).unwrap();
     assert_eq!(sweep.killed, vec![left.id() as i32]);
@@ -159,8 +166,8 @@ fn a_group_recorded_by_its_start_window_is_killed_and_a_stranger_is_not() {
     let dir = Scratch::new("ledger-window");
     let path = dir.path().join("ledger");
     let (mut ledger, _) = ProcessLedger::open(&path).unwrap();
-    let (left, window) = StartWindow::around(sleeper).unwrap();
-    let mut left = left;
+    let (mut left, window) = StartWindow::around(sleeper);
+    let window = window.unwrap();
     let start = process_start_time(left.id() as i32).unwrap().unwrap();
     assert!(window.contains(start), "{start} outside {window:?}");
     ledger.record_window(left.id() as i32, window).unwrap();
@@ -199,5 +206,39 @@ fn a_torn_last_line_is_not_trusted() {
     let (_ledger, sweep) = ProcessLedger::open(&path).unwrap();
     assert_eq!(sweep.killed, vec![pid]);
     assert_eq!(sweep.garbled, 0);
+    assert_eq!(exited_by_signal(&mut child), Some(9));
+}
+
+/// A ledger names the boot it was written in: one from before the machine's last boot is not
+/// swept (its groups died with that boot, and pids and start times begin again at each boot, so
+/// its windows could match processes of this one), while one of this boot is.
+#[test]
+fn a_ledger_from_an_earlier_boot_is_not_swept() {
+    let dir = Scratch::new("ledger-boot");
+    let path = dir.path().join("ledger");
+    let mut child = sleeper();
+    let pid = child.id() as i32;
+    let start = process_start_time(pid).unwrap().unwrap();
+    std::fs::write(&path, format!("boot not-this-boot\n+ {pid} {start}\n")).unwrap();
+    let (ledger, sweep) = ProcessLedger::open(&path).unwrap();
+    assert!(sweep.rebooted);
+    assert!(sweep.killed.is_empty());
+    assert_eq!(sweep.gone, 1);
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "nothing of this boot is signalled"
+    );
+    drop(ledger);
+
+    // The ledger written now names this boot: a group it records is swept.
+    let this_boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let written = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(written, format!("boot {}\n", this_boot.trim()));
+    let (mut ledger, _) = ProcessLedger::open(&path).unwrap();
+    ledger.record(pid).unwrap();
+    drop(ledger); // the "node" dies here
+    let (_ledger, sweep) = ProcessLedger::open(&path).unwrap();
+    assert!(!sweep.rebooted);
+    assert_eq!(sweep.killed, vec![pid]);
     assert_eq!(exited_by_signal(&mut child), Some(9));
 }

@@ -10,6 +10,7 @@ use cadre_cpu::cgroup::CgroupLimits;
 use cadre_cpu::launcher::{CommandSpec, ExitOutcome, ExitReport, RunningProcess};
 use tokio::sync::oneshot;
 
+use super::config::LedgerChange;
 use super::task::{TaskRun, Waited};
 use super::WorkerConfig;
 use crate::ids::WorkerId;
@@ -140,9 +141,13 @@ impl TaskRun {
         // Recorded so that a node killed outright has this group killed when it starts again,
         // instead of leaving it running unaccounted beside the job's next attempt.
         let pgid = process.pgid();
-        config.ledger(self.job, pgid, Some(process.start_window()));
+        config.ledger(
+            self.job,
+            pgid,
+            LedgerChange::Spawned(process.start_window()),
+        );
         let (end, report) = self.supervise(&mut process, kill_rx).await;
-        config.ledger(self.job, pgid, None);
+        config.ledger(self.job, pgid, LedgerChange::Reaped);
         let Some(report) = report else {
             return (end, None);
         };

@@ -63,19 +63,28 @@ pub struct WorkerConfig {
     pub log_cap: Option<u64>,
 }
 
+/// A change to the process ledger (see [`WorkerConfig::ledger`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum LedgerChange {
+    /// A group was spawned; its leader started within the window, where the launcher read one
+    /// (else its start time is read from `/proc`).
+    Spawned(Option<StartWindow>),
+    /// The group was reaped.
+    Reaped,
+}
+
 impl WorkerConfig {
-    /// With `record` `Some`, records a spawned group in the process ledger (by its leader's
-    /// start window where the launcher has one, else from `/proc`); with `None`, forgets a
-    /// reaped one. A failure is logged and counted.
-    pub(super) fn ledger(&self, job: JobId, pgid: i32, record: Option<Option<StartWindow>>) {
+    /// Records a spawned group in the process ledger, or forgets a reaped one; a failure is
+    /// logged and counted.
+    pub(super) fn ledger(&self, job: JobId, pgid: i32, change: LedgerChange) {
         let Some(ledger) = &self.ledger else {
             return;
         };
         let mut ledger = ledger.lock().unwrap_or_else(PoisonError::into_inner);
-        let result = match record {
-            Some(Some(window)) => ledger.record_window(pgid, window),
-            Some(None) => ledger.record(pgid),
-            None => ledger.forget(pgid),
+        let result = match change {
+            LedgerChange::Spawned(Some(window)) => ledger.record_window(pgid, window),
+            LedgerChange::Spawned(None) => ledger.record(pgid),
+            LedgerChange::Reaped => ledger.forget(pgid),
         };
         if let Err(error) = result {
             tracing::error!(job = %job, pgid, %error,

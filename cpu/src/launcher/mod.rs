@@ -241,6 +241,26 @@ pub struct ExitReport {
     pub oom_killed: bool,
 }
 
+/// The boot clock's ticks, for a start window; `None` where it cannot be read (the process
+/// ledger then reads the start time from `/proc`): warned about once, then at debug, and
+/// counted each time.
+fn boot_clock(job_id: &str) -> Option<u64> {
+    match crate::ledger::boot_ticks() {
+        Ok(ticks) => Some(ticks),
+        Err(e) => {
+            static WARNED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+            if WARNED.set(()).is_ok() {
+                tracing::warn!(job_id, error = %e,
+                    "cannot read the boot clock; the process ledger reads start times from /proc");
+            } else {
+                tracing::debug!(job_id, error = %e, "cannot read the boot clock");
+            }
+            metrics::counter!(m::LAUNCHER_ERRORS, "kind" => "clock").increment(1);
+            None
+        }
+    }
+}
+
 /// Spawns command jobs. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Launcher {
@@ -373,14 +393,14 @@ impl Launcher {
         };
         // The boot clock around the spawn: where the child's start time lies, for the process
         // ledger (see `crate::ledger`), without reading `/proc` for every job.
-        let mut first = crate::ledger::boot_ticks().ok();
+        let mut first = boot_clock(job_id);
         let spawned = match placing {
             // Logged and counted by the cgroup module. The child may have started (its CPU
             // limits are written after it): whatever is in the group goes.
             Some(group) => {
                 let spawn = || {
                     // Read inside: entering the group takes a while, the spawn comes after it.
-                    first = crate::ledger::boot_ticks().ok();
+                    first = boot_clock(job_id);
                     cmd.spawn()
                 };
                 match group.run_inside(spawn, |child| child.id()) {
@@ -393,9 +413,12 @@ impl Launcher {
             }
             None => cmd.spawn(),
         };
-        let start_window = first
-            .zip(crate::ledger::boot_ticks().ok())
-            .map(|(first, last)| crate::ledger::StartWindow { first, last });
+        let start_window = match first {
+            Some(first) => {
+                boot_clock(job_id).map(|last| crate::ledger::StartWindow { first, last })
+            }
+            None => None,
+        };
         let mut child = spawned.map_err(|e| fail(spawn_err(e), spec.cwd.as_deref()))?;
         metrics::counter!(m::LAUNCHER_SPAWNS).increment(1);
         // From here on `child` is killed (kill_on_drop) and reaped by tokio if we bail out.
