@@ -157,19 +157,20 @@ pub struct Sweep {
 }
 
 /// This boot's id (`/proc/sys/kernel/random/boot_id`); `None` where it cannot be read (the
-/// ledger then carries none and is swept whatever it says, as one written before boot ids).
+/// ledger then carries none and is swept whatever it says, as one written before boot ids),
+/// which is warned about and counted.
 fn boot_id() -> Option<String> {
     let path = "/proc/sys/kernel/random/boot_id";
+    let failed = |reason: String| {
+        tracing::warn!(path, %reason,
+            "the boot id cannot be read; the process ledger cannot tell a reboot");
+        metrics::counter!(m::LAUNCHER_ERRORS, "kind" => "boot_id").increment(1);
+        None
+    };
     match std::fs::read_to_string(path) {
         Ok(text) if !text.trim().is_empty() && text.len() <= 64 => Some(text.trim().to_owned()),
-        Ok(text) => {
-            tracing::debug!(path, len = text.len(), "the boot id does not look like one");
-            None
-        }
-        Err(e) => {
-            tracing::debug!(path, error = %e, "the boot id cannot be read");
-            None
-        }
+        Ok(text) => failed(format!("{} bytes that are not an id", text.len())),
+        Err(e) => failed(e.to_string()),
     }
 }
 

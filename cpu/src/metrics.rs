@@ -11,7 +11,8 @@ pub const JOURNAL_COMMITS: &str = "cadre_journal_commits_total";
 /// Counter of journal failures: `{kind}` (`io`, `torn_tail`, `corrupt`, ...).
 pub const JOURNAL_ERRORS: &str = "cadre_journal_errors_total";
 /// Counter of launcher failures: `{kind}` (`spawn`, `signal`, `capture`, `wait`, `ledger`,
-/// `ledger_line`: a garbled line of the process ledger, `clock`: the boot clock unreadable).
+/// `ledger_line`: a garbled line of the process ledger, `clock`: the boot clock unreadable,
+/// `boot_id`: the boot id unreadable).
 pub const LAUNCHER_ERRORS: &str = "cadre_launcher_errors_total";
 /// Counter of processes the launcher has spawned.
 pub const LAUNCHER_SPAWNS: &str = "cadre_launcher_spawns_total";

@@ -392,26 +392,24 @@ impl Launcher {
             source,
         };
         // The boot clock around the spawn: where the child's start time lies, for the process
-        // ledger (see `crate::ledger`), without reading `/proc` for every job.
-        let mut first = boot_clock(job_id);
+        // ledger (see `crate::ledger`), without reading `/proc` for every job. Read just before
+        // the spawn itself, inside the group where it spawns from one (entering it takes a while).
+        let mut first = None;
+        let mut spawn = || {
+            first = boot_clock(job_id);
+            cmd.spawn()
+        };
         let spawned = match placing {
             // Logged and counted by the cgroup module. The child may have started (its CPU
             // limits are written after it): whatever is in the group goes.
-            Some(group) => {
-                let spawn = || {
-                    // Read inside: entering the group takes a while, the spawn comes after it.
-                    first = boot_clock(job_id);
-                    cmd.spawn()
-                };
-                match group.run_inside(spawn, |child| child.id()) {
-                    Ok(spawned) => spawned,
-                    Err(e) => {
-                        let path = group.path(crate::cgroup::Controller::Cpu).to_path_buf();
-                        return Err(fail(e, Some(&path)));
-                    }
+            Some(group) => match group.run_inside(spawn, |child| child.id()) {
+                Ok(spawned) => spawned,
+                Err(e) => {
+                    let path = group.path(crate::cgroup::Controller::Cpu).to_path_buf();
+                    return Err(fail(e, Some(&path)));
                 }
-            }
-            None => cmd.spawn(),
+            },
+            None => spawn(),
         };
         let start_window = match first {
             Some(first) => {
