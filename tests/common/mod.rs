@@ -630,22 +630,32 @@ pub fn remove_node_cgroups(log: &str) {
     // The node's own sweep and removal, as its next start on the same data directory would run
     // them: the groups a killed node left (its jobs', its spares) are killed and removed, then
     // the parent. On a thread of its own: this runs in `Drop`, perhaps inside a runtime.
+    // Best effort, in `Drop`: what fails is printed (test.sh then fails the run on a group left
+    // behind where cgroups are required).
     let cleanup = std::thread::spawn(move || {
-        let Ok(cgroups) = cadre_cpu::cgroup::Cgroups::open(&parent) else {
-            return;
+        let cgroups = match cadre_cpu::cgroup::Cgroups::open(&parent) {
+            Ok(cgroups) => cgroups,
+            Err(e) => return eprintln!("cgroup parent {parent}: not opened to remove: {e}"),
         };
-        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-        else {
-            return;
+        {
+            Ok(runtime) => runtime,
+            Err(e) => return eprintln!("cgroup parent {parent}: no runtime to remove it: {e}"),
         };
         runtime.block_on(async {
-            let _ = cgroups.sweep().await;
-            let _ = cgroups.remove().await;
+            if let Err(e) = cgroups.sweep().await {
+                eprintln!("cgroup parent {parent}: sweep failed: {e}");
+            }
+            if let Err(e) = cgroups.remove().await {
+                eprintln!("cgroup parent {parent}: not removed: {e}");
+            }
         });
     });
-    let _ = cleanup.join();
+    if cleanup.join().is_err() {
+        eprintln!("the cgroup cleanup thread panicked");
+    }
 }
 
 /// `env`'s output as a map.
