@@ -18,7 +18,7 @@ use crate::sched::{Grant, WorkerCapacity};
 use crate::workload::Progress;
 
 /// Scheduler to worker: run task `task` of attempt `attempt` of `job` under the lease `token`.
-#[derive(Debug, Clone, Serialize, Deserialize, Message)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Message)]
 #[rtype(result = "()")]
 pub struct Assign {
     /// The job.
@@ -61,7 +61,7 @@ impl KillReason {
 }
 
 /// Scheduler to worker: stop the task holding `token`.
-#[derive(Debug, Clone, Serialize, Deserialize, Message)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Message)]
 #[rtype(result = "()")]
 pub struct Kill {
     /// The job.
@@ -149,7 +149,7 @@ pub struct Renew {
 }
 
 /// The scheduler's answer to [`Renew`].
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RenewReply {
     /// Leases renewed for another time to live.
     pub renewed: Vec<FencingToken>,
