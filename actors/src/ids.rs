@@ -1,7 +1,8 @@
-//! Identities shared by the actors: workers and the fencing tokens of leases.
+//! Identities shared by the actors: workers (who they are, and the id of one registration)
+//! and the fencing tokens of leases.
 //!
-//! Plain `u64` newtypes, serde-transparent, so they cross the API as numbers and the network as
-//! MessagePack integers.
+//! The ids are plain `u64` newtypes, serde-transparent, so they cross the API as numbers and the
+//! network as MessagePack integers.
 
 use std::fmt;
 
@@ -15,6 +16,33 @@ pub struct WorkerId(pub u64);
 impl fmt::Display for WorkerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)
+    }
+}
+
+/// Who a worker is, across its restarts and reconnections: its node's name and its own name on
+/// that node. Two nodes may both call a worker `cpu-0`; only the same pair registering again
+/// replaces an earlier registration.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct WorkerIdentity {
+    /// The node's name (unique in a cluster).
+    pub node: String,
+    /// The worker's name on its node (`cpu-0`).
+    pub name: String,
+}
+
+impl WorkerIdentity {
+    /// The identity of worker `name` on node `node`.
+    pub fn new(node: impl Into<String>, name: impl Into<String>) -> WorkerIdentity {
+        WorkerIdentity {
+            node: node.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for WorkerIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.node, self.name)
     }
 }
 

@@ -22,7 +22,7 @@ pub mod worker;
 pub mod workload;
 
 pub use error::Error;
-pub use ids::{FencingToken, WorkerId};
+pub use ids::{FencingToken, WorkerId, WorkerIdentity};
 pub use job::{
     CommandJob, FieldError, IllegalTransition, InvalidSpec, JobId, JobKind, JobSpec, JobState,
     JobStatus, Limits, Registry, Resources, WorkloadJob,

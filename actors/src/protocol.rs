@@ -12,7 +12,7 @@ use actix::{Message, Recipient};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::ids::{FencingToken, WorkerId};
+use crate::ids::{FencingToken, WorkerId, WorkerIdentity};
 use crate::job::{JobId, JobSpec, JobState};
 use crate::sched::{Grant, WorkerCapacity};
 use crate::workload::Progress;
@@ -99,12 +99,13 @@ pub struct SchedulerLink {
     pub progress: Recipient<ProgressFlush>,
 }
 
-/// Worker to scheduler: a worker joins with its capacity; the answer is its id.
+/// Worker to scheduler: a worker joins with its capacity; the answer is its id. A registration
+/// under the identity of a registered worker replaces that one (it restarted).
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "Result<WorkerId, Error>")]
 pub struct Register {
-    /// The worker's name (its actor path).
-    pub name: String,
+    /// Who the worker is: its node and its name there.
+    pub identity: WorkerIdentity,
     /// What it offers.
     pub capacity: WorkerCapacity,
     /// How to reach it.
@@ -129,7 +130,7 @@ pub struct GpuDevice {
 #[rtype(result = "Result<(), Error>")]
 pub struct GpuHealth {
     /// The worker that owns it.
-    pub worker_path: String,
+    pub worker: WorkerIdentity,
     /// Its index in the worker's capacity.
     pub index: u32,
     /// Whether it may be given work.

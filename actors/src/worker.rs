@@ -118,7 +118,7 @@ impl Worker {
         }
         self.registering = true;
         let msg = Register {
-            name: ctx.path().to_owned(),
+            identity: self.config.identity.clone(),
             capacity: self.config.capacity.clone(),
             link: WorkerLink {
                 assign: ctx.address().recipient(),

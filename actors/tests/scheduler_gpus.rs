@@ -17,19 +17,19 @@ use cadre_actors::job::JobState;
 use cadre_actors::protocol::{JobStalled, KillReason, Renew, TaskEnd};
 use cadre_actors::sched::Waiting;
 use cadre_actors::scheduler::{CancelJob, CancelOutcome, JobView, Nodes};
-use cadre_actors::{Error, JobId, WorkerId};
+use cadre_actors::{Error, JobId, WorkerId, WorkerIdentity};
 use serde_json::json;
 use tokio::time::{sleep, Instant};
 use tracing::Level;
 
-use support::{fake_worker_path, gpu_job, ms, run, sched_job, until, SchedRig, LONG_TTL};
+use support::{fake_worker, gpu_job, ms, run, sched_job, until, SchedRig, LONG_TTL};
 
 #[test]
 fn scheduler_places_no_new_work_on_an_unhealthy_gpu_until_it_is_healthy_again() {
     run(|_| async {
         let rig = SchedRig::start(LONG_TTL, 1).await;
         let w = rig.register_gpus(0, 4000, vec![0, 1]).await;
-        let path = fake_worker_path(0);
+        let path = fake_worker(0);
         rig.gpu_health(&path, 0, false).await.unwrap();
         let [two, one] = rig
             .submit(vec![gpu_job("two-gpus", 2), gpu_job("one-gpu", 1)])
@@ -86,12 +86,14 @@ fn scheduler_places_no_new_work_on_an_unhealthy_gpu_until_it_is_healthy_again() 
 fn scheduler_gpu_health_places_at_once_when_healthy_and_refuses_unknown_workers_and_devices() {
     let obs = run(|_| async {
         let rig = SchedRig::start(LONG_TTL, 1).await;
-        let path = fake_worker_path(0);
+        let path = fake_worker(0);
         // Before the worker registers, its path is unknown.
         let err = rig.gpu_health(&path, 0, false).await;
         assert!(err.is_err(), "{err:?}");
         let w = rig.register_gpus(0, 4000, vec![0, 1]).await;
-        let err = rig.gpu_health("test/no-such-worker", 0, false).await;
+        let err = rig
+            .gpu_health(&WorkerIdentity::new("test", "no-such-worker"), 0, false)
+            .await;
         assert!(err.is_err(), "{err:?}");
         let err = rig.gpu_health(&path, 5, false).await;
         assert!(
@@ -130,7 +132,7 @@ fn scheduler_takes_a_repeated_gpu_health_report_as_no_change() {
     let obs = run(|obs| async move {
         let rig = SchedRig::start(LONG_TTL, 1).await;
         let w = rig.register_gpus(0, 4000, vec![0, 1]).await;
-        let path = fake_worker_path(0);
+        let path = fake_worker(0);
         let count = |state| obs.counter("cadre_gpu_health_changes_total", &[("state", state)]);
         rig.gpu_health(&path, 0, false).await.unwrap();
         assert_eq!(count("unhealthy"), 1);
@@ -186,7 +188,7 @@ fn scheduler_takes_the_gpu_of_a_worker_that_registered_again_as_healthy_until_it
     let obs = run(|_| async {
         let rig = SchedRig::start(LONG_TTL, 1).await;
         let first = rig.register_gpus(0, 4000, vec![0]).await;
-        let path = fake_worker_path(0);
+        let path = fake_worker(0);
         rig.gpu_health(&path, 0, false).await.unwrap();
         let [a_job] = rig.submit(vec![gpu_job("a", 1)]).await[..] else {
             panic!("one id");
@@ -304,7 +306,7 @@ fn scheduler_drops_the_earlier_registration_of_a_worker_that_registers_again() {
         let named: Vec<(WorkerId, usize)> = nodes
             .workers
             .iter()
-            .filter(|n| n.name == fake_worker_path(0))
+            .filter(|n| n.node == fake_worker(0).node && n.name == fake_worker(0).name)
             .map(|n| (n.worker, n.leases))
             .collect();
         assert_eq!(named, vec![(second, 1)]);
@@ -350,7 +352,7 @@ fn scheduler_leaves_a_job_on_a_gpu_that_turns_unhealthy_and_gives_that_gpu_to_no
     run(|_| async {
         let rig = SchedRig::start(LONG_TTL, 1).await;
         let w = rig.register_gpus(0, 4000, vec![0]).await;
-        let path = fake_worker_path(0);
+        let path = fake_worker(0);
         let [first] = rig.submit(vec![gpu_job("first", 1)]).await[..] else {
             panic!("one id");
         };

@@ -25,6 +25,9 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// This node's name: how the scheduler tells its workers from another node's (a worker is
+    /// `node/name`, e.g. `gpu-17/cpu-0`). Default: the machine's host name.
+    pub node_name: Option<String>,
     /// Where the journal and job logs live.
     pub data_dir: PathBuf,
     /// The HTTP API's address.
@@ -159,6 +162,7 @@ pub struct CgroupsConfig {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            node_name: None,
             data_dir: PathBuf::from("./cadre-data"),
             api_addr: SocketAddr::from(([127, 0, 0, 1], 7070)),
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
@@ -210,6 +214,32 @@ fn invalid(field: &str, reason: impl Into<String>) -> Error {
     }
 }
 
+/// The longest node name taken.
+pub const MAX_NODE_NAME: usize = 128;
+
+/// Why `name` cannot name a node: empty, too long, or holding whitespace, a control character
+/// or a `/` (which separates a node from its worker's name).
+fn check_node_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if name.len() > MAX_NODE_NAME {
+        return Err(format!(
+            "is {} bytes, longer than {MAX_NODE_NAME}",
+            name.len()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || *c == '/')
+    {
+        return Err(format!(
+            "must not hold whitespace, control characters or '/' (found {c:?})"
+        ));
+    }
+    Ok(())
+}
+
 fn parse_env<T: std::str::FromStr>(
     env: &dyn Fn(&str) -> Option<String>,
     key: &str,
@@ -237,6 +267,9 @@ impl Config {
             Some(path) => Config::from_file(&path)?,
             None => Config::default(),
         };
+        if let Some(v) = env("CADRE_NODE_NAME") {
+            config.node_name = Some(v);
+        }
         if let Some(v) = env("CADRE_DATA_DIR") {
             config.data_dir = PathBuf::from(v);
         }
@@ -356,6 +389,9 @@ impl Config {
 
     /// Checks the values against each other.
     pub fn check(&self) -> Result<(), Error> {
+        if let Some(name) = &self.node_name {
+            check_node_name(name).map_err(|reason| invalid("node_name", reason))?;
+        }
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));
         }
@@ -450,6 +486,31 @@ impl Config {
                 self.data_dir.clone(),
             )),
             ..cadre_actors::scheduler::Retention::default()
+        }
+    }
+
+    /// This node's name: `node_name`, else the machine's host name (from
+    /// `/proc/sys/kernel/hostname`), else `localhost` when that cannot be read or is not a
+    /// usable name (the error says why, for the caller's log line).
+    pub fn node_name(&self) -> (String, Option<String>) {
+        if let Some(name) = &self.node_name {
+            return (name.clone(), None);
+        }
+        match std::fs::read_to_string("/proc/sys/kernel/hostname") {
+            Ok(text) => {
+                let host = text.trim();
+                match check_node_name(host) {
+                    Ok(()) => (host.to_owned(), None),
+                    Err(reason) => (
+                        "localhost".to_owned(),
+                        Some(format!("the host name {host:?} {reason}")),
+                    ),
+                }
+            }
+            Err(e) => (
+                "localhost".to_owned(),
+                Some(format!("cannot read the host name: {e}")),
+            ),
         }
     }
 

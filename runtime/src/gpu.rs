@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use cadre_actors::protocol::{GpuDevice, GpuHealth};
+use cadre_actors::WorkerIdentity;
 use cadre_gpu::{DeviceHealth, DeviceInfo, GpuError, HealthLimits, HealthSample, Sampler};
 use cadre_supervisor::SupervisedContext;
 
@@ -95,8 +96,8 @@ impl HealthSource for Sampler {
 pub struct GpuMonitorConfig {
     /// The worker's devices.
     pub devices: Vec<GpuDevice>,
-    /// The worker's actor path (how the scheduler knows it).
-    pub worker_path: String,
+    /// The worker (how the scheduler knows it).
+    pub worker: WorkerIdentity,
     /// How often every device is sampled.
     pub every: Duration,
     /// What counts as unhealthy.
@@ -166,7 +167,7 @@ impl GpuMonitor {
                 continue;
             }
             let msg = GpuHealth {
-                worker_path: config.worker_path.clone(),
+                worker: config.worker.clone(),
                 index: device.index,
                 healthy,
                 reason,

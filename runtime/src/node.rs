@@ -25,6 +25,7 @@ use cadre_actors::scheduler::{
 };
 use cadre_actors::store::{Store, StoreOptions};
 use cadre_actors::worker::{Worker, WorkerConfig};
+use cadre_actors::WorkerIdentity;
 use cadre_cpu::inventory::CpuInventory;
 use cadre_cpu::launcher::Launcher;
 use cadre_cpu::ledger::ProcessLedger;
@@ -58,8 +59,9 @@ fn data_dir_error(path: &std::path::Path, e: std::io::Error) -> Error {
     }
 }
 
-/// The one worker's actor path: how the scheduler and the GPU monitor name it.
-pub const WORKER_PATH: &str = "cadre/workers/cpu-0";
+/// The one worker's name on its node (its child name in the tree): with the node's name, how
+/// the scheduler and the GPU monitor know it.
+pub const WORKER_NAME: &str = "cpu-0";
 
 /// How long a stopping node waits for the cgroups of its last jobs to be released (each takes a
 /// freeze and a few polls at most) before it sweeps what is left.
@@ -76,6 +78,12 @@ impl Node {
         let workload_names = extensions.workload_names()?;
         cadre_supervisor::install_panic_hook();
         crate::metrics::describe();
+        let (node_name, host_problem) = config.node_name();
+        if let Some(problem) = host_problem {
+            tracing::warn!(node = %node_name, problem = %problem,
+                "this node is named localhost: set node_name (CADRE_NODE_NAME) to name it");
+        }
+        let identity = WorkerIdentity::new(node_name, WORKER_NAME);
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(|e| data_dir_error(&data_dir, e))?;
         let log_dir = data_dir.join("logs");
@@ -181,7 +189,7 @@ impl Node {
                 Ok(sampler) => {
                     let monitor_config = Arc::new(GpuMonitorConfig {
                         devices: gpu_devices.clone(),
-                        worker_path: WORKER_PATH.to_owned(),
+                        worker: identity.clone(),
                         every: Duration::from_millis(config.gpu_health_every_ms),
                         limits: cadre_gpu::HealthLimits {
                             max_temperature_celsius: config.gpu_max_temperature_celsius,
@@ -230,6 +238,7 @@ impl Node {
         };
         let link_addr = scheduler.clone();
         let worker_config = Arc::new(WorkerConfig {
+            identity: identity.clone(),
             capacity,
             launcher: Launcher::new(engine.clone()),
             log_dir: log_dir.clone(),
@@ -249,8 +258,8 @@ impl Node {
             log_cap: Some(config.logs.max_bytes_per_stream),
         });
         let wc = Arc::clone(&worker_config);
-        let worker_spec =
-            WorkerSpec::new("cpu-0", move || Worker::new(Arc::clone(&wc))).mailbox_capacity(65_536);
+        let worker_spec = WorkerSpec::new(WORKER_NAME, move || Worker::new(Arc::clone(&wc)))
+            .mailbox_capacity(65_536);
         let workers = SupervisorSpec::one_for_one()
             .intensity(10, Duration::from_secs(60))
             .child(worker_spec)

@@ -140,3 +140,31 @@ fn bad_input_is_refused_with_its_field() {
         "--config"
     );
 }
+
+#[test]
+fn the_node_is_named_by_config_or_by_its_host() {
+    let c = Config::load(&Flags::default(), &env(&[("CADRE_NODE_NAME", "gpu-17")])).unwrap();
+    assert_eq!(c.node_name(), ("gpu-17".to_owned(), None));
+    // Unset: the machine's host name, read from the kernel.
+    let c = Config::load(&Flags::default(), &env(&[])).unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let (name, problem) = c.node_name();
+    assert_eq!(problem, None);
+    assert_eq!(name, host.trim());
+    // A name that cannot tell nodes apart in `node/worker` is refused with its field.
+    for bad in ["", "a b", "rack/7", &"n".repeat(129)] {
+        let err = Config::load(&Flags::default(), &env(&[("CADRE_NODE_NAME", bad)])).unwrap_err();
+        let text = err.to_string();
+        assert_eq!(field(err), "node_name", "{bad:?}: {text}");
+    }
+    let path = file("node-name", "node_name = \"from-file\"\n");
+    let flags = Flags {
+        config: Some(path.clone()),
+        ..Flags::default()
+    };
+    assert_eq!(
+        Config::load(&flags, &env(&[])).unwrap().node_name().0,
+        "from-file"
+    );
+    std::fs::remove_file(path).unwrap();
+}

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use cadre_actors::protocol::{GpuDevice, GpuHealth};
-use cadre_actors::Error;
+use cadre_actors::{Error, WorkerIdentity};
 use cadre_gpu::{GpuError, HealthLimits, HealthSample};
 use cadre_runtime::gpu::{GpuMonitor, GpuMonitorConfig, HealthSource};
 use cadre_supervisor::{SupervisorSpec, WorkerSpec};
@@ -34,7 +34,9 @@ use metrics::{
 /// long before the next sample (the scheduler answers at once, on the same thread).
 const EVERY: Duration = Duration::from_millis(100);
 
-const WORKER_PATH: &str = "test/workers/cpu-0";
+fn worker() -> WorkerIdentity {
+    WorkerIdentity::new("test-node", "cpu-0")
+}
 const GPU_A: &str = "GPU-00000000-0000-0000-0000-00000000000a";
 const GPU_B: &str = "GPU-00000000-0000-0000-0000-00000000000b";
 
@@ -207,7 +209,7 @@ fn monitor(scripts: &[(&str, Vec<Step>)], refuse: &[bool], samples: usize) -> Ve
         .start();
         let config = Arc::new(GpuMonitorConfig {
             devices,
-            worker_path: WORKER_PATH.to_owned(),
+            worker: worker(),
             every: EVERY,
             limits: HealthLimits::default(),
             source: Arc::new(source.clone()),
@@ -224,7 +226,7 @@ fn monitor(scripts: &[(&str, Vec<Step>)], refuse: &[bool], samples: usize) -> Ve
     });
     let mut reports = lock(&reports).clone();
     for r in &reports {
-        assert_eq!(r.msg.worker_path, WORKER_PATH);
+        assert_eq!(r.msg.worker, worker());
     }
     reports.retain(|r| r.sample < samples);
     reports

@@ -169,8 +169,9 @@ impl Client {
             );
             for w in b["workers"].as_array().map_or(&[][..], Vec::as_slice) {
                 println!(
-                    "worker {:>4}  {}  cpu_millis={} memory_bytes={} gpus={} leases={}",
+                    "worker {:>4}  {}/{}  cpu_millis={} memory_bytes={} gpus={} leases={}",
                     w["worker"],
+                    w["node"].as_str().unwrap_or(""),
                     w["name"].as_str().unwrap_or(""),
                     w["capacity"]["cpu_millis"],
                     w["capacity"]["memory_bytes"],

@@ -350,7 +350,9 @@ impl Handler<CancelJob> for Scheduler {
 pub struct NodeView {
     /// The worker's id.
     pub worker: WorkerId,
-    /// Its name (actor path).
+    /// Its node's name.
+    pub node: String,
+    /// Its name on that node.
     pub name: String,
     /// What it offers.
     pub capacity: WorkerCapacity,
@@ -404,7 +406,8 @@ impl Handler<Nodes> for Scheduler {
                 .iter()
                 .map(|(id, w)| NodeView {
                     worker: *id,
-                    name: w.name.clone(),
+                    node: w.identity.node.clone(),
+                    name: w.identity.name.clone(),
                     capacity: w.capacity.clone(),
                     registered_ms: w.registered_ms,
                     leases: core.leases.leases_of_worker(*id).len(),

@@ -196,7 +196,7 @@ struct Core {
 }
 
 struct WorkerEntry {
-    name: String,
+    identity: crate::ids::WorkerIdentity,
     capacity: WorkerCapacity,
     link: WorkerLink,
     registered_ms: u64,

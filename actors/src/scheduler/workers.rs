@@ -14,7 +14,7 @@ impl Handler<Register> for Scheduler {
             .core()?
             .workers
             .iter()
-            .filter(|(_, w)| w.name == msg.name)
+            .filter(|(_, w)| w.identity == msg.identity)
             .map(|(id, _)| *id)
             .collect();
         for old in earlier {
@@ -23,7 +23,7 @@ impl Handler<Register> for Scheduler {
                 old,
                 format!(
                     "{} registered again, so its earlier registration is gone",
-                    msg.name
+                    msg.identity
                 ),
             );
         }
@@ -31,12 +31,12 @@ impl Handler<Register> for Scheduler {
         let worker = WorkerId(core.next_worker);
         core.next_worker += 1;
         core.placer.add_worker(worker, &msg.capacity)?;
-        tracing::info!(worker = %worker, name = %msg.name, cpu_millis = msg.capacity.cpu_millis,
+        tracing::info!(worker = %worker, identity = %msg.identity, cpu_millis = msg.capacity.cpu_millis,
             memory_bytes = msg.capacity.memory_bytes, gpus = msg.capacity.gpus.len(), "worker registered");
         core.workers.insert(
             worker,
             WorkerEntry {
-                name: msg.name,
+                identity: msg.identity,
                 capacity: msg.capacity,
                 link: msg.link,
                 registered_ms: now_ms(),
@@ -256,14 +256,14 @@ impl Handler<GpuHealth> for Scheduler {
         let Some(worker) = core
             .workers
             .iter()
-            .find(|(_, w)| w.name == msg.worker_path)
+            .find(|(_, w)| w.identity == msg.worker)
             .map(|(id, _)| *id)
         else {
-            tracing::warn!(worker_path = %msg.worker_path, gpu = msg.index,
+            tracing::warn!(identity = %msg.worker, gpu = msg.index,
                 "GPU health for a worker that is not registered (yet); ignored");
             metrics::counter!(m::GPU_HEALTH_CHANGES, "state" => "unknown_worker").increment(1);
             return Err(Error::Unavailable {
-                reason: format!("no registered worker at {}", msg.worker_path),
+                reason: format!("no registered worker {}", msg.worker),
             });
         };
         let refused = |error: &Error| {

@@ -20,6 +20,9 @@ use crate::workload::Run;
 
 /// What a worker needs; shared by every instance the supervisor creates.
 pub struct WorkerConfig {
+    /// Who the worker is (its node's name and its own): what it registers under, so a restarted
+    /// worker replaces its earlier registration and a worker of another node does not.
+    pub identity: crate::ids::WorkerIdentity,
     /// What it offers the scheduler. Its `gpus` are the indices of [`WorkerConfig::gpus`].
     pub capacity: WorkerCapacity,
     /// The GPUs it owns, whole devices (empty on a machine without any).

@@ -103,7 +103,7 @@ impl Handler<Register> for FakeScheduler {
     type Result = Result<WorkerId, Error>;
     fn handle(&mut self, msg: Register, _: &mut Self::Context) -> Self::Result {
         let mut got = self.got();
-        got.registers.push(msg.name);
+        got.registers.push(msg.identity.to_string());
         Ok(WorkerId(got.registers.len() as u64))
     }
 }

@@ -1,6 +1,6 @@
 //! A real scheduler on a real journal, driven by fake workers: `SchedRig` (with `RigOptions`:
 //! no GPUs, a health monitor, retention, a janitor) registers them, submits jobs, reports starts
-//! and ends, waits for states and assignments, and can add a real worker; `fake_worker_path`
+//! and ends, waits for states and assignments, and can add a real worker; `fake_worker`
 //! and `LONG_TTL`.
 
 use std::sync::{Arc, Mutex, OnceLock};
@@ -16,7 +16,7 @@ use cadre_actors::scheduler::{
 };
 use cadre_actors::store::StoreOptions;
 use cadre_actors::worker::Resolver;
-use cadre_actors::{Error, FencingToken, JobId, WorkerId};
+use cadre_actors::{Error, FencingToken, JobId, WorkerId, WorkerIdentity};
 use cadre_cpu::{BackendSetting, IoEngine};
 use cadre_supervisor::{SupervisorRef, SupervisorSpec, WorkerSpec};
 use tokio::time::{sleep, Instant};
@@ -168,10 +168,21 @@ impl SchedRig {
 
     /// Registers fake worker `i` with `cpu_millis` of CPU and the GPU indices `gpus`.
     pub async fn register_gpus(&self, i: usize, cpu_millis: u64, gpus: Vec<u32>) -> WorkerId {
+        self.register_as(i, fake_worker(i), cpu_millis, gpus).await
+    }
+
+    /// Registers fake worker `i` under `identity`.
+    pub async fn register_as(
+        &self,
+        i: usize,
+        identity: WorkerIdentity,
+        cpu_millis: u64,
+        gpus: Vec<u32>,
+    ) -> WorkerId {
         let addr = &self.workers[i].1;
         self.sched
             .send(Register {
-                name: fake_worker_path(i),
+                identity,
                 capacity: WorkerCapacity {
                     cpu_millis,
                     memory_bytes: 1 << 30,
@@ -187,17 +198,17 @@ impl SchedRig {
             .unwrap()
     }
 
-    /// Tells the scheduler that GPU `index` of the worker registered as `worker_path` is
-    /// healthy or not, as the GPU monitor does.
+    /// Tells the scheduler that GPU `index` of the worker registered as `worker` is healthy or
+    /// not, as the GPU monitor does.
     pub async fn gpu_health(
         &self,
-        worker_path: &str,
+        worker: &WorkerIdentity,
         index: u32,
         healthy: bool,
     ) -> Result<(), Error> {
         self.sched
             .send(GpuHealth {
-                worker_path: worker_path.to_owned(),
+                worker: worker.clone(),
                 index,
                 healthy,
                 reason: "test".to_owned(),
@@ -296,9 +307,9 @@ impl SchedRig {
     }
 }
 
-/// The name fake worker `i` registers under (its actor path).
-pub fn fake_worker_path(i: usize) -> String {
-    format!("test/fake-worker-{i}")
+/// The identity fake worker `i` registers under.
+pub fn fake_worker(i: usize) -> WorkerIdentity {
+    WorkerIdentity::new("test", format!("fake-worker-{i}"))
 }
 
 pub const LONG_TTL: Duration = Duration::from_secs(60);

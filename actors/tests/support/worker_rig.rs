@@ -15,7 +15,7 @@ use cadre_actors::protocol::{Assign, GpuDevice};
 use cadre_actors::sched::{Grant, WorkerCapacity};
 use cadre_actors::worker::{Resolver, Worker, WorkerConfig};
 use cadre_actors::workload::Run;
-use cadre_actors::{FencingToken, JobId, WorkerId};
+use cadre_actors::{FencingToken, JobId, WorkerId, WorkerIdentity};
 use cadre_cpu::launcher::Launcher;
 use cadre_cpu::{BackendSetting, IoEngine};
 use cadre_supervisor::{SupervisorRef, SupervisorSpec, WorkerSpec};
@@ -50,6 +50,7 @@ pub fn worker_config(
     gpus: Vec<GpuDevice>,
 ) -> Arc<WorkerConfig> {
     Arc::new(WorkerConfig {
+        identity: WorkerIdentity::new("test-node", "worker"),
         capacity: WorkerCapacity {
             cpu_millis: 4000,
             memory_bytes: 1 << 30,

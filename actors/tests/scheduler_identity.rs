@@ -1,0 +1,77 @@
+//! A worker is `(node, name)`, not an actor path: two nodes that both call their worker `cpu-0`
+//! are two workers, each keeping its jobs when the other registers; the same pair registering
+//! again is a restart, which replaces the earlier registration (whose jobs are lost and
+//! requeued), so its capacity is never offered twice.
+//!
+//! Time only moves through `tokio::time` on a paused clock.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use cadre_actors::job::JobState;
+use cadre_actors::scheduler::Nodes;
+use cadre_actors::WorkerIdentity;
+
+use support::{run, sched_job, SchedRig, LONG_TTL};
+
+#[test]
+fn workers_of_the_same_name_on_two_nodes_do_not_evict_each_other() {
+    run(|_| async {
+        let rig = SchedRig::start(LONG_TTL, 3).await;
+        let a = rig
+            .register_as(0, WorkerIdentity::new("node-a", "cpu-0"), 1000, Vec::new())
+            .await;
+        let job = rig.submit(vec![sched_job("on-a", 3)]).await[0];
+        let assign = rig.until_assigns(0, 1).await.remove(0);
+        rig.started(a, &assign).await.unwrap();
+        rig.until_state(job, JobState::Running).await;
+
+        // Node b's worker has the same name: a second worker, not a restart of the first.
+        let b = rig
+            .register_as(1, WorkerIdentity::new("node-b", "cpu-0"), 1000, Vec::new())
+            .await;
+        assert_ne!(a, b);
+        let nodes = rig.sched.send(Nodes).await.unwrap().unwrap();
+        let mut seen: Vec<(String, String)> = nodes
+            .workers
+            .iter()
+            .map(|w| (w.node.clone(), w.name.clone()))
+            .collect();
+        seen.sort();
+        assert_eq!(
+            seen,
+            vec![
+                ("node-a".to_owned(), "cpu-0".to_owned()),
+                ("node-b".to_owned(), "cpu-0".to_owned())
+            ]
+        );
+        assert_eq!(nodes.capacity.cpu_total, 2000);
+        let view = rig.view(job).await;
+        assert_eq!((view.state, view.attempt), (JobState::Running, 1));
+
+        // Node a's worker again (it restarted): its earlier registration goes, with its job.
+        let again = rig
+            .register_as(2, WorkerIdentity::new("node-a", "cpu-0"), 1000, Vec::new())
+            .await;
+        assert_ne!(again, a);
+        let nodes = rig.sched.send(Nodes).await.unwrap().unwrap();
+        let ids: Vec<_> = nodes.workers.iter().map(|w| w.worker).collect();
+        assert!(
+            ids.contains(&b) && ids.contains(&again) && !ids.contains(&a),
+            "{ids:?}"
+        );
+        assert_eq!(nodes.capacity.cpu_total, 2000);
+        // The lost attempt is requeued and placed again (attempt 2).
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let view = rig.view(job).await;
+            if view.attempt == 2 {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "still {view:?}");
+            tokio::time::sleep(support::ms(5)).await;
+        }
+        rig.stop().await;
+    });
+}
