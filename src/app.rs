@@ -1,5 +1,6 @@
-//! The `cadre` command line: `cadre serve` runs a node; the other subcommands are the client of
-//! its HTTP API; `cadre demo` shows a supervision tree at work. [`main`] is the whole program, so
+//! The `cadre` command line: `cadre serve` runs a node, `cadre agent` a worker node that joins
+//! one; the other subcommands are the client of its HTTP API; `cadre demo` shows a supervision
+//! tree at work. [`main`] is the whole program, so
 //! a node with extensions is a `main` that calls `cadre::app::main(extensions)`.
 
 use std::net::SocketAddr;
@@ -7,7 +8,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use cadre_runtime::{Config, Extensions, Flags, LogFormat, Node};
+use std::collections::BTreeMap;
+
+use cadre_runtime::{Agent, Config, Extensions, Flags, LogFormat, Node};
 
 use crate::cli::{CliError, Client, Output, SubmitArgs};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -40,6 +43,58 @@ struct Cli {
     command: Command,
 }
 
+/// What `serve` and `agent` share.
+#[derive(Debug, clap::Args)]
+struct NodeArgs {
+    /// A TOML config file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory (journal and job logs).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Prometheus endpoint address.
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
+    /// Log format.
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormatArg>,
+    /// This node's name (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// This node's datacenter.
+    #[arg(long)]
+    datacenter: Option<String>,
+    /// Plain TCP between the scheduler and its agents: no authentication, no encryption (TLS
+    /// is not built yet, so the cluster needs this flag).
+    #[arg(long)]
+    insecure_cluster: bool,
+}
+
+impl NodeArgs {
+    fn flags(self) -> Flags {
+        Flags {
+            config: self.config,
+            data_dir: self.data_dir,
+            metrics_addr: self.metrics_addr,
+            log_format: self.log_format.map(|f| match f {
+                LogFormatArg::Text => LogFormat::Text,
+                LogFormatArg::Json => LogFormat::Json,
+            }),
+            node_name: self.name,
+            datacenter: self.datacenter,
+            insecure_cluster: self.insecure_cluster,
+            ..Flags::default()
+        }
+    }
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormatArg {
     Text,
@@ -50,21 +105,28 @@ enum LogFormatArg {
 enum Command {
     /// Run a node: scheduler, worker, API and metrics.
     Serve {
-        /// A TOML config file.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Data directory (journal and job logs).
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        common: NodeArgs,
         /// API address.
         #[arg(long)]
         api_addr: Option<SocketAddr>,
-        /// Prometheus endpoint address.
+        /// Also accept agents on this address (`cadre agent --join`).
         #[arg(long)]
-        metrics_addr: Option<SocketAddr>,
-        /// Log format.
-        #[arg(long, value_enum)]
-        log_format: Option<LogFormatArg>,
+        cluster_addr: Option<SocketAddr>,
+        /// Run no worker here: schedule for the agents only (needs --cluster-addr).
+        #[arg(long)]
+        no_local_worker: bool,
+    },
+    /// Run an agent: a worker node that joins a scheduler (`cadre serve --cluster-addr`).
+    Agent {
+        #[command(flatten)]
+        common: NodeArgs,
+        /// The schedulers' cluster addresses, HOST:PORT[,HOST:PORT...].
+        #[arg(long, value_delimiter = ',', required = true)]
+        join: Vec<String>,
+        /// This agent's labels, KEY=VALUE[,KEY=VALUE...].
+        #[arg(long, value_delimiter = ',', value_parser = parse_label)]
+        labels: Vec<(String, String)>,
     },
     /// Submit a job; prints its id.
     Submit(SubmitArgs),
@@ -118,7 +180,13 @@ enum Command {
     },
 }
 
-fn serve(flags: Flags, extensions: Extensions) -> ExitCode {
+/// Which node `cadre` runs.
+enum Role {
+    Serve,
+    Agent,
+}
+
+fn serve(role: Role, flags: Flags, extensions: Extensions) -> ExitCode {
     let config = match Config::load(&flags, &|k| std::env::var(k).ok()) {
         Ok(c) => c,
         Err(error) => {
@@ -138,8 +206,15 @@ fn serve(flags: Flags, extensions: Extensions) -> ExitCode {
     // failure counted, once the recorder is there); the node runs on with the limit it has.
     cadre_cpu::rlimit::raise_open_files_logged();
     let result = actix::System::new().block_on(async move {
-        let node = Node::start(config, exporter, extensions).await?;
-        node.run().await
+        match role {
+            Role::Serve => Node::start(config, exporter, extensions).await?.run().await,
+            Role::Agent => {
+                Agent::start(config, exporter, extensions)
+                    .await?
+                    .run()
+                    .await
+            }
+        }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -193,25 +268,31 @@ pub fn main(extensions: Extensions) -> ExitCode {
     let client = Client::new(&cli.api, cli.output);
     let result: Result<(), CliError> = match cli.command {
         Command::Serve {
-            config,
-            data_dir,
+            common,
             api_addr,
-            metrics_addr,
-            log_format,
+            cluster_addr,
+            no_local_worker,
         } => {
-            return serve(
-                Flags {
-                    config,
-                    data_dir,
-                    api_addr,
-                    metrics_addr,
-                    log_format: log_format.map(|f| match f {
-                        LogFormatArg::Text => LogFormat::Text,
-                        LogFormatArg::Json => LogFormat::Json,
-                    }),
-                },
-                extensions,
-            )
+            let flags = Flags {
+                api_addr,
+                cluster_addr,
+                no_local_worker,
+                ..common.flags()
+            };
+            return serve(Role::Serve, flags, extensions);
+        }
+        Command::Agent {
+            common,
+            join,
+            labels,
+        } => {
+            let flags = Flags {
+                join: Some(join),
+                labels: (!labels.is_empty())
+                    .then(|| labels.into_iter().collect::<BTreeMap<_, _>>()),
+                ..common.flags()
+            };
+            return serve(Role::Agent, flags, extensions);
         }
         Command::Demo { seconds } => return demo(seconds),
         Command::Submit(args) => client.submit(args),

@@ -57,7 +57,7 @@ use crate::metrics as m;
 use crate::protocol::{Kill, KillReason, Register, SchedulerLink, WorkerLink};
 use crate::workload::ProgressReporter;
 
-pub use config::WorkerConfig;
+pub use config::{task_log_paths, WorkerConfig};
 use progress::FlushState;
 pub use progress::{CIRCUIT_FAILURES, CIRCUIT_OPEN};
 

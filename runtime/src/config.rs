@@ -2,6 +2,7 @@
 //! (`--config`), then `CADRE_*` environment variables, then command-line flags, each layer
 //! overriding the one before. Every value is checked once, with the field named in the error.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -80,6 +81,8 @@ pub struct Config {
     pub logs: LogsConfig,
     /// Confinement of command jobs (the `[cgroups]` table).
     pub cgroups: CgroupsConfig,
+    /// `[cluster]`: agents on other hosts.
+    pub cluster: ClusterConfig,
 }
 
 /// `[retention]`: ended jobs are removed (table, journal, logs) once they ended `max_age_secs`
@@ -159,6 +162,63 @@ pub struct CgroupsConfig {
     pub root: Option<PathBuf>,
 }
 
+/// `[cluster]`: a scheduler that accepts agents (`cadre serve --cluster-addr`), or an agent
+/// that joins one (`cadre agent --join`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// `serve`: where agents connect; none (the default) opens no cluster port.
+    pub addr: Option<SocketAddr>,
+    /// `serve`: whether the node runs a worker of its own (default true; `--no-local-worker`
+    /// makes it a scheduler only).
+    pub local_worker: bool,
+    /// `agent`: the schedulers' addresses (`host:port`), tried in turn.
+    pub join: Vec<String>,
+    /// Plain TCP between schedulers and agents, with no authentication or encryption: only on
+    /// a network you trust, said as a warning at every start. Required while TLS is not built.
+    pub insecure: bool,
+    /// This node's datacenter.
+    pub datacenter: String,
+    /// This node's labels (`agent`), for placement constraints.
+    pub labels: BTreeMap<String, String>,
+    /// How long a connection's handshake may take, in milliseconds.
+    pub handshake_timeout_ms: u64,
+    /// How long an agent's TCP connect may take, per address, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// How long an agent's request waits for its answer, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// The largest frame taken, in bytes.
+    pub max_frame_bytes: u32,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            addr: None,
+            local_worker: true,
+            join: Vec::new(),
+            insecure: false,
+            datacenter: "dc1".to_owned(),
+            labels: BTreeMap::new(),
+            handshake_timeout_ms: 10_000,
+            connect_timeout_ms: 3_000,
+            request_timeout_ms: 5_000,
+            max_frame_bytes: cadre_wire::DEFAULT_MAX_FRAME,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// The handshake's settings.
+    pub fn handshake(&self) -> cadre_wire::HandshakeConfig {
+        cadre_wire::HandshakeConfig {
+            timeout: Duration::from_millis(self.handshake_timeout_ms),
+            max_frame: self.max_frame_bytes,
+            ..cadre_wire::HandshakeConfig::default()
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -188,6 +248,7 @@ impl Default for Config {
             retention: RetentionConfig::default(),
             logs: LogsConfig::default(),
             cgroups: CgroupsConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -205,6 +266,20 @@ pub struct Flags {
     pub metrics_addr: Option<SocketAddr>,
     /// `--log-format`.
     pub log_format: Option<LogFormat>,
+    /// `--name`.
+    pub node_name: Option<String>,
+    /// `--cluster-addr` (serve).
+    pub cluster_addr: Option<SocketAddr>,
+    /// `--no-local-worker` (serve).
+    pub no_local_worker: bool,
+    /// `--join` (agent), comma-separated addresses.
+    pub join: Option<Vec<String>>,
+    /// `--insecure-cluster`.
+    pub insecure_cluster: bool,
+    /// `--datacenter`.
+    pub datacenter: Option<String>,
+    /// `--labels`, `key=value` pairs.
+    pub labels: Option<BTreeMap<String, String>>,
 }
 
 fn invalid(field: &str, reason: impl Into<String>) -> Error {
@@ -212,6 +287,15 @@ fn invalid(field: &str, reason: impl Into<String>) -> Error {
         field: field.to_owned(),
         reason: reason.into(),
     }
+}
+
+/// Splits a comma-separated list, dropping empty items.
+pub fn split_list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The longest node name taken.
@@ -361,6 +445,18 @@ impl Config {
         if let Some(v) = parse_env(env, "CADRE_CGROUPS_MAX_PIDS")? {
             config.cgroups.max_pids = Some(v);
         }
+        if let Some(v) = parse_env(env, "CADRE_CLUSTER_ADDR")? {
+            config.cluster.addr = Some(v);
+        }
+        if let Some(v) = env("CADRE_CLUSTER_JOIN") {
+            config.cluster.join = split_list(&v);
+        }
+        if let Some(v) = parse_env(env, "CADRE_CLUSTER_INSECURE")? {
+            config.cluster.insecure = v;
+        }
+        if let Some(v) = env("CADRE_DATACENTER") {
+            config.cluster.datacenter = v;
+        }
         if let Some(v) = env("CADRE_CGROUPS_ROOT") {
             config.cgroups.root = Some(PathBuf::from(v));
         }
@@ -375,6 +471,27 @@ impl Config {
         }
         if let Some(v) = flags.log_format {
             config.log_format = v;
+        }
+        if let Some(v) = &flags.node_name {
+            config.node_name = Some(v.clone());
+        }
+        if let Some(v) = flags.cluster_addr {
+            config.cluster.addr = Some(v);
+        }
+        if flags.no_local_worker {
+            config.cluster.local_worker = false;
+        }
+        if let Some(v) = &flags.join {
+            config.cluster.join = v.clone();
+        }
+        if flags.insecure_cluster {
+            config.cluster.insecure = true;
+        }
+        if let Some(v) = &flags.datacenter {
+            config.cluster.datacenter = v.clone();
+        }
+        if let Some(v) = &flags.labels {
+            config.cluster.labels = v.clone();
         }
         config.check()?;
         Ok(config)
@@ -471,6 +588,61 @@ impl Config {
         }
         if self.cgroups.max_pids == Some(0) {
             return Err(invalid("cgroups.max_pids", "must be at least 1"));
+        }
+        self.check_cluster()?;
+        Ok(())
+    }
+
+    fn check_cluster(&self) -> Result<(), Error> {
+        let c = &self.cluster;
+        if (c.addr.is_some() || !c.join.is_empty()) && !c.insecure {
+            return Err(invalid(
+                "cluster.insecure",
+                "the cluster runs over plain TCP only for now (TLS is not built yet): set \
+                 --insecure-cluster (cluster.insecure = true) on a network you trust",
+            ));
+        }
+        if c.addr.is_none() && !c.local_worker {
+            return Err(invalid(
+                "cluster.local_worker",
+                "a node with no local worker needs a cluster port (--cluster-addr) for agents",
+            ));
+        }
+        for (i, addr) in c.join.iter().enumerate() {
+            let ok = addr
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !ok {
+                return Err(invalid(
+                    &format!("cluster.join[{i}]"),
+                    format!("{addr:?} is not host:port"),
+                ));
+            }
+        }
+        check_node_name(&c.datacenter).map_err(|reason| invalid("cluster.datacenter", reason))?;
+        if c.labels.len() > cadre_wire::message::MAX_LABELS {
+            return Err(invalid(
+                "cluster.labels",
+                format!("at most {} labels", cadre_wire::message::MAX_LABELS),
+            ));
+        }
+        for (k, v) in &c.labels {
+            check_node_name(k).map_err(|reason| invalid(&format!("cluster.labels.{k}"), reason))?;
+            if v.len() > cadre_wire::message::MAX_LABEL_VALUE {
+                return Err(invalid(
+                    &format!("cluster.labels.{k}"),
+                    format!("longer than {} bytes", cadre_wire::message::MAX_LABEL_VALUE),
+                ));
+            }
+        }
+        if c.handshake_timeout_ms == 0 || c.connect_timeout_ms == 0 || c.request_timeout_ms == 0 {
+            return Err(invalid(
+                "cluster",
+                "handshake_timeout_ms, connect_timeout_ms and request_timeout_ms must be at least 1",
+            ));
+        }
+        if c.max_frame_bytes < 64 << 10 {
+            return Err(invalid("cluster.max_frame_bytes", "must be at least 65536"));
         }
         Ok(())
     }

@@ -2,7 +2,9 @@
 //! shutdown ([`node`]), the HTTP/JSON API under `/v1` ([`api`]) and the Prometheus endpoint
 //! ([`metrics`]).
 
+pub mod agent;
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod confine;
 pub mod error;
@@ -12,7 +14,9 @@ pub mod gpu_workloads;
 pub mod metrics;
 pub mod node;
 pub mod registry;
+mod worker_tree;
 
+pub use agent::Agent;
 pub use config::{Config, Flags, LogFormat};
 pub use error::Error;
 pub use extensions::Extensions;

@@ -12,23 +12,19 @@
 //!     └── cpu-0              worker: launcher, workloads, renewals, progress, self-fencing
 //! ```
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use actix::prelude::*;
 use cadre_actors::health::{HealthConfig, HealthMonitor};
 use cadre_actors::protocol::NodeEvent;
-use cadre_actors::sched::{PlacerConfig, WorkerCapacity};
+use cadre_actors::sched::PlacerConfig;
 use cadre_actors::scheduler::{
     CloseStore, Drain, HealthLink, Scheduler, SchedulerConfig, EVENT_CAPACITY,
 };
 use cadre_actors::store::{Store, StoreOptions};
-use cadre_actors::worker::{Worker, WorkerConfig};
 use cadre_actors::WorkerIdentity;
-use cadre_cpu::inventory::CpuInventory;
 use cadre_cpu::launcher::Launcher;
-use cadre_cpu::ledger::ProcessLedger;
 use cadre_cpu::{BackendSetting, IoEngine};
 use cadre_supervisor::{CallbackRunner, SupervisorRef, SupervisorSpec, WorkerSpec};
 use tokio::sync::broadcast;
@@ -37,7 +33,6 @@ use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::error::Error;
 use crate::extensions::Extensions;
-use crate::gpu::{GpuMonitor, GpuMonitorConfig};
 use crate::registry::NodeRegistry;
 
 /// A running node.
@@ -47,6 +42,8 @@ pub struct Node {
     api: actix_web::dev::ServerHandle,
     metrics: actix_web::dev::ServerHandle,
     servers: Vec<actix_rt::task::JoinHandle<std::io::Result<()>>>,
+    /// The cluster listener, when agents are accepted.
+    cluster: Option<actix_rt::task::JoinHandle<()>>,
     grace: Duration,
     /// The node's cgroup parent, removed once the tree has stopped.
     cgroups: Option<cadre_cpu::cgroup::Cgroups>,
@@ -59,9 +56,7 @@ fn data_dir_error(path: &std::path::Path, e: std::io::Error) -> Error {
     }
 }
 
-/// The one worker's name on its node (its child name in the tree): with the node's name, how
-/// the scheduler and the GPU monitor know it.
-pub const WORKER_NAME: &str = "cpu-0";
+pub use crate::worker_tree::WORKER_NAME;
 
 /// How long a stopping node waits for the cgroups of its last jobs to be released (each takes a
 /// freeze and a few polls at most) before it sweeps what is left.
@@ -165,114 +160,40 @@ impl Node {
             });
         }
 
-        let inventory = CpuInventory::read()?;
-        let capacity = WorkerCapacity {
-            cpu_millis: config
-                .worker_cpu_millis
-                .unwrap_or(inventory.online.len().max(1) as u64 * 1000),
-            memory_bytes: config
-                .worker_memory_bytes
-                .unwrap_or(inventory.memory_total_bytes),
-            gpus: (0..gpus.devices.len() as u32).collect(),
-        };
-        tracing::info!(
-            cpu_millis = capacity.cpu_millis,
-            memory_bytes = capacity.memory_bytes,
-            gpus = capacity.gpus.len(),
-            "worker capacity"
-        );
-        let gpu_devices = gpus.worker_devices();
-        let gpu_monitor = if gpu_devices.is_empty() {
-            None
-        } else {
-            match cadre_gpu::Sampler::new() {
-                Ok(sampler) => {
-                    let monitor_config = Arc::new(GpuMonitorConfig {
-                        devices: gpu_devices.clone(),
-                        worker: identity.clone(),
-                        every: Duration::from_millis(config.gpu_health_every_ms),
-                        limits: cadre_gpu::HealthLimits {
-                            max_temperature_celsius: config.gpu_max_temperature_celsius,
-                            ..cadre_gpu::HealthLimits::default()
-                        },
-                        source: Arc::new(sampler),
-                        scheduler: scheduler.clone().recipient(),
-                    });
-                    Some(WorkerSpec::new("gpu-health", move || {
-                        GpuMonitor::new(Arc::clone(&monitor_config))
-                    }))
-                }
-                Err(error) => {
-                    tracing::warn!(%error,
-                        "NVML unavailable: GPU health is not sampled and every GPU counts as healthy");
-                    None
-                }
-            }
-        };
         let Extensions {
             workloads: workload_specs,
             callbacks: callback_specs,
         } = extensions;
-        let mut workloads = BTreeMap::new();
-        // Each workload has its own restart limit; the group never escalates to the node.
-        let mut workloads_sup =
-            SupervisorSpec::one_for_one().intensity(u32::MAX, Duration::from_secs(1));
-        for (name, spec, recipient) in workload_specs {
-            workloads.insert(name, recipient);
-            workloads_sup = workloads_sup.child(spec);
-        }
-        let ledger_path = data_dir.join("cpu-0.processes");
-        let ledger = match ProcessLedger::open(&ledger_path) {
-            Ok((ledger, sweep)) => {
-                if !sweep.killed.is_empty() {
-                    tracing::warn!(killed = sweep.killed.len(), groups = ?sweep.killed,
-                        "killed job processes left running by the previous node");
-                }
-                Some(Mutex::new(ledger))
-            }
-            Err(error) => {
-                tracing::error!(path = %ledger_path.display(), %error,
-                    "process ledger unavailable: processes of a crashed node are not swept");
-                None
-            }
+        let parts = if config.cluster.local_worker {
+            let link_addr = scheduler.clone();
+            Some(crate::worker_tree::build(crate::worker_tree::Inputs {
+                config: &config,
+                identity: identity.clone(),
+                engine: engine.clone(),
+                log_dir: log_dir.clone(),
+                scratch_dir,
+                data_dir: data_dir.clone(),
+                gpus: &gpus,
+                cgroups: cgroups.clone(),
+                workloads: workload_specs,
+                resolve: Arc::new(move || Scheduler::link(&link_addr, "cadre/scheduler")),
+                heartbeats: Some(health.clone().recipient()),
+                gpu_health: scheduler.clone().recipient(),
+            })?)
+        } else {
+            tracing::info!("no local worker: this node schedules for its agents only");
+            None
         };
-        let link_addr = scheduler.clone();
-        let worker_config = Arc::new(WorkerConfig {
-            identity: identity.clone(),
-            capacity,
-            launcher: Launcher::new(engine.clone()),
-            log_dir: log_dir.clone(),
-            resolve: Arc::new(move || Scheduler::link(&link_addr, "cadre/scheduler")),
-            health: Some(health.recipient()),
-            workloads,
-            gpus: gpu_devices,
-            renew_every,
-            progress_every: Duration::from_millis(config.progress_every_ms),
-            fence_margin: Duration::from_millis(config.fence_margin_ms),
-            term_grace: Duration::from_millis(config.kill_grace_ms),
-            ledger,
-            cgroups: cgroups.clone(),
-            max_pids: config.cgroups.max_pids,
-            scratch_dir,
-            base_env: crate::confine::base_env(&|k| std::env::var(k).ok()),
-            log_cap: Some(config.logs.max_bytes_per_stream),
-        });
-        let wc = Arc::clone(&worker_config);
-        let worker_spec = WorkerSpec::new(WORKER_NAME, move || Worker::new(Arc::clone(&wc)))
-            .mailbox_capacity(65_536);
-        let workers = SupervisorSpec::one_for_one()
-            .intensity(10, Duration::from_secs(60))
-            .child(worker_spec)
-            .into_child("workers");
         let mut root = SupervisorSpec::one_for_one()
             .intensity(10, Duration::from_secs(60))
             .child(callbacks_spec.into_child("callbacks"))
             .child(scheduler_spec)
-            .child(health_spec)
-            .child(workloads_sup.into_child("workloads"))
-            .child(workers);
-        if let Some(monitor) = gpu_monitor {
-            root = root.child(monitor);
+            .child(health_spec);
+        if let Some(parts) = parts {
+            root = root.child(parts.workloads).child(parts.workers);
+            if let Some(monitor) = parts.gpu_monitor {
+                root = root.child(monitor);
+            }
         }
         let root = root.start("cadre").await?;
         for spec in callback_specs {
@@ -289,7 +210,7 @@ impl Node {
             limits: cadre_actors::Limits::default(),
             failures: journal,
             events,
-            worker: worker_config,
+            log_dir: log_dir.clone(),
             max_batch_jobs: config.max_batch_jobs,
             log_reader: Launcher::new(engine).log_reader(),
             max_body_bytes: config.max_body_bytes,
@@ -305,6 +226,26 @@ impl Node {
             config.max_body_bytes,
             config.api_threads,
         )?;
+        let cluster = match config.cluster.addr {
+            Some(addr) => {
+                crate::cluster::describe();
+                tracing::warn!(%addr,
+                    "the cluster port is plain TCP (--insecure-cluster): agents are not authenticated and nothing is encrypted");
+                let (bound, task) =
+                    crate::cluster::server::listen(crate::cluster::server::ServerConfig {
+                        addr,
+                        handshake: config.cluster.handshake(),
+                        scheduler: scheduler.clone(),
+                        heartbeats: health.clone().recipient(),
+                        name: identity.node.clone(),
+                        lease_ttl: config.lease_ttl(),
+                    })
+                    .await?;
+                tracing::info!(cluster = %bound, "accepting agents");
+                Some(task)
+            }
+            None => None,
+        };
         let (metrics_server, metrics_handle) =
             crate::metrics::server(prometheus, config.metrics_addr)?;
         let servers = vec![actix_rt::spawn(api_server), actix_rt::spawn(metrics_server)];
@@ -316,6 +257,7 @@ impl Node {
             api: api_handle,
             metrics: metrics_handle,
             servers,
+            cluster,
             grace: Duration::from_secs(config.shutdown_grace_secs),
             cgroups,
         })
@@ -385,29 +327,15 @@ impl Node {
             tracing::error!(%error, "scheduler unreachable to flush the journal");
         }
         self.api.stop(true).await;
+        if let Some(cluster) = &self.cluster {
+            // No new agents; the connections of those connected end with the tree.
+            cluster.abort();
+        }
         let result = self.root.stop().await;
         // Every job has stopped with the tree: the node's cgroup parent goes too (a node killed
         // outright leaves it for the next start on this data directory to sweep).
         if let Some(cgroups) = self.cgroups {
-            // The groups of the last jobs are released off their threads: wait for that, so
-            // that the sweep neither races them nor takes their groups for leftovers.
-            if !cgroups.wait_released(CGROUP_RELEASE_WAIT).await {
-                tracing::warn!(
-                    groups = cgroups.live_count(),
-                    wait_secs = CGROUP_RELEASE_WAIT.as_secs(),
-                    "job cgroups still being released at shutdown; the sweep takes them"
-                );
-            }
-            match cgroups.sweep().await {
-                Ok(left) if !left.is_empty() => {
-                    tracing::warn!(groups = left.len(), "killed job cgroups left at shutdown")
-                }
-                Ok(_) => {}
-                Err(error) => tracing::debug!(%error, "job cgroups not swept at shutdown"),
-            }
-            if let Err(error) = cgroups.remove().await {
-                tracing::debug!(%error, "the node's cgroup parent was not removed");
-            }
+            release_cgroups(cgroups).await;
         }
         self.metrics.stop(true).await;
         for server in self.servers {
@@ -422,15 +350,39 @@ impl Node {
     }
 }
 
+/// Removes the node's cgroup parent once every job has stopped: waits (a bounded time) for the
+/// last groups' releases, sweeps what is left, then removes the parent.
+pub(crate) async fn release_cgroups(cgroups: cadre_cpu::cgroup::Cgroups) {
+    // The groups of the last jobs are released off their threads: wait for that, so that the
+    // sweep neither races them nor takes their groups for leftovers.
+    if !cgroups.wait_released(CGROUP_RELEASE_WAIT).await {
+        tracing::warn!(
+            groups = cgroups.live_count(),
+            wait_secs = CGROUP_RELEASE_WAIT.as_secs(),
+            "job cgroups still being released at shutdown; the sweep takes them"
+        );
+    }
+    match cgroups.sweep().await {
+        Ok(left) if !left.is_empty() => {
+            tracing::warn!(groups = left.len(), "killed job cgroups left at shutdown")
+        }
+        Ok(_) => {}
+        Err(error) => tracing::debug!(%error, "job cgroups not swept at shutdown"),
+    }
+    if let Err(error) = cgroups.remove().await {
+        tracing::debug!(%error, "the node's cgroup parent was not removed");
+    }
+}
+
 /// The signals that stop a node (see [`Node::run`]).
-struct Signals {
+pub(crate) struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
-    fn new() -> Result<Signals, Error> {
+    pub(crate) fn new() -> Result<Signals, Error> {
         use tokio::signal::unix::{signal, SignalKind};
         let listen = |kind: SignalKind, name: &str| {
             signal(kind).map_err(|source| Error::Listen {
@@ -447,7 +399,7 @@ impl Signals {
     }
 
     /// The name of the next stopping signal.
-    async fn next(&mut self) -> &'static str {
+    pub(crate) async fn next(&mut self) -> &'static str {
         tokio::select! {
             _ = self.term.recv() => "SIGTERM",
             _ = self.int.recv() => "SIGINT",

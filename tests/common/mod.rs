@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod cluster;
 pub mod tmpfs;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_cadre");
@@ -35,7 +36,7 @@ impl Drop for Scratch {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -65,6 +66,11 @@ pub struct Server {
     env: Vec<(String, String)>,
     api_port: u16,
     metrics_port: u16,
+    /// More arguments of `serve`.
+    args: Vec<String>,
+    /// What says it has started: `/readyz` (a worker is registered), or `/healthz` for a
+    /// scheduler without a worker of its own.
+    ready: &'static str,
 }
 
 impl Server {
@@ -97,6 +103,8 @@ impl Server {
                 .collect(),
             api_port: free_port(),
             metrics_port: free_port(),
+            args: Vec::new(),
+            ready: "/readyz",
         };
         server.api = format!("http://127.0.0.1:{}", server.api_port);
         server.metrics = format!("http://127.0.0.1:{}/metrics", server.metrics_port);
@@ -138,10 +146,46 @@ impl Server {
             // Pruning for disk space would make what a test keeps depend on how full the CI
             // machine's disk is (a test that wants it sets its own).
             .env("CADRE_RETENTION_MAX_DISK_USED_PERCENT", "100");
+        cmd.args(&self.args);
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
         cmd
+    }
+
+    /// Starts a scheduler with no worker of its own that accepts agents on `cluster_port`
+    /// (plain TCP), and waits until it answers `/healthz`.
+    pub fn start_scheduler(dir: &Path, cluster_port: u16, env: &[(&str, &str)]) -> Server {
+        let mut server = Server {
+            child: None,
+            bin: PathBuf::from(BIN),
+            api: String::new(),
+            metrics: String::new(),
+            data_dir: dir.join("data"),
+            log: dir.join("server.log"),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            api_port: free_port(),
+            metrics_port: free_port(),
+            args: [
+                "--cluster-addr",
+                &format!("127.0.0.1:{cluster_port}"),
+                "--no-local-worker",
+                "--insecure-cluster",
+                "--name",
+                "sched",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            ready: "/healthz",
+        };
+        server.api = format!("http://127.0.0.1:{}", server.api_port);
+        server.metrics = format!("http://127.0.0.1:{}/metrics", server.metrics_port);
+        server.spawn();
+        server
     }
 
     /// Starts the (stopped) node once more, expecting it to refuse to start: waits at most
@@ -208,7 +252,7 @@ impl Server {
                     self.log_text()
                 );
             }
-            if let Ok((200, _)) = self.try_get("/readyz") {
+            if let Ok((200, _)) = self.try_get(self.ready) {
                 return;
             }
             assert!(

@@ -233,6 +233,31 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         Ok(frame.len())
     }
 
+    /// Encodes `msgs` into one buffer and writes it with one flush (a writer that drains a
+    /// queue sends what piled up in one system call); returns the bytes written. A message that
+    /// cannot be encoded is an error before anything is written.
+    pub async fn send_all<M: WireMessage>(&mut self, msgs: &[M]) -> Result<usize, WireError> {
+        let mut out = Vec::new();
+        let mut kinds = Vec::with_capacity(msgs.len());
+        for msg in msgs {
+            let frame = encode(msg, self.max)?;
+            kinds.push((msg.kind(), frame.len()));
+            out.extend_from_slice(&frame);
+        }
+        self.stream
+            .write_all(&out)
+            .await
+            .map_err(WireError::io("writing frames"))?;
+        self.stream
+            .flush()
+            .await
+            .map_err(WireError::io("flushing frames"))?;
+        for (kind, len) in kinds {
+            m::frame("out", kind, len);
+        }
+        Ok(out.len())
+    }
+
     /// The stream back.
     pub fn into_inner(self) -> W {
         self.stream

@@ -66,6 +66,14 @@ pub struct WorkerConfig {
     pub log_cap: Option<u64>,
 }
 
+/// The stdout and stderr log paths of task `task` of `job` in `log_dir`.
+pub fn task_log_paths(log_dir: &std::path::Path, job: JobId, task: u32) -> (PathBuf, PathBuf) {
+    (
+        log_dir.join(format!("{job}.{task}.out")),
+        log_dir.join(format!("{job}.{task}.err")),
+    )
+}
+
 /// A change to the process ledger (see [`WorkerConfig::ledger`]).
 #[derive(Debug, Clone, Copy)]
 pub(super) enum LedgerChange {
@@ -98,10 +106,7 @@ impl WorkerConfig {
 
     /// The stdout and stderr log paths of a task.
     pub fn log_paths(&self, job: JobId, task: u32) -> (PathBuf, PathBuf) {
-        (
-            self.log_dir.join(format!("{job}.{task}.out")),
-            self.log_dir.join(format!("{job}.{task}.err")),
-        )
+        task_log_paths(&self.log_dir, job, task)
     }
 
     /// The scratch directory of a task (its working directory unless its spec names one).

@@ -13,6 +13,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use cadre_actors::job::JobId;
 use cadre_actors::scheduler::GetJob;
+use cadre_actors::worker::task_log_paths;
 use serde::Deserialize;
 use tokio::sync::{broadcast, watch};
 
@@ -58,7 +59,7 @@ pub(super) async fn logs(
         Ok(Err(e)) => return actors_error(ROUTE, e),
         Err(e) => return mailbox(ROUTE, e),
     };
-    let (out, err) = state.worker.log_paths(id, query.task.unwrap_or(0));
+    let (out, err) = task_log_paths(&state.log_dir, id, query.task.unwrap_or(0));
     let file = match query.stream.as_deref().unwrap_or("stdout") {
         "stdout" => out,
         "stderr" => err,

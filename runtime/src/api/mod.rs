@@ -33,7 +33,6 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use cadre_actors::job::{FieldError, JobId, Limits};
 use cadre_actors::protocol::JobEvent;
 use cadre_actors::scheduler::{Nodes, Ready, Scheduler};
-use cadre_actors::worker::WorkerConfig;
 use cadre_cpu::launcher::LogReader;
 use cadre_supervisor::FailureJournal;
 use futures_util::StreamExt;
@@ -56,8 +55,8 @@ pub struct ApiState {
     pub failures: FailureJournal,
     /// Job events.
     pub events: broadcast::Sender<JobEvent>,
-    /// The worker's settings (for log paths).
-    pub worker: Arc<WorkerConfig>,
+    /// Where the local worker writes job logs (`<job>.<task>.out` and `.err`).
+    pub log_dir: std::path::PathBuf,
     /// Jobs one batch may hold.
     pub max_batch_jobs: usize,
     /// Reads job logs.

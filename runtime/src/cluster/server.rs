@@ -1,0 +1,414 @@
+//! The scheduler's side of the cluster: a TCP listener, and for each agent a connection that
+//! shakes hands, registers the agent's worker with the scheduler, and then carries messages
+//! both ways until either side closes.
+//!
+//! Per connection: one task reads the agent's frames and answers each request after the
+//! scheduler has (in the order they came, so a task's start is handled before its end); one
+//! task writes what is queued for the agent, a batch per write; an `AgentLink` actor is the
+//! worker's link the scheduler sends `Assign` and `Kill` to. A connection that ends (the agent
+//! closed it, it died, a frame was malformed) ends the worker's registration: its leases are
+//! revoked and its jobs requeued, as for a worker the health monitor declares dead. An agent
+//! that goes silent without closing (cut off, frozen) stops renewing, so the health monitor,
+//! fed by its renewals, declares it dead.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use cadre_actors::ids::{WorkerId, WorkerIdentity};
+use cadre_actors::protocol::{
+    Assign, Finished, GpuHealth, Heartbeat, Kill, ProgressFlush, Register, Renew, Started,
+    WorkerDead, WorkerLink,
+};
+use cadre_actors::scheduler::Scheduler;
+use cadre_wire::{
+    HandshakeConfig, HelloAnswer, Refusal, RefusalKind, SchedulerAnswer, SchedulerRequest,
+    ToScheduler, ToWorker, Welcome, WireError,
+};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::{micros, write_loop, AGENTS_CONNECTED, CONNECTION_ERRORS, UNEXPECTED_FRAMES};
+use crate::error::Error;
+
+/// What the cluster listener needs.
+pub struct ServerConfig {
+    /// Where agents connect.
+    pub addr: SocketAddr,
+    /// Versions, deadline and frame limits of the handshake.
+    pub handshake: HandshakeConfig,
+    /// The scheduler the agents' workers register with.
+    pub scheduler: Addr<Scheduler>,
+    /// The health monitor: each renewal of an agent is its heartbeat.
+    pub heartbeats: Recipient<Heartbeat>,
+    /// This node's name, told to agents in `Welcome`.
+    pub name: String,
+    /// A lease's time to live, told to agents in `Welcome`.
+    pub lease_ttl: Duration,
+}
+
+/// Binds the cluster port and serves it until the returned task is aborted; returns the bound
+/// address (the port chosen, for `:0`) and the task.
+pub async fn listen(
+    config: ServerConfig,
+) -> Result<(SocketAddr, actix_rt::task::JoinHandle<()>), Error> {
+    let listener = TcpListener::bind(config.addr)
+        .await
+        .map_err(|source| Error::Listen {
+            what: "cluster listener",
+            addr: config.addr.to_string(),
+            source,
+        })?;
+    let bound = listener.local_addr().map_err(|source| Error::Listen {
+        what: "cluster listener",
+        addr: config.addr.to_string(),
+        source,
+    })?;
+    metrics::gauge!(AGENTS_CONNECTED).set(0.0);
+    let config = Arc::new(config);
+    let task = actix_rt::spawn(accept_loop(listener, config));
+    Ok((bound, task))
+}
+
+async fn accept_loop(listener: TcpListener, config: Arc<ServerConfig>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                if let Err(error) = stream.set_nodelay(true) {
+                    tracing::debug!(%peer, %error, "TCP_NODELAY not set on a cluster connection");
+                }
+                actix_rt::spawn(serve_agent(stream, peer, Arc::clone(&config)));
+            }
+            Err(error) => {
+                // Out of descriptors, mostly: wait a little instead of spinning.
+                tracing::error!(%error, "cluster listener could not accept a connection");
+                metrics::counter!(CONNECTION_ERRORS, "side" => "scheduler", "kind" => "accept")
+                    .increment(1);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Logs and counts a connection's end by an error (a peer's doing: a warning).
+fn ended(peer: SocketAddr, worker: Option<WorkerId>, error: &WireError, during: &'static str) {
+    tracing::warn!(%peer, worker = worker.map(|w| w.0), kind = error.kind(), %error, during,
+        "cluster connection ended");
+    metrics::counter!(CONNECTION_ERRORS, "side" => "scheduler", "kind" => error.kind())
+        .increment(1);
+}
+
+async fn refuse(
+    conn: &mut cadre_wire::Connection<tokio::net::tcp::OwnedReadHalf, OwnedWriteHalf>,
+    peer: SocketAddr,
+    refusal: Refusal,
+) {
+    tracing::warn!(%peer, kind = refusal.kind.as_str(), reason = %refusal.message,
+        "agent refused");
+    metrics::counter!(cadre_wire::metrics::HANDSHAKE_REFUSALS,
+        "reason" => refusal.kind.as_str(), "side" => "scheduler")
+    .increment(1);
+    if let Err(error) = conn.writer.send(&HelloAnswer::Refused(refusal)).await {
+        tracing::debug!(%peer, %error, "the refusal did not reach the agent");
+    }
+}
+
+async fn serve_agent(stream: TcpStream, peer: SocketAddr, config: Arc<ServerConfig>) {
+    let epoch = Instant::now();
+    let (r, w) = stream.into_split();
+    let (mut conn, hello) = match cadre_wire::accept(r, w, &config.handshake).await {
+        Ok(accepted) => accepted,
+        Err(error) => {
+            // Counted by the handshake; said here, with the peer.
+            tracing::warn!(%peer, kind = error.kind(), %error, "cluster handshake refused");
+            return;
+        }
+    };
+    if let Err(refusal) = hello.validate() {
+        refuse(&mut conn, peer, refusal).await;
+        return;
+    }
+    let identity = WorkerIdentity::new(hello.node.clone(), hello.worker.clone());
+    let (queue, outgoing) = mpsc::unbounded_channel::<ToWorker>();
+    let link = AgentLink {
+        queue: queue.clone(),
+        epoch,
+    }
+    .start();
+    let registered = config
+        .scheduler
+        .send(Register {
+            identity: identity.clone(),
+            capacity: hello.capacity.clone(),
+            link: WorkerLink {
+                assign: link.clone().recipient(),
+                kill: link.clone().recipient(),
+            },
+        })
+        .await;
+    let worker = match registered {
+        Ok(Ok(worker)) => worker,
+        Ok(Err(error)) => {
+            link.do_send(CloseLink);
+            refuse(&mut conn, peer, Refusal::from(&error)).await;
+            return;
+        }
+        Err(error) => {
+            link.do_send(CloseLink);
+            refuse(
+                &mut conn,
+                peer,
+                Refusal::new(
+                    RefusalKind::Unavailable,
+                    format!("the scheduler is unreachable: {error}"),
+                ),
+            )
+            .await;
+            return;
+        }
+    };
+    let welcome = HelloAnswer::Welcome(Welcome {
+        worker,
+        scheduler: config.name.clone(),
+        lease_ttl_ms: config.lease_ttl.as_millis() as u64,
+        clock_us: micros(epoch.elapsed()),
+    });
+    if let Err(error) = conn.writer.send(&welcome).await {
+        ended(peer, Some(worker), &error, "welcome");
+        link.do_send(CloseLink);
+        config.scheduler.do_send(WorkerDead {
+            worker,
+            reason: format!("its connection from {peer} failed before it was welcomed"),
+        });
+        return;
+    }
+    tracing::info!(%peer, worker = worker.0, %identity, datacenter = %hello.datacenter,
+        version = conn.version, software = %hello.software, cpu_millis = hello.capacity.cpu_millis,
+        gpus = hello.gpus.len(), running = hello.running.len(), "agent connected");
+    metrics::gauge!(AGENTS_CONNECTED).increment(1.0);
+    let cadre_wire::Connection {
+        mut reader, writer, ..
+    } = conn;
+    let mut writing = actix_rt::spawn(write_loop(writer, outgoing));
+    let session = Session {
+        worker,
+        identity,
+        epoch,
+        queue,
+        config: Arc::clone(&config),
+    };
+    let reason = loop {
+        tokio::select! {
+            frame = reader.recv::<ToScheduler>() => match frame {
+                Ok(msg) => session.handle(msg).await,
+                Err(WireError::Closed) => {
+                    tracing::warn!(%peer, worker = worker.0, "agent closed its connection: its registration ends");
+                    break "closed".to_owned();
+                }
+                Err(error) => {
+                    ended(peer, Some(worker), &error, "reading");
+                    break error.to_string();
+                }
+            },
+            written = &mut writing => {
+                match written {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => ended(peer, Some(worker), &error, "writing"),
+                    Err(error) => tracing::error!(%peer, worker = worker.0, %error,
+                        "cluster writer task failed"),
+                }
+                break "its writes failed".to_owned();
+            }
+        }
+    };
+    writing.abort();
+    link.do_send(CloseLink);
+    metrics::gauge!(AGENTS_CONNECTED).decrement(1.0);
+    config.scheduler.do_send(WorkerDead {
+        worker,
+        reason: format!("its connection from {peer} ended: {reason}"),
+    });
+}
+
+/// One agent's connection after the handshake: turns its requests into the scheduler's messages.
+struct Session {
+    worker: WorkerId,
+    identity: WorkerIdentity,
+    epoch: Instant,
+    queue: mpsc::UnboundedSender<ToWorker>,
+    config: Arc<ServerConfig>,
+}
+
+fn unreachable(error: MailboxError) -> Refusal {
+    Refusal::new(
+        RefusalKind::Unavailable,
+        format!("the scheduler is unreachable: {error}"),
+    )
+}
+
+fn answered<T>(
+    reply: Result<Result<T, cadre_actors::Error>, MailboxError>,
+    ok: impl FnOnce(T) -> SchedulerAnswer,
+) -> Result<SchedulerAnswer, Refusal> {
+    match reply {
+        Ok(Ok(value)) => Ok(ok(value)),
+        Ok(Err(error)) => Err(Refusal::from(&error)),
+        Err(error) => Err(unreachable(error)),
+    }
+}
+
+impl Session {
+    async fn handle(&self, msg: ToScheduler) {
+        let scheduler = &self.config.scheduler;
+        let worker = self.worker;
+        match msg {
+            ToScheduler::Request { id, request } => {
+                let answer = match request {
+                    SchedulerRequest::Renew { leases } => {
+                        if let Err(error) = self.config.heartbeats.try_send(Heartbeat { worker }) {
+                            tracing::warn!(worker = worker.0, %error,
+                                "an agent's heartbeat did not reach the health monitor");
+                            metrics::counter!(cadre_actors::metrics::WORKER_SEND_FAILURES,
+                                "msg" => "heartbeat")
+                            .increment(1);
+                        }
+                        answered(
+                            scheduler.send(Renew { worker, leases }).await,
+                            SchedulerAnswer::Renewed,
+                        )
+                    }
+                    SchedulerRequest::Started { job, token } => {
+                        answered(scheduler.send(Started { worker, job, token }).await, |()| {
+                            SchedulerAnswer::Done
+                        })
+                    }
+                    SchedulerRequest::Finished {
+                        job,
+                        token,
+                        end,
+                        output,
+                    } => answered(
+                        scheduler
+                            .send(Finished {
+                                worker,
+                                job,
+                                token,
+                                end,
+                                output,
+                            })
+                            .await,
+                        |()| SchedulerAnswer::Done,
+                    ),
+                    SchedulerRequest::Progress { seq, updates } => answered(
+                        scheduler
+                            .send(ProgressFlush {
+                                worker,
+                                seq,
+                                updates,
+                            })
+                            .await,
+                        SchedulerAnswer::Progress,
+                    ),
+                    SchedulerRequest::GpuHealth {
+                        index,
+                        healthy,
+                        reason,
+                    } => answered(
+                        scheduler
+                            .send(GpuHealth {
+                                worker: self.identity.clone(),
+                                index,
+                                healthy,
+                                reason,
+                            })
+                            .await,
+                        |()| SchedulerAnswer::Done,
+                    ),
+                };
+                self.send(ToWorker::Answer { id, answer });
+            }
+            ToScheduler::Ping { id } => self.send(ToWorker::Pong {
+                id,
+                clock_us: micros(self.epoch.elapsed()),
+            }),
+            other @ (ToScheduler::Answer { .. } | ToScheduler::Pong { .. }) => {
+                // This scheduler sends no requests or pings yet.
+                tracing::warn!(
+                    worker = worker.0,
+                    kind = cadre_wire::WireMessage::kind(&other),
+                    "agent sent an answer to nothing this scheduler asked"
+                );
+                metrics::counter!(UNEXPECTED_FRAMES, "side" => "scheduler",
+                    "type" => cadre_wire::WireMessage::kind(&other))
+                .increment(1);
+            }
+        }
+    }
+
+    fn send(&self, msg: ToWorker) {
+        // The writer is gone only when the connection is ending; the reader sees that next.
+        if self.queue.send(msg).is_err() {
+            tracing::debug!(
+                worker = self.worker.0,
+                "answer dropped: the connection is closing"
+            );
+        }
+    }
+}
+
+/// The worker's link for one agent: `Assign` and `Kill` from the scheduler become frames.
+struct AgentLink {
+    queue: mpsc::UnboundedSender<ToWorker>,
+    epoch: Instant,
+}
+
+impl Actor for AgentLink {
+    type Context = Context<Self>;
+}
+
+/// Stops an [`AgentLink`]: its connection ended, so the scheduler's next delivery to it fails.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct CloseLink;
+
+impl Handler<CloseLink> for AgentLink {
+    type Result = ();
+    fn handle(&mut self, _: CloseLink, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl AgentLink {
+    fn queue(&mut self, msg: ToWorker, ctx: &mut Context<Self>) {
+        if self.queue.send(msg).is_err() {
+            // The connection is ending: the scheduler learns it from the next delivery.
+            ctx.stop();
+        }
+    }
+}
+
+impl Handler<Assign> for AgentLink {
+    type Result = ();
+    fn handle(&mut self, msg: Assign, ctx: &mut Context<Self>) {
+        let now = self.epoch.elapsed();
+        let deadline = now + msg.lease_ttl;
+        self.queue(
+            ToWorker::Assign {
+                assign: Box::new(msg),
+                clock_us: micros(now),
+                lease_deadline_us: micros(deadline),
+            },
+            ctx,
+        );
+    }
+}
+
+impl Handler<Kill> for AgentLink {
+    type Result = ();
+    fn handle(&mut self, msg: Kill, ctx: &mut Context<Self>) {
+        self.queue(ToWorker::Kill(msg), ctx);
+    }
+}

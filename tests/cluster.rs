@@ -1,0 +1,261 @@
+//! The cluster with real processes on loopback: a scheduler with no worker of its own
+//! (`cadre serve --cluster-addr --no-local-worker`) and agents (`cadre agent --join`). Jobs
+//! spread over the agents, a gang spans them, the jobs of an agent killed with SIGKILL run
+//! again on the others, an agent comes back to a restarted scheduler, and the cluster port
+//! refuses strangers, other protocol versions and oversized frames while serving on.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::cluster::{wait_workers, workers, Agent};
+use common::{free_port, wait_for, Scratch, Server};
+use serde_json::Value;
+
+const SECS_30: Duration = Duration::from_secs(30);
+const ONE_CPU: [(&str, &str); 1] = [("CADRE_WORKER_CPU_MILLIS", "1000")];
+
+/// The worker ids holding a job's tasks.
+fn grant_workers(job: &Value) -> Vec<u64> {
+    job["grants"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no grants: {job}"))
+        .iter()
+        .map(|g| g["worker"].as_u64().unwrap())
+        .collect()
+}
+
+/// The id the scheduler gave the worker registered as `node/name`.
+fn worker_id(sched: &Server, node_name: &str) -> u64 {
+    let (_, body) = sched.get("/v1/nodes");
+    body["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| {
+            format!(
+                "{}/{}",
+                w["node"].as_str().unwrap(),
+                w["name"].as_str().unwrap()
+            ) == node_name
+        })
+        .unwrap_or_else(|| panic!("{node_name} not registered: {body}"))["worker"]
+        .as_u64()
+        .unwrap()
+}
+
+#[test]
+fn jobs_spread_over_agents_gangs_span_them_and_a_killed_agents_jobs_run_elsewhere() {
+    let dir = Scratch::new("cluster-spread");
+    let port = free_port();
+    let sched = Server::start_scheduler(dir.path(), port, &[]);
+    let join = format!("127.0.0.1:{port}");
+    let mut agents: Vec<Agent> = ["a1", "a2", "a3"]
+        .iter()
+        .map(|name| Agent::start(dir.path(), name, &join, &ONE_CPU))
+        .collect();
+    wait_workers(&sched, &["a1/cpu-0", "a2/cpu-0", "a3/cpu-0"], SECS_30);
+
+    // One CPU each: three one-CPU jobs run on three agents at once.
+    let ids: Vec<u64> = (0..3)
+        .map(|_| sched.submit(&[], &["/bin/sleep", "2"]))
+        .collect();
+    let mut on = BTreeSet::new();
+    for id in &ids {
+        let job = sched.wait_state(*id, "running", SECS_30);
+        on.extend(grant_workers(&job));
+    }
+    assert_eq!(on.len(), 3, "three jobs on three agents: {on:?}");
+    for id in &ids {
+        sched.wait_state(*id, "succeeded", SECS_30);
+    }
+
+    // A gang of two spans two agents, all or nothing.
+    let gang = sched.submit(&["--gang", "2"], &["/bin/sleep", "1"]);
+    let job = sched.wait_state(gang, "running", SECS_30);
+    let held: BTreeSet<u64> = grant_workers(&job).into_iter().collect();
+    assert_eq!(held.len(), 2, "a gang of two on two agents: {job}");
+    sched.wait_state(gang, "succeeded", SECS_30);
+
+    // SIGKILL one agent while each runs a job: its job runs again on another, the others once.
+    let ids: Vec<u64> = (0..3)
+        .map(|_| sched.submit(&[], &["/bin/sleep", "2"]))
+        .collect();
+    for id in &ids {
+        sched.wait_state(*id, "running", SECS_30);
+    }
+    let a1 = worker_id(&sched, "a1/cpu-0");
+    let victim = *ids
+        .iter()
+        .find(|id| grant_workers(&sched.job(**id)) == vec![a1])
+        .unwrap();
+    agents[0].kill9();
+    wait_workers(&sched, &["a2/cpu-0", "a3/cpu-0"], SECS_30);
+    for id in &ids {
+        let job = sched.wait_state(*id, "succeeded", SECS_30);
+        let attempt = job["attempt"].as_u64().unwrap();
+        if *id == victim {
+            assert_eq!(attempt, 2, "the killed agent's job ran again: {job}");
+            let loss = job["last_loss"].as_str().unwrap_or_default();
+            assert!(loss.contains(&format!("worker {a1} died")), "{job}");
+        } else {
+            assert_eq!(attempt, 1, "a job on a live agent ran once: {job}");
+        }
+    }
+    assert!(
+        sched
+            .log_text()
+            .contains("worker dead: its leases are revoked"),
+        "{}",
+        sched.log_text()
+    );
+    for agent in agents.iter_mut().skip(1) {
+        agent.stop();
+    }
+}
+
+#[test]
+fn an_agent_comes_back_to_a_restarted_scheduler() {
+    let dir = Scratch::new("cluster-restart");
+    let port = free_port();
+    let mut sched = Server::start_scheduler(dir.path(), port, &[]);
+    let join = format!("127.0.0.1:{port}");
+    let mut agent = Agent::start(dir.path(), "a1", &join, &[]);
+    wait_workers(&sched, &["a1/cpu-0"], SECS_30);
+    let first = sched.submit(&[], &["/bin/true"]);
+    sched.wait_state(first, "succeeded", SECS_30);
+
+    sched.kill9();
+    sched.spawn();
+    // The agent reconnects (with backoff) and registers again.
+    wait_workers(&sched, &["a1/cpu-0"], SECS_30);
+    let second = sched.submit(&[], &["/bin/true"]);
+    sched.wait_state(second, "succeeded", SECS_30);
+    assert_eq!(sched.state(first), "succeeded", "kept through the restart");
+    let agent_log = agent.log_text();
+    assert!(
+        agent_log.contains("connection to the scheduler")
+            || agent_log.contains("closed the connection"),
+        "the agent said it lost its scheduler:\n{agent_log}"
+    );
+    let metrics = agent.metrics_text();
+    let reconnects = metrics
+        .lines()
+        .find(|l| l.starts_with("cadre_cluster_reconnects_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(reconnects >= 1.0, "{metrics}");
+    agent.stop();
+    sched.stop();
+}
+
+/// Reads until the peer closes (or 5 s pass); what it sent.
+fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 256];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("the scheduler did not close the connection: {e}; read {out:?}"),
+        }
+    }
+}
+
+fn counter(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|lab| l.contains(lab)))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn strangers_other_versions_and_huge_frames_are_refused_and_the_scheduler_serves_on() {
+    let dir = Scratch::new("cluster-refuse");
+    let port = free_port();
+    let sched = Server::start_scheduler(dir.path(), port, &[]);
+    let addr = format!("127.0.0.1:{port}");
+
+    // Not cadre: closed with nothing said.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert!(read_to_close(&mut s).is_empty());
+
+    // Version 2 only: the scheduler states its versions (1..1), then closes.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.write_all(b"CDRW\x00\x02\x00\x02").unwrap();
+    assert_eq!(read_to_close(&mut s), b"CDRW\x00\x01\x00\x01");
+
+    // A frame of 2^31 bytes after a good preamble: refused from its length alone.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.write_all(b"CDRW\x00\x01\x00\x01").unwrap();
+    s.write_all(&(1u32 << 31).to_be_bytes()).unwrap();
+    assert_eq!(read_to_close(&mut s), b"CDRW\x00\x01\x00\x01");
+
+    wait_for("the refusals logged", SECS_30, || {
+        let log = sched.log_text();
+        log.contains("not a cadre peer")
+            && log.contains("agent speaks 2, scheduler 1")
+            && log.contains("over the limit")
+    });
+    let metrics = sched.get_text("/metrics");
+    let metrics = if metrics.contains("cadre_") {
+        metrics
+    } else {
+        sched.metrics_text()
+    };
+    for reason in ["not_cadre", "version", "oversized"] {
+        assert_eq!(
+            counter(
+                &metrics,
+                "cadre_wire_handshake_refusals_total",
+                &[&format!("reason=\"{reason}\""), "side=\"scheduler\""]
+            ),
+            1.0,
+            "{reason}: {metrics}"
+        );
+    }
+
+    // It serves on: an agent joins and runs a job.
+    let agent = Agent::start(dir.path(), "a1", &addr, &[]);
+    wait_workers(&sched, &["a1/cpu-0"], SECS_30);
+    let id = sched.submit(&[], &["/bin/true"]);
+    sched.wait_state(id, "succeeded", SECS_30);
+    assert_eq!(workers(&sched), vec!["a1/cpu-0".to_owned()]);
+    drop(agent);
+}
+
+#[test]
+fn a_cluster_is_refused_without_its_flags_with_the_field_named() {
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["serve", "--cluster-addr", "127.0.0.1:0"],
+            "cluster.insecure",
+        ),
+        (&["serve", "--no-local-worker"], "cluster.local_worker"),
+        (
+            &["agent", "--join", "nowhere", "--insecure-cluster"],
+            "cluster.join[0]",
+        ),
+    ];
+    for (args, field) in cases {
+        let out = std::process::Command::new(common::BIN)
+            .args(args)
+            .env("CADRE_DATA_DIR", "/nonexistent/never-created")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(field), "{args:?} names {field}: {stderr}");
+    }
+}
