@@ -64,10 +64,18 @@ struct NodeArgs {
     /// This node's datacenter.
     #[arg(long)]
     datacenter: Option<String>,
-    /// Plain TCP between the scheduler and its agents: no authentication, no encryption (TLS
-    /// is not built yet, so the cluster needs this flag).
+    /// Plain TCP between the scheduler and its agents: no authentication, no encryption.
     #[arg(long)]
     insecure_cluster: bool,
+    /// The cluster CA's certificate (`cadre certs ca`).
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// This node's certificate (`cadre certs node NAME`).
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// This node's private key.
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
 }
 
 impl NodeArgs {
@@ -83,6 +91,9 @@ impl NodeArgs {
             node_name: self.name,
             datacenter: self.datacenter,
             insecure_cluster: self.insecure_cluster,
+            tls_ca: self.tls_ca,
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
             ..Flags::default()
         }
     }
@@ -92,6 +103,46 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
         _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// The cluster CA: DIR/ca.crt and DIR/ca.key (never overwritten).
+    Ca {
+        /// Where to write them.
+        #[arg(long, default_value = "cadre-certs")]
+        dir: PathBuf,
+    },
+    /// A node's certificate, signed by the CA in DIR: DIR/NAME.crt and DIR/NAME.key. An agent's
+    /// must name its node (--name); a scheduler's, the host its agents dial.
+    Node {
+        /// The node's name.
+        name: String,
+        /// Where the CA is, and where to write them.
+        #[arg(long, default_value = "cadre-certs")]
+        dir: PathBuf,
+        /// More names it answers to (host names, IP addresses), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        san: Vec<String>,
+    },
+}
+
+fn certs(command: CertsCommand) -> ExitCode {
+    use cadre_runtime::cluster::certs;
+    let made = match command {
+        CertsCommand::Ca { dir } => certs::create_ca(&dir),
+        CertsCommand::Node { name, dir, san } => certs::create_node(&dir, &name, &san),
+    };
+    match made {
+        Ok((cert, key)) => {
+            println!("{}\n{}", cert.display(), key.display());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(1)
+        }
     }
 }
 
@@ -172,6 +223,9 @@ enum Command {
     Failures,
     /// Workers and capacity.
     Nodes,
+    /// Create the cluster's certificates.
+    #[command(subcommand)]
+    Certs(CertsCommand),
     /// A live supervision tree demo.
     Demo {
         /// Stop after this many seconds.
@@ -295,6 +349,7 @@ pub fn main(extensions: Extensions) -> ExitCode {
             return serve(Role::Agent, flags, extensions);
         }
         Command::Demo { seconds } => return demo(seconds),
+        Command::Certs(command) => return certs(command),
         Command::Submit(args) => client.submit(args),
         Command::Status { id } => client.status(id),
         Command::List {

@@ -237,10 +237,21 @@ fn strangers_other_versions_and_huge_frames_are_refused_and_the_scheduler_serves
 
 #[test]
 fn a_cluster_is_refused_without_its_flags_with_the_field_named() {
-    let cases: [(&[&str], &str); 3] = [
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &[
+                "serve",
+                "--cluster-addr",
+                "127.0.0.1:0",
+                "--insecure-cluster",
+                "--tls-ca",
+                "/x/ca.crt",
+            ],
+            "cluster.tls_ca",
+        ),
         (
             &["serve", "--cluster-addr", "127.0.0.1:0"],
-            "cluster.insecure",
+            "cluster.tls_ca",
         ),
         (&["serve", "--no-local-worker"], "cluster.local_worker"),
         (
@@ -258,4 +269,79 @@ fn a_cluster_is_refused_without_its_flags_with_the_field_named() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(field), "{args:?} names {field}: {stderr}");
     }
+}
+
+#[test]
+fn mutual_tls_takes_only_the_clusters_certificates_made_for_the_node_that_presents_them() {
+    use common::cluster::{certs, tls_args};
+    let dir = Scratch::new("cluster-tls");
+    let good = dir.path().join("certs");
+    let other = dir.path().join("other-ca");
+    certs(&good, &["sched", "a1", "a2"]);
+    // Another CA, with a certificate for a node of the same name.
+    certs(&other, &["a1"]);
+    let port = free_port();
+    let sched_args = tls_args(&good, &good, "sched");
+    let sched_args: Vec<&str> = sched_args.iter().map(String::as_str).collect();
+    let sched = Server::start_scheduler_with(dir.path(), port, &[], &sched_args);
+    let join = format!("127.0.0.1:{port}");
+
+    let a1_args = tls_args(&good, &good, "a1");
+    let a1_args: Vec<&str> = a1_args.iter().map(String::as_str).collect();
+    let a1 = Agent::start_with(dir.path(), "a1", &join, &[], &a1_args);
+    wait_workers(&sched, &["a1/cpu-0"], SECS_30);
+    let id = sched.submit(&[], &["/bin/true"]);
+    sched.wait_state(id, "succeeded", SECS_30);
+
+    // A certificate from another CA: refused in TLS, logged with the peer, counted.
+    let foreign = tls_args(&good, &other, "a1");
+    let foreign: Vec<&str> = foreign.iter().map(String::as_str).collect();
+    let _x = Agent::start_with(dir.path(), "x", &join, &[], &foreign);
+    // a2's own certificate, but it says it is a3: refused as another node's identity.
+    let a2_args = tls_args(&good, &good, "a2");
+    let a2_args: Vec<&str> = a2_args.iter().map(String::as_str).collect();
+    let _a3 = Agent::start_with(dir.path(), "a3", &join, &[], &a2_args);
+    // No TLS at all: a plain cadre preamble is not a TLS hello.
+    let mut plain = TcpStream::connect(&join).unwrap();
+    plain.write_all(b"CDRW\x00\x01\x00\x01").unwrap();
+    let answered = read_to_close(&mut plain);
+    assert!(!answered.starts_with(b"CDRW"), "{answered:?}");
+    wait_for("the refusals", SECS_30, || {
+        let log = sched.log_text();
+        log.matches("cluster TLS handshake refused").count() >= 2
+            && log.contains("the certificate is not made for node a3")
+    });
+    // The agent checks the scheduler's name: `localhost` is not in its certificate.
+    let wrong_name = Agent::start_with(
+        dir.path(),
+        "a2",
+        &format!("localhost:{port}"),
+        &[],
+        &a2_args,
+    );
+    wait_for("the agent refused the scheduler's name", SECS_30, || {
+        wrong_name.log_text().contains("TLS")
+            && wrong_name
+                .log_text()
+                .contains("not valid for name \"localhost\"")
+    });
+    assert_eq!(workers(&sched), vec!["a1/cpu-0".to_owned()]);
+    let metrics = sched.metrics_text();
+    assert!(
+        counter(
+            &metrics,
+            "cadre_wire_handshake_refusals_total",
+            &["reason=\"tls\"", "side=\"scheduler\""]
+        ) >= 2.0,
+        "{metrics}"
+    );
+    assert!(
+        counter(
+            &metrics,
+            "cadre_wire_handshake_refusals_total",
+            &["reason=\"identity\""]
+        ) >= 1.0,
+        "{metrics}"
+    );
+    drop(a1);
 }

@@ -59,8 +59,14 @@ impl Agent {
         cadre_supervisor::install_panic_hook();
         crate::metrics::describe();
         crate::cluster::describe();
-        tracing::warn!(join = ?config.cluster.join,
-            "the cluster connection is plain TCP (--insecure-cluster): the scheduler is not authenticated and nothing is encrypted");
+        let tls = match config.cluster.tls_files() {
+            Some(files) => Some(crate::cluster::tls::connector(&files)?),
+            None => {
+                tracing::warn!(join = ?config.cluster.join,
+                    "the cluster connection is plain TCP (--insecure-cluster): the scheduler is not authenticated and nothing is encrypted");
+                None
+            }
+        };
         let (node_name, host_problem) = config.node_name();
         if let Some(problem) = host_problem {
             tracing::warn!(node = %node_name, problem = %problem,
@@ -96,6 +102,7 @@ impl Agent {
             connect_timeout: Duration::from_millis(config.cluster.connect_timeout_ms),
             request_timeout: Duration::from_millis(config.cluster.request_timeout_ms),
             seed: seed(&identity),
+            tls,
         });
         let client_spec = WorkerSpec::new("scheduler-link", move || {
             SchedulerClient::new(Arc::clone(&client_config))

@@ -175,8 +175,15 @@ pub struct ClusterConfig {
     /// `agent`: the schedulers' addresses (`host:port`), tried in turn.
     pub join: Vec<String>,
     /// Plain TCP between schedulers and agents, with no authentication or encryption: only on
-    /// a network you trust, said as a warning at every start. Required while TLS is not built.
+    /// a network you trust, said as a warning at every start. Without it, TLS needs the three
+    /// files below.
     pub insecure: bool,
+    /// The cluster CA's certificate (`cadre certs ca`).
+    pub tls_ca: Option<PathBuf>,
+    /// This node's certificate, signed by the CA (`cadre certs node NAME`).
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key.
+    pub tls_key: Option<PathBuf>,
     /// This node's datacenter.
     pub datacenter: String,
     /// This node's labels (`agent`), for placement constraints.
@@ -198,6 +205,9 @@ impl Default for ClusterConfig {
             local_worker: true,
             join: Vec::new(),
             insecure: false,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
             datacenter: "dc1".to_owned(),
             labels: BTreeMap::new(),
             handshake_timeout_ms: 10_000,
@@ -209,6 +219,25 @@ impl Default for ClusterConfig {
 }
 
 impl ClusterConfig {
+    /// Whether this node runs a cluster port or joins one.
+    pub fn enabled(&self) -> bool {
+        self.addr.is_some() || !self.join.is_empty()
+    }
+
+    /// The TLS files, when the cluster is not insecure (all three are then set: `check`).
+    pub fn tls_files(&self) -> Option<crate::cluster::tls::TlsFiles> {
+        match (&self.tls_ca, &self.tls_cert, &self.tls_key) {
+            (Some(ca), Some(cert), Some(key)) if !self.insecure => {
+                Some(crate::cluster::tls::TlsFiles {
+                    ca: ca.clone(),
+                    cert: cert.clone(),
+                    key: key.clone(),
+                })
+            }
+            _ => None,
+        }
+    }
+
     /// The handshake's settings.
     pub fn handshake(&self) -> cadre_wire::HandshakeConfig {
         cadre_wire::HandshakeConfig {
@@ -280,6 +309,12 @@ pub struct Flags {
     pub datacenter: Option<String>,
     /// `--labels`, `key=value` pairs.
     pub labels: Option<BTreeMap<String, String>>,
+    /// `--tls-ca`.
+    pub tls_ca: Option<PathBuf>,
+    /// `--tls-cert`.
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key`.
+    pub tls_key: Option<PathBuf>,
 }
 
 fn invalid(field: &str, reason: impl Into<String>) -> Error {
@@ -454,6 +489,15 @@ impl Config {
         if let Some(v) = parse_env(env, "CADRE_CLUSTER_INSECURE")? {
             config.cluster.insecure = v;
         }
+        if let Some(v) = env("CADRE_CLUSTER_TLS_CA") {
+            config.cluster.tls_ca = Some(PathBuf::from(v));
+        }
+        if let Some(v) = env("CADRE_CLUSTER_TLS_CERT") {
+            config.cluster.tls_cert = Some(PathBuf::from(v));
+        }
+        if let Some(v) = env("CADRE_CLUSTER_TLS_KEY") {
+            config.cluster.tls_key = Some(PathBuf::from(v));
+        }
         if let Some(v) = env("CADRE_DATACENTER") {
             config.cluster.datacenter = v;
         }
@@ -492,6 +536,15 @@ impl Config {
         }
         if let Some(v) = &flags.labels {
             config.cluster.labels = v.clone();
+        }
+        if let Some(v) = &flags.tls_ca {
+            config.cluster.tls_ca = Some(v.clone());
+        }
+        if let Some(v) = &flags.tls_cert {
+            config.cluster.tls_cert = Some(v.clone());
+        }
+        if let Some(v) = &flags.tls_key {
+            config.cluster.tls_key = Some(v.clone());
         }
         config.check()?;
         Ok(config)
@@ -595,12 +648,40 @@ impl Config {
 
     fn check_cluster(&self) -> Result<(), Error> {
         let c = &self.cluster;
-        if (c.addr.is_some() || !c.join.is_empty()) && !c.insecure {
-            return Err(invalid(
-                "cluster.insecure",
-                "the cluster runs over plain TCP only for now (TLS is not built yet): set \
-                 --insecure-cluster (cluster.insecure = true) on a network you trust",
-            ));
+        let files = [
+            (
+                "cluster.tls_ca",
+                &c.tls_ca,
+                "the cluster CA's certificate (cadre certs ca)",
+            ),
+            (
+                "cluster.tls_cert",
+                &c.tls_cert,
+                "this node's certificate (cadre certs node NAME)",
+            ),
+            (
+                "cluster.tls_key",
+                &c.tls_key,
+                "this node's key (cadre certs node NAME)",
+            ),
+        ];
+        if c.enabled() && c.insecure {
+            if let Some((field, ..)) = files.iter().find(|(_, v, _)| v.is_some()) {
+                return Err(invalid(
+                    field,
+                    "set together with --insecure-cluster: choose TLS or plain TCP",
+                ));
+            }
+        } else if c.enabled() {
+            if let Some((field, _, what)) = files.iter().find(|(_, v, _)| v.is_none()) {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "the cluster needs {what} for mutual TLS, or --insecure-cluster for \
+                         plain TCP on a network you trust"
+                    ),
+                ));
+            }
         }
         if c.addr.is_none() && !c.local_worker {
             return Err(invalid(

@@ -39,6 +39,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A cluster certificate or key could not be made, read or used.
+    #[error("TLS: {what}: {reason}")]
+    Tls {
+        /// The file or the part of TLS.
+        what: String,
+        /// Why.
+        reason: String,
+    },
     /// The metrics exporter could not be installed.
     #[error("metrics exporter: {0}")]
     Metrics(String),

@@ -229,8 +229,14 @@ impl Node {
         let cluster = match config.cluster.addr {
             Some(addr) => {
                 crate::cluster::describe();
-                tracing::warn!(%addr,
-                    "the cluster port is plain TCP (--insecure-cluster): agents are not authenticated and nothing is encrypted");
+                let tls = match config.cluster.tls_files() {
+                    Some(files) => Some(crate::cluster::tls::acceptor(&files)?),
+                    None => {
+                        tracing::warn!(%addr,
+                            "the cluster port is plain TCP (--insecure-cluster): agents are not authenticated and nothing is encrypted");
+                        None
+                    }
+                };
                 let (bound, task) =
                     crate::cluster::server::listen(crate::cluster::server::ServerConfig {
                         addr,
@@ -239,6 +245,7 @@ impl Node {
                         heartbeats: health.clone().recipient(),
                         name: identity.node.clone(),
                         lease_ttl: config.lease_ttl(),
+                        tls,
                     })
                     .await?;
                 tracing::info!(cluster = %bound, "accepting agents");

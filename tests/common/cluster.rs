@@ -16,11 +16,24 @@ pub struct Agent {
     join: String,
     metrics_port: u16,
     env: Vec<(String, String)>,
+    args: Vec<String>,
 }
 
 impl Agent {
-    /// Starts agent `name` in `dir/<name>` joining `join`; does not wait for it to connect.
+    /// Starts agent `name` in `dir/<name>` joining `join` over plain TCP; does not wait for it
+    /// to connect.
     pub fn start(dir: &Path, name: &str, join: &str, env: &[(&str, &str)]) -> Agent {
+        Agent::start_with(dir, name, join, env, &["--insecure-cluster"])
+    }
+
+    /// As [`Agent::start`], with `args` (TLS files, or `--insecure-cluster`).
+    pub fn start_with(
+        dir: &Path,
+        name: &str,
+        join: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Agent {
         let mut agent = Agent {
             child: None,
             name: name.to_owned(),
@@ -32,6 +45,7 @@ impl Agent {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            args: args.iter().map(|s| s.to_string()).collect(),
         };
         agent.spawn();
         agent
@@ -48,7 +62,7 @@ impl Agent {
         cmd.arg("agent")
             .arg("--join")
             .arg(&self.join)
-            .arg("--insecure-cluster")
+            .args(&self.args)
             .arg("--name")
             .arg(&self.name)
             .arg("--data-dir")
@@ -116,6 +130,36 @@ impl Drop for Agent {
         // An agent killed outright leaves its cgroup parent (a clean stop removes it).
         remove_node_cgroups(&self.log_text());
     }
+}
+
+/// Makes a cluster CA in `dir` and certificates for `nodes` (each naming itself and
+/// 127.0.0.1) with the real `cadre certs`; returns the TLS flags of node `n` as a function.
+pub fn certs(dir: &Path, nodes: &[&str]) {
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "cadre {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let d = dir.to_str().unwrap();
+    run(&["certs", "ca", "--dir", d]);
+    for node in nodes {
+        run(&["certs", "node", node, "--dir", d, "--san", "127.0.0.1"]);
+    }
+}
+
+/// The TLS flags of `node`, whose certificate is in `dir` with the CA of `ca_dir`.
+pub fn tls_args(ca_dir: &Path, dir: &Path, node: &str) -> Vec<String> {
+    vec![
+        "--tls-ca".to_owned(),
+        ca_dir.join("ca.crt").display().to_string(),
+        "--tls-cert".to_owned(),
+        dir.join(format!("{node}.crt")).display().to_string(),
+        "--tls-key".to_owned(),
+        dir.join(format!("{node}.key")).display().to_string(),
+    ]
 }
 
 /// The `node/name` of every worker the scheduler has registered.

@@ -156,6 +156,16 @@ impl Server {
     /// Starts a scheduler with no worker of its own that accepts agents on `cluster_port`
     /// (plain TCP), and waits until it answers `/healthz`.
     pub fn start_scheduler(dir: &Path, cluster_port: u16, env: &[(&str, &str)]) -> Server {
+        Server::start_scheduler_with(dir, cluster_port, env, &["--insecure-cluster"])
+    }
+
+    /// As [`Server::start_scheduler`], with `args` (TLS files, or `--insecure-cluster`).
+    pub fn start_scheduler_with(
+        dir: &Path,
+        cluster_port: u16,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Server {
         let mut server = Server {
             child: None,
             bin: PathBuf::from(BIN),
@@ -173,11 +183,11 @@ impl Server {
                 "--cluster-addr",
                 &format!("127.0.0.1:{cluster_port}"),
                 "--no-local-worker",
-                "--insecure-cluster",
                 "--name",
                 "sched",
             ]
             .iter()
+            .chain(args)
             .map(|s| s.to_string())
             .collect(),
             ready: "/healthz",

@@ -73,6 +73,8 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// The seed of the backoff jitter.
     pub seed: u64,
+    /// Mutual TLS; `None` is plain TCP (`--insecure-cluster`).
+    pub tls: Option<tokio_rustls::TlsConnector>,
 }
 
 /// The agent's link to its scheduler (see the module comment).
@@ -220,10 +222,7 @@ impl SchedulerClient {
     fn install(
         &mut self,
         ctx: &mut Ctx,
-        conn: cadre_wire::Connection<
-            tokio::net::tcp::OwnedReadHalf,
-            tokio::net::tcp::OwnedWriteHalf,
-        >,
+        conn: cadre_wire::Connection<super::tls::Reader, super::tls::Writer>,
         worker: WorkerId,
         scheduler_clock_us: u64,
         addr: String,
@@ -431,7 +430,7 @@ async fn connect_any(
     hello: Hello,
 ) -> Result<
     (
-        cadre_wire::Connection<tokio::net::tcp::OwnedReadHalf, tokio::net::tcp::OwnedWriteHalf>,
+        cadre_wire::Connection<super::tls::Reader, super::tls::Writer>,
         cadre_wire::Welcome,
         usize,
     ),
@@ -462,7 +461,30 @@ async fn connect_any(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%addr, %error, "TCP_NODELAY not set on the cluster connection");
         }
-        let (r, w) = stream.into_split();
+        let (r, w) = match &config.tls {
+            Some(connector) => {
+                let tls = tokio::time::timeout(
+                    config.handshake.timeout,
+                    super::tls::connect(connector, addr, stream),
+                );
+                match tls.await {
+                    Ok(Ok(halves)) => halves,
+                    Ok(Err(error)) => {
+                        metrics::counter!(CONNECTION_ERRORS, "side" => "agent", "kind" => "tls")
+                            .increment(1);
+                        errors.push(format!("{addr}: TLS: {error}"));
+                        continue;
+                    }
+                    Err(_) => {
+                        metrics::counter!(CONNECTION_ERRORS, "side" => "agent", "kind" => "tls")
+                            .increment(1);
+                        errors.push(format!("{addr}: the TLS handshake stalled"));
+                        continue;
+                    }
+                }
+            }
+            None => super::tls::plain(stream),
+        };
         match cadre_wire::connect(r, w, &config.handshake, &hello).await {
             Ok((conn, welcome)) => return Ok((conn, welcome, i)),
             Err(error) => {

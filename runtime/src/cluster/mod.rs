@@ -9,8 +9,10 @@
 //! about a job carries its lease token across the wire, and the scheduler checks it as for a
 //! local worker.
 
+pub mod certs;
 pub mod client;
 pub mod server;
+pub mod tls;
 
 use std::time::Duration;
 

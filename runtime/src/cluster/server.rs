@@ -26,11 +26,11 @@ use cadre_wire::{
     HandshakeConfig, HelloAnswer, Refusal, RefusalKind, SchedulerAnswer, SchedulerRequest,
     ToScheduler, ToWorker, Welcome, WireError,
 };
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::tls::{self, Reader, Writer};
 use super::{micros, write_loop, AGENTS_CONNECTED, CONNECTION_ERRORS, UNEXPECTED_FRAMES};
 use crate::error::Error;
 
@@ -48,6 +48,8 @@ pub struct ServerConfig {
     pub name: String,
     /// A lease's time to live, told to agents in `Welcome`.
     pub lease_ttl: Duration,
+    /// Mutual TLS; `None` is plain TCP (`--insecure-cluster`).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Binds the cluster port and serves it until the returned task is aborted; returns the bound
@@ -102,7 +104,7 @@ fn ended(peer: SocketAddr, worker: Option<WorkerId>, error: &WireError, during: 
 }
 
 async fn refuse(
-    conn: &mut cadre_wire::Connection<tokio::net::tcp::OwnedReadHalf, OwnedWriteHalf>,
+    conn: &mut cadre_wire::Connection<Reader, Writer>,
     peer: SocketAddr,
     refusal: Refusal,
 ) {
@@ -118,7 +120,22 @@ async fn refuse(
 
 async fn serve_agent(stream: TcpStream, peer: SocketAddr, config: Arc<ServerConfig>) {
     let epoch = Instant::now();
-    let (r, w) = stream.into_split();
+    let (r, w, cert) = match &config.tls {
+        Some(acceptor) => {
+            let tls = tokio::time::timeout(config.handshake.timeout, tls::accept(acceptor, stream));
+            match tls.await {
+                Ok(Ok((r, w, cert))) => (r, w, Some(cert)),
+                Ok(Err(error)) => return tls::refused(peer, &error),
+                Err(_) => {
+                    return tls::refused(peer, &std::io::Error::other("the TLS handshake stalled"))
+                }
+            }
+        }
+        None => {
+            let (r, w) = tls::plain(stream);
+            (r, w, None)
+        }
+    };
     let (mut conn, hello) = match cadre_wire::accept(r, w, &config.handshake).await {
         Ok(accepted) => accepted,
         Err(error) => {
@@ -130,6 +147,13 @@ async fn serve_agent(stream: TcpStream, peer: SocketAddr, config: Arc<ServerConf
     if let Err(refusal) = hello.validate() {
         refuse(&mut conn, peer, refusal).await;
         return;
+    }
+    // An agent's certificate names its node: one agent's key cannot register another node.
+    if let Some(cert) = &cert {
+        if let Err(reason) = tls::cert_names(cert, &hello.node) {
+            refuse(&mut conn, peer, Refusal::new(RefusalKind::Identity, reason)).await;
+            return;
+        }
     }
     let identity = WorkerIdentity::new(hello.node.clone(), hello.worker.clone());
     let (queue, outgoing) = mpsc::unbounded_channel::<ToWorker>();
