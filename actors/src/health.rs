@@ -176,7 +176,11 @@ impl HealthMonitor {
             );
             tracing::error!(worker = %worker, phi = value, silent_ms = elapsed as u64,
                 path = ctx.path(), "worker declared dead by the failure detector");
-            if let Err(error) = self.config.dead.try_send(WorkerDead { worker, reason }) {
+            if let Err(error) = self.config.dead.try_send(WorkerDead {
+                worker,
+                reason,
+                exited: false,
+            }) {
                 tracing::error!(worker = %worker, %error, "worker death not delivered to the scheduler");
                 metrics::counter!(m::WORKER_SEND_FAILURES, "msg" => "worker_dead").increment(1);
             }

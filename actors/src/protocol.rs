@@ -245,7 +245,8 @@ pub struct Finished {
     pub output: Option<crate::store::LogsNote>,
 }
 
-/// Health monitor to scheduler: the worker is dead; revoke every lease it holds.
+/// Health monitor (or a cluster connection) to scheduler: the worker is dead; revoke every
+/// lease it holds.
 #[derive(Debug, Clone, Serialize, Deserialize, Message)]
 #[rtype(result = "()")]
 pub struct WorkerDead {
@@ -253,6 +254,13 @@ pub struct WorkerDead {
     pub worker: WorkerId,
     /// Why the monitor decided so.
     pub reason: String,
+    /// Whether the worker's process is known to be gone (its connection closed): it can
+    /// neither fence its tasks nor report them, so its jobs are requeued at once. A worker
+    /// that only went silent may be alive and cut off, running its tasks until it fences them
+    /// itself, before its leases run out: its jobs are requeued only once those leases have
+    /// run out, so the old attempt is dead before the new one starts.
+    #[serde(default)]
+    pub exited: bool,
 }
 
 /// Worker to health monitor: still alive.

@@ -197,10 +197,12 @@ fn scheduler_worker_death_revokes_leased_and_running_jobs() {
         rig.until_state(ids[0], JobState::Running).await;
         assert_eq!(rig.view(ids[1]).await.state, JobState::Leased);
 
+        // Its process is gone (its connection closed): its jobs are requeued at once.
         rig.sched
             .send(WorkerDead {
                 worker: w,
                 reason: "test".to_owned(),
+                exited: true,
             })
             .await
             .unwrap();
@@ -329,4 +331,43 @@ fn scheduler_and_a_real_worker_run_renew_and_cancel_jobs() {
     });
     assert_eq!(obs.counter("cadre_worker_self_fences_total", &[]), 0);
     assert_eq!(obs.counter("cadre_lease_expirations_total", &[]), 0);
+}
+
+/// A worker that only went silent may be cut off and still running its task until it fences
+/// itself, before its lease would run out: its job is queued again at once (recorded lost)
+/// but placed only once that lease has run out, so the old attempt is dead before the new one
+/// starts anywhere.
+#[test]
+fn a_silent_workers_jobs_run_again_only_after_its_leases_run_out() {
+    run(|_| async {
+        let ttl = Duration::from_secs(3);
+        let rig = SchedRig::start(ttl, 2).await;
+        let w = rig.register(0, 1000).await;
+        let id = rig.submit(vec![sched_job("cut-off", 1)]).await[0];
+        let first = rig.until_assigns(0, 1).await.remove(0);
+        let granted = tokio::time::Instant::now();
+        rig.started(w, &first).await.unwrap();
+        rig.until_state(id, JobState::Running).await;
+        rig.register(1, 1000).await;
+        rig.sched
+            .send(WorkerDead {
+                worker: w,
+                reason: "no heartbeat".to_owned(),
+                exited: false,
+            })
+            .await
+            .unwrap();
+        let view = rig.until_state(id, JobState::Queued).await;
+        assert_eq!(view.attempt, 2);
+        // The other worker is free, but the lease could still be live on the silent one.
+        sleep(ttl - granted.elapsed() - ms(200)).await;
+        assert!(
+            rig.fake(1).assigns().is_empty(),
+            "placed while the old lease was live"
+        );
+        let again = rig.until_assigns(1, 1).await;
+        assert!(granted.elapsed() >= ttl - ms(10), "{:?}", granted.elapsed());
+        assert_eq!((again[0].job, again[0].attempt), (id, 2));
+        rig.stop().await;
+    });
 }

@@ -44,6 +44,7 @@ fn a_scheduler_is_ready_only_while_a_worker_is_registered() {
             .send(WorkerDead {
                 worker,
                 reason: "test".to_owned(),
+                exited: false,
             })
             .await
             .unwrap();

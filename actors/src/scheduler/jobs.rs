@@ -205,7 +205,12 @@ impl Scheduler {
             }
         }
         for worker in unreachable {
-            self.worker_lost(ctx, worker, "its mailbox refused an assignment".to_owned());
+            self.worker_lost(
+                ctx,
+                worker,
+                "its mailbox refused an assignment".to_owned(),
+                true,
+            );
         }
     }
 
@@ -299,14 +304,22 @@ impl Scheduler {
             }
         }
         for job in jobs {
-            self.lose(ctx, job, "its lease expired unrenewed".to_owned());
+            self.lose(ctx, job, "its lease expired unrenewed".to_owned(), None);
         }
         self.arm_expiry(ctx);
     }
 
     /// The attempt of `job` is lost: its other tasks are told to stop, its leases and
     /// reservation go, and it is queued again or failed (per its retries), durably.
-    pub(super) fn lose(&mut self, ctx: &mut Ctx, job: JobId, reason: String) {
+    /// The attempt holding `job`'s leases is lost: recorded, then the job queued again (not
+    /// before `not_before`, when given) or failed.
+    pub(super) fn lose(
+        &mut self,
+        ctx: &mut Ctx,
+        job: JobId,
+        reason: String,
+        not_before: Option<Instant>,
+    ) {
         self.kill_tasks(job, KillReason::LeaseLost, None);
         let Some(active) = self.take_active(job) else {
             return;
@@ -373,14 +386,22 @@ impl Scheduler {
                 });
                 match state {
                     Some((JobState::Queued, _, priority, resources, gang)) => {
-                        if let Some(core) = act.core.as_mut() {
-                            core.placer.enqueue(QueuedJob {
-                                job,
-                                priority,
-                                resources,
-                                gang: gang.max(1),
-                                enqueued_at: Instant::now(),
-                            });
+                        let now = Instant::now();
+                        let q = QueuedJob {
+                            job,
+                            priority,
+                            resources,
+                            gang: gang.max(1),
+                            enqueued_at: now,
+                        };
+                        match not_before.filter(|at| *at > now) {
+                            // Its old attempt may still run until then (see `worker_lost`).
+                            Some(at) => act.delay(ctx, q, at),
+                            None => {
+                                if let Some(core) = act.core.as_mut() {
+                                    core.placer.enqueue(q);
+                                }
+                            }
                         }
                         act.schedule(ctx);
                     }
@@ -441,8 +462,18 @@ impl Scheduler {
         }
     }
 
-    /// A worker is gone: every lease it held is revoked at once, leased and running alike.
-    pub(super) fn worker_lost(&mut self, ctx: &mut Ctx, worker: WorkerId, reason: String) {
+    /// A worker is gone: every lease it held is revoked at once, leased and running alike. A
+    /// worker whose process is known to have `exited` has its jobs requeued at once; one that
+    /// only went silent may be cut off and still running them until it fences itself (before
+    /// its leases would run out), so each job waits for the last of its revoked leases to run
+    /// out before it is placed again: the old attempt is dead before the new one starts.
+    pub(super) fn worker_lost(
+        &mut self,
+        ctx: &mut Ctx,
+        worker: WorkerId,
+        reason: String,
+        exited: bool,
+    ) {
         let Some(core) = self.core.as_mut() else {
             return;
         };
@@ -477,7 +508,21 @@ impl Scheduler {
             });
         }
         for job in jobs {
-            self.lose(ctx, job, format!("worker {worker} died: {reason}"));
+            let not_before = (!exited)
+                .then(|| {
+                    revoked
+                        .iter()
+                        .filter(|l| l.job == job)
+                        .map(|l| l.expires_at)
+                        .max()
+                })
+                .flatten();
+            self.lose(
+                ctx,
+                job,
+                format!("worker {worker} died: {reason}"),
+                not_before,
+            );
         }
         self.schedule(ctx);
     }
@@ -566,7 +611,7 @@ impl Scheduler {
             if let Some(core) = self.core.as_mut() {
                 core.active.insert(job, active);
             }
-            self.lose(ctx, job, reason);
+            self.lose(ctx, job, reason, None);
             self.wake_drained();
             return;
         }

@@ -25,6 +25,7 @@ impl Handler<Register> for Scheduler {
                     "{} registered again, so its earlier registration is gone",
                     msg.identity
                 ),
+                true,
             );
         }
         let core = self.core()?;
@@ -242,7 +243,7 @@ impl Handler<WorkerDead> for Scheduler {
     type Result = ();
 
     fn handle(&mut self, msg: WorkerDead, ctx: &mut Ctx) {
-        self.worker_lost(ctx, msg.worker, msg.reason);
+        self.worker_lost(ctx, msg.worker, msg.reason, msg.exited);
     }
 }
 
@@ -399,6 +400,6 @@ impl Handler<JobStalled> for Scheduler {
         tracing::error!(job = %msg.job, lease = %msg.token, reason = %msg.reason,
             "job stalled: its tasks are stopped and the attempt is lost");
         metrics::counter!(m::JOBS_STALLED).increment(1);
-        self.lose(ctx, msg.job, msg.reason);
+        self.lose(ctx, msg.job, msg.reason, None);
     }
 }
