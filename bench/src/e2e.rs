@@ -36,7 +36,7 @@ use crate::report::{selected, Reporter};
 use crate::BenchError;
 
 /// A workload that does nothing.
-struct Noop;
+pub(crate) struct Noop;
 
 impl Actor for Noop {
     type Context = SupervisedContext<Self>;
@@ -54,7 +54,7 @@ pub(crate) fn check(what: impl Into<String>) -> BenchError {
     BenchError::Check(what.into())
 }
 
-fn free_port() -> Result<u16, BenchError> {
+pub(crate) fn free_port() -> Result<u16, BenchError> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -334,7 +334,7 @@ fn bare_spawns(
 }
 
 /// CPU seconds used so far by this process's threads named `name` (from `/proc/self/task`).
-fn thread_cpu_secs(name: &str) -> Result<f64, BenchError> {
+pub(crate) fn thread_cpu_secs(name: &str) -> Result<f64, BenchError> {
     let ticks = 100.0; // USER_HZ on Linux
     let mut total = 0u64;
     for entry in std::fs::read_dir("/proc/self/task")? {

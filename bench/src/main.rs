@@ -7,6 +7,7 @@
 //! the `cap` crate).
 
 mod alloc;
+mod cluster;
 mod e2e;
 mod gpu;
 mod io;
@@ -47,6 +48,11 @@ const SUITES: &[Suite] = &[
         name: "scheduler",
         about: "decisions at 10k workers/100k queued, 1M queued jobs, durable submits, replay, end to end",
         run: scheduler::run,
+    },
+    Suite {
+        name: "cluster",
+        about: "a scheduler and 4 agents over TLS vs the all-in-one node; requeue after an agent's SIGKILL",
+        run: cluster::run,
     },
     Suite {
         name: "soak",
@@ -98,6 +104,15 @@ fn usage() -> String {
 fn main() -> ExitCode {
     // The scheduler suite runs a node with a large queue in a fresh process of its own.
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(cluster::AGENT_CHILD) {
+        return match cluster::agent_child(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("cadre-bench: cluster agent: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let [flag, n] = args.as_slice() {
         if flag == e2e::NODE_RSS_CHILD {
             return match n
