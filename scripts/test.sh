@@ -14,6 +14,9 @@
 # print SKIP. CADRE_REQUIRE_CGROUPS=1 (set by CI, whose clean runs have shown them running)
 # makes that a failure, and then so does a cgroup the tests leave behind. Nothing to install:
 # the kernel has them or not.
+# The cluster's partition test makes a network namespace and a veth pair (iproute2, root) and
+# cuts it off with blackhole routes; where it cannot, it prints SKIP. CADRE_REQUIRE_NETNS=1
+# makes that a failure (not set by CI until a CI run has shown the namespaces working there).
 # The full-disk tests mount a small tmpfs (root, CAP_SYS_ADMIN); where they cannot they print
 # SKIP. CADRE_REQUIRE_TMPFS=1 (set by CI, root as for cgroups) makes that a failure.
 set -euo pipefail

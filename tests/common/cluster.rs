@@ -17,6 +17,8 @@ pub struct Agent {
     metrics_port: u16,
     env: Vec<(String, String)>,
     args: Vec<String>,
+    /// The network namespace it runs in (`ip netns exec`), if not this one.
+    pub netns: Option<String>,
 }
 
 impl Agent {
@@ -46,6 +48,33 @@ impl Agent {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             args: args.iter().map(|s| s.to_string()).collect(),
+            netns: None,
+        };
+        agent.spawn();
+        agent
+    }
+
+    /// As [`Agent::start`] (plain TCP), inside network namespace `ns`.
+    pub fn start_in_netns(
+        dir: &Path,
+        name: &str,
+        join: &str,
+        env: &[(&str, &str)],
+        ns: &str,
+    ) -> Agent {
+        let mut agent = Agent {
+            child: None,
+            name: name.to_owned(),
+            data_dir: dir.join(name),
+            log: dir.join(format!("{name}.log")),
+            join: join.to_owned(),
+            metrics_port: free_port(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            args: vec!["--insecure-cluster".to_owned()],
+            netns: Some(ns.to_owned()),
         };
         agent.spawn();
         agent
@@ -58,7 +87,14 @@ impl Agent {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns, BIN]);
+                cmd
+            }
+            None => Command::new(BIN),
+        };
         cmd.arg("agent")
             .arg("--join")
             .arg(&self.join)

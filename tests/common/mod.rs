@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod cluster;
+pub mod netns;
 pub mod tmpfs;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_cadre");
@@ -166,6 +167,16 @@ impl Server {
         env: &[(&str, &str)],
         args: &[&str],
     ) -> Server {
+        Server::start_scheduler_on(dir, &format!("127.0.0.1:{cluster_port}"), env, args)
+    }
+
+    /// As [`Server::start_scheduler_with`], accepting agents on `cluster_addr`.
+    pub fn start_scheduler_on(
+        dir: &Path,
+        cluster_addr: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Server {
         let mut server = Server {
             child: None,
             bin: PathBuf::from(BIN),
@@ -181,7 +192,7 @@ impl Server {
             metrics_port: free_port(),
             args: [
                 "--cluster-addr",
-                &format!("127.0.0.1:{cluster_port}"),
+                cluster_addr,
                 "--no-local-worker",
                 "--name",
                 "sched",

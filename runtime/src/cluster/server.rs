@@ -6,11 +6,12 @@
 //! at once, in the order they came (so a task's start is handled before its end), answering
 //! them in that order as the scheduler replies (pipelined, up to `IN_FLIGHT`); one task
 //! writes what is queued for the agent, a batch per write; an `AgentLink` actor is the
-//! worker's link the scheduler sends `Assign` and `Kill` to. A connection that ends (the agent
-//! closed it, it died, a frame was malformed) ends the worker's registration: its leases are
-//! revoked and its jobs requeued, as for a worker the health monitor declares dead. An agent
-//! that goes silent without closing (cut off, frozen) stops renewing, so the health monitor,
-//! fed by its renewals, declares it dead.
+//! worker's link the scheduler sends `Assign` and `Kill` to. A connection that ends ends the
+//! worker's registration: its leases are revoked. When the agent closed it (FIN: it exited or
+//! closed it itself) its jobs are requeued at once; when it broke (a reset, a malformed frame)
+//! the agent may be alive, so they wait until their leases have run out, by when the agent has
+//! fenced them. An agent that goes silent without closing (cut off, frozen) stops renewing, so
+//! the health monitor, fed by its renewals, declares it dead, with the same wait.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -195,6 +196,16 @@ async fn serve_agent(stream: TcpStream, peer: SocketAddr, config: Arc<ServerConf
             return;
         }
     };
+    // The hello is the agent's first sign of life: from now on the health monitor expects its
+    // renewals, so an agent cut off before its first renewal is still declared dead (a worker
+    // is watched from its first heartbeat; without this one, such an agent's leases would
+    // lapse one by one while it kept being given work).
+    if let Err(error) = config.heartbeats.try_send(Heartbeat { worker }) {
+        tracing::warn!(worker = worker.0, %error,
+            "an agent's first heartbeat did not reach the health monitor");
+        metrics::counter!(cadre_actors::metrics::WORKER_SEND_FAILURES, "msg" => "heartbeat")
+            .increment(1);
+    }
     let welcome = HelloAnswer::Welcome(Welcome {
         worker,
         scheduler: config.name.clone(),
@@ -227,7 +238,10 @@ async fn serve_agent(stream: TcpStream, peer: SocketAddr, config: Arc<ServerConf
         config: Arc::clone(&config),
     };
     let mut in_flight: FuturesOrdered<Answering> = FuturesOrdered::new();
-    let reason = loop {
+    // Only an orderly close (the agent's kernel sent FIN: its process exited, or it closed the
+    // connection itself, stopping its tasks) says the agent is gone; a reset or a broken read
+    // may be the network, with the agent alive and running its tasks until it fences itself.
+    let (reason, exited) = loop {
         tokio::select! {
             // Answers go out in the order their requests came.
             Some(answer) = in_flight.next(), if !in_flight.is_empty() => session.send(answer),
@@ -239,11 +253,11 @@ async fn serve_agent(stream: TcpStream, peer: SocketAddr, config: Arc<ServerConf
                 }
                 Err(WireError::Closed) => {
                     tracing::warn!(%peer, worker = worker.0, "agent closed its connection: its registration ends");
-                    break "closed".to_owned();
+                    break ("closed".to_owned(), true);
                 }
                 Err(error) => {
                     ended(peer, Some(worker), &error, "reading");
-                    break error.to_string();
+                    break (error.to_string(), false);
                 }
             },
             written = &mut writing => {
@@ -253,7 +267,7 @@ async fn serve_agent(stream: TcpStream, peer: SocketAddr, config: Arc<ServerConf
                     Err(error) => tracing::error!(%peer, worker = worker.0, %error,
                         "cluster writer task failed"),
                 }
-                break "its writes failed".to_owned();
+                break ("its writes failed".to_owned(), false);
             }
         }
     };
@@ -263,7 +277,7 @@ async fn serve_agent(stream: TcpStream, peer: SocketAddr, config: Arc<ServerConf
     config.scheduler.do_send(WorkerDead {
         worker,
         reason: format!("its connection from {peer} ended: {reason}"),
-        exited: true,
+        exited,
     });
 }
 
