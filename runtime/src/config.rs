@@ -574,12 +574,13 @@ impl Config {
                 "must be above 0 and at most half of lease_ttl_ms",
             ));
         }
-        if self.fence_margin_ms >= self.lease_ttl_ms
-            || self.fence_margin_ms < self.renew_every_ms / 2
-        {
+        // A worker checks its tasks' fences once per renewal round: with a margin shorter than a
+        // round, a cut-off worker could kill a task after its lease ran out, when the scheduler
+        // may already have placed the job again.
+        if self.fence_margin_ms >= self.lease_ttl_ms || self.fence_margin_ms < self.renew_every_ms {
             return Err(invalid(
                 "fence_margin_ms",
-                "must be below lease_ttl_ms and at least half of renew_every_ms",
+                "must be below lease_ttl_ms and at least renew_every_ms",
             ));
         }
         if self.progress_every_ms == 0 {

@@ -158,11 +158,18 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if let Some(frame) = self.decoder.next_frame()? {
                 return Ok(frame);
             }
-            let n = self
-                .stream
-                .read(&mut self.chunk)
-                .await
-                .map_err(WireError::io("reading a frame"))?;
+            let n = match self.stream.read(&mut self.chunk).await {
+                Ok(n) => n,
+                // TLS reports a peer that closed its socket without a close_notify (killed, or
+                // dropped without one) as an unexpected end: the same end as a plain close.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+                Err(e) => {
+                    return Err(WireError::Io {
+                        op: "reading a frame",
+                        source: e,
+                    })
+                }
+            };
             if n == 0 {
                 let read = self.decoder.buffered();
                 if read == 0 {

@@ -3,8 +3,8 @@
 //! 1. Both sides send an 8-byte preamble, `CDRW` then the lowest and the highest protocol
 //!    version they speak (big-endian `u16`s), before any MessagePack: whatever later versions
 //!    change, two versions of cadre can always tell each other which versions they speak, and
-//!    a peer that is not cadre (a port scanner, an HTTP client, garbage) is refused after 4
-//!    bytes.
+//!    a peer that is not cadre (a port scanner, an HTTP client, garbage) is refused once its
+//!    first 8 bytes are in.
 //! 2. Each side picks the highest version both speak. When there is none, both refuse, each
 //!    saying both ranges (`agent speaks 2, scheduler 1`): the scheduler sends its preamble
 //!    before it refuses, so the agent can say it too.

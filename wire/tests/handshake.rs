@@ -97,7 +97,7 @@ fn a_version_mismatch_is_refused_on_both_sides_naming_both_ranges() {
 }
 
 #[test]
-fn a_peer_that_is_not_cadre_is_refused_after_four_bytes() {
+fn a_peer_that_is_not_cadre_is_refused_on_its_first_bytes() {
     let snap = run(|| async {
         let (mut a, s) = pair();
         a.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -182,7 +182,14 @@ impl Scheduler {
         let mut unreachable = Vec::new();
         // One copy of the spec per task; the last task takes the table's copy itself.
         let specs = std::iter::repeat_n(spec, active.tasks.len());
+        let now = Instant::now();
         for ((grant, token), spec) in active.tasks.iter().zip(specs) {
+            // What the lease has left, not its whole time to live: it was granted before its
+            // record became durable, and the worker fences itself by this.
+            let left = core
+                .leases
+                .get(*token)
+                .map_or(ttl, |l| l.expires_at.saturating_duration_since(now));
             let msg = Assign {
                 job,
                 attempt: active.attempt,
@@ -190,7 +197,7 @@ impl Scheduler {
                 token: *token,
                 spec,
                 grant: grant.clone(),
-                lease_ttl: ttl,
+                lease_ttl: left,
             };
             match core.workers.get(&grant.worker) {
                 Some(w) => {
@@ -205,11 +212,13 @@ impl Scheduler {
             }
         }
         for worker in unreachable {
+            // A closed mailbox says the link is gone, not that the worker's tasks are: a
+            // remote worker's link closes with its connection, its tasks may run on.
             self.worker_lost(
                 ctx,
                 worker,
                 "its mailbox refused an assignment".to_owned(),
-                true,
+                false,
             );
         }
     }

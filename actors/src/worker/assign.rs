@@ -93,9 +93,21 @@ impl Handler<Assign> for Worker {
     type Result = ();
 
     fn handle(&mut self, msg: Assign, ctx: &mut Ctx) {
-        let Some(worker) = self.id else {
-            tracing::warn!(job = %msg.job, lease = %msg.token, "assignment before registration: ignored, its lease lapses");
-            return;
+        let worker = match self.id {
+            Some(worker) => worker,
+            // The scheduler placed work on this registration before its answer reached the
+            // worker (a remote scheduler's first assignment can overtake it): the grant names
+            // the registration, which the answer then confirms.
+            None if self.registering => {
+                self.id = Some(msg.grant.worker);
+                msg.grant.worker
+            }
+            None => {
+                tracing::warn!(job = %msg.job, lease = %msg.token,
+                    "assignment while not registered: ignored, its lease lapses");
+                metrics::counter!(m::WORKER_ERRORS, "kind" => "unregistered_assign").increment(1);
+                return;
+            }
         };
         let (kill_tx, kill_rx) = oneshot::channel();
         let ttl = msg.lease_ttl;

@@ -197,7 +197,10 @@ impl TaskRun {
     ) -> (TaskEnd, Option<ExitReport>) {
         let config = Arc::clone(&self.config);
         if !self.report_start().await {
-            return match process.terminate(config.term_grace).await {
+            return match process
+                .terminate(grace(&config, KillReason::LeaseLost))
+                .await
+            {
                 Ok(report) => (
                     TaskEnd::Killed {
                         reason: KillReason::LeaseLost,
@@ -233,7 +236,7 @@ impl TaskRun {
                 },
                 None,
             ),
-            Waited::Kill(reason) => match process.terminate(config.term_grace).await {
+            Waited::Kill(reason) => match process.terminate(grace(&config, reason)).await {
                 Ok(report) if report.terminated => (TaskEnd::Killed { reason }, Some(report)),
                 // It ended on its own just before the kill: report how.
                 Ok(report) => (report_end(report), Some(report)),
@@ -245,5 +248,16 @@ impl TaskRun {
                 ),
             },
         }
+    }
+}
+
+/// How long a task stopped for `reason` gets between `SIGTERM` and `SIGKILL`: none when its
+/// lease is lost (the worker fenced itself, or the scheduler revoked it), since the job may
+/// already be another attempt's, and the scheduler places it again once the lease has run out,
+/// which a grace would outlast; `term_grace` when a user cancels or the node stops.
+fn grace(config: &WorkerConfig, reason: KillReason) -> std::time::Duration {
+    match reason {
+        KillReason::LeaseLost => std::time::Duration::ZERO,
+        KillReason::Cancelled | KillReason::Shutdown => config.term_grace,
     }
 }

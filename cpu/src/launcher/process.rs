@@ -105,13 +105,22 @@ impl RunningProcess {
     }
 
     /// Stops the process: `SIGTERM` to its whole group, up to `grace` for the direct child to
-    /// exit, then `SIGKILL` to the group; waits for it and for capture. On a process that has
-    /// already exited it is [`wait`](Self::wait).
+    /// exit, then `SIGKILL` to the group (at once, with no `SIGTERM`, for a zero `grace`); waits
+    /// for it and for capture. On a process that has already exited it is
+    /// [`wait`](Self::wait).
     pub async fn terminate(&mut self, grace: Duration) -> Result<ExitReport> {
         if let Some(report) = self.report {
             return Ok(report);
         }
-        if self.outcome.is_none() {
+        if self.outcome.is_none() && grace.is_zero() {
+            // No grace: killed at once (its lease is gone, and may be another attempt's now).
+            self.terminated = true;
+            self.killed = true;
+            self.signal_group(libc::SIGKILL, "SIGKILL")?;
+            self.kill_cgroup().await;
+            let status = self.child.wait().await;
+            self.reaped(status)?;
+        } else if self.outcome.is_none() {
             self.terminated = true;
             self.signal_group(libc::SIGTERM, "SIGTERM")?;
             match tokio::time::timeout(grace, self.child.wait()).await {

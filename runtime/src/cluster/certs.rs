@@ -76,6 +76,19 @@ pub fn create_ca(dir: &Path) -> Result<(PathBuf, PathBuf), Error> {
 /// Creates node `name`'s certificate in `dir`, signed by the CA there, naming `name` and
 /// `sans`; returns the certificate's and key's paths.
 pub fn create_node(dir: &Path, name: &str, sans: &[String]) -> Result<(PathBuf, PathBuf), Error> {
+    // The name is also the files' name: only what a node may be called.
+    let usable = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+    if !usable {
+        return Err(err(
+            name,
+            "a node's name is letters, digits, '-', '.' and '_' (at most 128, not starting with '.')",
+        ));
+    }
     let ca_key = std::str::from_utf8(&super::tls::read_pem(&dir.join("ca.key"))?)
         .map_err(|e| err("ca.key", e))?
         .to_owned();

@@ -94,7 +94,15 @@ pub struct SchedulerClient {
     retry_at: Option<Instant>,
     /// The address to try first.
     next_addr: usize,
+    /// Requests in a row that got no answer in time on this connection.
+    unanswered: u32,
+    /// This actor's address, for the futures of requests to report a missing answer.
+    me: Option<Addr<SchedulerClient>>,
 }
+
+/// Requests in a row left unanswered after which the connection is taken for dead and closed
+/// (the worker then registers again, which connects anew, to another address if need be).
+pub const UNANSWERED_LIMIT: u32 = 3;
 
 struct Live {
     queue: mpsc::UnboundedSender<ToScheduler>,
@@ -128,6 +136,8 @@ impl SchedulerClient {
             failures: 0,
             retry_at: None,
             next_addr: 0,
+            unanswered: 0,
+            me: None,
         }
     }
 
@@ -147,6 +157,9 @@ impl SchedulerClient {
     }
 
     fn close(&mut self, why: &str) {
+        // Frames an old connection's reader already sent on are ignored from now on.
+        self.generation += 1;
+        self.unanswered = 0;
         if let Some(live) = self.live.take() {
             tracing::info!(scheduler = %live.addr, worker = live.worker.0, why,
                 "connection to the scheduler closed");
@@ -187,6 +200,7 @@ impl SchedulerClient {
     ) -> ResponseFuture<Result<T, ActorsError>> {
         let kind = request.kind();
         let timeout = self.config.request_timeout;
+        let (generation, id, me) = (self.generation, self.next_id, self.me.clone());
         let Some(rx) = self.request(worker, request) else {
             // No connection: the worker registers again, which reconnects.
             return Box::pin(async move { Err(ActorsError::UnknownWorker { worker }) });
@@ -211,10 +225,15 @@ impl SchedulerClient {
                 Ok(Err(_)) => Err(failed(format!(
                     "the connection to the scheduler ended before it answered a {kind}"
                 ))),
-                Err(_) => Err(failed(format!(
-                    "the scheduler did not answer a {kind} within {} ms",
-                    timeout.as_millis()
-                ))),
+                Err(_) => {
+                    if let Some(me) = me {
+                        me.do_send(Unanswered { generation, id });
+                    }
+                    Err(failed(format!(
+                        "the scheduler did not answer a {kind} within {} ms",
+                        timeout.as_millis()
+                    )))
+                }
             }
         })
     }
@@ -225,9 +244,11 @@ impl SchedulerClient {
         conn: cadre_wire::Connection<super::tls::Reader, super::tls::Writer>,
         worker: WorkerId,
         scheduler_clock_us: u64,
+        hello_sent: Instant,
         addr: String,
     ) {
         self.generation += 1;
+        self.unanswered = 0;
         let generation = self.generation;
         let cadre_wire::Connection {
             mut reader, writer, ..
@@ -260,7 +281,10 @@ impl SchedulerClient {
         self.live = Some(Live {
             queue,
             worker,
-            clock: (Instant::now(), scheduler_clock_us),
+            // The scheduler's clock read when it sent the welcome, taken as this clock's reading
+            // before the hello went out: its instants then seem earlier here than they are, so
+            // a lease deadline is never read as later than it is.
+            clock: (hello_sent, scheduler_clock_us),
             addr,
             tasks: [reading, writing],
         });
@@ -281,6 +305,10 @@ impl SchedulerClient {
     fn deliver_assign(&mut self, mut assign: cadre_actors::protocol::Assign, deadline_us: u64) {
         let (job, token) = (assign.job, assign.token);
         let Some(deadline) = self.local(deadline_us) else {
+            tracing::warn!(job = %job, lease = %token,
+                "assignment without a live connection: not started, its lease lapses");
+            metrics::counter!(UNEXPECTED_FRAMES, "side" => "agent", "type" => "assign")
+                .increment(1);
             return;
         };
         let now = Instant::now();
@@ -311,6 +339,41 @@ impl SchedulerClient {
 
 impl Actor for SchedulerClient {
     type Context = Ctx;
+
+    fn started(&mut self, ctx: &mut Ctx) {
+        self.me = Some(ctx.address());
+    }
+}
+
+/// A request of connection `generation` got no answer in time.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Unanswered {
+    generation: u64,
+    id: u64,
+}
+
+impl Handler<Unanswered> for SchedulerClient {
+    type Result = ();
+
+    fn handle(&mut self, msg: Unanswered, _: &mut Ctx) {
+        if msg.generation != self.generation {
+            return;
+        }
+        self.pending.remove(&msg.id);
+        self.unanswered += 1;
+        if self.unanswered >= UNANSWERED_LIMIT {
+            let scheduler = self.live.as_ref().map(|l| l.addr.clone());
+            tracing::error!(
+                ?scheduler,
+                unanswered = self.unanswered,
+                "the scheduler answers nothing: the connection is closed, to connect anew"
+            );
+            metrics::counter!(CONNECTION_ERRORS, "side" => "agent", "kind" => "unanswered")
+                .increment(1);
+            self.close("unanswered");
+        }
+    }
 }
 
 /// A frame from the scheduler, read by connection `generation`.
@@ -364,7 +427,13 @@ impl Handler<Incoming> for SchedulerClient {
                 ..
             } => self.deliver_assign(*assign, lease_deadline_us),
             ToWorker::Kill(kill) => {
-                let Some(worker) = &self.worker else { return };
+                let Some(worker) = &self.worker else {
+                    tracing::warn!(job = %kill.job, lease = %kill.token,
+                        "kill before the worker registered: nothing to stop");
+                    metrics::counter!(UNEXPECTED_FRAMES, "side" => "agent", "type" => "kill")
+                        .increment(1);
+                    return;
+                };
                 if worker.kill.try_send(kill.clone()).is_err() {
                     tracing::error!(job = %kill.job, lease = %kill.token,
                         "the worker did not take a kill: its task stops when its lease runs out");
@@ -372,7 +441,10 @@ impl Handler<Incoming> for SchedulerClient {
                         .increment(1);
                 }
             }
-            ToWorker::Answer { id, answer } => match self.pending.remove(&id) {
+            ToWorker::Answer { id, answer } => match {
+                self.unanswered = 0;
+                self.pending.remove(&id)
+            } {
                 Some(tx) => {
                     if tx.send(answer).is_err() {
                         tracing::debug!(id, "an answer came after its request gave up");
@@ -422,8 +494,8 @@ impl Handler<Incoming> for SchedulerClient {
     }
 }
 
-/// Connects to the first address that answers and shakes hands; the errors of each address
-/// when none does.
+/// Connects to the first address that answers and shakes hands: the connection, the welcome,
+/// the address's index and when the hello went out; the errors of each address when none does.
 async fn connect_any(
     config: Arc<ClientConfig>,
     first: usize,
@@ -433,6 +505,7 @@ async fn connect_any(
         cadre_wire::Connection<super::tls::Reader, super::tls::Writer>,
         cadre_wire::Welcome,
         usize,
+        Instant,
     ),
     Vec<String>,
 > {
@@ -485,8 +558,9 @@ async fn connect_any(
             }
             None => super::tls::plain(stream),
         };
+        let hello_sent = Instant::now();
         match cadre_wire::connect(r, w, &config.handshake, &hello).await {
-            Ok((conn, welcome)) => return Ok((conn, welcome, i)),
+            Ok((conn, welcome)) => return Ok((conn, welcome, i, hello_sent)),
             Err(error) => {
                 metrics::counter!(CONNECTION_ERRORS, "side" => "agent", "kind" => error.kind())
                     .increment(1);
@@ -530,7 +604,7 @@ impl Handler<Register> for SchedulerClient {
         Box::pin(
             connect_any(config, first, hello).into_actor(self).map(
                 |result, act, ctx| match result {
-                    Ok((conn, welcome, i)) => {
+                    Ok((conn, welcome, i, hello_sent)) => {
                         let addr = act.config.join[i].clone();
                         tracing::info!(scheduler = %addr, name = %welcome.scheduler,
                         worker = welcome.worker.0, version = conn.version,
@@ -538,7 +612,14 @@ impl Handler<Register> for SchedulerClient {
                         act.next_addr = i;
                         act.failures = 0;
                         act.retry_at = None;
-                        act.install(ctx, conn, welcome.worker, welcome.clock_us, addr);
+                        act.install(
+                            ctx,
+                            conn,
+                            welcome.worker,
+                            welcome.clock_us,
+                            hello_sent,
+                            addr,
+                        );
                         Ok(welcome.worker)
                     }
                     Err(errors) => {

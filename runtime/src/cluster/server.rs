@@ -29,8 +29,10 @@ use cadre_wire::{
     ToScheduler, ToWorker, Welcome, WireError,
 };
 use futures_util::stream::{FuturesOrdered, StreamExt};
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+
+use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 use super::tls::{self, Reader, Writer};
@@ -73,18 +75,27 @@ pub async fn listen(
     let listener = TcpListener::bind(config.addr).await.map_err(listen_error)?;
     let bound = listener.local_addr().map_err(listen_error)?;
     metrics::gauge!(AGENTS_CONNECTED).set(0.0);
-    let task = actix_rt::spawn(accept_loop(listener, Arc::new(config)));
+    let registry = Arc::new(Registry {
+        epoch: Some(Instant::now()),
+        ..Registry::default()
+    });
+    let task = actix_rt::spawn(accept_loop(listener, Arc::new(config), registry));
     Ok((bound, task))
 }
 
-async fn accept_loop(listener: TcpListener, config: Arc<ServerConfig>) {
+async fn accept_loop(listener: TcpListener, config: Arc<ServerConfig>, registry: Arc<Registry>) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 if let Err(error) = stream.set_nodelay(true) {
                     tracing::debug!(%peer, %error, "TCP_NODELAY not set on a cluster connection");
                 }
-                actix_rt::spawn(serve_agent(stream, peer, Arc::clone(&config)));
+                actix_rt::spawn(serve_agent(
+                    stream,
+                    peer,
+                    Arc::clone(&config),
+                    Arc::clone(&registry),
+                ));
             }
             Err(error) => {
                 // Out of descriptors, mostly: wait a little instead of spinning.
@@ -94,6 +105,40 @@ async fn accept_loop(listener: TcpListener, config: Arc<ServerConfig>) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+}
+
+/// A welcomed connection, as the registry of live agents sees it.
+struct LiveConn {
+    /// Its worker's registration.
+    worker: WorkerId,
+    peer: SocketAddr,
+    /// When its last frame came (microseconds since the server started).
+    heard_us: AtomicU64,
+    /// Wakes its read loop to close it: a newer connection took its identity.
+    close: Notify,
+}
+
+/// The registry of live agent connections, by identity: a second agent under a live one's
+/// identity (two hosts given the same `--name`) is refused instead of evicting it, and a
+/// reconnecting agent whose old connection went silent replaces that one.
+#[derive(Default)]
+struct Registry {
+    epoch: Option<Instant>,
+    live: std::sync::Mutex<rustc_hash::FxHashMap<WorkerIdentity, Arc<LiveConn>>>,
+}
+
+impl Registry {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, rustc_hash::FxHashMap<WorkerIdentity, Arc<LiveConn>>> {
+        self.live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn now_us(&self) -> u64 {
+        self.epoch.map_or(0, |e| micros(e.elapsed()))
     }
 }
 
@@ -120,7 +165,12 @@ async fn refuse(
     }
 }
 
-async fn serve_agent(stream: TcpStream, peer: SocketAddr, config: Arc<ServerConfig>) {
+async fn serve_agent(
+    stream: TcpStream,
+    peer: SocketAddr,
+    config: Arc<ServerConfig>,
+    registry: Arc<Registry>,
+) {
     let epoch = Instant::now();
     let (r, w, cert) = match &config.tls {
         Some(acceptor) => {
@@ -158,6 +208,37 @@ async fn serve_agent(stream: TcpStream, peer: SocketAddr, config: Arc<ServerConf
         }
     }
     let identity = WorkerIdentity::new(hello.node.clone(), hello.worker.clone());
+    // Another connection under this identity: refused while it is heard from (two agents
+    // given one name must not evict each other's jobs back and forth); replaced once it has
+    // been silent half a lease (a reconnecting agent whose old connection never closed here).
+    let previous = registry.lock().get(&identity).cloned();
+    if let Some(old) = previous {
+        let silent_us = registry
+            .now_us()
+            .saturating_sub(old.heard_us.load(Ordering::Relaxed));
+        if silent_us < micros(config.lease_ttl / 2) {
+            let refusal = Refusal::new(
+                RefusalKind::Identity,
+                format!(
+                    "{identity} is connected from {}, heard {} ms ago",
+                    old.peer,
+                    silent_us / 1000
+                ),
+            );
+            refuse(&mut conn, peer, refusal).await;
+            return;
+        }
+        tracing::warn!(%peer, %identity, old_peer = %old.peer, silent_ms = silent_us / 1000,
+            "agent reconnected while its old connection was silent: the old one is closed");
+        // Its registration goes first, as a silent one (its jobs wait for their leases), so
+        // the registration below does not find it and count it gone.
+        config.scheduler.do_send(WorkerDead {
+            worker: old.worker,
+            reason: format!("{identity} reconnected from {peer} while silent"),
+            exited: false,
+        });
+        old.close.notify_one();
+    }
     let (queue, outgoing) = mpsc::unbounded_channel::<ToWorker>();
     let link = AgentLink {
         queue: queue.clone(),
@@ -214,25 +295,38 @@ async fn serve_agent(stream: TcpStream, peer: SocketAddr, config: Arc<ServerConf
     });
     if let Err(error) = conn.writer.send(&welcome).await {
         ended(peer, Some(worker), &error, "welcome");
-        link.do_send(CloseLink);
+        // Unwelcomed, the agent runs nothing of this registration.
         config.scheduler.do_send(WorkerDead {
             worker,
             reason: format!("its connection from {peer} failed before it was welcomed"),
             exited: true,
         });
+        link.do_send(CloseLink);
         return;
     }
     tracing::info!(%peer, worker = worker.0, %identity, datacenter = %hello.datacenter,
         version = conn.version, software = %hello.software, cpu_millis = hello.capacity.cpu_millis,
         gpus = hello.gpus.len(), running = hello.running.len(), "agent connected");
     metrics::gauge!(AGENTS_CONNECTED).increment(1.0);
+    let live = Arc::new(LiveConn {
+        worker,
+        peer,
+        heard_us: AtomicU64::new(registry.now_us()),
+        close: Notify::new(),
+    });
+    registry.lock().insert(identity.clone(), Arc::clone(&live));
+    // An agent renews at least twice per lease: one silent for a whole lease is gone (the
+    // health monitor has declared it dead by then); its connection is closed.
+    let idle_limit = config.lease_ttl;
+    let idle = tokio::time::sleep(idle_limit);
+    tokio::pin!(idle);
     let cadre_wire::Connection {
         mut reader, writer, ..
     } = conn;
     let mut writing = actix_rt::spawn(write_loop(writer, outgoing));
     let session = Session {
         worker,
-        identity,
+        identity: identity.clone(),
         epoch,
         queue,
         config: Arc::clone(&config),
@@ -245,8 +339,18 @@ async fn serve_agent(stream: TcpStream, peer: SocketAddr, config: Arc<ServerConf
         tokio::select! {
             // Answers go out in the order their requests came.
             Some(answer) = in_flight.next(), if !in_flight.is_empty() => session.send(answer),
+            () = &mut idle => {
+                tracing::warn!(%peer, worker = worker.0, silent_ms = idle_limit.as_millis() as u64,
+                    "agent silent for a whole lease: its connection is closed");
+                metrics::counter!(CONNECTION_ERRORS, "side" => "scheduler", "kind" => "silent")
+                    .increment(1);
+                break ("silent for a whole lease".to_owned(), false);
+            }
+            () = live.close.notified() => break ("replaced by a newer connection".to_owned(), false),
             frame = reader.recv::<ToScheduler>(), if in_flight.len() < IN_FLIGHT => match frame {
                 Ok(msg) => {
+                    live.heard_us.store(registry.now_us(), Ordering::Relaxed);
+                    idle.as_mut().reset(Instant::now() + idle_limit);
                     if let Some(answering) = session.handle(msg) {
                         in_flight.push_back(answering);
                     }
@@ -272,13 +376,24 @@ async fn serve_agent(stream: TcpStream, peer: SocketAddr, config: Arc<ServerConf
         }
     };
     writing.abort();
-    link.do_send(CloseLink);
+    {
+        let mut live_conns = registry.lock();
+        if live_conns
+            .get(&identity)
+            .is_some_and(|l| Arc::ptr_eq(l, &live))
+        {
+            live_conns.remove(&identity);
+        }
+    }
     metrics::gauge!(AGENTS_CONNECTED).decrement(1.0);
+    // The death first, then the link's close: an assignment the link can no longer take
+    // would otherwise count the worker gone (its mailbox closed) before this says how.
     config.scheduler.do_send(WorkerDead {
         worker,
         reason: format!("its connection from {peer} ended: {reason}"),
         exited,
     });
+    link.do_send(CloseLink);
 }
 
 /// One agent's connection after the handshake: turns its requests into the scheduler's messages.
