@@ -441,17 +441,18 @@ impl Handler<Incoming> for SchedulerClient {
                         .increment(1);
                 }
             }
-            ToWorker::Answer { id, answer } => match {
+            ToWorker::Answer { id, answer } => {
+                // The scheduler answers: the count of unanswered requests starts again.
                 self.unanswered = 0;
-                self.pending.remove(&id)
-            } {
-                Some(tx) => {
-                    if tx.send(answer).is_err() {
-                        tracing::debug!(id, "an answer came after its request gave up");
+                match self.pending.remove(&id) {
+                    Some(tx) => {
+                        if tx.send(answer).is_err() {
+                            tracing::debug!(id, "an answer came after its request gave up");
+                        }
                     }
+                    None => tracing::debug!(id, "an answer to no waiting request (timed out)"),
                 }
-                None => tracing::debug!(id, "an answer to no waiting request (timed out)"),
-            },
+            }
             ToWorker::Ping { id, .. } => {
                 if let Some(live) = &self.live {
                     let clock_us = micros(live.clock.0.elapsed());
