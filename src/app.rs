@@ -223,6 +223,14 @@ enum Command {
     Failures,
     /// Workers and capacity.
     Nodes,
+    /// Stop placing new work on a node; its running jobs finish (--undo: take work again).
+    Drain {
+        /// The node's name.
+        node: String,
+        /// Take work again.
+        #[arg(long)]
+        undo: bool,
+    },
     /// Create the cluster's certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
@@ -362,6 +370,7 @@ pub fn main(extensions: Extensions) -> ExitCode {
         Command::Watch { id } => client.watch(id),
         Command::Failures => client.failures(),
         Command::Nodes => client.nodes(),
+        Command::Drain { node, undo } => client.drain(&node, undo),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

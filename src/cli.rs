@@ -138,6 +138,10 @@ impl Client {
         self.finish(self.agent.post(self.url(path)).send_json(body))
     }
 
+    fn delete(&self, path: &str) -> Result<Reply, CliError> {
+        self.finish(self.agent.delete(self.url(path)).call())
+    }
+
     fn print_json(&self, reply: &Reply) -> bool {
         if self.output == Output::Json {
             println!("{}", reply.body);

@@ -82,6 +82,34 @@ fn jobs_spread_over_agents_gangs_span_them_and_a_killed_agents_jobs_run_elsewher
     assert_eq!(held.len(), 2, "a gang of two on two agents: {job}");
     sched.wait_state(gang, "succeeded", SECS_30);
 
+    // Drained, a1 takes no new work: two jobs run on a2 and a3; undrained, it takes work again.
+    let out = sched.cli(&["drain", "a1"]);
+    assert!(out.status.success(), "{out:?}");
+    let nodes = String::from_utf8_lossy(&sched.cli(&["nodes"]).stdout).to_string();
+    assert!(nodes.contains("a1/cpu-0  draining"), "{nodes}");
+    let a1 = worker_id(&sched, "a1/cpu-0");
+    let ids: Vec<u64> = (0..2)
+        .map(|_| sched.submit(&[], &["/bin/sleep", "1"]))
+        .collect();
+    for id in &ids {
+        let job = sched.wait_state(*id, "running", SECS_30);
+        assert!(
+            !grant_workers(&job).contains(&a1),
+            "a drained node got work: {job}"
+        );
+    }
+    let out = sched.cli(&["drain", "--undo", "a1"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = sched.cli(&["drain", "nowhere"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown node"),
+        "{out:?}"
+    );
+    for id in &ids {
+        sched.wait_state(*id, "succeeded", SECS_30);
+    }
+
     // SIGKILL one agent while each runs a job: its job runs again on another, the others once.
     let ids: Vec<u64> = (0..3)
         .map(|_| sched.submit(&[], &["/bin/sleep", "2"]))

@@ -25,6 +25,12 @@ pub enum Error {
         /// The worker asked for.
         worker: WorkerId,
     },
+    /// No worker of this node is registered.
+    #[error("no worker of node {node} is registered")]
+    UnknownNode {
+        /// The node asked for.
+        node: String,
+    },
     /// A worker registered twice under one id.
     #[error("worker {worker} is already registered")]
     DuplicateWorker {

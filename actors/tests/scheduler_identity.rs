@@ -3,6 +3,9 @@
 //! again is a restart, which replaces the earlier registration (whose jobs are lost and
 //! requeued), so its capacity is never offered twice.
 //!
+//! A drained node (`cadre drain`) takes no new work, keeps its running jobs, stays drained
+//! when it registers again, and takes work again once undrained.
+//!
 //! Time only moves through `tokio::time` on a paused clock.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -10,8 +13,8 @@
 mod support;
 
 use cadre_actors::job::JobState;
-use cadre_actors::scheduler::Nodes;
-use cadre_actors::WorkerIdentity;
+use cadre_actors::scheduler::{DrainNode, Nodes};
+use cadre_actors::{Error, WorkerIdentity};
 
 use support::{run, sched_job, SchedRig, LONG_TTL};
 
@@ -72,6 +75,92 @@ fn workers_of_the_same_name_on_two_nodes_do_not_evict_each_other() {
             assert!(tokio::time::Instant::now() < deadline, "still {view:?}");
             tokio::time::sleep(support::ms(5)).await;
         }
+        rig.stop().await;
+    });
+}
+
+#[test]
+fn a_drained_node_takes_no_new_work_keeps_its_jobs_and_takes_work_again_when_undrained() {
+    run(|_| async {
+        let rig = SchedRig::start(LONG_TTL, 3).await;
+        let a = rig
+            .register_as(0, WorkerIdentity::new("node-a", "cpu-0"), 1000, Vec::new())
+            .await;
+        let running = rig.submit(vec![sched_job("before", 3)]).await[0];
+        let assign = rig.until_assigns(0, 1).await.remove(0);
+        rig.started(a, &assign).await.unwrap();
+        rig.register_as(1, WorkerIdentity::new("node-b", "cpu-0"), 2000, Vec::new())
+            .await;
+
+        let drained = rig
+            .sched
+            .send(DrainNode {
+                node: "node-a".to_owned(),
+                drain: true,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(drained, vec![a]);
+        let nodes = rig.sched.send(Nodes).await.unwrap().unwrap();
+        let draining: Vec<(String, bool)> = nodes
+            .workers
+            .iter()
+            .map(|w| (w.node.clone(), w.draining))
+            .collect();
+        assert!(
+            draining.contains(&("node-a".to_owned(), true)),
+            "{draining:?}"
+        );
+        assert!(
+            draining.contains(&("node-b".to_owned(), false)),
+            "{draining:?}"
+        );
+        // New work goes to b only; a's running job keeps its lease.
+        rig.submit(vec![sched_job("after-1", 3), sched_job("after-2", 3)])
+            .await;
+        rig.until_assigns(1, 2).await;
+        tokio::time::sleep(support::ms(100)).await;
+        assert_eq!(
+            rig.fake(0).assigns().len(),
+            1,
+            "a drained node got new work"
+        );
+        assert_eq!(rig.view(running).await.state, JobState::Running);
+
+        // a's worker registers again (its agent reconnected): still drained.
+        rig.register_as(2, WorkerIdentity::new("node-a", "cpu-0"), 1000, Vec::new())
+            .await;
+        rig.submit(vec![sched_job("after-3", 3)]).await;
+        tokio::time::sleep(support::ms(100)).await;
+        assert!(
+            rig.fake(2).assigns().is_empty(),
+            "a drained node's new registration got work"
+        );
+
+        // Undrained: it takes the waiting job.
+        rig.sched
+            .send(DrainNode {
+                node: "node-a".to_owned(),
+                drain: false,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        rig.until_assigns(2, 1).await;
+
+        let unknown = rig
+            .sched
+            .send(DrainNode {
+                node: "node-z".to_owned(),
+                drain: true,
+            })
+            .await
+            .unwrap();
+        assert!(
+            matches!(&unknown, Err(Error::UnknownNode { node }) if node == "node-z"),
+            "{unknown:?}"
+        );
         rig.stop().await;
     });
 }

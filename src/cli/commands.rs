@@ -158,6 +158,27 @@ impl Client {
         Ok(())
     }
 
+    /// `cadre drain NODE [--undo]`.
+    pub fn drain(&self, node: &str, undo: bool) -> Result<(), CliError> {
+        let path = format!("/v1/nodes/{node}/drain");
+        let reply = if undo {
+            self.delete(&path)?
+        } else {
+            self.post(&path, &Value::Null)?
+        };
+        if !self.print_json(&reply) {
+            let workers = reply.body["workers"].as_array().map_or(0, Vec::len);
+            if undo {
+                println!("{node}: takes work again ({workers} worker(s))");
+            } else {
+                println!(
+                    "{node}: draining ({workers} worker(s)): no new work, running jobs finish"
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// `cadre nodes`.
     pub fn nodes(&self) -> Result<(), CliError> {
         let reply = self.get("/v1/nodes")?;
@@ -169,10 +190,15 @@ impl Client {
             );
             for w in b["workers"].as_array().map_or(&[][..], Vec::as_slice) {
                 println!(
-                    "worker {:>4}  {}/{}  cpu_millis={} memory_bytes={} gpus={} leases={}",
+                    "worker {:>4}  {}/{}  {}  cpu_millis={} memory_bytes={} gpus={} leases={}",
                     w["worker"],
                     w["node"].as_str().unwrap_or(""),
                     w["name"].as_str().unwrap_or(""),
+                    if w["draining"].as_bool() == Some(true) {
+                        "draining"
+                    } else {
+                        "alive"
+                    },
                     w["capacity"]["cpu_millis"],
                     w["capacity"]["memory_bytes"],
                     w["capacity"]["gpus"].as_array().map_or(0, Vec::len),

@@ -187,6 +187,7 @@ impl From<&Error> for Refusal {
             | Error::Rejected { .. }
             | Error::Conflict { .. }
             | Error::UnknownDevice { .. }
+            | Error::UnknownNode { .. }
             | Error::DuplicateWorker { .. }
             | Error::AlreadyReserved { .. } => RefusalKind::Invalid,
             Error::TokensExhausted { .. } | Error::Codec { .. } => RefusalKind::Internal,

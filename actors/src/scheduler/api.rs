@@ -360,6 +360,9 @@ pub struct NodeView {
     pub registered_ms: u64,
     /// Leases it holds.
     pub leases: usize,
+    /// Whether an operator drained its node: it takes no new work.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// The scheduler's view of the node: workers, totals and counts.
@@ -411,6 +414,7 @@ impl Handler<Nodes> for Scheduler {
                     capacity: w.capacity.clone(),
                     registered_ms: w.registered_ms,
                     leases: core.leases.leases_of_worker(*id).len(),
+                    draining: core.drained_nodes.contains(&w.identity.node),
                 })
                 .collect(),
             capacity: core.placer.capacity().summary(),
@@ -422,6 +426,54 @@ impl Handler<Nodes> for Scheduler {
             store_unwritable: core.unwritable.clone(),
             ended: core.store.as_ref().map_or(0, |s| s.table().ended_len()),
         })
+    }
+}
+
+/// An operator drains a node (`cadre drain NODE`, Nomad's `node drain`, Slurm's `DRAIN`):
+/// its workers take no new work and their running jobs finish; or undrains it. The answer is
+/// the node's workers; `UnknownNode` when none is registered (draining nothing is a mistake an
+/// operator wants to hear about).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Vec<WorkerId>, Error>")]
+pub struct DrainNode {
+    /// The node's name.
+    pub node: String,
+    /// Drain (`true`) or take work again (`false`).
+    pub drain: bool,
+}
+
+impl Handler<DrainNode> for Scheduler {
+    type Result = Result<Vec<WorkerId>, Error>;
+
+    fn handle(&mut self, msg: DrainNode, ctx: &mut Ctx) -> Self::Result {
+        let core = self.core()?;
+        let workers: Vec<WorkerId> = core
+            .workers
+            .iter()
+            .filter(|(_, w)| w.identity.node == msg.node)
+            .map(|(id, _)| *id)
+            .collect();
+        if workers.is_empty() {
+            refuse("drain", "unknown_node");
+            return Err(Error::UnknownNode { node: msg.node });
+        }
+        for worker in &workers {
+            core.placer.set_accepting(*worker, !msg.drain)?;
+        }
+        let running: usize = workers
+            .iter()
+            .map(|w| core.leases.leases_of_worker(*w).len())
+            .sum();
+        if msg.drain {
+            core.drained_nodes.insert(msg.node.clone());
+            tracing::info!(node = %msg.node, workers = workers.len(), running,
+                "node drained: no new work; its running jobs finish");
+        } else {
+            core.drained_nodes.remove(&msg.node);
+            tracing::info!(node = %msg.node, workers = workers.len(), "node takes work again");
+            self.schedule(ctx);
+        }
+        Ok(workers)
     }
 }
 

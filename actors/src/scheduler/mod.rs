@@ -69,8 +69,8 @@ mod snapshot;
 mod workers;
 
 pub use api::{
-    CancelJob, CancelOutcome, CloseStore, ClusterView, Drain, GetJob, JobView, ListJobs, NodeView,
-    Nodes, Ready, Submit,
+    CancelJob, CancelOutcome, CloseStore, ClusterView, Drain, DrainNode, GetJob, JobView, ListJobs,
+    NodeView, Nodes, Ready, Submit,
 };
 use commit::AfterDurable;
 use jobs::{task_result, TaskResult};
@@ -193,6 +193,10 @@ struct Core {
     disk_pressure: bool,
     /// Whether the last look at the data's disk failed (said once until it works again).
     disk_unreadable: bool,
+    /// Nodes an operator drained (`cadre drain`): their workers take no new work, also when
+    /// they register again (a reconnecting agent), until undrained. Not journaled: a
+    /// restarted scheduler has forgotten them.
+    drained_nodes: std::collections::BTreeSet<String>,
 }
 
 struct WorkerEntry {
@@ -348,6 +352,7 @@ impl Scheduler {
             snapshot: None,
             disk_pressure: false,
             disk_unreadable: false,
+            drained_nodes: std::collections::BTreeSet::new(),
         });
         metrics::gauge!(m::JOBS_RUNNING).set(0.0);
         metrics::gauge!(m::WORKERS).set(0.0);

@@ -32,6 +32,10 @@ impl Handler<Register> for Scheduler {
         let worker = WorkerId(core.next_worker);
         core.next_worker += 1;
         core.placer.add_worker(worker, &msg.capacity)?;
+        if core.drained_nodes.contains(&msg.identity.node) {
+            // Drained before it registered again: it stays drained.
+            core.placer.set_accepting(worker, false)?;
+        }
         tracing::info!(worker = %worker, identity = %msg.identity, cpu_millis = msg.capacity.cpu_millis,
             memory_bytes = msg.capacity.memory_bytes, gpus = msg.capacity.gpus.len(), "worker registered");
         core.workers.insert(

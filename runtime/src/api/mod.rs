@@ -137,6 +137,13 @@ fn actors_error(route: &'static str, error: cadre_actors::Error) -> HttpResponse
             Some("id"),
             error.to_string(),
         ),
+        E::UnknownNode { .. } => fail(
+            StatusCode::NOT_FOUND,
+            route,
+            "unknown node",
+            Some("node"),
+            error.to_string(),
+        ),
         E::Conflict { .. } => fail(
             StatusCode::CONFLICT,
             route,
@@ -268,6 +275,29 @@ async fn nodes(state: web::Data<ApiState>) -> HttpResponse {
         Ok(Ok(view)) => HttpResponse::Ok().json(view),
         Ok(Err(e)) => actors_error("nodes", e),
         Err(e) => mailbox("nodes", e),
+    }
+}
+
+/// `POST /v1/nodes/{node}/drain` drains a node; `DELETE` undoes it.
+async fn drain_node(
+    state: web::Data<ApiState>,
+    node: web::Path<String>,
+    req: actix_web::HttpRequest,
+) -> HttpResponse {
+    let node = node.into_inner();
+    let drain = req.method() != Method::DELETE;
+    let asked = cadre_actors::scheduler::DrainNode {
+        node: node.clone(),
+        drain,
+    };
+    match state.scheduler.send(asked).await {
+        Ok(Ok(workers)) => HttpResponse::Ok().json(serde_json::json!({
+            "node": node,
+            "draining": drain,
+            "workers": workers,
+        })),
+        Ok(Err(e)) => actors_error("drain", e),
+        Err(e) => mailbox("drain", e),
     }
 }
 
@@ -418,6 +448,11 @@ pub fn server(
             ))
             .service(resource("/v1/events", GET, vec![get().to(events)]))
             .service(resource("/v1/nodes", GET, vec![get().to(nodes)]))
+            .service(resource(
+                "/v1/nodes/{node}/drain",
+                &[Method::POST, Method::DELETE],
+                vec![web::post().to(drain_node), web::delete().to(drain_node)],
+            ))
             .service(resource("/v1/failures", GET, vec![get().to(failures)]))
             .default_service(web::to(not_found))
     })
