@@ -12,6 +12,8 @@
 //!   of them is requeued (a second attempt), over 20 kills (targets p50 <= 2 s, p99 <= 3 s).
 //!   The killed agent is started again on its data directory before the next round, which
 //!   kills the processes the SIGKILL left.
+//! - `many_agents` (`many_agents.rs`): 5,000 simulated agents renewing every second: the
+//!   scheduler thread's CPU share and the renewal round trip (target p99 <= 10 ms).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -228,6 +230,9 @@ pub fn run(quick: bool) -> Result<(), BenchError> {
     }
     if selected("agent_kill") {
         kill(quick, &report)?;
+    }
+    if selected("many_agents") {
+        crate::many_agents::run(quick, &report)?;
     }
     Ok(())
 }

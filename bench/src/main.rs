@@ -11,6 +11,7 @@ mod cluster;
 mod e2e;
 mod gpu;
 mod io;
+mod many_agents;
 mod report;
 mod scheduler;
 mod snapshot;
@@ -104,6 +105,15 @@ fn usage() -> String {
 fn main() -> ExitCode {
     // The scheduler suite runs a node with a large queue in a fresh process of its own.
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(many_agents::SIM_CHILD) {
+        return match many_agents::sim_child(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("cadre-bench: simulated agents: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if args.first().map(String::as_str) == Some(cluster::AGENT_CHILD) {
         return match cluster::agent_child(&args[1..]) {
             Ok(()) => ExitCode::SUCCESS,
