@@ -55,11 +55,38 @@ fn jobs_spread_over_agents_gangs_span_them_and_a_killed_agents_jobs_run_elsewher
     let port = free_port();
     let sched = Server::start_scheduler(dir.path(), port, &[]);
     let join = format!("127.0.0.1:{port}");
-    let mut agents: Vec<Agent> = ["a1", "a2", "a3"]
+    let mut agents: Vec<Agent> = ["a1", "a2"]
         .iter()
         .map(|name| Agent::start(dir.path(), name, &join, &ONE_CPU))
         .collect();
+    agents.push(Agent::start_with(
+        dir.path(),
+        "a3",
+        &join,
+        &ONE_CPU,
+        &[
+            "--insecure-cluster",
+            "--datacenter",
+            "dc2",
+            "--labels",
+            "rack=r7,zone=b",
+        ],
+    ));
     wait_workers(&sched, &["a1/cpu-0", "a2/cpu-0", "a3/cpu-0"], SECS_30);
+    // Each worker as the scheduler sees it: datacenter, labels, what it has free, its state.
+    let (_, nodes) = sched.get("/v1/nodes");
+    let a3 = nodes["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["node"] == "a3")
+        .unwrap()
+        .clone();
+    assert_eq!(a3["datacenter"], "dc2", "{a3}");
+    assert_eq!(a3["labels"]["rack"], "r7", "{a3}");
+    assert_eq!(a3["free"]["cpu_millis"], 1000, "{a3}");
+    assert_eq!(a3["state"], "alive", "{a3}");
+    assert!(a3["renewed_ms"].as_u64().unwrap() > 0, "{a3}");
 
     // One CPU each: three one-CPU jobs run on three agents at once.
     let ids: Vec<u64> = (0..3)
@@ -71,6 +98,13 @@ fn jobs_spread_over_agents_gangs_span_them_and_a_killed_agents_jobs_run_elsewher
         on.extend(grant_workers(&job));
     }
     assert_eq!(on.len(), 3, "three jobs on three agents: {on:?}");
+    let (_, nodes) = sched.get("/v1/nodes");
+    for w in nodes["workers"].as_array().unwrap() {
+        assert_eq!(
+            w["free"]["cpu_millis"], 0,
+            "a busy agent has no CPU free: {w}"
+        );
+    }
     for id in &ids {
         sched.wait_state(*id, "succeeded", SECS_30);
     }

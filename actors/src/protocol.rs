@@ -106,6 +106,10 @@ pub struct SchedulerLink {
 pub struct Register {
     /// Who the worker is: its node and its name there.
     pub identity: WorkerIdentity,
+    /// Its node's datacenter.
+    pub datacenter: String,
+    /// Its node's labels.
+    pub labels: std::collections::BTreeMap<String, String>,
     /// What it offers.
     pub capacity: WorkerCapacity,
     /// How to reach it.

@@ -119,6 +119,8 @@ impl Worker {
         self.registering = true;
         let msg = Register {
             identity: self.config.identity.clone(),
+            datacenter: self.config.datacenter.clone(),
+            labels: self.config.labels.clone(),
             capacity: self.config.capacity.clone(),
             link: WorkerLink {
                 assign: ctx.address().recipient(),

@@ -164,3 +164,26 @@ fn a_drained_node_takes_no_new_work_keeps_its_jobs_and_takes_work_again_when_und
         rig.stop().await;
     });
 }
+
+/// `cadre nodes` shows each worker's datacenter, what it has free and its state: alive while it
+/// renews, suspect after half a lease without a renewal.
+#[test]
+fn the_nodes_view_shows_datacenter_free_capacity_and_a_silent_worker_as_suspect() {
+    run(|_| async {
+        let ttl = std::time::Duration::from_secs(4);
+        let rig = SchedRig::start(ttl, 1).await;
+        let w = rig.register(0, 2000).await;
+        rig.submit(vec![sched_job("one", 3)]).await;
+        rig.until_assigns(0, 1).await;
+        let nodes = rig.sched.send(Nodes).await.unwrap().unwrap();
+        let view = nodes.workers.iter().find(|v| v.worker == w).unwrap();
+        assert_eq!(view.datacenter, "dc1");
+        assert_eq!(view.free.cpu_millis, 1000, "{view:?}");
+        assert_eq!(view.state, "alive");
+        tokio::time::sleep(ttl / 2 + support::ms(100)).await;
+        let nodes = rig.sched.send(Nodes).await.unwrap().unwrap();
+        let view = nodes.workers.iter().find(|v| v.worker == w).unwrap();
+        assert_eq!(view.state, "suspect", "{view:?}");
+        rig.stop().await;
+    });
+}

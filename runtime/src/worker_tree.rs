@@ -130,6 +130,8 @@ pub(crate) fn build(inputs: Inputs<'_>) -> Result<Parts, Error> {
     };
     let worker_config = Arc::new(WorkerConfig {
         identity: inputs.identity,
+        datacenter: config.cluster.datacenter.clone(),
+        labels: config.cluster.labels.clone(),
         capacity,
         launcher: Launcher::new(inputs.engine),
         log_dir: inputs.log_dir,

@@ -188,21 +188,33 @@ impl Client {
                 "queued {}  running {}  jobs {}  draining {}",
                 b["queued"], b["running"], b["jobs"], b["draining"]
             );
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
             for w in b["workers"].as_array().map_or(&[][..], Vec::as_slice) {
+                let gpus = w["capacity"]["gpus"].as_array().map_or(0, Vec::len);
+                let unhealthy = w["free"]["unhealthy_gpus"].as_array().map_or(0, Vec::len);
+                let renewed = w["renewed_ms"].as_u64().unwrap_or(0);
                 println!(
-                    "worker {:>4}  {}/{}  {}  cpu_millis={} memory_bytes={} gpus={} leases={}",
+                    "worker {:>4}  {}/{}  {}  dc={}  cpu={}/{}m  mem={}/{}  gpus={}/{}{}  leases={}  renewed {} ms ago",
                     w["worker"],
                     w["node"].as_str().unwrap_or(""),
                     w["name"].as_str().unwrap_or(""),
-                    if w["draining"].as_bool() == Some(true) {
-                        "draining"
-                    } else {
-                        "alive"
-                    },
+                    w["state"].as_str().unwrap_or("alive"),
+                    w["datacenter"].as_str().unwrap_or(""),
+                    w["free"]["cpu_millis"],
                     w["capacity"]["cpu_millis"],
+                    w["free"]["memory_bytes"],
                     w["capacity"]["memory_bytes"],
-                    w["capacity"]["gpus"].as_array().map_or(0, Vec::len),
-                    w["leases"]
+                    w["free"]["gpus"],
+                    gpus,
+                    if unhealthy > 0 {
+                        format!(" ({unhealthy} unhealthy)")
+                    } else {
+                        String::new()
+                    },
+                    w["leases"],
+                    now_ms.saturating_sub(renewed),
                 );
             }
         }

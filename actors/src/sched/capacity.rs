@@ -42,6 +42,19 @@ pub struct WorkerCapacity {
     pub gpus: Vec<u32>,
 }
 
+/// What one worker has free, for `cadre nodes`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerFree {
+    /// CPU not reserved, in millicores.
+    pub cpu_millis: u64,
+    /// Memory not reserved, in bytes.
+    pub memory_bytes: u64,
+    /// Healthy GPUs not held.
+    pub gpus: u32,
+    /// The indices of its unhealthy GPUs.
+    pub unhealthy_gpus: Vec<u32>,
+}
+
 /// Totals over all workers, for status and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CapacitySummary {
@@ -218,6 +231,23 @@ impl CapacityTable {
             self.cursor = 0;
         }
         Ok(jobs)
+    }
+
+    /// What a worker has free (CPU, memory, healthy GPUs not held) and the indices of its
+    /// unhealthy GPUs; `None` for a worker not in the table.
+    pub fn free(&self, worker: WorkerId) -> Option<WorkerFree> {
+        let entry = self.entries.get(*self.by_id.get(&worker)?)?;
+        Some(WorkerFree {
+            cpu_millis: entry.free_cpu,
+            memory_bytes: entry.free_mem,
+            gpus: entry.free_gpus(),
+            unhealthy_gpus: entry
+                .gpus
+                .iter()
+                .filter(|g| !g.healthy)
+                .map(|g| g.index)
+                .collect(),
+        })
     }
 
     /// Starts or stops placing new work on a worker (drain); its reservations stay.

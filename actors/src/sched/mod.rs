@@ -19,7 +19,7 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-pub use capacity::{CapacitySummary, CapacityTable, Grant, WorkerCapacity};
+pub use capacity::{CapacitySummary, CapacityTable, Grant, WorkerCapacity, WorkerFree};
 pub use queue::{JobQueue, QueuedJob};
 
 use crate::error::Error;

@@ -354,6 +354,23 @@ pub struct NodeView {
     pub node: String,
     /// Its name on that node.
     pub name: String,
+    /// Its node's datacenter.
+    #[serde(default)]
+    pub datacenter: String,
+    /// Its node's labels.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// What it has free.
+    #[serde(default)]
+    pub free: crate::sched::WorkerFree,
+    /// When it last renewed its leases (its heartbeat to the scheduler), in milliseconds since
+    /// the Unix epoch.
+    #[serde(default)]
+    pub renewed_ms: u64,
+    /// `alive`, `suspect` (no renewal for half a lease: it may be dead or cut off, which the
+    /// health monitor decides) or `draining`.
+    #[serde(default)]
+    pub state: String,
     /// What it offers.
     pub capacity: WorkerCapacity,
     /// When it registered, in milliseconds since the Unix epoch.
@@ -403,6 +420,8 @@ impl Handler<Nodes> for Scheduler {
         let core = self.core.as_ref().ok_or_else(|| Error::Unavailable {
             reason: "the scheduler is still opening its journal".to_owned(),
         })?;
+        let (now, wall_ms) = (Instant::now(), now_ms());
+        let suspect_after = self.config.lease_ttl / 2;
         Ok(ClusterView {
             workers: core
                 .workers
@@ -411,6 +430,24 @@ impl Handler<Nodes> for Scheduler {
                     worker: *id,
                     node: w.identity.node.clone(),
                     name: w.identity.name.clone(),
+                    datacenter: w.datacenter.clone(),
+                    labels: w.labels.clone(),
+                    free: core
+                        .placer
+                        .capacity()
+                        .free(*id)
+                        .unwrap_or_else(crate::sched::WorkerFree::default),
+                    renewed_ms: wall_ms.saturating_sub(
+                        now.saturating_duration_since(w.renewed_at).as_millis() as u64,
+                    ),
+                    state: if core.drained_nodes.contains(&w.identity.node) {
+                        "draining"
+                    } else if now.saturating_duration_since(w.renewed_at) > suspect_after {
+                        "suspect"
+                    } else {
+                        "alive"
+                    }
+                    .to_owned(),
                     capacity: w.capacity.clone(),
                     registered_ms: w.registered_ms,
                     leases: core.leases.leases_of_worker(*id).len(),

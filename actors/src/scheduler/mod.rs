@@ -201,6 +201,10 @@ struct Core {
 
 struct WorkerEntry {
     identity: crate::ids::WorkerIdentity,
+    datacenter: String,
+    labels: std::collections::BTreeMap<String, String>,
+    /// When it last renewed (or registered), for `cadre nodes`.
+    renewed_at: Instant,
     capacity: WorkerCapacity,
     link: WorkerLink,
     registered_ms: u64,

@@ -42,6 +42,9 @@ impl Handler<Register> for Scheduler {
             worker,
             WorkerEntry {
                 identity: msg.identity,
+                datacenter: msg.datacenter,
+                labels: msg.labels,
+                renewed_at: Instant::now(),
                 capacity: msg.capacity,
                 link: msg.link,
                 registered_ms: now_ms(),
@@ -110,6 +113,9 @@ impl Handler<Renew> for Scheduler {
         if !core.workers.contains_key(&msg.worker) {
             refuse("renew", "unknown_worker");
             return Err(Error::UnknownWorker { worker: msg.worker });
+        }
+        if let Some(entry) = core.workers.get_mut(&msg.worker) {
+            entry.renewed_at = Instant::now();
         }
         // Overdue leases go first, so a renewal that comes too late does not revive one.
         self.reap_overdue(ctx);

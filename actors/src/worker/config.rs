@@ -23,6 +23,10 @@ pub struct WorkerConfig {
     /// Who the worker is (its node's name and its own): what it registers under, so a restarted
     /// worker replaces its earlier registration and a worker of another node does not.
     pub identity: crate::ids::WorkerIdentity,
+    /// Its node's datacenter, for the scheduler's view of the nodes.
+    pub datacenter: String,
+    /// Its node's labels.
+    pub labels: BTreeMap<String, String>,
     /// What it offers the scheduler. Its `gpus` are the indices of [`WorkerConfig::gpus`].
     pub capacity: WorkerCapacity,
     /// The GPUs it owns, whole devices (empty on a machine without any).

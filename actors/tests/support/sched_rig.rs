@@ -183,6 +183,8 @@ impl SchedRig {
         self.sched
             .send(Register {
                 identity,
+                datacenter: "dc1".to_owned(),
+                labels: Default::default(),
                 capacity: WorkerCapacity {
                     cpu_millis,
                     memory_bytes: 1 << 30,

@@ -51,6 +51,8 @@ pub fn worker_config(
 ) -> Arc<WorkerConfig> {
     Arc::new(WorkerConfig {
         identity: WorkerIdentity::new("test-node", "worker"),
+        datacenter: "dc1".to_owned(),
+        labels: Default::default(),
         capacity: WorkerCapacity {
             cpu_millis: 4000,
             memory_bytes: 1 << 30,

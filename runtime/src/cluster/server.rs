@@ -249,6 +249,8 @@ async fn serve_agent(
         .scheduler
         .send(Register {
             identity: identity.clone(),
+            datacenter: hello.datacenter.clone(),
+            labels: hello.labels.clone(),
             capacity: hello.capacity.clone(),
             link: WorkerLink {
                 assign: link.clone().recipient(),
