@@ -342,7 +342,16 @@ async fn serve_agent(
             // Answers go out in the order their requests came.
             Some(answer) = in_flight.next(), if !in_flight.is_empty() => session.send(answer),
             () = &mut idle => {
-                tracing::warn!(%peer, worker = worker.0, silent_ms = idle_limit.as_millis() as u64,
+                // Checked when the timer fires rather than re-armed at every frame (a timer
+                // reset per frame cost the scheduler's thread at tens of thousands per second).
+                let silent = Duration::from_micros(
+                    registry.now_us().saturating_sub(live.heard_us.load(Ordering::Relaxed)),
+                );
+                if silent < idle_limit {
+                    idle.as_mut().reset(Instant::now() + (idle_limit - silent));
+                    continue;
+                }
+                tracing::warn!(%peer, worker = worker.0, silent_ms = silent.as_millis() as u64,
                     "agent silent for a whole lease: its connection is closed");
                 metrics::counter!(CONNECTION_ERRORS, "side" => "scheduler", "kind" => "silent")
                     .increment(1);
@@ -352,7 +361,6 @@ async fn serve_agent(
             frame = reader.recv::<ToScheduler>(), if in_flight.len() < IN_FLIGHT => match frame {
                 Ok(msg) => {
                     live.heard_us.store(registry.now_us(), Ordering::Relaxed);
-                    idle.as_mut().reset(Instant::now() + idle_limit);
                     if let Some(answering) = session.handle(msg) {
                         in_flight.push_back(answering);
                     }
