@@ -64,6 +64,7 @@ use crate::store::{Durable, Outcome, Record, Recovery, Store, StoreOptions, Subm
 mod api;
 mod commit;
 mod jobs;
+mod lost;
 mod retention;
 mod snapshot;
 mod workers;
