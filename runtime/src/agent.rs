@@ -25,7 +25,7 @@ use crate::cluster::client::{ClientConfig, SchedulerClient};
 use crate::config::Config;
 use crate::error::Error;
 use crate::extensions::Extensions;
-use crate::node::{release_cgroups, Signals, WORKER_NAME};
+use crate::node::{data_dir_error, release_cgroups, Signals, WORKER_NAME};
 
 /// A running agent.
 pub struct Agent {
@@ -33,13 +33,6 @@ pub struct Agent {
     metrics: actix_web::dev::ServerHandle,
     server: actix_rt::task::JoinHandle<std::io::Result<()>>,
     cgroups: Option<cadre_cpu::cgroup::Cgroups>,
-}
-
-fn data_dir_error(path: &std::path::Path, e: std::io::Error) -> Error {
-    Error::DataDir {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    }
 }
 
 impl Agent {
@@ -174,10 +167,5 @@ impl Agent {
 /// The backoff jitter's seed: from the worker's identity, so agents differ from each other and
 /// a run can be replayed.
 fn seed(identity: &WorkerIdentity) -> u64 {
-    identity
-        .to_string()
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        })
+    crate::confine::fnv1a(identity.to_string().as_bytes())
 }

@@ -54,13 +54,18 @@ fn parent_name(data_dir: &Path) -> String {
     let path = data_dir
         .canonicalize()
         .unwrap_or_else(|_| data_dir.to_path_buf());
-    // FNV-1a: stable across runs and builds (std's hasher is not).
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in path.as_os_str().as_encoded_bytes() {
-        hash ^= u64::from(*b);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("cadre-{:08x}", hash as u32)
+    format!(
+        "cadre-{:08x}",
+        fnv1a(path.as_os_str().as_encoded_bytes()) as u32
+    )
+}
+
+/// FNV-1a of `bytes`: stable across runs and builds (std's hasher is not), for names and seeds
+/// derived from a path or an identity.
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// Opens the node's cgroup parent as `[cgroups] mode` says, and kills and removes the task

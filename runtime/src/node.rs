@@ -49,7 +49,7 @@ pub struct Node {
     cgroups: Option<cadre_cpu::cgroup::Cgroups>,
 }
 
-fn data_dir_error(path: &std::path::Path, e: std::io::Error) -> Error {
+pub(crate) fn data_dir_error(path: &std::path::Path, e: std::io::Error) -> Error {
     Error::DataDir {
         path: path.display().to_string(),
         reason: e.to_string(),
