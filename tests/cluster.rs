@@ -14,7 +14,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use common::cluster::{wait_workers, workers, Agent};
-use common::{free_port, wait_for, Scratch, Server};
+use common::{counter, free_port, wait_for, Scratch, Server};
 use serde_json::Value;
 
 const SECS_30: Duration = Duration::from_secs(30);
@@ -206,12 +206,7 @@ fn an_agent_comes_back_to_a_restarted_scheduler() {
         "the agent said it lost its scheduler:\n{agent_log}"
     );
     let metrics = agent.metrics_text();
-    let reconnects = metrics
-        .lines()
-        .find(|l| l.starts_with("cadre_cluster_reconnects_total"))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0);
+    let reconnects = counter(&metrics, "cadre_cluster_reconnects_total", &[]);
     assert!(reconnects >= 1.0, "{metrics}");
     agent.stop();
     sched.stop();
@@ -231,14 +226,6 @@ fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
             Err(e) => panic!("the scheduler did not close the connection: {e}; read {out:?}"),
         }
     }
-}
-
-fn counter(metrics: &str, name: &str, labels: &[&str]) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name) && labels.iter().all(|lab| l.contains(lab)))
-        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::cluster::{wait_workers, Agent};
-use common::{free_port, wait_for, Scratch, Server};
+use common::{counter, free_port, ids, wait_for, Scratch, Server};
 use serde_json::json;
 
 /// `(job, attempt)` lines of an agent's `ran` file.
@@ -53,12 +53,7 @@ fn an_agent_killed_among_2000_jobs_reruns_only_what_it_was_running() {
     });
     let (status, body) = sched.post("/v1/jobs", &json!({ "jobs": vec![spec; 2000] }));
     assert_eq!(status, 201, "{body}");
-    let ids: Vec<u64> = body["ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap())
-        .collect();
+    let ids = ids(&body);
     assert_eq!(ids.len(), 2000);
 
     // Kill k1 once it has run a few hundred, while it runs more.
@@ -73,11 +68,11 @@ fn an_agent_killed_among_2000_jobs_reruns_only_what_it_was_running() {
         assert_eq!(sched.state(*id), "succeeded", "job {id}");
     }
     let metrics = sched.metrics_text();
-    let succeeded: f64 = metrics
-        .lines()
-        .find(|l| l.starts_with("cadre_jobs_finished_total") && l.contains("state=\"succeeded\""))
-        .and_then(|l| l.split_whitespace().last()?.parse().ok())
-        .unwrap();
+    let succeeded = counter(
+        &metrics,
+        "cadre_jobs_finished_total",
+        &["state=\"succeeded\""],
+    );
     assert_eq!(succeeded, 2000.0, "one accepted completion per job");
 
     // Where each attempt ran.

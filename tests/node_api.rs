@@ -468,12 +468,7 @@ fn list_columns_stay_aligned_as_ids_grow() {
         &json!({"jobs": names.iter().map(|n| true_job(n)).collect::<Vec<_>>()}),
     );
     assert_eq!(status, 201, "{body}");
-    let ids: Vec<u64> = body["ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap())
-        .collect();
+    let ids = common::ids(&body);
     assert_eq!(ids.len(), 12, "{body}");
     assert!(ids.iter().any(|&i| i < 10) && ids.iter().any(|&i| i >= 10));
     for &id in &ids {

@@ -107,12 +107,7 @@ fn a_full_disk_makes_the_store_read_only_and_the_node_resumes_when_space_is_back
     });
     let (status, body) = batch.join().unwrap();
     assert_eq!(status, 201, "{body}");
-    let ids: Vec<u64> = body["ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap())
-        .collect();
+    let ids = common::ids(&body);
     assert_eq!(ids.len(), 1000);
     let job = node.wait_state(running, "succeeded", LONG);
     let error = job["outcome"]["logs"]["write_error"].as_str().unwrap_or("");

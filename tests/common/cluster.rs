@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{free_port, remove_node_cgroups, Server, BIN};
 
@@ -36,22 +36,7 @@ impl Agent {
         env: &[(&str, &str)],
         args: &[&str],
     ) -> Agent {
-        let mut agent = Agent {
-            child: None,
-            name: name.to_owned(),
-            data_dir: dir.join(name),
-            log: dir.join(format!("{name}.log")),
-            join: join.to_owned(),
-            metrics_port: free_port(),
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            args: args.iter().map(|s| s.to_string()).collect(),
-            netns: None,
-        };
-        agent.spawn();
-        agent
+        Agent::launch(dir, name, join, env, args, None)
     }
 
     /// As [`Agent::start`] (plain TCP), inside network namespace `ns`.
@@ -61,6 +46,17 @@ impl Agent {
         join: &str,
         env: &[(&str, &str)],
         ns: &str,
+    ) -> Agent {
+        Agent::launch(dir, name, join, env, &["--insecure-cluster"], Some(ns))
+    }
+
+    fn launch(
+        dir: &Path,
+        name: &str,
+        join: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+        netns: Option<&str>,
     ) -> Agent {
         let mut agent = Agent {
             child: None,
@@ -73,8 +69,8 @@ impl Agent {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            args: vec!["--insecure-cluster".to_owned()],
-            netns: Some(ns.to_owned()),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            netns: netns.map(str::to_owned),
         };
         agent.spawn();
         agent
@@ -139,21 +135,8 @@ impl Agent {
 
     /// SIGTERM, and waits (up to 30 s) for a clean exit.
     pub fn stop(&mut self) {
-        let mut child = self.child.take().unwrap();
-        super::signal(child.id(), "TERM");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                assert!(
-                    status.success(),
-                    "agent exited with {status}; log:\n{}",
-                    self.log_text()
-                );
-                return;
-            }
-            assert!(Instant::now() < deadline, "agent did not stop within 30 s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let child = self.child.take().unwrap();
+        super::stop_child(child, "agent", Duration::from_secs(30), || self.log_text());
     }
 }
 

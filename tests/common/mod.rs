@@ -82,15 +82,23 @@ impl Server {
 
     /// Starts `bin serve` (a node binary with extensions).
     pub fn start_bin(bin: &Path, dir: &Path, env: &[(&str, &str)]) -> Server {
-        Server::start_bin_in(bin, dir, &dir.join("data"), env)
+        Server::start_bin_in(bin, dir, &dir.join("data"), env, Vec::new(), "/readyz")
     }
 
     /// Starts a node with its data directory at `data_dir` (its log stays in `dir`).
     pub fn start_in(dir: &Path, data_dir: &Path, env: &[(&str, &str)]) -> Server {
-        Server::start_bin_in(Path::new(BIN), dir, data_dir, env)
+        Server::start_bin_in(Path::new(BIN), dir, data_dir, env, Vec::new(), "/readyz")
     }
 
-    fn start_bin_in(bin: &Path, dir: &Path, data_dir: &Path, env: &[(&str, &str)]) -> Server {
+    /// Starts `bin serve` with `args` and waits until it answers `ready`.
+    fn start_bin_in(
+        bin: &Path,
+        dir: &Path,
+        data_dir: &Path,
+        env: &[(&str, &str)],
+        args: Vec<String>,
+        ready: &'static str,
+    ) -> Server {
         let mut server = Server {
             child: None,
             bin: bin.to_path_buf(),
@@ -104,8 +112,8 @@ impl Server {
                 .collect(),
             api_port: free_port(),
             metrics_port: free_port(),
-            args: Vec::new(),
-            ready: "/readyz",
+            args,
+            ready,
         };
         server.api = format!("http://127.0.0.1:{}", server.api_port);
         server.metrics = format!("http://127.0.0.1:{}/metrics", server.metrics_port);
@@ -177,36 +185,25 @@ impl Server {
         env: &[(&str, &str)],
         args: &[&str],
     ) -> Server {
-        let mut server = Server {
-            child: None,
-            bin: PathBuf::from(BIN),
-            api: String::new(),
-            metrics: String::new(),
-            data_dir: dir.join("data"),
-            log: dir.join("server.log"),
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            api_port: free_port(),
-            metrics_port: free_port(),
-            args: [
-                "--cluster-addr",
-                cluster_addr,
-                "--no-local-worker",
-                "--name",
-                "sched",
-            ]
-            .iter()
-            .chain(args)
-            .map(|s| s.to_string())
-            .collect(),
-            ready: "/healthz",
-        };
-        server.api = format!("http://127.0.0.1:{}", server.api_port);
-        server.metrics = format!("http://127.0.0.1:{}/metrics", server.metrics_port);
-        server.spawn();
-        server
+        let args = [
+            "--cluster-addr",
+            cluster_addr,
+            "--no-local-worker",
+            "--name",
+            "sched",
+        ]
+        .iter()
+        .chain(args)
+        .map(|s| s.to_string())
+        .collect();
+        Server::start_bin_in(
+            Path::new(BIN),
+            dir,
+            &dir.join("data"),
+            env,
+            args,
+            "/healthz",
+        )
     }
 
     /// Starts the (stopped) node once more, expecting it to refuse to start: waits at most
@@ -395,21 +392,8 @@ impl Server {
 
     /// SIGTERM, and waits (up to a minute) for the node to drain and exit 0.
     pub fn stop(&mut self) {
-        let mut child = self.child.take().unwrap();
-        signal(child.id(), "TERM");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                assert!(
-                    status.success(),
-                    "node exited with {status}; log:\n{}",
-                    self.log_text()
-                );
-                return;
-            }
-            assert!(Instant::now() < deadline, "node did not stop within 60 s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let child = self.child.take().unwrap();
+        stop_child(child, "node", Duration::from_secs(60), || self.log_text());
     }
 
     pub fn kill9(&mut self) {
@@ -428,6 +412,48 @@ impl Drop for Server {
         // A node killed outright leaves its cgroup parent (a clean stop removes it).
         remove_node_cgroups(&self.log_text());
     }
+}
+
+/// SIGTERM to `child`, then waits up to `within` for it to exit 0 (`what` and its `log` in
+/// the failure).
+pub fn stop_child(mut child: Child, what: &str, within: Duration, log: impl Fn() -> String) {
+    signal(child.id(), "TERM");
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(
+                status.success(),
+                "{what} exited with {status}; log:\n{}",
+                log()
+            );
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not stop within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The sum of the samples of metric `name` in Prometheus text whose labels hold all of
+/// `labels` (`key="value"` strings).
+pub fn counter(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|lab| l.contains(lab)))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The ids a submission answered.
+pub fn ids(body: &Value) -> Vec<u64> {
+    body["ids"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no ids in {body}"))
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect()
 }
 
 /// `kill -SIG pid` through the shell's kill, to stay free of libc in tests.
