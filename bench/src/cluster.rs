@@ -190,14 +190,6 @@ fn wait_workers(api: &str, n: usize) -> Result<(), BenchError> {
     }
 }
 
-/// The sum of a counter's samples in Prometheus text whose labels hold all of `labels`.
-fn counter(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && labels.iter().all(|lab| l.contains(lab)))
-        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
-        .sum()
-}
-
 fn wire_bytes(metrics_url: &str) -> Result<f64, BenchError> {
     let mut r = agent()
         .get(metrics_url)
@@ -207,7 +199,7 @@ fn wire_bytes(metrics_url: &str) -> Result<f64, BenchError> {
         .body_mut()
         .read_to_string()
         .map_err(|e| check(format!("GET {metrics_url}: {e}")))?;
-    Ok(counter(&text, "cadre_wire_bytes_total", &[]))
+    Ok(crate::soak::counter(&text, "cadre_wire_bytes_total", &[]))
 }
 
 fn median(v: &mut [f64]) -> f64 {

@@ -77,9 +77,9 @@ fn batch(n: usize, seq: u64) -> Value {
 }
 
 /// The sum of a counter over its label sets in Prometheus text.
-fn counter(text: &str, name: &str) -> f64 {
+pub(crate) fn counter(text: &str, name: &str, labels: &[&str]) -> f64 {
     text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && labels.iter().all(|lab| l.contains(lab)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -93,7 +93,7 @@ fn ended(agent: &ureq::Agent, metrics: &str) -> Result<u64, BenchError> {
         .body_mut()
         .read_to_string()
         .map_err(|e| check(format!("metrics: {e}")))?;
-    Ok(counter(&text, "cadre_jobs_finished_total") as u64)
+    Ok(counter(&text, "cadre_jobs_finished_total", &[]) as u64)
 }
 
 /// Files and bytes under `dir`.
