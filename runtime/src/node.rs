@@ -152,6 +152,7 @@ impl Node {
             unwatch: health.clone().recipient(),
             progressed: health.clone().recipient(),
             forget: health.clone().recipient(),
+            registered: health.clone().recipient(),
         };
         if scheduler_config.health.set(link).is_err() {
             return Err(Error::Config {

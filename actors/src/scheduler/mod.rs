@@ -147,6 +147,9 @@ pub struct HealthLink {
     pub progressed: Recipient<JobsProgressed>,
     /// A worker's registration is gone.
     pub forget: Recipient<ForgetWorker>,
+    /// A worker registered: its registration is its first heartbeat, so the monitor expects
+    /// the next ones even if none ever comes (a worker cut off right after registering).
+    pub registered: Recipient<crate::protocol::Heartbeat>,
 }
 
 /// The scheduler actor (see the module comment).

@@ -51,6 +51,17 @@ impl Handler<Register> for Scheduler {
             },
         );
         metrics::gauge!(m::WORKERS).set(core.workers.len() as f64);
+        if let Some(health) = self.config.health.get() {
+            if let Err(error) = health
+                .registered
+                .try_send(crate::protocol::Heartbeat { worker })
+            {
+                tracing::warn!(worker = %worker, %error,
+                    "health monitor did not take a registration: the worker is watched from its first heartbeat");
+                metrics::counter!(m::WORKER_SEND_FAILURES, "msg" => "registered").increment(1);
+            }
+        }
+        let core = self.core()?;
         // A worker is here: the first placement need not wait any longer.
         core.grace_until = None;
         self.schedule(ctx);

@@ -134,7 +134,8 @@ impl SchedRig {
                 watch: health.clone().recipient(),
                 unwatch: health.clone().recipient(),
                 progressed: health.clone().recipient(),
-                forget: health.recipient(),
+                forget: health.clone().recipient(),
+                registered: health.recipient(),
             };
             assert!(config.health.set(link).is_ok());
             tree = tree.child(health_spec);

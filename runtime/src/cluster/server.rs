@@ -279,16 +279,6 @@ async fn serve_agent(
             return;
         }
     };
-    // The hello is the agent's first sign of life: from now on the health monitor expects its
-    // renewals, so an agent cut off before its first renewal is still declared dead (a worker
-    // is watched from its first heartbeat; without this one, such an agent's leases would
-    // lapse one by one while it kept being given work).
-    if let Err(error) = config.heartbeats.try_send(Heartbeat { worker }) {
-        tracing::warn!(worker = worker.0, %error,
-            "an agent's first heartbeat did not reach the health monitor");
-        metrics::counter!(cadre_actors::metrics::WORKER_SEND_FAILURES, "msg" => "heartbeat")
-            .increment(1);
-    }
     let welcome = HelloAnswer::Welcome(Welcome {
         worker,
         scheduler: config.name.clone(),
