@@ -333,30 +333,10 @@ pub fn split_list(v: &str) -> Vec<String> {
         .collect()
 }
 
-/// The longest node name taken.
-pub const MAX_NODE_NAME: usize = 128;
-
-/// Why `name` cannot name a node: empty, too long, or holding whitespace, a control character
-/// or a `/` (which separates a node from its worker's name).
+/// Why `name` cannot name a node (or a datacenter, or a label's key): the wire's one rule for
+/// names, so a node never starts with a name its scheduler would refuse.
 fn check_node_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("must not be empty".to_owned());
-    }
-    if name.len() > MAX_NODE_NAME {
-        return Err(format!(
-            "is {} bytes, longer than {MAX_NODE_NAME}",
-            name.len()
-        ));
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| c.is_whitespace() || c.is_control() || *c == '/')
-    {
-        return Err(format!(
-            "must not hold whitespace, control characters or '/' (found {c:?})"
-        ));
-    }
-    Ok(())
+    cadre_wire::message::name_problem(name).map_or(Ok(()), Err)
 }
 
 fn parse_env<T: std::str::FromStr>(

@@ -430,24 +430,34 @@ pub const MAX_LABELS: usize = 64;
 /// The longest label value.
 pub const MAX_LABEL_VALUE: usize = 256;
 
-fn check_name(field: &str, value: &str, may_be_empty: bool) -> Result<(), Refusal> {
-    let invalid =
-        |reason: String| Refusal::new(RefusalKind::Identity, format!("{field}: {reason}"));
-    if value.is_empty() && !may_be_empty {
-        return Err(invalid("must not be empty".to_owned()));
+/// Why `value` cannot be a node's, a worker's or a datacenter's name (or a label's key):
+/// empty, longer than [`MAX_NAME`], or holding whitespace, a control character or a `/` (which
+/// separates a node's name from its worker's in `node/worker`). The one rule for names, on the
+/// wire and in a node's configuration.
+pub fn name_problem(value: &str) -> Option<String> {
+    if value.is_empty() {
+        return Some("must not be empty".to_owned());
     }
     if value.len() > MAX_NAME {
-        return Err(invalid(format!(
-            "{} bytes is longer than {MAX_NAME}",
-            value.len()
-        )));
+        return Some(format!("{} bytes is longer than {MAX_NAME}", value.len()));
     }
-    if let Some(c) = value.chars().find(|c| c.is_control() || c.is_whitespace()) {
-        return Err(invalid(format!(
-            "must not hold whitespace or control characters (found {c:?})"
-        )));
+    value
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || *c == '/')
+        .map(|c| format!("must not hold whitespace, control characters or '/' (found {c:?})"))
+}
+
+fn check_name(field: &str, value: &str, may_be_empty: bool) -> Result<(), Refusal> {
+    if value.is_empty() && may_be_empty {
+        return Ok(());
     }
-    Ok(())
+    match name_problem(value) {
+        Some(reason) => Err(Refusal::new(
+            RefusalKind::Identity,
+            format!("{field}: {reason}"),
+        )),
+        None => Ok(()),
+    }
 }
 
 impl Hello {
