@@ -306,6 +306,10 @@ fn a_hello_is_checked_field_by_field() {
             "hello.node: must not be empty",
         ),
         (
+            Box::new(|h| h.node = "rack/7".to_owned()),
+            "hello.node: must not hold whitespace, control characters or '/'",
+        ),
+        (
             Box::new(|h| h.worker = "cpu 0".to_owned()),
             "hello.worker: must not hold whitespace",
         ),
