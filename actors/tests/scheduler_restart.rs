@@ -57,6 +57,7 @@ async fn journal_with_an_old_and_a_new_job(journal: &Scratch, old_was_leased: bo
                 gpus: Vec::new(),
             }],
             tokens: vec![FencingToken(1)],
+            nodes: Vec::new(),
         };
         store.commit(leased).await.unwrap().await.unwrap();
     }

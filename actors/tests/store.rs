@@ -131,6 +131,7 @@ async fn interrupted_jobs_are_requeued_or_failed_per_retries_and_tokens_persist(
             attempt: 1,
             grants: grant(),
             tokens: vec![FencingToken(7)],
+            nodes: Vec::new(),
         },
     )
     .await;
@@ -149,6 +150,7 @@ async fn interrupted_jobs_are_requeued_or_failed_per_retries_and_tokens_persist(
             attempt: 1,
             grants: grant(),
             tokens: vec![FencingToken(9)],
+            nodes: Vec::new(),
         },
     )
     .await;
@@ -189,6 +191,7 @@ async fn interrupted_jobs_are_requeued_or_failed_per_retries_and_tokens_persist(
             attempt: 2,
             grants: grant(),
             tokens: vec![FencingToken(9)],
+            nodes: Vec::new(),
         })
         .await
         .err()
@@ -224,6 +227,7 @@ async fn refused_records_change_nothing_and_are_not_journaled() {
             attempt: 2,
             grants: grant(),
             tokens: vec![FencingToken(1)],
+            nodes: Vec::new(),
         })
         .await
         .err()
@@ -284,6 +288,7 @@ async fn records_committed_without_waiting_are_all_durable_in_order() {
                     attempt: 1,
                     grants: grant(),
                     tokens: vec![FencingToken(i)],
+                    nodes: Vec::new(),
                 })
                 .await
                 .unwrap(),

@@ -373,6 +373,7 @@ async fn store_replay(quick: bool, report: &Reporter) -> Result<(), BenchError> 
                     attempt: 1,
                     grants,
                     tokens: vec![FencingToken(token)],
+                    nodes: Vec::new(),
                 },
                 Record::Started { job, attempt: 1 },
                 Record::Ended {

@@ -142,6 +142,10 @@ pub struct JobView {
     pub ended_ms: Option<u64>,
     /// The spec as submitted.
     pub spec: JobSpec,
+    /// The node each task of its latest attempt runs or ran on, by task (where its logs
+    /// are); empty before it was placed, and for attempts recorded before nodes were kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<String>,
 }
 
 impl Scheduler {
@@ -184,6 +188,7 @@ impl Scheduler {
             ended_ms: (entry.status.state.is_terminal() && entry.ended_ms > 0)
                 .then_some(entry.ended_ms),
             spec: entry.spec.clone(),
+            nodes: entry.nodes.clone(),
         })
     }
 

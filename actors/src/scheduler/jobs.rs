@@ -66,6 +66,14 @@ impl Scheduler {
                 attempt,
                 grants: tasks.iter().map(|(g, _)| g.clone()).collect(),
                 tokens: tasks.iter().map(|(_, t)| *t).collect(),
+                nodes: tasks
+                    .iter()
+                    .map(|(g, _)| {
+                        core.workers
+                            .get(&g.worker)
+                            .map_or_else(String::new, |w| w.identity.node.clone())
+                    })
+                    .collect(),
             };
             core.active.insert(
                 job,
@@ -122,6 +130,7 @@ impl Scheduler {
                 attempt,
                 grants: Vec::new(),
                 tokens: Vec::new(),
+                nodes: Vec::new(),
             },
             move |act, ctx, result| {
                 if let Err(error) = result {

@@ -525,6 +525,7 @@ mod tests {
             attempt,
             grants: vec![grant.clone()],
             tokens: vec![FencingToken(token)],
+            nodes: vec!["n1".to_owned()],
         };
         vec![
             Record::Submitted {
@@ -623,6 +624,7 @@ mod tests {
                     attempt: 1,
                     grants: Vec::new(),
                     tokens: vec![FencingToken(i)],
+                    nodes: Vec::new(),
                 },
                 Record::Started {
                     job: JobId(i),
@@ -655,6 +657,7 @@ mod tests {
                         attempt: 1,
                         grants: Vec::new(),
                         tokens: vec![FencingToken(100 + changes)],
+                        nodes: Vec::new(),
                     })
                     .unwrap();
                 changes += 3;

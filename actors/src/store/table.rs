@@ -96,6 +96,10 @@ pub enum Record {
         grants: Vec<Grant>,
         /// The leases' fencing tokens, each above every token before.
         tokens: Vec<FencingToken>,
+        /// The node each task runs on (where its logs are), by task; empty in records
+        /// written before it was kept.
+        #[serde(default)]
+        nodes: Vec<String>,
     },
     /// The attempt started on its worker.
     Started {
@@ -239,6 +243,10 @@ pub struct JobEntry {
     /// How its last failed (and retried) attempt ended.
     #[serde(default)]
     pub last_failure: Option<Box<Outcome>>,
+    /// The node each task of its latest attempt ran on, by task: where its logs are. Kept
+    /// after the attempt ends; empty when not recorded (then the logs are the local node's).
+    #[serde(default)]
+    pub nodes: Vec<String>,
 }
 
 impl JobEntry {
@@ -559,6 +567,7 @@ impl JobTable {
                 attempt,
                 grants,
                 tokens,
+                nodes,
             } => {
                 Self::preserve(&mut self.cut, &self.jobs, job);
                 let entry = Self::entry_mut(&mut self.jobs, job, attempt)?;
@@ -581,6 +590,7 @@ impl JobTable {
                 entry.grants = grants;
                 entry.tokens = tokens;
                 entry.retry_at_ms = 0;
+                entry.nodes = nodes;
             }
             Record::Started { job, attempt } => {
                 Self::preserve(&mut self.cut, &self.jobs, job);
@@ -735,6 +745,7 @@ impl JobTable {
                 failures: 0,
                 retry_at_ms: 0,
                 last_failure: None,
+                nodes: Vec::new(),
             }),
         );
     }
