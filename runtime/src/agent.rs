@@ -96,6 +96,11 @@ impl Agent {
             request_timeout: Duration::from_millis(config.cluster.request_timeout_ms),
             seed: seed(&identity),
             tls,
+            logs: crate::cluster::logs::LogAccess {
+                reader: cadre_cpu::launcher::LogReader::new(engine.clone()),
+                dir: log_dir.clone(),
+                max_bytes: config.cluster.max_frame_bytes.saturating_sub(4096),
+            },
         });
         let client_spec = WorkerSpec::new("scheduler-link", move || {
             SchedulerClient::new(Arc::clone(&client_config))

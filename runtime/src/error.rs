@@ -47,6 +47,16 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A request to an agent failed (a task's log, for the API).
+    #[error("agent {node}: {reason}")]
+    Agent {
+        /// The agent's node name.
+        node: String,
+        /// Whether it was connected when it failed (false: not connected, or it went away).
+        connected: bool,
+        /// Why.
+        reason: String,
+    },
     /// The metrics exporter could not be installed.
     #[error("metrics exporter: {0}")]
     Metrics(String),

@@ -205,6 +205,7 @@ impl Node {
             reason: "the root supervisor has no failure journal".to_owned(),
         })?;
 
+        let agents = crate::cluster::server::Agents::new(config.cluster.max_frame_bytes);
         let state = ApiState {
             scheduler: scheduler.clone(),
             registry: Arc::new(NodeRegistry::from_env().with_workloads(workload_names)),
@@ -220,6 +221,10 @@ impl Node {
                 config.max_body_bytes_in_flight,
             )),
             max_body_bytes_in_flight: config.max_body_bytes_in_flight,
+            agents: agents.clone(),
+            agent_timeout: Duration::from_millis(config.cluster.request_timeout_ms),
+            node_name: identity.node.clone(),
+            local_worker: config.cluster.local_worker,
         };
         let (api_server, api_handle) = api::server(
             state,
@@ -238,8 +243,8 @@ impl Node {
                         None
                     }
                 };
-                let (bound, task) =
-                    crate::cluster::server::listen(crate::cluster::server::ServerConfig {
+                let (bound, task) = crate::cluster::server::listen(
+                    crate::cluster::server::ServerConfig {
                         addr,
                         handshake: config.cluster.handshake(),
                         scheduler: scheduler.clone(),
@@ -247,8 +252,11 @@ impl Node {
                         name: identity.node.clone(),
                         lease_ttl: config.lease_ttl(),
                         tls,
-                    })
-                    .await?;
+                        local_worker: config.cluster.local_worker,
+                    },
+                    agents,
+                )
+                .await?;
                 tracing::info!(cluster = %bound, "accepting agents");
                 Some(task)
             }

@@ -281,8 +281,9 @@ pub enum SchedulerAnswer {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AgentRequest {
-    /// Read up to `max_bytes` of a task's log from `offset` (for `cadre logs` of a job on the
-    /// agent: the API fetches it in bounded chunks).
+    /// Read at most `max_bytes` of a task's log (for `cadre logs` of a job on the agent: the
+    /// API fetches it in bounded chunks), from logical offset `offset`, or, when `tail` is
+    /// set, from `tail` bytes before its end.
     ReadLog {
         /// The job.
         job: JobId,
@@ -290,25 +291,38 @@ pub enum AgentRequest {
         task: u32,
         /// Which stream.
         stream: LogStream,
-        /// Where to start.
+        /// Where to start (ignored when `tail` is set).
         offset: u64,
-        /// The most bytes to send back.
+        /// Start this many bytes before the log's end instead.
+        #[serde(default)]
+        tail: Option<u64>,
+        /// The most bytes to send back (the agent may send fewer, never more).
         max_bytes: u32,
     },
+}
+
+impl AgentRequest {
+    /// Its type, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AgentRequest::ReadLog { .. } => "read_log",
+        }
+    }
 }
 
 /// An agent's answer to an [`AgentRequest`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AgentAnswer {
-    /// A chunk of a log.
+    /// A chunk of a log: its bytes, with a marker line where bytes over the log's cap were
+    /// dropped. Empty at the end of what is there (or when the log does not exist yet).
     Log {
         /// The bytes.
         #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
-        /// The offset the bytes start at.
-        offset: u64,
-        /// The log's length when it was read.
+        /// The logical offset the next read starts at (past the bytes and any dropped range).
+        next: u64,
+        /// The log's logical length when it was read.
         end: u64,
     },
 }
@@ -413,9 +427,7 @@ impl WireMessage for ToWorker {
             ToWorker::Assign { .. } => "assign",
             ToWorker::Kill(_) => "kill",
             ToWorker::Drain => "drain",
-            ToWorker::Request { request, .. } => match request {
-                AgentRequest::ReadLog { .. } => "read_log",
-            },
+            ToWorker::Request { request, .. } => request.kind(),
             ToWorker::Answer { .. } => "answer",
             ToWorker::Ping { .. } => "ping",
             ToWorker::Pong { .. } => "pong",

@@ -5,6 +5,10 @@
 //!
 //! Following a job that has not started yet waits for it to start (and ends, empty, if it ends
 //! without starting), as `tail -f` waits for a file.
+//!
+//! A task that runs or ran on an agent (the job's `nodes` name another node than this one's
+//! worker) is read from that agent over the cluster connection, in bounded chunks
+//! ([`super::remote_logs`]); an agent that is not connected is a 503 saying so.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,8 +16,9 @@ use std::time::Duration;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use cadre_actors::job::JobId;
-use cadre_actors::scheduler::GetJob;
+use cadre_actors::scheduler::{GetJob, JobView};
 use cadre_actors::worker::task_log_paths;
+use cadre_wire::LogStream;
 use serde::Deserialize;
 use tokio::sync::{broadcast, watch};
 
@@ -32,7 +37,7 @@ pub struct LogsQuery {
     follow: Option<bool>,
 }
 
-fn text(
+pub(super) fn text(
     stream: impl futures_util::Stream<Item = Result<web::Bytes, actix_web::Error>> + 'static,
 ) -> HttpResponse {
     HttpResponse::Ok()
@@ -40,7 +45,7 @@ fn text(
         .streaming(stream)
 }
 
-fn read_failed(e: impl std::fmt::Display) -> web::Bytes {
+pub(super) fn read_failed(e: impl std::fmt::Display) -> web::Bytes {
     web::Bytes::from(format!("\n[cadre: log read failed: {e}]\n"))
 }
 
@@ -59,10 +64,11 @@ pub(super) async fn logs(
         Ok(Err(e)) => return actors_error(ROUTE, e),
         Err(e) => return mailbox(ROUTE, e),
     };
-    let (out, err) = task_log_paths(&state.log_dir, id, query.task.unwrap_or(0));
-    let file = match query.stream.as_deref().unwrap_or("stdout") {
-        "stdout" => out,
-        "stderr" => err,
+    let task = query.task.unwrap_or(0);
+    let (out, err) = task_log_paths(&state.log_dir, id, task);
+    let (file, stream) = match query.stream.as_deref().unwrap_or("stdout") {
+        "stdout" => (out, LogStream::Stdout),
+        "stderr" => (err, LogStream::Stderr),
         other => {
             return fail(
                 StatusCode::BAD_REQUEST,
@@ -74,6 +80,21 @@ pub(super) async fn logs(
         }
     };
     let follow = query.follow == Some(true) && !job.state.is_terminal();
+    let at = Where {
+        job: id,
+        task,
+        stream,
+        file,
+    };
+    if let Some(node) = remote_node(&state, &job, task) {
+        return if follow {
+            text(follow_stream(state.into_inner(), at))
+        } else {
+            super::remote_logs::tail(state.into_inner(), node, at, query.tail.unwrap_or(1 << 20))
+                .await
+        };
+    }
+    let file = at.file.clone();
     if !follow {
         if !file.exists() {
             return text(futures_util::stream::empty());
@@ -101,7 +122,23 @@ pub(super) async fn logs(
             ),
         };
     }
-    text(follow_stream(state.into_inner(), id, file))
+    text(follow_stream(state.into_inner(), at))
+}
+
+/// The log a request reads: a task's stream, and its file should it be on this node.
+#[derive(Debug, Clone)]
+pub(super) struct Where {
+    pub(super) job: JobId,
+    pub(super) task: u32,
+    pub(super) stream: LogStream,
+    pub(super) file: PathBuf,
+}
+
+/// The agent whose files hold the task's log, when not this node's worker: the node its latest
+/// attempt was placed on (none before it was placed, or where that was not recorded).
+fn remote_node(state: &ApiState, job: &JobView, task: u32) -> Option<String> {
+    let node = job.nodes.get(task as usize).filter(|n| !n.is_empty())?;
+    (!(state.local_worker && *node == state.node_name)).then(|| node.clone())
 }
 
 /// Where a follow is.
@@ -109,22 +146,52 @@ enum Follow {
     /// The job has not started: wait for its log.
     Waiting,
     Reading(cadre_cpu::launcher::LogFollower),
+    Remote(super::remote_logs::Following),
 }
 
-/// Waits until the job's log exists (true) or the job ended without one (false).
-async fn wait_for_start(state: &ApiState, id: JobId, file: &std::path::Path) -> bool {
-    loop {
-        if file.exists() {
-            return true;
+/// How a follow starts, once the job has.
+enum Start {
+    /// The log is this node's file.
+    Local,
+    /// The log is on this agent.
+    Remote(String),
+    /// The job ended without a log.
+    Nothing,
+}
+
+/// Waits until the job's log exists here, or it is placed on an agent, or it ended without a
+/// log.
+async fn wait_for_start(state: &ApiState, at: &Where) -> Start {
+    let local = || {
+        if at.file.exists() {
+            Start::Local
+        } else {
+            Start::Nothing
         }
-        match state.scheduler.send(GetJob(id)).await {
-            Ok(Ok(view)) if view.state.is_terminal() => return file.exists(),
-            Ok(Ok(_)) => {}
+    };
+    loop {
+        if at.file.exists() {
+            return Start::Local;
+        }
+        match state.scheduler.send(GetJob(at.job)).await {
+            Ok(Ok(view)) => {
+                if let Some(node) = remote_node(state, &view, at.task) {
+                    return Start::Remote(node);
+                }
+                if view.state.is_terminal() {
+                    return local();
+                }
+            }
             // Gone (pruned) or the scheduler is restarting: nothing more to follow.
-            _ => return file.exists(),
+            _ => return local(),
         }
         tokio::time::sleep(START_POLL).await;
     }
+}
+
+/// Whether the job has ended (or is gone, so nothing more will be written for it).
+pub(super) async fn job_ended(state: &ApiState, id: JobId) -> bool {
+    !matches!(state.scheduler.send(GetJob(id)).await, Ok(Ok(v)) if !v.state.is_terminal())
 }
 
 /// Raises the flag once the job has ended (its events say so, or its state when events were
@@ -159,26 +226,38 @@ fn watch_end(state: &ApiState, id: JobId) -> watch::Receiver<bool> {
 
 fn follow_stream(
     state: std::sync::Arc<ApiState>,
-    id: JobId,
-    file: PathBuf,
+    at: Where,
 ) -> impl futures_util::Stream<Item = Result<web::Bytes, actix_web::Error>> {
-    futures_util::stream::unfold(Some(Follow::Waiting), move |at| {
+    futures_util::stream::unfold(Some(Follow::Waiting), move |follow| {
         let state = std::sync::Arc::clone(&state);
-        let file = file.clone();
+        let at = at.clone();
         async move {
-            let mut follower = match at? {
+            let mut follower = match follow? {
                 Follow::Reading(follower) => follower,
-                Follow::Waiting => {
-                    if !wait_for_start(&state, id, &file).await {
-                        return None;
-                    }
-                    // A job that already ended while we waited: read all that is there.
-                    let done = watch_end(&state, id);
-                    match state.log_reader.follow(&file, 0, done) {
-                        Ok(f) => f,
-                        Err(e) => return Some((Ok(read_failed(e)), None)),
-                    }
+                Follow::Remote(remote) => {
+                    return remote
+                        .next_chunk(&state)
+                        .await
+                        .map(|(chunk, next)| (Ok(chunk), next.map(Follow::Remote)));
                 }
+                Follow::Waiting => match wait_for_start(&state, &at).await {
+                    Start::Nothing => return None,
+                    Start::Remote(node) => {
+                        let remote = super::remote_logs::Following::new(node, at);
+                        return remote
+                            .next_chunk(&state)
+                            .await
+                            .map(|(chunk, next)| (Ok(chunk), next.map(Follow::Remote)));
+                    }
+                    Start::Local => {
+                        // A job that already ended while we waited: read all that is there.
+                        let done = watch_end(&state, at.job);
+                        match state.log_reader.follow(&at.file, 0, done) {
+                            Ok(f) => f,
+                            Err(e) => return Some((Ok(read_failed(e)), None)),
+                        }
+                    }
+                },
             };
             match follower.next_chunk().await {
                 Ok(Some(chunk)) => {

@@ -22,6 +22,7 @@
 mod body;
 mod jobs;
 mod logs;
+mod remote_logs;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -69,6 +70,15 @@ pub struct ApiState {
     pub bodies_in_flight: Arc<Semaphore>,
     /// The size of that budget.
     pub max_body_bytes_in_flight: usize,
+    /// The agents connected to this node's cluster port: where the logs of their tasks are
+    /// read.
+    pub agents: crate::cluster::server::Agents,
+    /// How long a request to an agent waits for its answer.
+    pub agent_timeout: Duration,
+    /// This node's name.
+    pub node_name: String,
+    /// Whether this node runs a worker of its own (whose logs are in `log_dir`).
+    pub local_worker: bool,
 }
 
 /// An error body.

@@ -11,6 +11,8 @@
 //!   answer (or refusal) comes back as the error the worker already acts on. Without a
 //!   connection they fail with `UnknownWorker`, so the worker stops its tasks and registers
 //!   again, which reconnects.
+//! - The scheduler's requests (a task's log, for `cadre logs`) are answered off the actor,
+//!   from the agent's log directory ([`super::logs`]).
 //! - `Assign` and `Kill` frames go to the worker. An assignment carries its lease deadline on
 //!   the scheduler's clock; read on this clock (from the `Welcome`'s reading), one that has
 //!   lapsed on the way is refused, and one that arrives late gets only the time its lease has
@@ -30,8 +32,8 @@ use cadre_actors::protocol::{
 use cadre_actors::Error as ActorsError;
 use cadre_supervisor::SupervisedContext;
 use cadre_wire::{
-    AgentRequest, HandshakeConfig, Hello, Refusal, RefusalKind, SchedulerAnswer, SchedulerRequest,
-    ToScheduler, ToWorker, WireError,
+    HandshakeConfig, Hello, Refusal, SchedulerAnswer, SchedulerRequest, ToScheduler, ToWorker,
+    WireError,
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -75,6 +77,8 @@ pub struct ClientConfig {
     pub seed: u64,
     /// Mutual TLS; `None` is plain TCP (`--insecure-cluster`).
     pub tls: Option<tokio_rustls::TlsConnector>,
+    /// The task logs the scheduler may read.
+    pub logs: super::logs::LogAccess,
 }
 
 /// The agent's link to its scheduler (see the module comment).
@@ -462,25 +466,19 @@ impl Handler<Incoming> for SchedulerClient {
                 }
             }
             ToWorker::Request { id, request } => {
-                let kind = match request {
-                    AgentRequest::ReadLog { .. } => "read_log",
+                let Some(live) = &self.live else {
+                    return;
                 };
-                tracing::warn!(
-                    id,
-                    kind,
-                    "the scheduler asked for something this agent does not serve"
-                );
-                metrics::counter!(UNEXPECTED_FRAMES, "side" => "agent", "type" => kind)
-                    .increment(1);
-                if let Some(live) = &self.live {
-                    let answer = Err(Refusal::new(
-                        RefusalKind::Invalid,
-                        format!("this agent does not serve {kind} requests"),
-                    ));
-                    if live.queue.send(ToScheduler::Answer { id, answer }).is_err() {
-                        tracing::debug!(id, "refusal dropped: the connection is closing");
+                // Read off the actor: a log read waits on the disk, and the worker's messages
+                // must not wait behind it.
+                let queue = live.queue.clone();
+                let logs = self.config.logs.clone();
+                actix_rt::spawn(async move {
+                    let answer = super::logs::serve(&logs, request).await;
+                    if queue.send(ToScheduler::Answer { id, answer }).is_err() {
+                        tracing::debug!(id, "an answer dropped: the connection is closing");
                     }
-                }
+                });
             }
             other @ (ToWorker::Drain | ToWorker::Pong { .. }) => {
                 let kind = cadre_wire::WireMessage::kind(&other);

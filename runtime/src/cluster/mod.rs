@@ -11,6 +11,7 @@
 
 pub mod certs;
 pub mod client;
+pub mod logs;
 pub mod server;
 pub mod tls;
 
@@ -40,6 +41,11 @@ pub const LATE_ASSIGNMENTS: &str = "cadre_cluster_late_assignments_total";
 /// `side` and `type`.
 pub const UNEXPECTED_FRAMES: &str = "cadre_cluster_unexpected_frames_total";
 
+/// The scheduler's requests to agents (a task's log) that failed, by `side` (`scheduler`:
+/// the agent was not connected, did not answer in time or refused; `agent`: it could not serve
+/// it) and `type`.
+pub const AGENT_REQUEST_FAILURES: &str = "cadre_cluster_agent_request_failures_total";
+
 /// Describes the cluster's metrics (the wire's too) and creates its counters at zero.
 pub fn describe() {
     cadre_wire::metrics::describe();
@@ -65,6 +71,10 @@ pub fn describe() {
     metrics::describe_counter!(
         UNEXPECTED_FRAMES,
         "Frames a side did not expect, by side and type"
+    );
+    metrics::describe_counter!(
+        AGENT_REQUEST_FAILURES,
+        "The scheduler's requests to agents that failed, by side and type"
     );
     metrics::counter!(RECONNECTS).increment(0);
     metrics::counter!(LATE_ASSIGNMENTS).increment(0);

@@ -25,18 +25,21 @@ use cadre_actors::protocol::{
 };
 use cadre_actors::scheduler::Scheduler;
 use cadre_wire::{
-    HandshakeConfig, HelloAnswer, Refusal, RefusalKind, SchedulerAnswer, SchedulerRequest,
-    ToScheduler, ToWorker, Welcome, WireError,
+    AgentAnswer, AgentRequest, HandshakeConfig, HelloAnswer, Refusal, RefusalKind, SchedulerAnswer,
+    SchedulerRequest, ToScheduler, ToWorker, Welcome, WireError,
 };
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::net::{TcpListener, TcpStream};
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
 use super::tls::{self, Reader, Writer};
-use super::{micros, write_loop, AGENTS_CONNECTED, CONNECTION_ERRORS, UNEXPECTED_FRAMES};
+use super::{
+    micros, write_loop, AGENTS_CONNECTED, AGENT_REQUEST_FAILURES, CONNECTION_ERRORS,
+    UNEXPECTED_FRAMES,
+};
 use crate::error::Error;
 
 /// What the cluster listener needs.
@@ -55,6 +58,100 @@ pub struct ServerConfig {
     pub lease_ttl: Duration,
     /// Mutual TLS; `None` is plain TCP (`--insecure-cluster`).
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Whether this node runs a worker of its own: an agent may not then take this node's
+    /// name, or its registration would replace the local worker's.
+    pub local_worker: bool,
+}
+
+/// The agents connected to this scheduler, by node name: what the API asks of them (a task's
+/// log). Cheap to clone; it knows no agent until [`listen`] is given it.
+#[derive(Clone)]
+pub struct Agents {
+    registry: Arc<Registry>,
+    /// The largest frame the connections read: an answer must fit in one.
+    max_frame: u32,
+}
+
+/// The room a log answer's framing takes besides its bytes (MessagePack of the answer, its
+/// id and offsets: well under this).
+const ANSWER_OVERHEAD: u32 = 4096;
+
+impl Agents {
+    /// A handle with no agent connected yet; `max_frame` is the frame limit of the cluster
+    /// port ([`HandshakeConfig::max_frame`]).
+    pub fn new(max_frame: u32) -> Agents {
+        Agents {
+            registry: Arc::new(Registry {
+                epoch: Some(Instant::now()),
+                ..Registry::default()
+            }),
+            max_frame,
+        }
+    }
+
+    /// The most log bytes one request may ask an agent for: what fits in one frame.
+    pub fn max_log_chunk(&self) -> u32 {
+        self.max_frame.saturating_sub(ANSWER_OVERHEAD).max(1)
+    }
+
+    /// Asks the agent of `node` and waits up to `timeout` for its answer. Fails with
+    /// [`Error::Agent`] when no agent of that name is connected, the connection ends first, the
+    /// answer is late, or the agent refuses.
+    pub async fn ask(
+        &self,
+        node: &str,
+        request: AgentRequest,
+        timeout: Duration,
+    ) -> Result<AgentAnswer, Error> {
+        let kind = request.kind();
+        let failed = |connected: bool, reason: String| {
+            tracing::warn!(node, kind, connected, %reason, "a request to an agent failed");
+            metrics::counter!(AGENT_REQUEST_FAILURES, "side" => "scheduler", "type" => kind)
+                .increment(1);
+            Error::Agent {
+                node: node.to_owned(),
+                connected,
+                reason,
+            }
+        };
+        let link = self
+            .registry
+            .lock()
+            .iter()
+            .find(|(identity, _)| identity.node == node)
+            .map(|(_, live)| live.link.clone());
+        let Some(link) = link else {
+            return Err(failed(false, "not connected".to_owned()));
+        };
+        let answer = match link.send(Ask(request)).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                return Err(failed(
+                    false,
+                    "not connected (its connection closed)".to_owned(),
+                ))
+            }
+        };
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(Ok(answer))) => Ok(answer),
+            Ok(Ok(Err(refusal))) => Err(failed(
+                true,
+                format!(
+                    "it refused ({}): {}",
+                    refusal.kind.as_str(),
+                    refusal.message
+                ),
+            )),
+            Ok(Err(_)) => Err(failed(
+                false,
+                "not connected (its connection closed before it answered)".to_owned(),
+            )),
+            Err(_) => Err(failed(
+                true,
+                format!("no answer within {} ms", timeout.as_millis()),
+            )),
+        }
+    }
 }
 
 /// Binds the cluster port and serves it until the returned task is aborted; returns the bound
@@ -66,6 +163,7 @@ pub struct ServerConfig {
 /// through four agents (bench/README.md).
 pub async fn listen(
     config: ServerConfig,
+    agents: Agents,
 ) -> Result<(SocketAddr, actix_rt::task::JoinHandle<()>), Error> {
     let listen_error = |source| Error::Listen {
         what: "cluster listener",
@@ -75,11 +173,7 @@ pub async fn listen(
     let listener = TcpListener::bind(config.addr).await.map_err(listen_error)?;
     let bound = listener.local_addr().map_err(listen_error)?;
     metrics::gauge!(AGENTS_CONNECTED).set(0.0);
-    let registry = Arc::new(Registry {
-        epoch: Some(Instant::now()),
-        ..Registry::default()
-    });
-    let task = actix_rt::spawn(accept_loop(listener, Arc::new(config), registry));
+    let task = actix_rt::spawn(accept_loop(listener, Arc::new(config), agents.registry));
     Ok((bound, task))
 }
 
@@ -117,6 +211,8 @@ struct LiveConn {
     heard_us: AtomicU64,
     /// Wakes its read loop to close it: a newer connection took its identity.
     close: Notify,
+    /// Its worker's link, which also carries the scheduler's requests to the agent.
+    link: Addr<AgentLink>,
 }
 
 /// The registry of live agent connections, by identity: a second agent under a live one's
@@ -207,6 +303,17 @@ async fn serve_agent(
             return;
         }
     }
+    if config.local_worker && hello.node == config.name {
+        let refusal = Refusal::new(
+            RefusalKind::Identity,
+            format!(
+                "{:?} is the scheduler's own node, which runs a worker: give the agent another name (--name)",
+                hello.node
+            ),
+        );
+        refuse(&mut conn, peer, refusal).await;
+        return;
+    }
     let identity = WorkerIdentity::new(hello.node.clone(), hello.worker.clone());
     // Another connection under this identity: refused while it is heard from (two agents
     // given one name must not evict each other's jobs back and forth); replaced once it has
@@ -243,6 +350,8 @@ async fn serve_agent(
     let link = AgentLink {
         queue: queue.clone(),
         epoch,
+        next_id: 1,
+        pending: rustc_hash::FxHashMap::default(),
     }
     .start();
     let registered = config
@@ -305,6 +414,7 @@ async fn serve_agent(
         peer,
         heard_us: AtomicU64::new(registry.now_us()),
         close: Notify::new(),
+        link: link.clone(),
     });
     registry.lock().insert(identity.clone(), Arc::clone(&live));
     // An agent renews at least twice per lease: one silent for a whole lease is gone (the
@@ -322,6 +432,7 @@ async fn serve_agent(
         epoch,
         queue,
         config: Arc::clone(&config),
+        link: link.clone(),
     };
     let mut in_flight: FuturesOrdered<Answering> = FuturesOrdered::new();
     // Only an orderly close (the agent's kernel sent FIN: its process exited, or it closed the
@@ -403,6 +514,7 @@ struct Session {
     epoch: Instant,
     queue: mpsc::UnboundedSender<ToWorker>,
     config: Arc<ServerConfig>,
+    link: Addr<AgentLink>,
 }
 
 /// The answer to one request, once the scheduler has given it.
@@ -511,8 +623,12 @@ impl Session {
                 });
                 None
             }
-            other @ (ToScheduler::Answer { .. } | ToScheduler::Pong { .. }) => {
-                // This scheduler sends no requests or pings yet.
+            ToScheduler::Answer { id, answer } => {
+                self.link.do_send(Answered { id, answer });
+                None
+            }
+            other @ ToScheduler::Pong { .. } => {
+                // This scheduler sends no pings yet.
                 tracing::warn!(
                     worker = worker.0,
                     kind = cadre_wire::WireMessage::kind(&other),
@@ -537,10 +653,67 @@ impl Session {
     }
 }
 
-/// The worker's link for one agent: `Assign` and `Kill` from the scheduler become frames.
+/// The worker's link for one agent: `Assign` and `Kill` from the scheduler become frames, as
+/// do the API's requests ([`Ask`]), whose answers it hands back by id.
 struct AgentLink {
     queue: mpsc::UnboundedSender<ToWorker>,
     epoch: Instant,
+    next_id: u64,
+    /// The requests sent and not answered yet. Dropped with the link when the connection
+    /// ends, which tells each asker so.
+    pending: rustc_hash::FxHashMap<u64, oneshot::Sender<Result<AgentAnswer, Refusal>>>,
+}
+
+/// A request of the API to the agent; the receiver gets its answer.
+#[derive(Message)]
+#[rtype(result = "oneshot::Receiver<Result<AgentAnswer, Refusal>>")]
+struct Ask(AgentRequest);
+
+/// The agent's answer to the request `id`.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Answered {
+    id: u64,
+    answer: Result<AgentAnswer, Refusal>,
+}
+
+impl Handler<Ask> for AgentLink {
+    type Result = MessageResult<Ask>;
+    fn handle(&mut self, msg: Ask, ctx: &mut Context<Self>) -> Self::Result {
+        // Askers that gave up (timed out) leave their entries: dropped here, so a silent agent
+        // cannot grow the map past the requests in flight.
+        self.pending.retain(|_, tx| !tx.is_closed());
+        let (tx, rx) = oneshot::channel();
+        let id = self.next_id;
+        self.next_id += 1;
+        self.pending.insert(id, tx);
+        self.queue(ToWorker::Request { id, request: msg.0 }, ctx);
+        MessageResult(rx)
+    }
+}
+
+impl Handler<Answered> for AgentLink {
+    type Result = ();
+    fn handle(&mut self, msg: Answered, _: &mut Context<Self>) {
+        match self.pending.remove(&msg.id) {
+            Some(tx) => {
+                if tx.send(msg.answer).is_err() {
+                    tracing::debug!(
+                        id = msg.id,
+                        "an agent's answer came after its asker gave up"
+                    );
+                }
+            }
+            None => {
+                tracing::warn!(
+                    id = msg.id,
+                    "an agent answered a request this scheduler did not make"
+                );
+                metrics::counter!(UNEXPECTED_FRAMES, "side" => "scheduler", "type" => "answer")
+                    .increment(1);
+            }
+        }
+    }
 }
 
 impl Actor for AgentLink {

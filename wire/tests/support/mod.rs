@@ -191,7 +191,7 @@ pub fn to_scheduler() -> Vec<ToScheduler> {
             id: 77,
             answer: Ok(AgentAnswer::Log {
                 bytes: b"line one\n\x00\xff".to_vec(),
-                offset: 4096,
+                next: 4107,
                 end: 8192,
             }),
         },
@@ -245,6 +245,7 @@ pub fn to_worker() -> Vec<ToWorker> {
                 task: 0,
                 stream: LogStream::Stderr,
                 offset: 4096,
+                tail: None,
                 max_bytes: 65_536,
             },
         },
