@@ -478,6 +478,9 @@ impl Config {
         if let Some(v) = env("CADRE_CLUSTER_TLS_KEY") {
             config.cluster.tls_key = Some(PathBuf::from(v));
         }
+        if let Some(v) = parse_env(env, "CADRE_CLUSTER_REQUEST_TIMEOUT_MS")? {
+            config.cluster.request_timeout_ms = v;
+        }
         if let Some(v) = parse_env(env, "CADRE_CLUSTER_MAX_FRAME_BYTES")? {
             config.cluster.max_frame_bytes = v;
         }

@@ -115,12 +115,49 @@ struct Live {
     clock: (Instant, u64),
     addr: String,
     tasks: [actix_rt::task::JoinHandle<()>; 2],
+    /// The connection's socket (a second descriptor of it), to reset it when this side
+    /// closes it.
+    socket: Option<TcpStream>,
 }
 
 impl Drop for Live {
+    /// Closes the connection with a reset, never a FIN: the scheduler takes an orderly close
+    /// for this agent's exit and runs its jobs again at once, while a connection this agent
+    /// closes on its own (unanswered requests, a new registration, the actor stopping) may
+    /// leave its tasks running until they are fenced. Only the kernel closing the socket of
+    /// an agent that died says FIN.
     fn drop(&mut self) {
+        if let Some(socket) = self.socket.take() {
+            if let Err(error) = socket.set_zero_linger() {
+                tracing::warn!(scheduler = %self.addr, %error,
+                    "the cluster connection could not be set to reset on close: the scheduler may take its close for this agent's exit");
+                metrics::counter!(CONNECTION_ERRORS, "side" => "agent", "kind" => "linger")
+                    .increment(1);
+            }
+        }
         for task in &self.tasks {
             task.abort();
+        }
+    }
+}
+
+/// A second descriptor of `stream`'s socket, kept to reset the connection on close (see
+/// [`Live`]'s `Drop`); `None`, logged and counted, where it cannot be made.
+fn second_descriptor(stream: &TcpStream, addr: &str) -> Option<TcpStream> {
+    use std::os::fd::AsFd;
+    // A duplicate shares the socket and its non-blocking mode, as `from_std` wants.
+    let made = stream
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(|fd| TcpStream::from_std(std::net::TcpStream::from(fd)));
+    match made {
+        Ok(socket) => Some(socket),
+        Err(error) => {
+            tracing::warn!(%addr, %error,
+                "no second descriptor of the cluster socket: closing it may read as this agent's exit");
+            metrics::counter!(CONNECTION_ERRORS, "side" => "agent", "kind" => "socket")
+                .increment(1);
+            None
         }
     }
 }
@@ -242,15 +279,16 @@ impl SchedulerClient {
         })
     }
 
-    fn install(
-        &mut self,
-        ctx: &mut Ctx,
-        conn: cadre_wire::Connection<super::tls::Reader, super::tls::Writer>,
-        worker: WorkerId,
-        scheduler_clock_us: u64,
-        hello_sent: Instant,
-        addr: String,
-    ) {
+    fn install(&mut self, ctx: &mut Ctx, connected: Connected, addr: String) {
+        let Connected {
+            conn,
+            welcome,
+            hello_sent,
+            socket,
+            ..
+        } = connected;
+        let worker = welcome.worker;
+        let scheduler_clock_us = welcome.clock_us;
         self.generation += 1;
         self.unanswered = 0;
         let generation = self.generation;
@@ -291,6 +329,7 @@ impl SchedulerClient {
             clock: (hello_sent, scheduler_clock_us),
             addr,
             tasks: [reading, writing],
+            socket,
         });
     }
 
@@ -493,21 +532,25 @@ impl Handler<Incoming> for SchedulerClient {
     }
 }
 
-/// Connects to the first address that answers and shakes hands: the connection, the welcome,
-/// the address's index and when the hello went out; the errors of each address when none does.
+/// A connection made and welcomed.
+struct Connected {
+    conn: cadre_wire::Connection<super::tls::Reader, super::tls::Writer>,
+    welcome: cadre_wire::Welcome,
+    /// The index of the address that answered.
+    index: usize,
+    /// When the hello went out.
+    hello_sent: Instant,
+    /// A second descriptor of its socket (see [`Live`]).
+    socket: Option<TcpStream>,
+}
+
+/// Connects to the first address that answers and shakes hands; the errors of each address
+/// when none does.
 async fn connect_any(
     config: Arc<ClientConfig>,
     first: usize,
     hello: Hello,
-) -> Result<
-    (
-        cadre_wire::Connection<super::tls::Reader, super::tls::Writer>,
-        cadre_wire::Welcome,
-        usize,
-        Instant,
-    ),
-    Vec<String>,
-> {
+) -> Result<Connected, Vec<String>> {
     let mut errors = Vec::new();
     let n = config.join.len();
     for k in 0..n {
@@ -533,6 +576,7 @@ async fn connect_any(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%addr, %error, "TCP_NODELAY not set on the cluster connection");
         }
+        let socket = second_descriptor(&stream, addr);
         let (r, w) = match &config.tls {
             Some(connector) => {
                 let tls = tokio::time::timeout(
@@ -555,11 +599,19 @@ async fn connect_any(
                     }
                 }
             }
-            None => super::tls::plain(stream),
+            None => super::tls::plain_resettable(stream),
         };
         let hello_sent = Instant::now();
         match cadre_wire::connect(r, w, &config.handshake, &hello).await {
-            Ok((conn, welcome)) => return Ok((conn, welcome, i, hello_sent)),
+            Ok((conn, welcome)) => {
+                return Ok(Connected {
+                    conn,
+                    welcome,
+                    index: i,
+                    hello_sent,
+                    socket,
+                })
+            }
             Err(error) => {
                 metrics::counter!(CONNECTION_ERRORS, "side" => "agent", "kind" => error.kind())
                     .increment(1);
@@ -603,23 +655,19 @@ impl Handler<Register> for SchedulerClient {
         Box::pin(
             connect_any(config, first, hello).into_actor(self).map(
                 |result, act, ctx| match result {
-                    Ok((conn, welcome, i, hello_sent)) => {
+                    Ok(connected) => {
+                        let i = connected.index;
                         let addr = act.config.join[i].clone();
+                        let welcome = &connected.welcome;
+                        let worker = welcome.worker;
                         tracing::info!(scheduler = %addr, name = %welcome.scheduler,
-                        worker = welcome.worker.0, version = conn.version,
+                        worker = worker.0, version = connected.conn.version,
                         lease_ttl_ms = welcome.lease_ttl_ms, "connected to the scheduler");
                         act.next_addr = i;
                         act.failures = 0;
                         act.retry_at = None;
-                        act.install(
-                            ctx,
-                            conn,
-                            welcome.worker,
-                            welcome.clock_us,
-                            hello_sent,
-                            addr,
-                        );
-                        Ok(welcome.worker)
+                        act.install(ctx, connected, addr);
+                        Ok(worker)
                     }
                     Err(errors) => {
                         act.failures = act.failures.saturating_add(1);

@@ -132,9 +132,19 @@ pub(crate) type Reader = Box<dyn AsyncRead + Unpin + Send>;
 /// See [`Reader`].
 pub(crate) type Writer = Box<dyn AsyncWrite + Unpin + Send>;
 
-/// Splits a plain TCP connection.
+/// Splits a plain TCP connection, the scheduler's side: dropping the write half shuts the
+/// connection down (FIN), so what was written before (a refusal) reaches the peer even when
+/// bytes it sent are left unread.
 pub(crate) fn plain(stream: TcpStream) -> (Reader, Writer) {
     let (r, w) = stream.into_split();
+    (Box::new(r), Box::new(w))
+}
+
+/// Splits a plain TCP connection, the agent's side: as a TLS stream is, so the socket closes
+/// only when both halves are gone, with the reset the agent sets (see `client.rs`), never the
+/// FIN a dropped `into_split` write half sends, which the scheduler takes for the agent's exit.
+pub(crate) fn plain_resettable(stream: TcpStream) -> (Reader, Writer) {
+    let (r, w) = tokio::io::split(stream);
     (Box::new(r), Box::new(w))
 }
 
