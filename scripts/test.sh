@@ -14,9 +14,11 @@
 # print SKIP. CADRE_REQUIRE_CGROUPS=1 (set by CI, whose clean runs have shown them running)
 # makes that a failure, and then so does a cgroup the tests leave behind. Nothing to install:
 # the kernel has them or not.
-# The cluster's partition test makes a network namespace and a veth pair (iproute2, root) and
-# cuts it off with blackhole routes; where it cannot, it prints SKIP. CADRE_REQUIRE_NETNS=1
-# makes that a failure (not set by CI until a CI run has shown the namespaces working there).
+# The cluster's partition tests make a network namespace and a veth pair (iproute2, root), cut
+# it off with blackhole routes, and drop some packets with `iptables` (Debian's `iptables`
+# package, installed here: one way only, or 10% at random each way); where they cannot, they
+# print SKIP. CADRE_REQUIRE_NETNS=1 makes that a failure (not set by CI until a CI run has shown
+# the namespaces working there).
 # The full-disk tests mount a small tmpfs (root, CAP_SYS_ADMIN); where they cannot they print
 # SKIP. CADRE_REQUIRE_TMPFS=1 (set by CI, root as for cgroups) makes that a failure.
 set -euo pipefail
@@ -30,6 +32,17 @@ if ! command -v promtool >/dev/null 2>&1; then
             || echo "promtool could not be installed; the metrics test will SKIP its check"
     else
         echo "promtool missing and apt-get unavailable (or not root); the metrics test will SKIP its check"
+    fi
+fi
+if ! command -v iptables >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        echo "installing iptables (Debian package iptables)"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y --no-install-recommends iptables >/dev/null 2>&1 \
+            || { apt-get update >/dev/null 2>&1 && apt-get install -y --no-install-recommends iptables >/dev/null; } \
+            || echo "iptables could not be installed; the packet-loss tests will SKIP"
+    else
+        echo "iptables missing and apt-get unavailable (or not root); the packet-loss tests will SKIP"
     fi
 fi
 NVRTC_VERSION=13.0.88

@@ -13,6 +13,8 @@ pub struct Host {
     /// The host's address.
     pub there: String,
     veth: String,
+    /// The host's end of the pair.
+    peer: String,
 }
 
 fn ip(args: &[&str]) -> Result<(), String> {
@@ -25,6 +27,33 @@ fn ip(args: &[&str]) -> Result<(), String> {
     } else {
         Err(format!(
             "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Prints SKIP for `test` and why, or fails under `CADRE_REQUIRE_NETNS=1`.
+pub fn skip_or_fail(test: &str, why: &str) {
+    if std::env::var("CADRE_REQUIRE_NETNS").as_deref() == Ok("1") {
+        panic!(
+            "{test}: network namespaces and iptables are required (CADRE_REQUIRE_NETNS=1): {why}"
+        );
+    }
+    println!("SKIP {test}: {why}");
+}
+
+/// `iptables ARGS` in namespace `ns`.
+fn iptables(ns: &str, args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "iptables"])
+        .args(args)
+        .output()
+        .map_err(|e| format!("iptables {args:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "iptables {args:?}: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
@@ -44,6 +73,7 @@ impl Host {
             here: here.clone(),
             there: there.clone(),
             veth: veth.clone(),
+            peer: peer.clone(),
         };
         let made = (|| {
             ip(&["netns", "add", &name])?;
@@ -67,12 +97,7 @@ impl Host {
             Ok(()) => Some(host),
             Err(reason) => {
                 drop(host);
-                if std::env::var("CADRE_REQUIRE_NETNS").as_deref() == Ok("1") {
-                    panic!(
-                        "{test}: network namespaces are required (CADRE_REQUIRE_NETNS=1): {reason}"
-                    );
-                }
-                println!("SKIP {test}: cannot make a network namespace: {reason}");
+                skip_or_fail(test, &format!("cannot make a network namespace: {reason}"));
                 None
             }
         }
@@ -91,6 +116,59 @@ impl Host {
             &format!("{}/32", self.here),
         ])
         .unwrap();
+    }
+
+    /// Drops what this side sends the host only (an `iptables` rule in the host's namespace;
+    /// a blackhole route here would drop the host's packets too, taken as spoofed): what the
+    /// host sends still arrives. `Err` where `iptables` cannot be run.
+    pub fn cut_one_way(&self) -> Result<(), String> {
+        iptables(&self.name, &["-A", "INPUT", "-s", &self.here, "-j", "DROP"])
+    }
+
+    /// Heals a [`Host::cut_one_way`].
+    pub fn heal_one_way(&self) {
+        iptables(&self.name, &["-D", "INPUT", "-s", &self.here, "-j", "DROP"]).unwrap();
+    }
+
+    /// Drops `percent` of the packets on the host's link, each way, at random (`iptables`'
+    /// statistic match in its namespace). `Err` where `iptables` cannot be run.
+    pub fn lose(&self, percent: u32) -> Result<(), String> {
+        let p = format!("{:.2}", f64::from(percent) / 100.0);
+        for (chain, dir) in [("INPUT", "-i"), ("OUTPUT", "-o")] {
+            iptables(
+                &self.name,
+                &[
+                    "-A",
+                    chain,
+                    dir,
+                    &self.peer,
+                    "-m",
+                    "statistic",
+                    "--mode",
+                    "random",
+                    "--probability",
+                    &p,
+                    "-j",
+                    "DROP",
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Packets the host's `iptables` rules dropped so far.
+    pub fn dropped(&self) -> u64 {
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", &self.name, "iptables", "-L", "-v", "-x", "-n",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("DROP"))
+            .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+            .sum()
     }
 
     /// Heals a [`Host::cut`].
