@@ -86,6 +86,10 @@ fn jobs_spread_over_agents_gangs_span_them_and_a_killed_agents_jobs_run_elsewher
     assert_eq!(a3["labels"]["rack"], "r7", "{a3}");
     assert_eq!(a3["free"]["cpu_millis"], 1000, "{a3}");
     assert_eq!(a3["state"], "alive", "{a3}");
+    assert!(
+        a3["address"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "where it connects from: {a3}"
+    );
     assert!(a3["renewed_ms"].as_u64().unwrap() > 0, "{a3}");
 
     // One CPU each: three one-CPU jobs run on three agents at once.
@@ -158,6 +162,16 @@ fn jobs_spread_over_agents_gangs_span_them_and_a_killed_agents_jobs_run_elsewher
         .unwrap();
     agents[0].kill9();
     wait_workers(&sched, &["a2/cpu-0", "a3/cpu-0"], SECS_30);
+    // Shown as dead, with why, until it comes back.
+    let (_, nodes) = sched.get("/v1/nodes");
+    let dead = &nodes["departed"][0];
+    assert_eq!(dead["node"], "a1", "{nodes}");
+    assert!(
+        dead["reason"].as_str().unwrap().contains("closed"),
+        "{nodes}"
+    );
+    let text = String::from_utf8_lossy(&sched.cli(&["nodes"]).stdout).to_string();
+    assert!(text.contains("a1/cpu-0  dead  127.0.0.1:"), "{text}");
     for id in &ids {
         let job = sched.wait_state(*id, "succeeded", SECS_30);
         let attempt = job["attempt"].as_u64().unwrap();

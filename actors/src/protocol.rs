@@ -114,6 +114,9 @@ pub struct Register {
     pub capacity: WorkerCapacity,
     /// How to reach it.
     pub link: WorkerLink,
+    /// Where it connects from (an agent's address), for `cadre nodes`; `None` for a worker in
+    /// the scheduler's own process.
+    pub address: Option<String>,
 }
 
 /// A GPU a worker owns: the index it registers in its capacity (what grants name) and the

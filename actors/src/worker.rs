@@ -126,6 +126,7 @@ impl Worker {
                 assign: ctx.address().recipient(),
                 kill: ctx.address().recipient(),
             },
+            address: None,
         };
         let register = self.link.register.clone();
         let target = self.link.target.clone();

@@ -4,7 +4,8 @@
 //! requeued), so its capacity is never offered twice.
 //!
 //! A drained node (`cadre drain`) takes no new work, keeps its running jobs, stays drained
-//! when it registers again, and takes work again once undrained.
+//! when it registers again, and takes work again once undrained. A dead worker is shown as
+//! departed until it registers again.
 //!
 //! Time only moves through `tokio::time` on a paused clock.
 
@@ -13,6 +14,7 @@
 mod support;
 
 use cadre_actors::job::JobState;
+use cadre_actors::protocol::WorkerDead;
 use cadre_actors::scheduler::{DrainNode, Nodes};
 use cadre_actors::{Error, WorkerIdentity};
 
@@ -184,6 +186,60 @@ fn the_nodes_view_shows_datacenter_free_capacity_and_a_silent_worker_as_suspect(
         let nodes = rig.sched.send(Nodes).await.unwrap().unwrap();
         let view = nodes.workers.iter().find(|v| v.worker == w).unwrap();
         assert_eq!(view.state, "suspect", "{view:?}");
+        rig.stop().await;
+    });
+}
+
+/// A worker that died is shown as dead, with why and when, until it registers again; only the
+/// latest 64 are kept.
+#[test]
+fn a_dead_worker_is_shown_as_departed_until_it_registers_again() {
+    run(|_| async {
+        let rig = SchedRig::start(LONG_TTL, 1).await;
+        let w = rig.register(0, 1000).await;
+        rig.sched
+            .send(WorkerDead {
+                worker: w,
+                reason: "its connection closed".to_owned(),
+                exited: true,
+            })
+            .await
+            .unwrap();
+        let nodes = rig.sched.send(Nodes).await.unwrap().unwrap();
+        assert!(nodes.workers.is_empty(), "{nodes:?}");
+        assert_eq!(nodes.departed.len(), 1, "{nodes:?}");
+        let dead = &nodes.departed[0];
+        assert_eq!((dead.worker, dead.name.as_str()), (w, "fake-worker-0"));
+        assert!(dead.reason.contains("connection closed"), "{dead:?}");
+        assert!(dead.died_ms >= dead.registered_ms, "{dead:?}");
+
+        let again = rig.register(0, 1000).await;
+        let nodes = rig.sched.send(Nodes).await.unwrap().unwrap();
+        assert!(nodes.departed.is_empty(), "back, not dead: {nodes:?}");
+        assert_eq!(nodes.workers.len(), 1);
+        assert_ne!(again, w);
+
+        for i in 0..70 {
+            let id = rig
+                .register_as(
+                    0,
+                    WorkerIdentity::new(format!("n{i}"), "cpu-0"),
+                    1000,
+                    Vec::new(),
+                )
+                .await;
+            rig.sched
+                .send(WorkerDead {
+                    worker: id,
+                    reason: format!("gone {i}"),
+                    exited: true,
+                })
+                .await
+                .unwrap();
+        }
+        let nodes = rig.sched.send(Nodes).await.unwrap().unwrap();
+        assert_eq!(nodes.departed.len(), 64, "bounded");
+        assert_eq!(nodes.departed[63].reason, "gone 69", "newest last");
         rig.stop().await;
     });
 }

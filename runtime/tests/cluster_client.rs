@@ -51,6 +51,7 @@ fn register(link: &Addr<NoWorker>) -> Register {
             assign: link.clone().recipient(),
             kill: link.clone().recipient(),
         },
+        address: None,
     }
 }
 

@@ -191,16 +191,17 @@ impl Client {
             let now_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
+            let ago = |ms: &Value| now_ms.saturating_sub(ms.as_u64().unwrap_or(0));
             for w in b["workers"].as_array().map_or(&[][..], Vec::as_slice) {
                 let gpus = w["capacity"]["gpus"].as_array().map_or(0, Vec::len);
                 let unhealthy = w["free"]["unhealthy_gpus"].as_array().map_or(0, Vec::len);
-                let renewed = w["renewed_ms"].as_u64().unwrap_or(0);
                 println!(
-                    "worker {:>4}  {}/{}  {}  dc={}  cpu={}/{}m  mem={}/{}  gpus={}/{}{}  leases={}  renewed {} ms ago",
+                    "worker {:>4}  {}/{}  {}  {}  dc={}  cpu={}/{}m  mem={}/{}  gpus={}/{}{}  leases={}  up {} s  renewed {} ms ago",
                     w["worker"],
                     w["node"].as_str().unwrap_or(""),
                     w["name"].as_str().unwrap_or(""),
                     w["state"].as_str().unwrap_or("alive"),
+                    w["address"].as_str().unwrap_or("local"),
                     w["datacenter"].as_str().unwrap_or(""),
                     w["free"]["cpu_millis"],
                     w["capacity"]["cpu_millis"],
@@ -214,7 +215,20 @@ impl Client {
                         String::new()
                     },
                     w["leases"],
-                    now_ms.saturating_sub(renewed),
+                    ago(&w["registered_ms"]) / 1000,
+                    ago(&w["renewed_ms"]),
+                );
+            }
+            for d in b["departed"].as_array().map_or(&[][..], Vec::as_slice) {
+                println!(
+                    "worker {:>4}  {}/{}  dead  {}  dc={}  {} s ago: {}",
+                    d["worker"],
+                    d["node"].as_str().unwrap_or(""),
+                    d["name"].as_str().unwrap_or(""),
+                    d["address"].as_str().unwrap_or("local"),
+                    d["datacenter"].as_str().unwrap_or(""),
+                    ago(&d["died_ms"]) / 1000,
+                    d["reason"].as_str().unwrap_or(""),
                 );
             }
         }

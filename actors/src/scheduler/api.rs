@@ -385,6 +385,31 @@ pub struct NodeView {
     /// Whether an operator drained its node: it takes no new work.
     #[serde(default)]
     pub draining: bool,
+    /// Where it connects from (an agent's address); `None` for the scheduler's own worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+}
+
+/// A worker that died, as `cadre nodes` shows it until it registers again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DepartedView {
+    /// The id it had.
+    pub worker: WorkerId,
+    /// Its node's name.
+    pub node: String,
+    /// Its name on that node.
+    pub name: String,
+    /// Its node's datacenter.
+    pub datacenter: String,
+    /// Where it connected from; `None` for the scheduler's own worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// When it had registered, in milliseconds since the Unix epoch.
+    pub registered_ms: u64,
+    /// When it was declared dead, in milliseconds since the Unix epoch.
+    pub died_ms: u64,
+    /// Why.
+    pub reason: String,
 }
 
 /// The scheduler's view of the node: workers, totals and counts.
@@ -411,6 +436,9 @@ pub struct ClusterView {
     /// Ended jobs kept (bounded by the retention policy).
     #[serde(default)]
     pub ended: usize,
+    /// The latest workers that died (at most 64, newest last), until they register again.
+    #[serde(default)]
+    pub departed: Vec<DepartedView>,
 }
 
 /// API: the node's workers and totals.
@@ -457,6 +485,7 @@ impl Handler<Nodes> for Scheduler {
                     registered_ms: w.registered_ms,
                     leases: core.leases.leases_of_worker(*id).len(),
                     draining: core.drained_nodes.contains(&w.identity.node),
+                    address: w.address.clone(),
                 })
                 .collect(),
             capacity: core.placer.capacity().summary(),
@@ -467,6 +496,7 @@ impl Handler<Nodes> for Scheduler {
             gpus_absent: self.config.gpus_absent.clone(),
             store_unwritable: core.unwritable.clone(),
             ended: core.store.as_ref().map_or(0, |s| s.table().ended_len()),
+            departed: core.departed.iter().cloned().collect(),
         })
     }
 }

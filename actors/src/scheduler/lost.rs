@@ -190,9 +190,22 @@ impl Scheduler {
         let Some(core) = self.core.as_mut() else {
             return;
         };
-        if core.workers.remove(&worker).is_none() {
+        let Some(entry) = core.workers.remove(&worker) else {
             return;
+        };
+        if core.departed.len() >= super::DEPARTED_KEPT {
+            core.departed.pop_front();
         }
+        core.departed.push_back(super::api::DepartedView {
+            worker,
+            node: entry.identity.node,
+            name: entry.identity.name,
+            datacenter: entry.datacenter,
+            address: entry.address,
+            registered_ms: entry.registered_ms,
+            died_ms: now_ms(),
+            reason: reason.clone(),
+        });
         metrics::counter!(m::WORKER_DEATHS).increment(1);
         metrics::gauge!(m::WORKERS).set(core.workers.len() as f64);
         if let Some(health) = self.config.health.get() {

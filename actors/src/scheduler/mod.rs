@@ -70,8 +70,8 @@ mod snapshot;
 mod workers;
 
 pub use api::{
-    CancelJob, CancelOutcome, CloseStore, ClusterView, Drain, DrainNode, GetJob, JobView, ListJobs,
-    NodeView, Nodes, Ready, Submit,
+    CancelJob, CancelOutcome, CloseStore, ClusterView, DepartedView, Drain, DrainNode, GetJob,
+    JobView, ListJobs, NodeView, Nodes, Ready, Submit,
 };
 use commit::AfterDurable;
 use jobs::{task_result, TaskResult};
@@ -201,7 +201,13 @@ struct Core {
     /// they register again (a reconnecting agent), until undrained. Not journaled: a
     /// restarted scheduler has forgotten them.
     drained_nodes: std::collections::BTreeSet<String>,
+    /// The latest workers that died, newest last, at most [`DEPARTED_KEPT`]: `cadre nodes`
+    /// shows them as dead until they register again.
+    departed: std::collections::VecDeque<api::DepartedView>,
 }
+
+/// How many dead workers `cadre nodes` shows.
+const DEPARTED_KEPT: usize = 64;
 
 struct WorkerEntry {
     identity: crate::ids::WorkerIdentity,
@@ -212,6 +218,7 @@ struct WorkerEntry {
     capacity: WorkerCapacity,
     link: WorkerLink,
     registered_ms: u64,
+    address: Option<String>,
 }
 
 /// An attempt that holds leases: leased or running.
@@ -361,6 +368,7 @@ impl Scheduler {
             disk_pressure: false,
             disk_unreadable: false,
             drained_nodes: std::collections::BTreeSet::new(),
+            departed: std::collections::VecDeque::new(),
         });
         metrics::gauge!(m::JOBS_RUNNING).set(0.0);
         metrics::gauge!(m::WORKERS).set(0.0);

@@ -29,6 +29,9 @@ impl Handler<Register> for Scheduler {
             );
         }
         let core = self.core()?;
+        // Back: no longer shown as dead.
+        core.departed
+            .retain(|d| d.node != msg.identity.node || d.name != msg.identity.name);
         let worker = WorkerId(core.next_worker);
         core.next_worker += 1;
         core.placer.add_worker(worker, &msg.capacity)?;
@@ -48,6 +51,7 @@ impl Handler<Register> for Scheduler {
                 capacity: msg.capacity,
                 link: msg.link,
                 registered_ms: now_ms(),
+                address: msg.address,
             },
         );
         metrics::gauge!(m::WORKERS).set(core.workers.len() as f64);

@@ -195,6 +195,7 @@ impl SchedRig {
                     assign: addr.clone().recipient(),
                     kill: addr.clone().recipient(),
                 },
+                address: None,
             })
             .await
             .unwrap()

@@ -365,6 +365,7 @@ async fn serve_agent(
                 assign: link.clone().recipient(),
                 kill: link.clone().recipient(),
             },
+            address: Some(peer.to_string()),
         })
         .await;
     let worker = match registered {
