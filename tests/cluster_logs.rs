@@ -2,7 +2,8 @@
 //! cluster connection, in chunks no larger than a frame, and gives back the same bytes (head,
 //! the cap's marker, tail) a local read gives; followed, they stream until the job ends; an
 //! agent that is gone is a 503 naming it. An agent may not take the name of a scheduler that
-//! runs a worker of its own.
+//! runs a worker of its own. The files of jobs the scheduler prunes are removed on the agents
+//! they ran on, also on an agent that was away when they were pruned (a sweep at its return).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -160,4 +161,78 @@ fn an_agent_may_not_take_the_name_of_a_scheduler_that_runs_a_worker() {
         sched.log_text()
     );
     drop(other);
+}
+
+/// The files a job left on an agent (its logs, its scratch directory).
+fn files_of(agent: &Agent, job: u64) -> Vec<String> {
+    let mut found = Vec::new();
+    for dir in ["logs", "scratch"] {
+        if let Ok(entries) = std::fs::read_dir(agent.data_dir.join(dir)) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                if name.split('.').next() == Some(&job.to_string()) {
+                    found.push(format!("{dir}/{name}"));
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn files_of_pruned_jobs_are_removed_on_their_agents_also_when_pruned_while_away() {
+    let dir = Scratch::new("cluster-prune");
+    let port = free_port();
+    let sched = Server::start_scheduler(
+        dir.path(),
+        port,
+        &[
+            ("CADRE_RETENTION_MAX_JOBS", "2"),
+            ("CADRE_RETENTION_EVERY_MS", "100"),
+        ],
+    );
+    let join = format!("127.0.0.1:{port}");
+    let mut a1 = Agent::start(dir.path(), "a1", &join, &[]);
+    wait_workers(&sched, &["a1/cpu-0"], SECS_30);
+    let on_a1: Vec<u64> = (0..3)
+        .map(|i| sched.submit(&[], &["/bin/sh", "-c", &format!("echo job {i}")]))
+        .collect();
+    for id in &on_a1 {
+        sched.wait_state(*id, "succeeded", SECS_30);
+    }
+    // Two ended jobs are kept: the first is pruned, and its files on a1 go with it.
+    wait_for("job 1's files removed on its agent", SECS_30, || {
+        files_of(&a1, on_a1[0]).is_empty()
+    });
+    assert!(
+        !files_of(&a1, on_a1[2]).is_empty(),
+        "a kept job's files stay"
+    );
+
+    // a1 away, a2 runs more jobs; pruning takes a1's last two while a1 cannot hear of it.
+    a1.stop();
+    let a2 = Agent::start(dir.path(), "a2", &join, &[]);
+    wait_workers(&sched, &["a2/cpu-0"], SECS_30);
+    for i in 0..3 {
+        let id = sched.submit(&[], &["/bin/sh", "-c", &format!("echo later {i}")]);
+        sched.wait_state(id, "succeeded", SECS_30);
+    }
+    wait_for("a1's jobs pruned", SECS_30, || {
+        sched.get(&format!("/v1/jobs/{}", on_a1[2])).0 != 200
+    });
+    assert!(
+        !files_of(&a1, on_a1[1]).is_empty(),
+        "not removed while away"
+    );
+    // Back, a1 is sent a sweep of everything pruned meanwhile.
+    a1.spawn();
+    wait_for("a1's pruned jobs' files swept", SECS_30, || {
+        files_of(&a1, on_a1[1]).is_empty() && files_of(&a1, on_a1[2]).is_empty()
+    });
+    assert!(
+        a1.log_text().contains("removed what pruned jobs left here"),
+        "{}",
+        a1.log_text()
+    );
+    drop(a2);
 }

@@ -207,7 +207,6 @@ fn an_agent_that_hears_nothing_back_closes_and_fences_before_the_job_runs_again(
         sched.log_text()
     );
 
-    eprintln!("SCHED LOG:\n{}", sched.log_text());
     host.heal_one_way();
     wait_workers(
         &sched,

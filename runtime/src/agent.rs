@@ -11,8 +11,11 @@
 //! └── gpu-health             only where there are GPUs and NVML loads
 //! ```
 //!
-//! Stopping an agent stops its tasks; the scheduler sees the connection end and requeues
-//! them. (Re-adopting running tasks across an agent's restart is not built yet.)
+//! Stopping an agent stops its tasks (each reported as it ends while the connection lasts);
+//! the connection is then reset, not closed in order (see `cluster::client`), so any task
+//! not reported waits out its lease before the scheduler runs it again. A SIGKILLed agent's
+//! socket is closed by the kernel (FIN): its jobs are requeued at once. (Re-adopting running
+//! tasks across an agent's restart is not built yet.)
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -96,9 +99,10 @@ impl Agent {
             request_timeout: Duration::from_millis(config.cluster.request_timeout_ms),
             seed: seed(&identity),
             tls,
-            logs: crate::cluster::logs::LogAccess {
+            files: crate::cluster::files::AgentFiles {
                 reader: cadre_cpu::launcher::LogReader::new(engine.clone()),
                 dir: log_dir.clone(),
+                scratch_dir: scratch_dir.clone(),
                 max_bytes: config.cluster.max_frame_bytes.saturating_sub(4096),
             },
         });

@@ -16,6 +16,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use cadre_actors::job::JobId;
 use cadre_actors::scheduler::{Janitor, PrunedJob};
 use cadre_actors::store::JobTable;
 use cadre_cpu::cgroup::Cgroups;
@@ -110,62 +111,83 @@ pub async fn open_cgroups(config: &Config, data_dir: &Path) -> Result<Option<Cgr
 }
 
 /// The janitor: removes a pruned command job's logs and scratch directories on tokio's
-/// blocking pool; each failure is one warning and one count.
+/// blocking pool ([`remove_pruned`]); each failure is one warning and one count.
 pub fn janitor(log_dir: PathBuf, scratch_dir: PathBuf) -> Janitor {
     Arc::new(move |jobs: Vec<PrunedJob>| {
-        let (logs, scratch) = (log_dir.clone(), scratch_dir.clone());
-        let commands: Vec<PrunedJob> = jobs.into_iter().filter(|j| j.command).collect();
-        if commands.is_empty() {
+        let jobs: Vec<(JobId, u32)> = jobs
+            .into_iter()
+            .filter(|j| j.command)
+            .map(|j| (j.job, j.tasks))
+            .collect();
+        if jobs.is_empty() {
             return;
         }
-        tokio::task::spawn_blocking(move || {
-            // The batch's streams together, up to JANITOR_CHUNK at a time: the log directory is
-            // listed once per chunk at most, not once per job, in bounded memory.
-            let mut owners = Vec::new();
-            let mut paths = Vec::new();
-            for job in &commands {
-                for task in 0..job.tasks {
-                    for stream in ["out", "err"] {
-                        owners.push(*job);
-                        paths.push(logs.join(format!("{}.{task}.{stream}", job.job)));
-                        if paths.len() >= JANITOR_CHUNK {
-                            remove_logs(&mut owners, &mut paths);
-                        }
-                    }
-                }
-            }
-            remove_logs(&mut owners, &mut paths);
-            for job in commands {
-                for task in 0..job.tasks {
-                    let dir = scratch.join(format!("{}.{task}", job.job));
-                    match std::fs::remove_dir_all(&dir) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => cleanup_failed(job, "scratch", &dir, &e.to_string()),
-                    }
-                }
-            }
-        });
+        let (logs, scratch) = (log_dir.clone(), scratch_dir.clone());
+        drop(tokio::task::spawn_blocking(move || {
+            remove_pruned(&logs, &scratch, &jobs)
+        }));
     })
+}
+
+/// Removes the logs and scratch directories of `jobs` (each with its number of tasks) from
+/// `log_dir` and `scratch_dir`: the janitor's work, and an agent's when its scheduler prunes
+/// jobs that ran there. Blocking. Counts log streams (not files) removed or already gone, and
+/// scratch directories removed; each failure is one warning and one count.
+pub fn remove_pruned(log_dir: &Path, scratch_dir: &Path, jobs: &[(JobId, u32)]) -> Swept {
+    let mut swept = Swept::default();
+    // The batch's streams together, up to JANITOR_CHUNK at a time: the log directory is
+    // listed once per chunk at most, not once per job, in bounded memory.
+    let mut owners = Vec::new();
+    let mut paths = Vec::new();
+    for &(job, tasks) in jobs {
+        for task in 0..tasks {
+            for stream in ["out", "err"] {
+                owners.push(job);
+                paths.push(log_dir.join(format!("{job}.{task}.{stream}")));
+                if paths.len() >= JANITOR_CHUNK {
+                    remove_logs(&mut owners, &mut paths, &mut swept);
+                }
+            }
+        }
+    }
+    remove_logs(&mut owners, &mut paths, &mut swept);
+    for &(job, tasks) in jobs {
+        for task in 0..tasks {
+            let dir = scratch_dir.join(format!("{job}.{task}"));
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => swept.scratch_dirs += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    swept.failures += 1;
+                    cleanup_failed(job, "scratch", &dir, &e.to_string());
+                }
+            }
+        }
+    }
+    swept
 }
 
 /// The most log streams the janitor removes with one listing of the log directory (a few
 /// hundred bytes each while it works).
 const JANITOR_CHUNK: usize = 8192;
 
-/// Removes the streams at `paths` (of the jobs `owners`, one per path), reports each failure,
-/// and empties both.
-fn remove_logs(owners: &mut Vec<PrunedJob>, paths: &mut Vec<PathBuf>) {
+/// Removes the streams at `paths` (of the jobs `owners`, one per path), counts and reports
+/// each outcome, and empties both.
+fn remove_logs(owners: &mut Vec<JobId>, paths: &mut Vec<PathBuf>, swept: &mut Swept) {
     let removed = cadre_cpu::joblog::remove_streams(paths);
     for ((job, path), outcome) in owners.drain(..).zip(paths.drain(..)).zip(removed) {
-        if let Err(error) = outcome {
-            cleanup_failed(job, "logs", &path, &error.to_string());
+        match outcome {
+            Ok(_) => swept.log_files += 1,
+            Err(error) => {
+                swept.failures += 1;
+                cleanup_failed(job, "logs", &path, &error.to_string());
+            }
         }
     }
 }
 
-fn cleanup_failed(job: PrunedJob, what: &'static str, path: &Path, error: &str) {
-    tracing::warn!(job = %job.job, what, path = %path.display(), error,
+fn cleanup_failed(job: JobId, what: &'static str, path: &Path, error: &str) {
+    tracing::warn!(job = %job, what, path = %path.display(), error,
         "could not remove what a pruned job left on disk");
     metrics::counter!(cadre_actors::metrics::PRUNE_CLEANUP_ERRORS, "what" => what).increment(1);
 }
@@ -216,6 +238,31 @@ impl KeptIds {
             ranges = merged;
         }
         KeptIds { ranges, next }
+    }
+
+    /// The kept ids as inclusive ranges (ascending, disjoint), and the next id: what a
+    /// scheduler sends an agent in a `Sweep`.
+    pub fn parts(&self) -> (&[(u64, u64)], u64) {
+        (&self.ranges, self.next)
+    }
+
+    /// Kept ids from the parts of [`KeptIds::parts`] (a `Sweep` read off the wire): refused
+    /// unless the ranges are each in order, ascending and disjoint, since a wrong range would
+    /// remove a kept job's files.
+    pub fn from_ranges(ranges: Vec<(u64, u64)>, next: u64) -> Result<KeptIds, String> {
+        let mut last: Option<u64> = None;
+        for (i, &(start, end)) in ranges.iter().enumerate() {
+            if start > end {
+                return Err(format!("kept[{i}]: {start}..={end} is backwards"));
+            }
+            if last.is_some_and(|l| start <= l) {
+                return Err(format!(
+                    "kept[{i}]: {start}..={end} overlaps or precedes the range before"
+                ));
+            }
+            last = Some(end);
+        }
+        Ok(KeptIds { ranges, next })
     }
 
     /// Whether `job` was accepted once and has since been pruned: below the next id (ids
@@ -418,6 +465,17 @@ mod tests {
         assert!((1..4).all(|id| none.was_pruned(id)) && !none.was_pruned(4));
         let fresh = KeptIds::from_ids([], 1);
         assert!(!fresh.was_pruned(0) && !fresh.was_pruned(1));
+    }
+
+    #[test]
+    fn kept_ids_from_the_wire_are_refused_unless_ascending_and_disjoint() {
+        let kept = KeptIds::from_ids([2, 3, 4, 7, 9], 10);
+        let (ranges, next) = kept.parts();
+        assert_eq!(KeptIds::from_ranges(ranges.to_vec(), next).unwrap(), kept);
+        for bad in [vec![(4, 2)], vec![(2, 4), (4, 6)], vec![(7, 8), (2, 3)]] {
+            let refused = KeptIds::from_ranges(bad.clone(), 10).unwrap_err();
+            assert!(refused.starts_with("kept["), "{bad:?}: {refused}");
+        }
     }
 
     #[test]

@@ -57,6 +57,14 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// Too many requests to agents are in flight: this one was not sent.
+    #[error("agent {node}: {limit} requests to agents are in flight already; try again")]
+    AgentBusy {
+        /// The agent's node name.
+        node: String,
+        /// The most in flight at once.
+        limit: usize,
+    },
     /// The metrics exporter could not be installed.
     #[error("metrics exporter: {0}")]
     Metrics(String),

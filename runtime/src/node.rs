@@ -106,6 +106,9 @@ impl Node {
         );
         let cgroups = crate::confine::open_cgroups(&config, &data_dir).await?;
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        // The agents connected to the cluster port (none without one): the API reads their
+        // logs, the janitor has them remove pruned jobs' files.
+        let agents = crate::cluster::link::Agents::new(config.cluster.max_frame_bytes);
         let (callbacks, callbacks_spec) = CallbackRunner::<NodeEvent>::new();
         let scheduler_config = Arc::new(SchedulerConfig {
             journal_dir,
@@ -120,9 +123,10 @@ impl Node {
             health: OnceLock::new(),
             gpus_absent: gpus.absent.clone(),
             retention: config.retention(),
-            janitor: Some(crate::confine::janitor(
-                log_dir.clone(),
-                scratch_dir.clone(),
+            janitor: Some(crate::cluster::prune::janitor(
+                crate::confine::janitor(log_dir.clone(), scratch_dir.clone()),
+                agents.clone(),
+                config.cluster.local_worker.then(|| identity.node.clone()),
             )),
             registration_grace: Duration::from_millis(config.registration_grace_ms),
         });
@@ -205,7 +209,6 @@ impl Node {
             reason: "the root supervisor has no failure journal".to_owned(),
         })?;
 
-        let agents = crate::cluster::server::Agents::new(config.cluster.max_frame_bytes);
         let state = ApiState {
             scheduler: scheduler.clone(),
             registry: Arc::new(NodeRegistry::from_env().with_workloads(workload_names)),

@@ -15,7 +15,7 @@ use cadre_actors::sched::WorkerCapacity;
 use cadre_cpu::launcher::LogReader;
 use cadre_cpu::{BackendSetting, IoEngine};
 use cadre_runtime::cluster::client::{ClientConfig, SchedulerClient};
-use cadre_runtime::cluster::logs::LogAccess;
+use cadre_runtime::cluster::files::AgentFiles;
 use cadre_supervisor::{SupervisorSpec, WorkerSpec};
 use cadre_wire::{HandshakeConfig, HelloAnswer, ToScheduler, Welcome, WireError};
 use tokio::net::TcpListener;
@@ -100,9 +100,10 @@ async fn closes_with_a_reset() {
         request_timeout: Duration::from_secs(3),
         seed: 1,
         tls: None,
-        logs: LogAccess {
+        files: AgentFiles {
             reader: LogReader::new(IoEngine::new(BackendSetting::Auto).unwrap()),
             dir: dir.clone(),
+            scratch_dir: dir.clone(),
             max_bytes: 1 << 20,
         },
     });

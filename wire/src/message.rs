@@ -299,6 +299,21 @@ pub enum AgentRequest {
         /// The most bytes to send back (the agent may send fewer, never more).
         max_bytes: u32,
     },
+    /// Remove what these pruned jobs left on the agent (their logs and scratch directories):
+    /// the scheduler's retention dropped them.
+    Forget {
+        /// Each job and its number of tasks.
+        jobs: Vec<(JobId, u32)>,
+    },
+    /// Remove what any job the scheduler no longer keeps left on the agent: every job id below
+    /// `next` outside `kept` was pruned (sent at each connection, for the jobs pruned while the
+    /// agent was away).
+    Sweep {
+        /// The kept ids, as inclusive ranges, ascending and disjoint.
+        kept: Vec<(u64, u64)>,
+        /// Every id at or above it is left alone.
+        next: u64,
+    },
 }
 
 impl AgentRequest {
@@ -306,6 +321,8 @@ impl AgentRequest {
     pub fn kind(&self) -> &'static str {
         match self {
             AgentRequest::ReadLog { .. } => "read_log",
+            AgentRequest::Forget { .. } => "forget",
+            AgentRequest::Sweep { .. } => "sweep",
         }
     }
 }
@@ -324,6 +341,16 @@ pub enum AgentAnswer {
         next: u64,
         /// The log's logical length when it was read.
         end: u64,
+    },
+    /// To `Forget` and `Sweep`: what was removed, and how many removals failed (each logged
+    /// on the agent).
+    Removed {
+        /// Log files removed.
+        log_files: u64,
+        /// Scratch directories removed.
+        scratch_dirs: u64,
+        /// Removals that failed.
+        failures: u64,
     },
 }
 

@@ -66,14 +66,18 @@ impl Scheduler {
                 attempt,
                 grants: tasks.iter().map(|(g, _)| g.clone()).collect(),
                 tokens: tasks.iter().map(|(_, t)| *t).collect(),
-                nodes: tasks
-                    .iter()
-                    .map(|(g, _)| {
-                        core.workers
-                            .get(&g.worker)
-                            .map_or_else(String::new, |w| w.identity.node.clone())
-                    })
-                    .collect(),
+                nodes: {
+                    // By task index, whatever order the grants come in.
+                    let mut nodes = vec![String::new(); tasks.len()];
+                    for (g, _) in &tasks {
+                        if let (Some(slot), Some(w)) =
+                            (nodes.get_mut(g.task as usize), core.workers.get(&g.worker))
+                        {
+                            slot.clone_from(&w.identity.node);
+                        }
+                    }
+                    nodes
+                },
             };
             core.active.insert(
                 job,

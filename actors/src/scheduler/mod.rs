@@ -75,7 +75,7 @@ pub use api::{
 };
 use commit::AfterDurable;
 use jobs::{task_result, TaskResult};
-pub use retention::{DiskProbe, Retention};
+pub use retention::{DiskProbe, KeptJobIds, KeptJobs, Retention};
 pub use snapshot::{SnapshotDone, TakeSnapshot, STEP_ENTRIES};
 pub use workers::EVENT_CAPACITY;
 
@@ -123,7 +123,7 @@ pub struct SchedulerConfig {
 }
 
 /// What the janitor is told about each pruned job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PrunedJob {
     /// The job.
     pub job: JobId,
@@ -131,6 +131,9 @@ pub struct PrunedJob {
     pub tasks: u32,
     /// Whether it was a command job (which leaves logs and a scratch directory behind).
     pub command: bool,
+    /// The node each task of its last attempt ran on (where those are), by task; empty when
+    /// not recorded (the scheduler's own node).
+    pub nodes: Vec<String>,
 }
 
 /// Cleans up after pruned jobs (see [`SchedulerConfig::janitor`]).
@@ -204,6 +207,8 @@ struct Core {
     /// The latest workers that died, newest last, at most [`DEPARTED_KEPT`]: `cadre nodes`
     /// shows them as dead until they register again.
     departed: std::collections::VecDeque<api::DepartedView>,
+    /// The kept job ids as agents' sweeps take them, until the next pruning changes them.
+    kept_ids: Option<Arc<retention::KeptJobs>>,
 }
 
 /// How many dead workers `cadre nodes` shows.
@@ -369,6 +374,7 @@ impl Scheduler {
             disk_unreadable: false,
             drained_nodes: std::collections::BTreeSet::new(),
             departed: std::collections::VecDeque::new(),
+            kept_ids: None,
         });
         metrics::gauge!(m::JOBS_RUNNING).set(0.0);
         metrics::gauge!(m::WORKERS).set(0.0);

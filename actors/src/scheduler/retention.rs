@@ -152,10 +152,14 @@ impl Scheduler {
                         job,
                         tasks: e.spec.gang.max(1),
                         command: matches!(e.spec.kind, crate::job::JobKind::Command(_)),
+                        nodes: e.nodes.clone(),
                     })
                 })
                 .collect();
             let count = jobs.len() as u64;
+            if let Some(core) = self.core.as_mut() {
+                core.kept_ids = None;
+            }
             self.commit(ctx, Record::Pruned { jobs }, move |act, ctx, result| {
                 let durable = match result {
                     Ok(d) => d,
@@ -229,5 +233,57 @@ impl Scheduler {
             }
         }
         over
+    }
+}
+
+/// The jobs the table keeps below its next id, as inclusive ranges of ids (ascending,
+/// disjoint), and that next id: every other id below it was pruned. An agent sweeps what such
+/// jobs left on it when it connects (`Sweep`).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Arc<KeptJobs>, Error>")]
+pub struct KeptJobIds;
+
+/// The answer to [`KeptJobIds`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptJobs {
+    /// The kept ids, as inclusive ranges, ascending and disjoint.
+    pub ranges: Vec<(u64, u64)>,
+    /// Every id at or above it is not the table's yet.
+    pub next: u64,
+}
+
+impl Handler<KeptJobIds> for Scheduler {
+    type Result = Result<Arc<KeptJobs>, Error>;
+
+    /// Computed once per pruning (one pass over the table) and shared by every agent that
+    /// connects meanwhile: a fleet reconnecting at once costs one pass, not one per agent. A
+    /// job accepted since has an id at or above the answer's `next`, which no sweep touches.
+    fn handle(&mut self, _: KeptJobIds, _: &mut Ctx) -> Self::Result {
+        let core = self.core.as_mut().ok_or_else(|| Error::Unavailable {
+            reason: "the scheduler is still opening its journal".to_owned(),
+        })?;
+        if let Some(kept) = &core.kept_ids {
+            return Ok(Arc::clone(kept));
+        }
+        let table = core
+            .store
+            .as_ref()
+            .ok_or_else(|| Error::Unavailable {
+                reason: "the job store is closed".to_owned(),
+            })?
+            .table();
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        for (id, _) in table.iter() {
+            match ranges.last_mut() {
+                Some((_, end)) if id.0 == end.saturating_add(1) => *end = id.0,
+                _ => ranges.push((id.0, id.0)),
+            }
+        }
+        let kept = Arc::new(KeptJobs {
+            ranges,
+            next: table.next_id().0,
+        });
+        core.kept_ids = Some(Arc::clone(&kept));
+        Ok(kept)
     }
 }

@@ -590,7 +590,11 @@ impl JobTable {
                 entry.grants = grants;
                 entry.tokens = tokens;
                 entry.retry_at_ms = 0;
-                entry.nodes = nodes;
+                // A refused lease (no grants, no nodes) leaves where the last attempt ran,
+                // whose logs are still there.
+                if !nodes.is_empty() {
+                    entry.nodes = nodes;
+                }
             }
             Record::Started { job, attempt } => {
                 Self::preserve(&mut self.cut, &self.jobs, job);

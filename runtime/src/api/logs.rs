@@ -88,7 +88,7 @@ pub(super) async fn logs(
     };
     if let Some(node) = remote_node(&state, &job, task) {
         return if follow {
-            text(follow_stream(state.into_inner(), at))
+            super::remote_logs::follow(state.into_inner(), node, at).await
         } else {
             super::remote_logs::tail(state.into_inner(), node, at, query.tail.unwrap_or(1 << 20))
                 .await
@@ -170,13 +170,15 @@ async fn wait_for_start(state: &ApiState, at: &Where) -> Start {
         }
     };
     loop {
-        if at.file.exists() {
-            return Start::Local;
-        }
+        // Where the job's latest attempt is placed first: a local file may be an earlier
+        // attempt's.
         match state.scheduler.send(GetJob(at.job)).await {
             Ok(Ok(view)) => {
                 if let Some(node) = remote_node(state, &view, at.task) {
                     return Start::Remote(node);
+                }
+                if at.file.exists() {
+                    return Start::Local;
                 }
                 if view.state.is_terminal() {
                     return local();
@@ -189,9 +191,16 @@ async fn wait_for_start(state: &ApiState, at: &Where) -> Start {
     }
 }
 
-/// Whether the job has ended (or is gone, so nothing more will be written for it).
+/// Whether the job has ended (or is gone, so nothing more will be written for it); a
+/// scheduler that cannot answer now (restarting) has not said so.
 pub(super) async fn job_ended(state: &ApiState, id: JobId) -> bool {
-    !matches!(state.scheduler.send(GetJob(id)).await, Ok(Ok(v)) if !v.state.is_terminal())
+    match state.scheduler.send(GetJob(id)).await {
+        Ok(Ok(view)) => view.state.is_terminal(),
+        Ok(Err(cadre_actors::Error::UnknownJob { .. } | cadre_actors::Error::Pruned { .. })) => {
+            true
+        }
+        Ok(Err(_)) | Err(_) => false,
+    }
 }
 
 /// Raises the flag once the job has ended (its events say so, or its state when events were

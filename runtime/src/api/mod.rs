@@ -72,7 +72,7 @@ pub struct ApiState {
     pub max_body_bytes_in_flight: usize,
     /// The agents connected to this node's cluster port: where the logs of their tasks are
     /// read.
-    pub agents: crate::cluster::server::Agents,
+    pub agents: crate::cluster::link::Agents,
     /// How long a request to an agent waits for its answer.
     pub agent_timeout: Duration,
     /// This node's name.

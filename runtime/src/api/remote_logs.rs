@@ -3,8 +3,9 @@
 //! the last `tail` bytes, or followed as they grow until the job ends.
 //!
 //! A first read that fails (the agent is not connected, does not answer in time, or refuses)
-//! is the response's status (503 while it is not connected, 502 otherwise); a failure after
-//! bytes went out ends the body with a marker line saying why, as a local read failure does.
+//! is the response's status (503 while it is not connected or too many reads are in flight,
+//! 504 when it did not answer in time, 502 otherwise); a failure after bytes went out ends the
+//! body with a marker line saying why, as a local read failure does.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,8 +18,9 @@ use super::logs::{job_ended, read_failed, text, Where};
 use super::{fail, ApiState};
 use crate::error::Error;
 
-/// The most log bytes one request asks an agent for (less where the frame limit is lower).
-const CHUNK: u32 = 1 << 20;
+/// The most log bytes one request asks an agent for (less where the frame limit is lower):
+/// with at most `ASKS_IN_FLIGHT` reads in flight, a few MiB are ever on their way.
+const CHUNK: u32 = 256 << 10;
 
 /// How often a follower of a running task asks its agent again when nothing new was there.
 const POLL: Duration = Duration::from_millis(250);
@@ -41,35 +43,52 @@ async fn ask(
 ) -> Result<(Vec<u8>, u64, u64), Error> {
     match state.agents.ask(node, request, state.agent_timeout).await? {
         AgentAnswer::Log { bytes, next, end } => Ok((bytes, next, end)),
+        other => {
+            tracing::warn!(node, answer = ?other, "an agent answered a log read with something else");
+            metrics::counter!(crate::cluster::AGENT_REQUEST_FAILURES,
+                "side" => "scheduler", "type" => "read_log")
+            .increment(1);
+            Err(Error::Agent {
+                node: node.to_owned(),
+                connected: true,
+                reason: "it answered a log read with something else".to_owned(),
+            })
+        }
     }
+}
+
+/// The response to a first read that failed.
+fn refused(at: &Where, node: &str, error: Error) -> HttpResponse {
+    let (status, reason) = match error {
+        Error::Agent {
+            connected: false,
+            reason,
+            ..
+        } => (StatusCode::SERVICE_UNAVAILABLE, reason),
+        Error::Agent { reason, .. } if reason.starts_with("no answer within") => {
+            (StatusCode::GATEWAY_TIMEOUT, reason)
+        }
+        Error::Agent { reason, .. } => (StatusCode::BAD_GATEWAY, reason),
+        busy @ Error::AgentBusy { .. } => (StatusCode::SERVICE_UNAVAILABLE, busy.to_string()),
+        other => (StatusCode::BAD_GATEWAY, other.to_string()),
+    };
+    fail(
+        status,
+        "logs",
+        "agent unavailable",
+        None,
+        format!(
+            "the log of job {} task {} is on agent {node}: {reason}",
+            at.job, at.task
+        ),
+    )
 }
 
 /// The last `tail` bytes of the task's log on `node`, streamed a chunk at a time.
 pub(super) async fn tail(state: Arc<ApiState>, node: String, at: Where, tail: u64) -> HttpResponse {
-    const ROUTE: &str = "logs";
     let (first, next, end) = match ask(&state, &node, request(&state, &at, 0, Some(tail))).await {
         Ok(read) => read,
-        Err(error) => {
-            let (status, reason) = match error {
-                Error::Agent {
-                    connected: false,
-                    reason,
-                    ..
-                } => (StatusCode::SERVICE_UNAVAILABLE, reason),
-                Error::Agent { reason, .. } => (StatusCode::BAD_GATEWAY, reason),
-                other => (StatusCode::BAD_GATEWAY, other.to_string()),
-            };
-            return fail(
-                status,
-                ROUTE,
-                "agent unavailable",
-                None,
-                format!(
-                    "the log of job {} task {} is on agent {node}: {reason}",
-                    at.job, at.task
-                ),
-            );
-        }
+        Err(error) => return refused(&at, &node, error),
     };
     // The range is the log as the first answer found it: later growth is for `--follow`.
     let start = (!first.is_empty() && next < end).then_some(next);
@@ -86,6 +105,28 @@ pub(super) async fn tail(state: Arc<ApiState>, node: String, at: Where, tail: u6
                 }
                 Err(error) => Some((Ok(read_failed(error)), None)),
             }
+        }
+    });
+    let first = futures_util::stream::once(async move { Ok(web::Bytes::from(first)) });
+    text(futures_util::StreamExt::chain(first, rest))
+}
+
+/// The task's log on `node` followed from its start until the job ends; a first read that
+/// fails is the response's status.
+pub(super) async fn follow(state: Arc<ApiState>, node: String, at: Where) -> HttpResponse {
+    let (first, next, _) = match ask(&state, &node, request(&state, &at, 0, None)).await {
+        Ok(read) => read,
+        Err(error) => return refused(&at, &node, error),
+    };
+    let mut rest = Following::new(node, at);
+    rest.offset = next;
+    let rest = futures_util::stream::unfold(Some(rest), move |following| {
+        let state = Arc::clone(&state);
+        async move {
+            following?
+                .next_chunk(&state)
+                .await
+                .map(|(chunk, next)| (Ok(chunk), next))
         }
     });
     let first = futures_util::stream::once(async move { Ok(web::Bytes::from(first)) });

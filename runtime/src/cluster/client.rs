@@ -78,7 +78,7 @@ pub struct ClientConfig {
     /// Mutual TLS; `None` is plain TCP (`--insecure-cluster`).
     pub tls: Option<tokio_rustls::TlsConnector>,
     /// The task logs the scheduler may read.
-    pub logs: super::logs::LogAccess,
+    pub files: super::files::AgentFiles,
 }
 
 /// The agent's link to its scheduler (see the module comment).
@@ -506,14 +506,23 @@ impl Handler<Incoming> for SchedulerClient {
             }
             ToWorker::Request { id, request } => {
                 let Some(live) = &self.live else {
+                    // Read before its connection closed: nothing to answer on.
+                    tracing::debug!(
+                        id,
+                        kind = request.kind(),
+                        "a request of the scheduler dropped: its connection is closed"
+                    );
+                    metrics::counter!(super::AGENT_REQUEST_FAILURES, "side" => "agent",
+                        "type" => request.kind())
+                    .increment(1);
                     return;
                 };
                 // Read off the actor: a log read waits on the disk, and the worker's messages
                 // must not wait behind it.
                 let queue = live.queue.clone();
-                let logs = self.config.logs.clone();
+                let files = self.config.files.clone();
                 actix_rt::spawn(async move {
-                    let answer = super::logs::serve(&logs, request).await;
+                    let answer = super::files::serve(&files, request).await;
                     if queue.send(ToScheduler::Answer { id, answer }).is_err() {
                         tracing::debug!(id, "an answer dropped: the connection is closing");
                     }

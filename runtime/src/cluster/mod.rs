@@ -11,7 +11,9 @@
 
 pub mod certs;
 pub mod client;
-pub mod logs;
+pub mod files;
+pub mod link;
+pub mod prune;
 pub mod server;
 pub mod tls;
 

@@ -5,10 +5,12 @@
 //! Per connection: one task reads the agent's frames and hands each request to the scheduler
 //! at once, in the order they came (so a task's start is handled before its end), answering
 //! them in that order as the scheduler replies (pipelined, up to `IN_FLIGHT`); one task
-//! writes what is queued for the agent, a batch per write; an `AgentLink` actor is the
-//! worker's link the scheduler sends `Assign` and `Kill` to. A connection that ends ends the
-//! worker's registration: its leases are revoked. When the agent closed it (FIN: it exited or
-//! closed it itself) its jobs are requeued at once; when it broke (a reset, a malformed frame)
+//! writes what is queued for the agent, a batch per write; an `AgentLink` actor
+//! ([`super::link`]) is the worker's link the scheduler sends `Assign` and `Kill` to. After the
+//! welcome the agent is sent a `Sweep` of the jobs pruned meanwhile ([`super::prune`]). A
+//! connection that ends ends the worker's registration: its leases are revoked. When it was
+//! closed in order (FIN: only the kernel of an agent that exited sends one; an agent resets the
+//! connections it closes itself) its jobs are requeued at once; when it broke (a reset, a malformed frame)
 //! the agent may be alive, so they wait until their leases have run out, by when the agent has
 //! fenced them. An agent that goes silent without closing (cut off, frozen) stops renewing, so
 //! the health monitor, fed by its renewals, declares it dead, with the same wait.
@@ -20,26 +22,23 @@ use std::time::Duration;
 use actix::prelude::*;
 use cadre_actors::ids::{WorkerId, WorkerIdentity};
 use cadre_actors::protocol::{
-    Assign, Finished, GpuHealth, Heartbeat, Kill, ProgressFlush, Register, Renew, Started,
-    WorkerDead, WorkerLink,
+    Finished, GpuHealth, Heartbeat, ProgressFlush, Register, Renew, Started, WorkerDead, WorkerLink,
 };
 use cadre_actors::scheduler::Scheduler;
 use cadre_wire::{
-    AgentAnswer, AgentRequest, HandshakeConfig, HelloAnswer, Refusal, RefusalKind, SchedulerAnswer,
-    SchedulerRequest, ToScheduler, ToWorker, Welcome, WireError,
+    HandshakeConfig, HelloAnswer, Refusal, RefusalKind, SchedulerAnswer, SchedulerRequest,
+    ToScheduler, ToWorker, Welcome, WireError,
 };
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::net::{TcpListener, TcpStream};
 
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
+use super::link::{AgentLink, Agents, Answered, CloseLink};
 use super::tls::{self, Reader, Writer};
-use super::{
-    micros, write_loop, AGENTS_CONNECTED, AGENT_REQUEST_FAILURES, CONNECTION_ERRORS,
-    UNEXPECTED_FRAMES,
-};
+use super::{micros, write_loop, AGENTS_CONNECTED, CONNECTION_ERRORS, UNEXPECTED_FRAMES};
 use crate::error::Error;
 
 /// What the cluster listener needs.
@@ -63,97 +62,6 @@ pub struct ServerConfig {
     pub local_worker: bool,
 }
 
-/// The agents connected to this scheduler, by node name: what the API asks of them (a task's
-/// log). Cheap to clone; it knows no agent until [`listen`] is given it.
-#[derive(Clone)]
-pub struct Agents {
-    registry: Arc<Registry>,
-    /// The largest frame the connections read: an answer must fit in one.
-    max_frame: u32,
-}
-
-/// The room a log answer's framing takes besides its bytes (MessagePack of the answer, its
-/// id and offsets: well under this).
-const ANSWER_OVERHEAD: u32 = 4096;
-
-impl Agents {
-    /// A handle with no agent connected yet; `max_frame` is the frame limit of the cluster
-    /// port ([`HandshakeConfig::max_frame`]).
-    pub fn new(max_frame: u32) -> Agents {
-        Agents {
-            registry: Arc::new(Registry {
-                epoch: Some(Instant::now()),
-                ..Registry::default()
-            }),
-            max_frame,
-        }
-    }
-
-    /// The most log bytes one request may ask an agent for: what fits in one frame.
-    pub fn max_log_chunk(&self) -> u32 {
-        self.max_frame.saturating_sub(ANSWER_OVERHEAD).max(1)
-    }
-
-    /// Asks the agent of `node` and waits up to `timeout` for its answer. Fails with
-    /// [`Error::Agent`] when no agent of that name is connected, the connection ends first, the
-    /// answer is late, or the agent refuses.
-    pub async fn ask(
-        &self,
-        node: &str,
-        request: AgentRequest,
-        timeout: Duration,
-    ) -> Result<AgentAnswer, Error> {
-        let kind = request.kind();
-        let failed = |connected: bool, reason: String| {
-            tracing::warn!(node, kind, connected, %reason, "a request to an agent failed");
-            metrics::counter!(AGENT_REQUEST_FAILURES, "side" => "scheduler", "type" => kind)
-                .increment(1);
-            Error::Agent {
-                node: node.to_owned(),
-                connected,
-                reason,
-            }
-        };
-        let link = self
-            .registry
-            .lock()
-            .iter()
-            .find(|(identity, _)| identity.node == node)
-            .map(|(_, live)| live.link.clone());
-        let Some(link) = link else {
-            return Err(failed(false, "not connected".to_owned()));
-        };
-        let answer = match link.send(Ask(request)).await {
-            Ok(answer) => answer,
-            Err(_) => {
-                return Err(failed(
-                    false,
-                    "not connected (its connection closed)".to_owned(),
-                ))
-            }
-        };
-        match tokio::time::timeout(timeout, answer).await {
-            Ok(Ok(Ok(answer))) => Ok(answer),
-            Ok(Ok(Err(refusal))) => Err(failed(
-                true,
-                format!(
-                    "it refused ({}): {}",
-                    refusal.kind.as_str(),
-                    refusal.message
-                ),
-            )),
-            Ok(Err(_)) => Err(failed(
-                false,
-                "not connected (its connection closed before it answered)".to_owned(),
-            )),
-            Err(_) => Err(failed(
-                true,
-                format!("no answer within {} ms", timeout.as_millis()),
-            )),
-        }
-    }
-}
-
 /// Binds the cluster port and serves it until the returned task is aborted; returns the bound
 /// address (the port chosen, for `:0`) and the task.
 ///
@@ -173,11 +81,11 @@ pub async fn listen(
     let listener = TcpListener::bind(config.addr).await.map_err(listen_error)?;
     let bound = listener.local_addr().map_err(listen_error)?;
     metrics::gauge!(AGENTS_CONNECTED).set(0.0);
-    let task = actix_rt::spawn(accept_loop(listener, Arc::new(config), agents.registry));
+    let task = actix_rt::spawn(accept_loop(listener, Arc::new(config), agents));
     Ok((bound, task))
 }
 
-async fn accept_loop(listener: TcpListener, config: Arc<ServerConfig>, registry: Arc<Registry>) {
+async fn accept_loop(listener: TcpListener, config: Arc<ServerConfig>, agents: Agents) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -188,7 +96,7 @@ async fn accept_loop(listener: TcpListener, config: Arc<ServerConfig>, registry:
                     stream,
                     peer,
                     Arc::clone(&config),
-                    Arc::clone(&registry),
+                    agents.clone(),
                 ));
             }
             Err(error) => {
@@ -203,7 +111,7 @@ async fn accept_loop(listener: TcpListener, config: Arc<ServerConfig>, registry:
 }
 
 /// A welcomed connection, as the registry of live agents sees it.
-struct LiveConn {
+pub(super) struct LiveConn {
     /// Its worker's registration.
     worker: WorkerId,
     peer: SocketAddr,
@@ -212,20 +120,28 @@ struct LiveConn {
     /// Wakes its read loop to close it: a newer connection took its identity.
     close: Notify,
     /// Its worker's link, which also carries the scheduler's requests to the agent.
-    link: Addr<AgentLink>,
+    pub(super) link: Addr<AgentLink>,
 }
 
 /// The registry of live agent connections, by identity: a second agent under a live one's
 /// identity (two hosts given the same `--name`) is refused instead of evicting it, and a
 /// reconnecting agent whose old connection went silent replaces that one.
 #[derive(Default)]
-struct Registry {
+pub(super) struct Registry {
     epoch: Option<Instant>,
     live: std::sync::Mutex<rustc_hash::FxHashMap<WorkerIdentity, Arc<LiveConn>>>,
 }
 
 impl Registry {
-    fn lock(
+    /// An empty registry whose clock starts now.
+    pub(super) fn new() -> Registry {
+        Registry {
+            epoch: Some(Instant::now()),
+            ..Registry::default()
+        }
+    }
+
+    pub(super) fn lock(
         &self,
     ) -> std::sync::MutexGuard<'_, rustc_hash::FxHashMap<WorkerIdentity, Arc<LiveConn>>> {
         self.live
@@ -265,8 +181,9 @@ async fn serve_agent(
     stream: TcpStream,
     peer: SocketAddr,
     config: Arc<ServerConfig>,
-    registry: Arc<Registry>,
+    agents: Agents,
 ) {
+    let registry = Arc::clone(&agents.registry);
     let epoch = Instant::now();
     let (r, w, cert) = match &config.tls {
         Some(acceptor) => {
@@ -347,13 +264,7 @@ async fn serve_agent(
         old.close.notify_one();
     }
     let (queue, outgoing) = mpsc::unbounded_channel::<ToWorker>();
-    let link = AgentLink {
-        queue: queue.clone(),
-        epoch,
-        next_id: 1,
-        pending: rustc_hash::FxHashMap::default(),
-    }
-    .start();
+    let link = AgentLink::new(queue.clone(), epoch).start();
     let registered = config
         .scheduler
         .send(Register {
@@ -418,6 +329,8 @@ async fn serve_agent(
         link: link.clone(),
     });
     registry.lock().insert(identity.clone(), Arc::clone(&live));
+    // What was pruned while the agent was away is removed there.
+    super::prune::sweep_on_connect(config.scheduler.clone(), agents, identity.clone());
     // An agent renews at least twice per lease: one silent for a whole lease is gone (the
     // health monitor has declared it dead by then); its connection is closed.
     let idle_limit = config.lease_ttl;
@@ -651,116 +564,5 @@ impl Session {
                 "answer dropped: the connection is closing"
             );
         }
-    }
-}
-
-/// The worker's link for one agent: `Assign` and `Kill` from the scheduler become frames, as
-/// do the API's requests ([`Ask`]), whose answers it hands back by id.
-struct AgentLink {
-    queue: mpsc::UnboundedSender<ToWorker>,
-    epoch: Instant,
-    next_id: u64,
-    /// The requests sent and not answered yet. Dropped with the link when the connection
-    /// ends, which tells each asker so.
-    pending: rustc_hash::FxHashMap<u64, oneshot::Sender<Result<AgentAnswer, Refusal>>>,
-}
-
-/// A request of the API to the agent; the receiver gets its answer.
-#[derive(Message)]
-#[rtype(result = "oneshot::Receiver<Result<AgentAnswer, Refusal>>")]
-struct Ask(AgentRequest);
-
-/// The agent's answer to the request `id`.
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Answered {
-    id: u64,
-    answer: Result<AgentAnswer, Refusal>,
-}
-
-impl Handler<Ask> for AgentLink {
-    type Result = MessageResult<Ask>;
-    fn handle(&mut self, msg: Ask, ctx: &mut Context<Self>) -> Self::Result {
-        // Askers that gave up (timed out) leave their entries: dropped here, so a silent agent
-        // cannot grow the map past the requests in flight.
-        self.pending.retain(|_, tx| !tx.is_closed());
-        let (tx, rx) = oneshot::channel();
-        let id = self.next_id;
-        self.next_id += 1;
-        self.pending.insert(id, tx);
-        self.queue(ToWorker::Request { id, request: msg.0 }, ctx);
-        MessageResult(rx)
-    }
-}
-
-impl Handler<Answered> for AgentLink {
-    type Result = ();
-    fn handle(&mut self, msg: Answered, _: &mut Context<Self>) {
-        match self.pending.remove(&msg.id) {
-            Some(tx) => {
-                if tx.send(msg.answer).is_err() {
-                    tracing::debug!(
-                        id = msg.id,
-                        "an agent's answer came after its asker gave up"
-                    );
-                }
-            }
-            None => {
-                tracing::warn!(
-                    id = msg.id,
-                    "an agent answered a request this scheduler did not make"
-                );
-                metrics::counter!(UNEXPECTED_FRAMES, "side" => "scheduler", "type" => "answer")
-                    .increment(1);
-            }
-        }
-    }
-}
-
-impl Actor for AgentLink {
-    type Context = Context<Self>;
-}
-
-/// Stops an [`AgentLink`]: its connection ended, so the scheduler's next delivery to it fails.
-#[derive(Message)]
-#[rtype(result = "()")]
-struct CloseLink;
-
-impl Handler<CloseLink> for AgentLink {
-    type Result = ();
-    fn handle(&mut self, _: CloseLink, ctx: &mut Context<Self>) {
-        ctx.stop();
-    }
-}
-
-impl AgentLink {
-    fn queue(&mut self, msg: ToWorker, ctx: &mut Context<Self>) {
-        if self.queue.send(msg).is_err() {
-            // The connection is ending: the scheduler learns it from the next delivery.
-            ctx.stop();
-        }
-    }
-}
-
-impl Handler<Assign> for AgentLink {
-    type Result = ();
-    fn handle(&mut self, msg: Assign, ctx: &mut Context<Self>) {
-        let now = self.epoch.elapsed();
-        let deadline = now + msg.lease_ttl;
-        self.queue(
-            ToWorker::Assign {
-                assign: Box::new(msg),
-                clock_us: micros(now),
-                lease_deadline_us: micros(deadline),
-            },
-            ctx,
-        );
-    }
-}
-
-impl Handler<Kill> for AgentLink {
-    type Result = ();
-    fn handle(&mut self, msg: Kill, ctx: &mut Context<Self>) {
-        self.queue(ToWorker::Kill(msg), ctx);
     }
 }
