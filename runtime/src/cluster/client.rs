@@ -11,8 +11,8 @@
 //!   answer (or refusal) comes back as the error the worker already acts on. Without a
 //!   connection they fail with `UnknownWorker`, so the worker stops its tasks and registers
 //!   again, which reconnects.
-//! - The scheduler's requests (a task's log, for `cadre logs`) are answered off the actor,
-//!   from the agent's log directory ([`super::logs`]).
+//! - The scheduler's requests (a task's log for `cadre logs`, the removal of pruned jobs'
+//!   files) are answered off the actor, from the agent's directories ([`super::files`]).
 //! - `Assign` and `Kill` frames go to the worker. An assignment carries its lease deadline on
 //!   the scheduler's clock; read on this clock (from the `Welcome`'s reading), one that has
 //!   lapsed on the way is refused, and one that arrives late gets only the time its lease has

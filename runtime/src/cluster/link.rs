@@ -18,7 +18,7 @@ use super::{micros, AGENT_REQUEST_FAILURES, UNEXPECTED_FRAMES};
 use crate::error::Error;
 
 /// The agents connected to this scheduler, by node name: what the API asks of them (a task's
-/// log). Cheap to clone; it knows no agent until [`listen`] is given it.
+/// log). Cheap to clone; it knows no agent until [`super::server::listen`] is given it.
 #[derive(Clone)]
 pub struct Agents {
     pub(super) registry: Arc<Registry>,
@@ -38,7 +38,7 @@ const ANSWER_OVERHEAD: u32 = 4096;
 
 impl Agents {
     /// A handle with no agent connected yet; `max_frame` is the frame limit of the cluster
-    /// port ([`HandshakeConfig::max_frame`]).
+    /// port ([`cadre_wire::HandshakeConfig::max_frame`]).
     pub fn new(max_frame: u32) -> Agents {
         Agents {
             registry: Arc::new(Registry::new()),
