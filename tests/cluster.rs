@@ -196,7 +196,7 @@ fn jobs_spread_over_agents_gangs_span_them_and_a_killed_agents_jobs_run_elsewher
 }
 
 #[test]
-fn an_agent_comes_back_to_a_restarted_scheduler() {
+fn an_agent_comes_back_to_a_restarted_scheduler_which_kept_its_drain() {
     let dir = Scratch::new("cluster-restart");
     let port = free_port();
     let mut sched = Server::start_scheduler(dir.path(), port, &[]);
@@ -206,11 +206,22 @@ fn an_agent_comes_back_to_a_restarted_scheduler() {
     let first = sched.submit(&[], &["/bin/true"]);
     sched.wait_state(first, "succeeded", SECS_30);
 
+    // Drained before the crash: journaled, so still drained after it.
+    assert!(sched.cli(&["drain", "a1"]).status.success());
     sched.kill9();
     sched.spawn();
-    // The agent reconnects (with backoff) and registers again.
+    // The agent reconnects (with backoff) and registers again, still drained.
     wait_workers(&sched, &["a1/cpu-0"], SECS_30);
+    let nodes = String::from_utf8_lossy(&sched.cli(&["nodes"]).stdout).to_string();
+    assert!(nodes.contains("a1/cpu-0  draining"), "{nodes}");
     let second = sched.submit(&[], &["/bin/true"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        sched.state(second),
+        "queued",
+        "a drained node takes no work"
+    );
+    assert!(sched.cli(&["drain", "--undo", "a1"]).status.success());
     sched.wait_state(second, "succeeded", SECS_30);
     assert_eq!(sched.state(first), "succeeded", "kept through the restart");
     let agent_log = agent.log_text();

@@ -428,3 +428,44 @@ async fn a_second_store_on_the_same_directory_is_refused() {
     assert!(matches!(err, Error::Store { op: "open", .. }), "{err}");
     store.close().await;
 }
+
+/// A drained node is journaled: kept through replay and through a snapshot (a snapshot
+/// written before the drained set existed reads as none drained), undrained likewise.
+#[tokio::test]
+async fn drained_nodes_survive_replay_and_snapshots() {
+    let dir = Scratch::new("drained");
+    let options = StoreOptions {
+        snapshot_every: 4,
+        ..StoreOptions::default()
+    };
+    let (mut store, _) = open_with(dir.path(), options.clone()).await;
+    let drain = |node: &str, drain: bool| Record::Drained {
+        node: node.to_owned(),
+        drain,
+    };
+    commit(&mut store, drain("gpu-17", true)).await;
+    commit(&mut store, drain("gpu-18", true)).await;
+    assert!(
+        store.commit(drain("", true)).await.is_err(),
+        "a drain names a node"
+    );
+    store.close().await;
+
+    let (mut store, rec) = open_with(dir.path(), options.clone()).await;
+    assert!(!rec.snapshot);
+    let drained: Vec<&str> = store.table().drained().iter().map(String::as_str).collect();
+    assert_eq!(drained, ["gpu-17", "gpu-18"], "replayed");
+    commit(&mut store, drain("gpu-18", false)).await;
+    for i in 0..4u64 {
+        let (_, d) = store.submit(vec![spec("s", 0)], i).await.unwrap();
+        d.await.unwrap();
+    }
+    store.compact().await.unwrap();
+    store.close().await;
+
+    let (store, rec) = open_with(dir.path(), options).await;
+    assert!(rec.snapshot, "read from the snapshot");
+    let drained: Vec<&str> = store.table().drained().iter().map(String::as_str).collect();
+    assert_eq!(drained, ["gpu-17"]);
+    store.close().await;
+}

@@ -515,34 +515,83 @@ pub struct DrainNode {
 }
 
 impl Handler<DrainNode> for Scheduler {
-    type Result = Result<Vec<WorkerId>, Error>;
+    type Result = ResponseFuture<Result<Vec<WorkerId>, Error>>;
 
+    /// Journals the drain (a restarted scheduler keeps it), then applies it and answers.
     fn handle(&mut self, msg: DrainNode, ctx: &mut Ctx) -> Self::Result {
+        let known = match self.core() {
+            Ok(core) => core.workers.values().any(|w| w.identity.node == msg.node),
+            Err(error) => return Box::pin(async move { Err(error) }),
+        };
+        if !known {
+            refuse("drain", "unknown_node");
+            return Box::pin(async move { Err(Error::UnknownNode { node: msg.node }) });
+        }
+        let (tx, rx) = oneshot::channel();
+        let record = Record::Drained {
+            node: msg.node.clone(),
+            drain: msg.drain,
+        };
+        self.commit(ctx, record, move |act, ctx, result| match result {
+            Ok(durable) => act.after_durable(ctx, durable, move |act, ctx| {
+                let applied = act.apply_drain(ctx, &msg.node, msg.drain);
+                if tx.send(applied).is_err() {
+                    tracing::debug!(node = %msg.node, "the drain's asker left before its answer");
+                }
+            }),
+            Err(error) => {
+                tracing::error!(node = %msg.node, drain = msg.drain, %error,
+                    "the drain could not be recorded; nothing changed");
+                refuse("drain", "journal");
+                if tx.send(Err(error)).is_err() {
+                    tracing::debug!(node = %msg.node, "the drain's asker left before its answer");
+                }
+            }
+        });
+        Box::pin(async move {
+            rx.await.unwrap_or_else(|_| {
+                Err(Error::Unavailable {
+                    reason: "the scheduler stopped before the drain was recorded".to_owned(),
+                })
+            })
+        })
+    }
+}
+
+impl Scheduler {
+    /// Applies a journaled drain to the node's workers (those registered now; one that
+    /// registers later finds its node in the set).
+    fn apply_drain(
+        &mut self,
+        ctx: &mut Ctx,
+        node: &str,
+        drain: bool,
+    ) -> Result<Vec<WorkerId>, Error> {
         let core = self.core()?;
         let workers: Vec<WorkerId> = core
             .workers
             .iter()
-            .filter(|(_, w)| w.identity.node == msg.node)
+            .filter(|(_, w)| w.identity.node == node)
             .map(|(id, _)| *id)
             .collect();
-        if workers.is_empty() {
-            refuse("drain", "unknown_node");
-            return Err(Error::UnknownNode { node: msg.node });
-        }
         for worker in &workers {
-            core.placer.set_accepting(*worker, !msg.drain)?;
+            core.placer.set_accepting(*worker, !drain)?;
         }
         let running: usize = workers
             .iter()
             .map(|w| core.leases.leases_of_worker(*w).len())
             .sum();
-        if msg.drain {
-            core.drained_nodes.insert(msg.node.clone());
-            tracing::info!(node = %msg.node, workers = workers.len(), running,
-                "node drained: no new work; its running jobs finish");
+        if drain {
+            core.drained_nodes.insert(node.to_owned());
+            tracing::info!(
+                node,
+                workers = workers.len(),
+                running,
+                "node drained: no new work; its running jobs finish"
+            );
         } else {
-            core.drained_nodes.remove(&msg.node);
-            tracing::info!(node = %msg.node, workers = workers.len(), "node takes work again");
+            core.drained_nodes.remove(node);
+            tracing::info!(node, workers = workers.len(), "node takes work again");
             self.schedule(ctx);
         }
         Ok(workers)

@@ -201,8 +201,8 @@ struct Core {
     /// Whether the last look at the data's disk failed (said once until it works again).
     disk_unreadable: bool,
     /// Nodes an operator drained (`cadre drain`): their workers take no new work, also when
-    /// they register again (a reconnecting agent), until undrained. Not journaled: a
-    /// restarted scheduler has forgotten them.
+    /// they register again (a reconnecting agent), until undrained. Journaled
+    /// (`Record::Drained`): a restarted scheduler keeps them.
     drained_nodes: std::collections::BTreeSet<String>,
     /// The latest workers that died, newest last, at most [`DEPARTED_KEPT`]: `cadre nodes`
     /// shows them as dead until they register again.
@@ -348,6 +348,10 @@ impl Scheduler {
         let unwritable = store.unwritable_reason();
         metrics::gauge!(m::STORE_WRITABLE).set(if unwritable.is_none() { 1.0 } else { 0.0 });
         metrics::gauge!(m::JOBS_KEPT_ENDED).set(store.table().ended_len() as f64);
+        let drained_nodes = store.table().drained().clone();
+        if !drained_nodes.is_empty() {
+            tracing::info!(nodes = ?drained_nodes, "drained nodes recovered: they take no new work");
+        }
         self.core = Some(Core {
             store: Some(store),
             deferred: VecDeque::new(),
@@ -372,7 +376,7 @@ impl Scheduler {
             snapshot: None,
             disk_pressure: false,
             disk_unreadable: false,
-            drained_nodes: std::collections::BTreeSet::new(),
+            drained_nodes,
             departed: std::collections::VecDeque::new(),
             kept_ids: None,
         });

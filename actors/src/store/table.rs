@@ -154,6 +154,14 @@ pub enum Record {
         /// The jobs, each ended.
         jobs: Vec<JobId>,
     },
+    /// An operator drained a node (`cadre drain`: its workers take no new work), or undrained
+    /// it. Journaled so that a restarted scheduler keeps it drained.
+    Drained {
+        /// The node's name.
+        node: String,
+        /// Drained (true) or taking work again (false).
+        drain: bool,
+    },
 }
 
 impl Record {
@@ -168,6 +176,10 @@ impl Record {
             Record::Pruned { jobs } => JobSpan {
                 first: jobs.first().copied(),
                 last: jobs.last().copied(),
+            },
+            Record::Drained { .. } => JobSpan {
+                first: None,
+                last: None,
             },
             Record::Leased { job, .. }
             | Record::Started { job, .. }
@@ -189,6 +201,7 @@ impl Record {
             Record::Lost { .. } => "lost",
             Record::Retry { .. } => "retry",
             Record::Pruned { .. } => "pruned",
+            Record::Drained { .. } => "drained",
         }
     }
 }
@@ -272,6 +285,9 @@ pub struct JobTable {
     /// The format its entries were written in (0 before versions).
     #[serde(default)]
     version: u32,
+    /// The nodes an operator drained (absent from snapshots written before it was kept).
+    #[serde(default)]
+    drained: BTreeSet<String>,
     /// Ended jobs by the instant their end counts from: retention's order. Rebuilt after
     /// loading ([`JobTable::after_load`]), never serialized.
     #[serde(skip)]
@@ -290,6 +306,8 @@ pub(crate) struct Cut {
     next_id: u64,
     token_high_water: u64,
     version: u32,
+    /// The drained nodes at the cut.
+    drained: BTreeSet<String>,
     /// Entries in the table at the cut.
     count: usize,
     /// Whether the header (array and map lengths) is written.
@@ -309,6 +327,7 @@ impl Default for JobTable {
             next_id: 0,
             token_high_water: 0,
             version: FORMAT_VERSION,
+            drained: BTreeSet::new(),
             ended: BTreeSet::new(),
             cut: None,
         }
@@ -428,6 +447,7 @@ impl JobTable {
             next_id: self.next_id.max(1),
             token_high_water: self.token_high_water,
             version: self.version,
+            drained: self.drained.clone(),
             count: self.jobs.len(),
             ..Cut::default()
         });
@@ -457,8 +477,8 @@ impl JobTable {
             reason: e.to_string(),
         };
         if !cut.started {
-            // The table's fields by position: jobs, next_id, token_high_water, version.
-            rmp::encode::write_array_len(out, 4).map_err(|e| codec(format_args!("{e}")))?;
+            // The table's fields by position: jobs, next_id, token_high_water, version, drained.
+            rmp::encode::write_array_len(out, 5).map_err(|e| codec(format_args!("{e}")))?;
             rmp::encode::write_map_len(out, cut.count as u32)
                 .map_err(|e| codec(format_args!("{e}")))?;
             cut.started = true;
@@ -510,6 +530,7 @@ impl JobTable {
         rmp_serde::encode::write(out, &cut.token_high_water)
             .map_err(|e| codec(format_args!("{e}")))?;
         rmp_serde::encode::write(out, &cut.version).map_err(|e| codec(format_args!("{e}")))?;
+        rmp_serde::encode::write(out, &cut.drained).map_err(|e| codec(format_args!("{e}")))?;
         Ok(true)
     }
 
@@ -689,6 +710,18 @@ impl JobTable {
                 entry.retry_at_ms = retry_at_ms;
                 entry.last_failure = Some(Box::new(outcome));
             }
+            Record::Drained { node, drain } => {
+                if node.is_empty() {
+                    return Err(Error::Rejected {
+                        reason: "a drain names no node".to_owned(),
+                    });
+                }
+                if drain {
+                    self.drained.insert(node);
+                } else {
+                    self.drained.remove(&node);
+                }
+            }
             Record::Pruned { jobs } => {
                 for job in &jobs {
                     match self.jobs.get(job) {
@@ -752,6 +785,11 @@ impl JobTable {
                 nodes: Vec::new(),
             }),
         );
+    }
+
+    /// The nodes an operator drained, as journaled.
+    pub fn drained(&self) -> &BTreeSet<String> {
+        &self.drained
     }
 
     /// Checks `record` against the table and applies it, or refuses it with nothing changed.
