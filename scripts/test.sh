@@ -23,28 +23,22 @@
 # SKIP. CADRE_REQUIRE_TMPFS=1 (set by CI, root as for cgroups) makes that a failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v promtool >/dev/null 2>&1; then
+# install_deb COMMAND PACKAGE WHAT-SKIPS: installs Debian's PACKAGE where COMMAND is missing
+# (root with apt-get), else says which tests will print SKIP.
+install_deb() {
+    command -v "$1" >/dev/null 2>&1 && return 0
     if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-        echo "installing promtool (Debian package prometheus)"
+        echo "installing $1 (Debian package $2)"
         export DEBIAN_FRONTEND=noninteractive
-        apt-get install -y --no-install-recommends prometheus >/dev/null 2>&1 \
-            || { apt-get update >/dev/null 2>&1 && apt-get install -y --no-install-recommends prometheus >/dev/null; } \
-            || echo "promtool could not be installed; the metrics test will SKIP its check"
+        apt-get install -y --no-install-recommends "$2" >/dev/null 2>&1 \
+            || { apt-get update >/dev/null 2>&1 && apt-get install -y --no-install-recommends "$2" >/dev/null; } \
+            || echo "$1 could not be installed; $3 will SKIP"
     else
-        echo "promtool missing and apt-get unavailable (or not root); the metrics test will SKIP its check"
+        echo "$1 missing and apt-get unavailable (or not root); $3 will SKIP"
     fi
-fi
-if ! command -v iptables >/dev/null 2>&1; then
-    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-        echo "installing iptables (Debian package iptables)"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get install -y --no-install-recommends iptables >/dev/null 2>&1 \
-            || { apt-get update >/dev/null 2>&1 && apt-get install -y --no-install-recommends iptables >/dev/null; } \
-            || echo "iptables could not be installed; the packet-loss tests will SKIP"
-    else
-        echo "iptables missing and apt-get unavailable (or not root); the packet-loss tests will SKIP"
-    fi
-fi
+}
+install_deb promtool prometheus "the metrics test's check"
+install_deb iptables iptables "the packet-loss tests"
 NVRTC_VERSION=13.0.88
 NVRTC_DIR="$PWD/target/nvrtc-$NVRTC_VERSION"
 NVRTC_LIB="$NVRTC_DIR/nvidia/cu13/lib"

@@ -460,6 +460,11 @@ async fn drained_nodes_survive_replay_and_snapshots() {
         let (_, d) = store.submit(vec![spec("s", 0)], i).await.unwrap();
         d.await.unwrap();
     }
+    assert_eq!(
+        store.table().kept_ranges(),
+        [(1, 4)],
+        "ids 1 to 4, none pruned"
+    );
     store.compact().await.unwrap();
     store.close().await;
 

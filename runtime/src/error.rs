@@ -1,5 +1,18 @@
 //! The runtime's error type.
 
+/// How a request to an agent failed (see [`Error::Agent`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentFailure {
+    /// No agent of that name is connected, or its connection ended before it answered.
+    NotConnected,
+    /// Too many log reads are in flight: this one was not sent.
+    Busy,
+    /// It did not answer in time.
+    TimedOut,
+    /// It refused, or answered something else.
+    Refused,
+}
+
 /// Everything starting or running a node can fail at.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -47,23 +60,15 @@ pub enum Error {
         /// Why.
         reason: String,
     },
-    /// A request to an agent failed (a task's log, for the API).
+    /// A request to an agent failed (a task's log, for the API; a removal, for the janitor).
     #[error("agent {node}: {reason}")]
     Agent {
         /// The agent's node name.
         node: String,
-        /// Whether it was connected when it failed (false: not connected, or it went away).
-        connected: bool,
-        /// Why.
+        /// How it failed.
+        failure: AgentFailure,
+        /// Why, in words.
         reason: String,
-    },
-    /// Too many requests to agents are in flight: this one was not sent.
-    #[error("agent {node}: {limit} requests to agents are in flight already; try again")]
-    AgentBusy {
-        /// The agent's node name.
-        node: String,
-        /// The most in flight at once.
-        limit: usize,
     },
     /// The metrics exporter could not be installed.
     #[error("metrics exporter: {0}")]

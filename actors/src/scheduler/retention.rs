@@ -272,15 +272,8 @@ impl Handler<KeptJobIds> for Scheduler {
                 reason: "the job store is closed".to_owned(),
             })?
             .table();
-        let mut ranges: Vec<(u64, u64)> = Vec::new();
-        for (id, _) in table.iter() {
-            match ranges.last_mut() {
-                Some((_, end)) if id.0 == end.saturating_add(1) => *end = id.0,
-                _ => ranges.push((id.0, id.0)),
-            }
-        }
         let kept = Arc::new(KeptJobs {
-            ranges,
+            ranges: table.kept_ranges(),
             next: table.next_id().0,
         });
         core.kept_ids = Some(Arc::clone(&kept));

@@ -787,6 +787,19 @@ impl JobTable {
         );
     }
 
+    /// The ids the table keeps, as inclusive ranges (ascending, disjoint): every other id
+    /// below [`JobTable::next_id`] was pruned. One pass over the table.
+    pub fn kept_ranges(&self) -> Vec<(u64, u64)> {
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        for id in self.jobs.keys() {
+            match ranges.last_mut() {
+                Some((_, end)) if id.0 == end.saturating_add(1) => *end = id.0,
+                _ => ranges.push((id.0, id.0)),
+            }
+        }
+        ranges
+    }
+
     /// The nodes an operator drained, as journaled.
     pub fn drained(&self) -> &BTreeSet<String> {
         &self.drained

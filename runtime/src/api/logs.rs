@@ -199,7 +199,14 @@ pub(super) async fn job_ended(state: &ApiState, id: JobId) -> bool {
         Ok(Err(cadre_actors::Error::UnknownJob { .. } | cadre_actors::Error::Pruned { .. })) => {
             true
         }
-        Ok(Err(_)) | Err(_) => false,
+        Ok(Err(error)) => {
+            tracing::debug!(job = %id, %error, "a follower could not learn whether its job ended; it asks again");
+            false
+        }
+        Err(error) => {
+            tracing::debug!(job = %id, %error, "a follower could not reach the scheduler; it asks again");
+            false
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use cadre_wire::{AgentAnswer, AgentRequest};
 
 use super::logs::{job_ended, read_failed, text, Where};
 use super::{fail, ApiState};
-use crate::error::Error;
+use crate::error::{AgentFailure, Error};
 
 /// The most log bytes one request asks an agent for (less where the frame limit is lower):
 /// with at most `ASKS_IN_FLIGHT` reads in flight, a few MiB are ever on their way.
@@ -32,7 +32,7 @@ fn request(state: &ApiState, at: &Where, offset: u64, tail: Option<u64>) -> Agen
         stream: at.stream,
         offset,
         tail,
-        max_bytes: CHUNK.min(state.agents.max_log_chunk()),
+        max_bytes: CHUNK.min(state.agents.frame_room()),
     }
 }
 
@@ -50,7 +50,7 @@ async fn ask(
             .increment(1);
             Err(Error::Agent {
                 node: node.to_owned(),
-                connected: true,
+                failure: AgentFailure::Refused,
                 reason: "it answered a log read with something else".to_owned(),
             })
         }
@@ -61,15 +61,15 @@ async fn ask(
 fn refused(at: &Where, node: &str, error: Error) -> HttpResponse {
     let (status, reason) = match error {
         Error::Agent {
-            connected: false,
+            failure, reason, ..
+        } => (
+            match failure {
+                AgentFailure::NotConnected | AgentFailure::Busy => StatusCode::SERVICE_UNAVAILABLE,
+                AgentFailure::TimedOut => StatusCode::GATEWAY_TIMEOUT,
+                AgentFailure::Refused => StatusCode::BAD_GATEWAY,
+            },
             reason,
-            ..
-        } => (StatusCode::SERVICE_UNAVAILABLE, reason),
-        Error::Agent { reason, .. } if reason.starts_with("no answer within") => {
-            (StatusCode::GATEWAY_TIMEOUT, reason)
-        }
-        Error::Agent { reason, .. } => (StatusCode::BAD_GATEWAY, reason),
-        busy @ Error::AgentBusy { .. } => (StatusCode::SERVICE_UNAVAILABLE, busy.to_string()),
+        ),
         other => (StatusCode::BAD_GATEWAY, other.to_string()),
     };
     fail(

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::server::Registry;
 use super::{micros, AGENT_REQUEST_FAILURES, UNEXPECTED_FRAMES};
-use crate::error::Error;
+use crate::error::{AgentFailure, Error};
 
 /// The agents connected to this scheduler, by node name: what the API asks of them (a task's
 /// log). Cheap to clone; it knows no agent until [`super::server::listen`] is given it.
@@ -47,8 +47,9 @@ impl Agents {
         }
     }
 
-    /// The most log bytes one request may ask an agent for: what fits in one frame.
-    pub fn max_log_chunk(&self) -> u32 {
+    /// The most payload bytes (log bytes in an answer, kept ranges in a sweep) one frame of
+    /// the cluster port holds, its framing aside.
+    pub fn frame_room(&self) -> u32 {
         self.max_frame.saturating_sub(ANSWER_OVERHEAD).max(1)
     }
 
@@ -62,13 +63,13 @@ impl Agents {
         timeout: Duration,
     ) -> Result<AgentAnswer, Error> {
         let kind = request.kind();
-        let failed = |connected: bool, reason: String| {
-            tracing::warn!(node, kind, connected, %reason, "a request to an agent failed");
+        let failed = |failure: AgentFailure, reason: String| {
+            tracing::warn!(node, kind, ?failure, %reason, "a request to an agent failed");
             metrics::counter!(AGENT_REQUEST_FAILURES, "side" => "scheduler", "type" => kind)
                 .increment(1);
             Error::Agent {
                 node: node.to_owned(),
-                connected,
+                failure,
                 reason,
             }
         };
@@ -79,7 +80,10 @@ impl Agents {
             .find(|(identity, _)| identity.node == node)
             .map(|(_, live)| live.link.clone());
         let Some(link) = link else {
-            return Err(failed(false, "not connected".to_owned()));
+            return Err(failed(
+                AgentFailure::NotConnected,
+                "not connected".to_owned(),
+            ));
         };
         // A log read holds a permit until its answer (or its timeout), so a bounded number of
         // log chunks is ever on its way; removals answer a few numbers and need none.
@@ -95,9 +99,12 @@ impl Agents {
                     );
                     metrics::counter!(AGENT_REQUEST_FAILURES, "side" => "scheduler", "type" => kind)
                         .increment(1);
-                    return Err(Error::AgentBusy {
+                    return Err(Error::Agent {
                         node: node.to_owned(),
-                        limit: ASKS_IN_FLIGHT,
+                        failure: AgentFailure::Busy,
+                        reason: format!(
+                            "{ASKS_IN_FLIGHT} log reads are in flight already; try again"
+                        ),
                     });
                 }
             }
@@ -108,7 +115,7 @@ impl Agents {
             Ok(answer) => answer,
             Err(_) => {
                 return Err(failed(
-                    false,
+                    AgentFailure::NotConnected,
                     "not connected (its connection closed)".to_owned(),
                 ))
             }
@@ -116,7 +123,7 @@ impl Agents {
         match tokio::time::timeout(timeout, answer).await {
             Ok(Ok(Ok(answer))) => Ok(answer),
             Ok(Ok(Err(refusal))) => Err(failed(
-                true,
+                AgentFailure::Refused,
                 format!(
                     "it refused ({}): {}",
                     refusal.kind.as_str(),
@@ -124,11 +131,11 @@ impl Agents {
                 ),
             )),
             Ok(Err(_)) => Err(failed(
-                false,
+                AgentFailure::NotConnected,
                 "not connected (its connection closed before it answered)".to_owned(),
             )),
             Err(_) => Err(failed(
-                true,
+                AgentFailure::TimedOut,
                 format!("no answer within {} ms", timeout.as_millis()),
             )),
         }

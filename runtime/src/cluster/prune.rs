@@ -100,7 +100,7 @@ pub(crate) fn sweep_on_connect(
             }
         };
         // About 20 bytes a range in MessagePack.
-        if kept.ranges.len().saturating_mul(20) > agents.max_log_chunk() as usize {
+        if kept.ranges.len().saturating_mul(20) > agents.frame_room() as usize {
             tracing::warn!(%identity, ranges = kept.ranges.len(),
                 "the kept job ids do not fit in one frame: no sweep sent to the agent");
             metrics::counter!(AGENT_REQUEST_FAILURES, "side" => "scheduler", "type" => "sweep")
